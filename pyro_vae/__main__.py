@@ -1,0 +1,8 @@
+"""``python -m pyro_vae``: the same command line as ``pyro-vae``."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

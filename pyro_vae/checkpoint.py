@@ -1,0 +1,136 @@
+"""The run folder on disk: checkpoints and JSON files, written atomically and read safely.
+
+A checkpoint holds the model weights, the optimizer state, the epoch, the random state, the
+history and the run's config. It is written to a temporary file in the same folder, flushed to
+disk and renamed over the old one, so a crash mid-write leaves the previous checkpoint intact. It
+is read with ``torch.load(..., weights_only=True)``, which unpickles only tensors and plain data
+and refuses anything that would run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import platform
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any
+
+import pyro
+import torch
+
+from .errors import PyroVAEError
+from .model import VAE
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """``obj`` as indented JSON, written atomically."""
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file of a run folder, or one clear error if it is missing or malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PyroVAEError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PyroVAEError(f"{path} is not valid JSON ({e})") from None
+
+
+def versions() -> dict[str, str]:
+    """The versions a run was made with, recorded in its config."""
+    from . import __version__
+
+    return {
+        "pyro_vae": __version__,
+        "pyro": pyro.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_checkpoint(
+    path: str | Path,
+    vae: VAE,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    epoch: int,
+    config: dict[str, Any],
+    history: Any = None,
+) -> None:
+    """Write ``vae``'s weights, the optimizer state, epoch, RNG state and config atomically."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "config": config,
+        "model": vae.state_dict(),
+        "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "epoch": epoch,
+        "history": None if history is None else asdict(history),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        },
+    }
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint without executing anything stored in it."""
+    path = Path(path)
+    if not path.is_file():
+        raise PyroVAEError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise PyroVAEError(
+            f"{path} holds objects other than tensors and plain data; refusing to load it, "
+            "since unpickling them could run code"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PyroVAEError(
+            f"{path} is not a readable checkpoint (truncated or corrupt: {reason})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise PyroVAEError(f"{path} is not a pyro-vae checkpoint of format {CHECKPOINT_FORMAT}")
+    return state
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
+    """The trained VAE of a run folder, on ``device``, and its checkpoint."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PyroVAEError(f"no run folder at {run_dir}")
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location=device)
+    try:
+        vae = VAE(**state["config"]["model"])
+        vae.load_state_dict(state["model"])
+    except (KeyError, TypeError) as e:
+        raise PyroVAEError(f"{run_dir / CHECKPOINT_NAME} lacks part of its config ({e})") from None
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[0]
+        raise PyroVAEError(
+            f"the checkpoint's weights do not fit its model config: {reason}"
+        ) from None
+    return vae.to(device), state

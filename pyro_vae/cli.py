@@ -1,0 +1,300 @@
+"""The ``pyro-vae`` command line: train, evaluate, sample and reconstruct.
+
+Every mistake a user can make is reported as one line, ``pyro-vae: error: ...``, with exit
+status 2; nothing the user asked for is lost to a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyro
+
+from . import __version__
+from .checkpoint import CHECKPOINT_NAME, load_run, save_checkpoint, versions, write_json
+from .data import DATASETS, load_dataset
+from .elbo import OBJECTIVES
+from .errors import ConfigError, PyroVAEError
+from .evaluate import evaluate, evaluate_run
+from .guides import GUIDES
+from .likelihoods import LIKELIHOODS
+from .model import VAE
+from .nets import NETS
+from .plots import plot_elbo, plot_reconstructions, plot_samples
+from .priors import PRIORS
+from .train import BINARIZATION, History, resolve_device, train
+
+RUN_FILES = (
+    "config.json",
+    "metrics.csv",
+    "summary.json",
+    CHECKPOINT_NAME,
+    "reconstructions.png",
+    "samples.png",
+    "elbo.png",
+)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [positive_int(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive sizes such as 400 or 512,256 ({e})"
+        ) from None
+
+
+def _metrics_csv(history: History) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["epoch", "train_elbo", "test_elbo", "seconds"])
+    writer.writeheader()
+    writer.writerows(history.rows())
+    return buffer.getvalue().encode()
+
+
+def _write_pictures(vae: VAE, x_test: Any, run_dir: Path, history: History) -> None:
+    plot_reconstructions(x_test[:32], vae.reconstruct(x_test[:32]), run_dir / "reconstructions.png")
+    plot_samples(vae.sample(64), run_dir / "samples.png")
+    plot_elbo(history.__dict__, run_dir / "elbo.png")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .checkpoint import atomic_write
+
+    device = resolve_device(args.device)
+    run_dir = Path(args.out or f"runs/{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (run_dir / CHECKPOINT_NAME).exists() and not args.overwrite:
+        raise ConfigError(
+            f"{run_dir} already holds a trained run; choose another --out or pass --overwrite"
+        )
+    data = load_dataset(args.dataset, data_dir=args.data_dir, data_path=args.data_path)
+    pyro.set_rng_seed(args.seed)
+    vae = VAE(
+        data.x_shape,
+        z_dim=args.z_dim,
+        hidden_dims=args.hidden_dims,
+        encoder=args.encoder,
+        prior=args.prior,
+        likelihood=args.likelihood,
+        guide=args.guide,
+    )
+    settings = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "objective": args.objective,
+        "binarization": args.binarize,
+    }
+    config = {
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "data_path": args.data_path,
+        "model": vae.config,
+        "train": settings,
+        "device": str(device),
+        "versions": versions(),
+        "command": ["pyro-vae", *sys.argv[1:]],
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config)
+
+    def save(epoch: int, history: History, optimizer: Any) -> None:
+        atomic_write(run_dir / "metrics.csv", lambda f: f.write(_metrics_csv(history)))
+        save_checkpoint(
+            run_dir / CHECKPOINT_NAME, vae, optimizer, epoch=epoch, config=config, history=history
+        )
+
+    history = train(
+        vae, data, device=device, progress=not args.quiet, on_epoch_end=save, **settings
+    )
+    figures = evaluate(
+        vae, data, seed=args.seed, objective=args.objective, binarization=args.binarize
+    )
+    summary = {
+        "test_elbo": history.test_elbo[-1],
+        "train_elbo": history.train_elbo[-1],
+        "epochs": history.epoch[-1],
+        "device": str(device),
+        "train_seconds": sum(history.seconds),
+        "baseline_log_likelihood": figures.get("baseline_log_likelihood"),
+        "num_train": len(data.x_train),
+        "num_test": len(data.x_test),
+    }
+    write_json(run_dir / "summary.json", summary)
+    _write_pictures(vae, data.x_test.to(device), run_dir, history)
+    print(f"run folder: {run_dir}  ({', '.join(RUN_FILES)})")
+    baseline = summary["baseline_log_likelihood"]
+    against = "" if baseline is None else f" (independent-pixel baseline: {baseline:.2f})"
+    print(f"test ELBO: {summary['test_elbo']:.2f} nats per example{against}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    result = evaluate_run(args.run_dir, seed=args.seed, device=args.device)
+    for key, value in result.items():
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"wrote {Path(args.run_dir) / 'evaluation.json'}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    vae, _ = load_run(args.run_dir, device=resolve_device(args.device))
+    pyro.set_rng_seed(args.seed)
+    out = Path(args.out or Path(args.run_dir) / "samples.png")
+    plot_samples(vae.sample(args.num), out)
+    print(f"wrote {args.num} samples to {out}")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    vae, state = load_run(args.run_dir, device=resolve_device(args.device))
+    config = state["config"]
+    data = load_dataset(
+        config["dataset"], data_dir=config["data_dir"], data_path=config["data_path"]
+    )
+    x = data.x_test[: args.num].to(next(vae.parameters()).device)
+    out = Path(args.out or Path(args.run_dir) / "reconstructions.png")
+    plot_reconstructions(x, vae.reconstruct(x), out)
+    print(f"wrote {len(x)} test images and their reconstructions to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-vae", description="Variational autoencoders written as Pyro programs."
+    )
+    parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = commands.add_parser("train", help="train a VAE and write a run folder", formatter_class=fmt)
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="digits",
+        help="data set: digits is embedded (8x8, offline); the MNIST family needs "
+        "--data-dir or a network; npz needs --data-path",
+    )
+    p.add_argument(
+        "--data-dir",
+        help="folder with the MNIST-family IDX files, in torchvision's "
+        "layout (DIR/MNIST/raw/...) or directly (default: data)",
+    )
+    p.add_argument(
+        "--data-path",
+        help="an .npz file with arrays x_train, x_test (values in "
+        "[0,1]) and optional y_train, y_test, for --dataset npz",
+    )
+    p.add_argument("--epochs", type=positive_int, default=20, help="passes over the training set")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="examples per SVI step")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--z-dim", type=positive_int, default=16, help="size of the latent code z")
+    p.add_argument(
+        "--hidden-dims",
+        type=int_list,
+        default=[400],
+        help="comma-separated hidden sizes, encoder order: layer widths for mlp, "
+        "channel counts for conv (e.g. 400 or 512,256)",
+    )
+    p.add_argument(
+        "--encoder",
+        choices=list(NETS),
+        default="mlp",
+        help="network family of the encoder and decoder",
+    )
+    p.add_argument("--prior", choices=list(PRIORS), default="standard-normal", help="prior p(z)")
+    p.add_argument(
+        "--likelihood", choices=list(LIKELIHOODS), default="bernoulli", help="likelihood p(x|z)"
+    )
+    p.add_argument("--guide", choices=list(GUIDES), default="diagonal", help="guide family q(z|x)")
+    p.add_argument(
+        "--objective",
+        choices=list(OBJECTIVES),
+        default="trace",
+        help="trace: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL)",
+    )
+    p.add_argument(
+        "--binarize",
+        choices=BINARIZATION,
+        default="dynamic",
+        help="dynamic: for a binary likelihood, binarize grey training data afresh in "
+        "each batch and the test set once with a fixed seed; none: use data as is",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, batch order and noise")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", help="run folder to write (default: runs/DATASET-DATE-TIME)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in --out instead of stopping",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser(
+        "evaluate", formatter_class=fmt, help="test ELBO of a run; writes RUN_DIR/evaluation.json"
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by pyro-vae train")
+    p.add_argument("--seed", type=int, help="seed of the Monte Carlo estimate (default: the run's)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's, else cpu)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("sample", help="draw images from a trained model", formatter_class=fmt)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by pyro-vae train")
+    p.add_argument("-n", "--num", type=positive_int, default=64, help="number of images")
+    p.add_argument("--out", help="PNG file to write (default: RUN_DIR/samples.png)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_sample)
+
+    p = commands.add_parser(
+        "reconstruct", formatter_class=fmt, help="reconstruct test images with a trained model"
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by pyro-vae train")
+    p.add_argument("-n", "--num", type=positive_int, default=32, help="number of test images")
+    p.add_argument("--out", help="PNG file to write (default: RUN_DIR/reconstructions.png)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_reconstruct)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except PyroVAEError as e:
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,269 @@
+"""Data sets as float tensors in [0, 1], channels-first, on the CPU.
+
+Every loader returns a :class:`Dataset`; every problem with the user's files is a
+:class:`~pyro_vae.errors.DataError` whose message is one line saying what to do about it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "kmnist", "npz")
+DEFAULT_DATA_DIR = Path("data")  # relative to the working directory, like torchvision tutorials
+SPLIT_SEED = 0  # the digits split must not move when the training seed does
+TEST_FRACTION = 0.2
+
+# torchvision keeps each IDX data set in DIR/<Folder>/raw/; the file names are shared by all three
+_IDX_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/test pair of examples, optionally labelled.
+
+    :param str name: the data set's name, one of :data:`DATASETS`.
+    :param torch.Tensor x_train: float32 ``(N, *x_shape)`` with values in [0, 1].
+    :param torch.Tensor x_test: float32 ``(M, *x_shape)`` with values in [0, 1].
+    :param y_train: int64 ``(N,)`` labels, or ``None``.
+    :param y_test: int64 ``(M,)`` labels, or ``None``.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    x_test: torch.Tensor
+    y_train: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        """The shape of one example, e.g. ``(1, 8, 8)``."""
+        return tuple(self.x_train.shape[1:])
+
+
+def load_dataset(
+    name: str = "digits",
+    *,
+    data_dir: str | Path | None = None,
+    data_path: str | Path | None = None,
+    download: bool = True,
+) -> Dataset:
+    """Load a data set by name.
+
+    ``digits`` is scikit-learn's bundled 8x8 digits (no files needed), split once and for all
+    into 1438 train / 359 test examples (of 1797) by a permutation seeded with :data:`SPLIT_SEED`.
+    ``mnist``, ``fashion-mnist`` and ``kmnist`` are read from the four IDX files (plain or
+    ``.gz``) in ``data_dir/<Folder>/raw/`` (torchvision's layout) or directly in ``data_dir``.
+    ``npz`` reads ``x_train``, ``x_test`` and optional ``y_train``, ``y_test`` from ``data_path``.
+
+    :param str name: one of :data:`DATASETS`.
+    :param data_dir: where the IDX files live; defaults to :data:`DEFAULT_DATA_DIR`.
+    :param data_path: the ``.npz`` file, for ``name="npz"`` only.
+    :param bool download: whether to try torchvision's downloader when IDX files are missing.
+    :raises DataError: if the data set is unknown, missing or malformed.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if data_path is not None and name != "npz":
+        raise DataError(f"--data-path is only used with dataset 'npz', not {name!r}")
+    if name == "digits":
+        return _load_digits()
+    if name == "npz":
+        return _load_npz(data_path)
+    data_dir = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).expanduser()
+    return _load_idx_dataset(name, data_dir, download)
+
+
+def binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """A fixed binarization ``x_b ~ Bernoulli(x)``.
+
+    The noise comes from its own ``torch.Generator(seed)`` on the CPU, so the result depends only
+    on ``seed`` and the global RNG is never disturbed.
+
+    :param torch.Tensor x: probabilities in [0, 1].
+    :param int seed: the seed of the binarization.
+    :returns: float32 zeros and ones shaped like ``x``, on ``x``'s device.
+    """
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(x.shape, generator=g)
+    return (u < x.detach().to("cpu", torch.float32)).float().to(x.device)
+
+
+def is_binary(x: torch.Tensor) -> bool:
+    """Whether every value of ``x`` is exactly 0 or 1."""
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def _load_digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(digits.target, dtype=torch.int64)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_test = int(len(x) * TEST_FRACTION)
+    test, train = perm[:n_test], perm[n_test:]
+    return Dataset("digits", x[train], x[test], y[train], y[test])
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """Read one IDX file of unsigned bytes: images (N, H, W) or labels (N,)."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # a cut-off .gz raises EOFError, a bad one OSError
+        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    ndim = 3 if magic == _IMAGES_MAGIC else 1
+    header = 4 * (1 + ndim)
+    if len(raw) < header:
+        raise DataError(f"IDX file {path} is truncated: {len(raw)} bytes, not even a header")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        kind = "images" if magic == _IMAGES_MAGIC else "labels"
+        raise DataError(f"{path} is not an IDX {kind} file: magic number {found}, expected {magic}")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+    if len(raw) - header != int(np.prod(dims)):
+        raise DataError(
+            f"IDX file {path} is truncated or corrupt: header says {dims} "
+            f"({int(np.prod(dims))} bytes) but {len(raw) - header} bytes follow"
+        )
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def _find_idx_files(dirs: list[Path]) -> dict[str, Path] | None:
+    for d in dirs:
+        found = {}
+        for stem in _IDX_FILES:
+            for candidate in (d / stem, d / f"{stem}.gz"):
+                if candidate.is_file():
+                    found[stem] = candidate
+                    break
+        if len(found) == len(_IDX_FILES):
+            return found
+    return None
+
+
+def _load_idx_dataset(name: str, data_dir: Path, download: bool) -> Dataset:
+    folder = _IDX_FOLDERS[name]
+    dirs = [data_dir / folder / "raw", data_dir]
+    files = _find_idx_files(dirs)
+    failure = ""
+    if files is None and download:
+        import torchvision.datasets
+
+        try:
+            for train in (True, False):
+                getattr(torchvision.datasets, folder)(str(data_dir), train=train, download=True)
+        except Exception as e:  # no network, a dead mirror, a full disk: all end the same way
+            failure = f"; download failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        files = _find_idx_files(dirs)
+    if files is None:
+        raise DataError(
+            f"{name} not found: looked for {', '.join(_IDX_FILES)} (plain or .gz) in "
+            f"{' and '.join(str(d) for d in dirs)}{failure}; pass --data-dir DIR pointing at a "
+            "folder with these files (e.g. /usr/share/datasets/fashion-mnist from Debian's "
+            "dataset-fashion-mnist)"
+        )
+    x_train, y_train = _read_idx_pair(files, "train")
+    x_test, y_test = _read_idx_pair(files, "t10k")
+    return Dataset(name, x_train, x_test, y_train, y_test)
+
+
+def _read_idx_pair(files: dict[str, Path], prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images_path = files[f"{prefix}-images-idx3-ubyte"]
+    labels_path = files[f"{prefix}-labels-idx1-ubyte"]
+    images = _read_idx(images_path, _IMAGES_MAGIC)
+    labels = _read_idx(labels_path, _LABELS_MAGIC)
+    if len(images) != len(labels):
+        raise DataError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
+        )
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def _load_npz(data_path: str | Path | None) -> Dataset:
+    if data_path is None:
+        raise DataError("dataset 'npz' needs --data-path file.npz with arrays x_train and x_test")
+    path = Path(data_path).expanduser()
+    if not path.is_file():
+        raise DataError(f"npz file not found: {path}")
+    bad = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except bad:  # numpy takes anything that is neither .npy nor zip for a pickle, never loaded
+        raise DataError(
+            f"{path} is not an .npz archive; write one with numpy.savez(path, x_train=..., "
+            "x_test=...)"
+        ) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path} holds a single .npy array, not an .npz archive (numpy.savez)")
+    try:
+        with archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except bad as e:  # object arrays land here: allow_pickle=False refuses them
+        raise DataError(f"cannot read the arrays in {path} ({e}); save numeric arrays") from None
+    missing = [key for key in ("x_train", "x_test") if key not in arrays]
+    if missing:
+        found = ", ".join(sorted(arrays)) or "none"
+        raise DataError(f"{path} lacks required array(s) {', '.join(missing)}; found: {found}")
+    x = {key: _check_x(path, key, arrays[key]) for key in ("x_train", "x_test")}
+    if x["x_train"].shape[1:] != x["x_test"].shape[1:]:
+        raise DataError(
+            f"{path}: x_train has per-example shape {tuple(x['x_train'].shape[1:])} but x_test "
+            f"has {tuple(x['x_test'].shape[1:])}; they must match"
+        )
+    y = {}
+    for key, x_key in (("y_train", "x_train"), ("y_test", "x_test")):
+        y[key] = _check_y(path, key, arrays[key], len(x[x_key])) if key in arrays else None
+    return Dataset("npz", x["x_train"], x["x_test"], y["y_train"], y["y_test"])
+
+
+def _check_x(path: Path, key: str, a: np.ndarray) -> torch.Tensor:
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{key} in {path} has dtype {a.dtype}; it must be a float or integer array")
+    if a.ndim not in (2, 3, 4):
+        raise DataError(
+            f"{key} in {path} has shape {a.shape}; accepted shapes are (N, D), (N, H, W) "
+            "or channels-first (N, C, H, W)"
+        )
+    if a.size == 0:
+        raise DataError(f"{key} in {path} is empty (shape {a.shape}); it needs one example or more")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        n_nan, n_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+        raise DataError(
+            f"{key} in {path} has {n_nan} NaN and {n_inf} infinite values; all must be finite"
+        )
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0 or hi > 1:
+        hint = " (divide 8-bit images by 255)" if hi > 1 else ""
+        raise DataError(
+            f"{key} in {path} has values in [{lo:g}, {hi:g}]; values must be in [0, 1]{hint}"
+        )
+    x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    return x.unsqueeze(1) if a.ndim == 3 else x
+
+
+def _check_y(path: Path, key: str, a: np.ndarray, n: int) -> torch.Tensor:
+    if a.ndim != 1 or a.dtype.kind not in "iu":
+        raise DataError(
+            f"{key} in {path} has dtype {a.dtype} and shape {a.shape}; labels must be a 1-D "
+            "integer array"
+        )
+    if len(a) != n:
+        raise DataError(f"{key} in {path} has length {len(a)} but there are {n} examples")
+    return torch.from_numpy(a.astype(np.int64))

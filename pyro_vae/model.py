@@ -1,0 +1,138 @@
+"""The VAE as a Pyro program: a generative model p(x|z) p(z) and an amortized guide q(z|x).
+
+The generative story, for each of the B examples in a batch::
+
+    z ~ p(z)                      # the prior, e.g. N(0, I)
+    x ~ p(x | decoder(z))         # the likelihood, e.g. independent Bernoulli pixels
+
+and the guide, which proposes a code for each observed x::
+
+    z ~ q(z | encoder(x))         # e.g. N(mu(x), diag sigma(x)^2), reparameterized
+
+Training maximizes the evidence lower bound
+``ELBO(x) = E_q[log p(x|z) + log p(z) - log q(z|x)] <= log p(x)``, which ``pyro.infer.Trace_ELBO``
+estimates by running the guide, replaying its z in the model, and differencing the log densities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+
+from .errors import ConfigError
+from .guides import GUIDES
+from .likelihoods import LIKELIHOODS
+from .nets import make_nets
+from .priors import PRIORS
+from .registry import build, name_of
+
+
+class VAE(PyroModule):
+    """A variational autoencoder over examples of shape ``x_shape``.
+
+    :param x_shape: per-example shape, ``(C, H, W)`` for images or ``(D,)`` for flat vectors.
+    :param z_dim: size of the latent code z.
+    :param hidden_dims: layer widths (``mlp``) or channel counts (``conv``), encoder order;
+        the decoder mirrors them.
+    :param encoder: ``"mlp"`` or ``"conv"``: the family of both networks.
+    :param prior: a name from :data:`pyro_vae.priors.PRIORS` or a prior object.
+    :param likelihood: a name from :data:`pyro_vae.likelihoods.LIKELIHOODS` or an object.
+    :param guide: a name from :data:`pyro_vae.guides.GUIDES` or a guide-family object.
+
+    The model and guide use the sample sites ``"z"`` and ``"x"`` inside ``pyro.plate("data")``.
+    ``model`` and ``guide`` register the parameters with ``pyro.module("vae", self)``, as Pyro's
+    own VAE example does, so the textbook ``SVI(vae.model, vae.guide, pyro.optim.Adam(...),
+    Trace_ELBO())`` loop trains it (call ``pyro.clear_param_store()`` before each new VAE there).
+    :func:`pyro_vae.train` instead optimizes ``vae.parameters()`` directly and never reads the
+    param store, so any number of VAEs can be trained in one process.
+    """
+
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        z_dim: int = 16,
+        hidden_dims: Sequence[int] = (400,),
+        encoder: str = "mlp",
+        prior: Any = "standard-normal",
+        likelihood: Any = "bernoulli",
+        guide: Any = "diagonal",
+    ):
+        super().__init__()
+        if int(z_dim) < 1:
+            raise ConfigError(f"z-dim must be a positive integer, got {z_dim}")
+        if not x_shape or any(int(s) < 1 for s in x_shape):
+            raise ConfigError(f"x_shape must be positive sizes, got {tuple(x_shape)}")
+        self.x_shape = tuple(int(s) for s in x_shape)
+        self.z_dim = int(z_dim)
+        self.hidden_dims = tuple(int(h) for h in hidden_dims)
+        self.encoder_kind = encoder
+        self.prior = build(PRIORS, prior, "prior", z_dim=self.z_dim)
+        self.likelihood = build(LIKELIHOODS, likelihood, "likelihood", x_shape=self.x_shape)
+        self.posterior = build(GUIDES, guide, "guide", z_dim=self.z_dim)
+        self.encoder, self.decoder = make_nets(
+            encoder,
+            self.x_shape,
+            self.z_dim,
+            self.hidden_dims,
+            self.posterior.encoder_outputs,
+            self.likelihood.params_per_pixel,
+        )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor's arguments, with parts by name: enough to rebuild this VAE."""
+        return {
+            "x_shape": list(self.x_shape),
+            "z_dim": self.z_dim,
+            "hidden_dims": list(self.hidden_dims),
+            "encoder": self.encoder_kind,
+            "prior": name_of(self.prior),
+            "likelihood": name_of(self.likelihood),
+            "guide": name_of(self.posterior),
+        }
+
+    def model(self, x: torch.Tensor) -> None:
+        """p(x, z) = p(z) p(x|z) for a batch ``x`` of shape ``(B, *x_shape)``."""
+        pyro.module("vae", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior(x.shape[0], x))
+            pyro.sample("x", self.likelihood_dist(z), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        """q(z|x), amortized: one encoder pass gives the posterior of every example."""
+        pyro.module("vae", self)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", self.posterior(self.encoder(x)))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guide's parameters for ``x``: ``(loc, scale)`` of q(z|x), each ``(B, z_dim)``."""
+        return self.posterior.params(self.encoder(x))
+
+    def prior_dist(self, batch_size: int) -> dist.Distribution:
+        """p(z) for ``batch_size`` examples, on this VAE's device."""
+        return self.prior(batch_size, self._anchor())
+
+    def likelihood_dist(self, z: torch.Tensor) -> dist.Distribution:
+        """p(x|z) for codes ``z`` of shape ``(..., z_dim)``; event shape ``x_shape``."""
+        return self.likelihood(self.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x | z = posterior mean of q(z|x)]: each input's reconstruction, shaped like ``x``."""
+        loc, _ = self.encode(x)
+        return self.likelihood.mean(self.decoder(loc))
+
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = True) -> torch.Tensor:
+        """``n`` images from the model: z ~ p(z), then E[x|z] (``mean=True``) or x ~ p(x|z)."""
+        z = self.prior_dist(n).sample()
+        return self.likelihood.mean(self.decoder(z)) if mean else self.likelihood_dist(z).sample()
+
+    def _anchor(self) -> torch.Tensor:
+        # Any parameter carries the device and dtype that new tensors must be made on.
+        return next(self.decoder.parameters())

@@ -1,0 +1,144 @@
+"""The neural networks behind the guide (encoder) and the model (decoder).
+
+An encoder maps a batch ``x`` of shape ``(B, *x_shape)`` to ``(B, out_dim)`` numbers that a guide
+family turns into q(z|x). A decoder maps ``z`` of shape ``(..., z_dim)`` to ``(..., P, *x_shape)``
+numbers, ``P`` per pixel, that a likelihood turns into p(x|z). Decoders accept any leading batch
+dims because Pyro's vectorized particles add one in front of the data plate.
+
+Two families, picked by name: ``mlp`` (fully connected, ``hidden_dims`` are layer widths) and
+``conv`` (strided 3x3 convolutions, ``hidden_dims`` are channel counts; images only).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+
+def _mlp(widths: Sequence[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    """x -> flatten -> [Linear, ReLU] per hidden width -> Linear(out_dim)."""
+
+    def __init__(self, x_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int):
+        super().__init__()
+        self.net = _mlp([math.prod(x_shape), *hidden_dims, out_dim])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+class MLPDecoder(nn.Module):
+    """z -> [Linear, ReLU] per hidden width (reversed) -> Linear(P * prod(x_shape))."""
+
+    def __init__(
+        self, z_dim: int, hidden_dims: Sequence[int], x_shape: Sequence[int], params_per_pixel: int
+    ):
+        super().__init__()
+        self.out_shape = (params_per_pixel, *x_shape)
+        self.net = _mlp([z_dim, *reversed(hidden_dims), math.prod(self.out_shape)])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).unflatten(-1, self.out_shape)
+
+
+def _halve(size: int) -> int:
+    # Spatial size after a 3x3 convolution with stride 2 and padding 1.
+    return (size - 1) // 2 + 1
+
+
+def _check_image_shape(x_shape: Sequence[int]) -> None:
+    if len(x_shape) != 3:
+        raise ConfigError(
+            f"the conv encoder needs images of shape (C, H, W), got per-example shape "
+            f"{tuple(x_shape)}; use --encoder mlp for flat data"
+        )
+
+
+class ConvEncoder(nn.Module):
+    """x -> [Conv3x3 stride 2, ReLU] per channel count -> flatten -> Linear(out_dim)."""
+
+    def __init__(self, x_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int):
+        super().__init__()
+        _check_image_shape(x_shape)
+        channels, height, width = x_shape
+        layers: list[nn.Module] = []
+        for n_out in hidden_dims:
+            layers += [nn.Conv2d(channels, n_out, 3, stride=2, padding=1), nn.ReLU()]
+            channels, height, width = n_out, _halve(height), _halve(width)
+        self.convs = nn.Sequential(*layers)
+        self.head = nn.Linear(channels * height * width, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(x).flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    """z -> Linear -> [ConvTranspose3x3 stride 2] mirroring the encoder -> (P * C) channels.
+
+    Each transposed convolution's output padding is chosen so that every spatial size of the
+    encoder is met exactly, whatever the image size (8x8 digits, 28x28 MNIST, odd sizes).
+    """
+
+    def __init__(
+        self, z_dim: int, hidden_dims: Sequence[int], x_shape: Sequence[int], params_per_pixel: int
+    ):
+        super().__init__()
+        _check_image_shape(x_shape)
+        channels, height, width = x_shape
+        sizes = [(height, width)]
+        for _ in hidden_dims:
+            sizes.append((_halve(sizes[-1][0]), _halve(sizes[-1][1])))
+        self.out_shape = (params_per_pixel, *x_shape)
+        self.start_shape = (hidden_dims[-1], *sizes[-1])
+        self.head = nn.Linear(z_dim, math.prod(self.start_shape))
+        widths = [*reversed(hidden_dims), params_per_pixel * channels]
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            (h_in, w_in), (h_out, w_out) = sizes[-1 - i], sizes[-2 - i]
+            padding = (h_out - (2 * h_in - 1), w_out - (2 * w_in - 1))
+            layers += [nn.ReLU(), nn.ConvTranspose2d(n_in, n_out, 3, 2, 1, output_padding=padding)]
+        self.deconvs = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch_shape = z.shape[:-1]
+        h = self.head(z.reshape(-1, z.shape[-1])).unflatten(-1, self.start_shape)
+        return self.deconvs(h).reshape(*batch_shape, *self.out_shape)
+
+
+NETS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
+    "mlp": (MLPEncoder, MLPDecoder),
+    "conv": (ConvEncoder, ConvDecoder),
+}
+
+
+def make_nets(
+    kind: str,
+    x_shape: Sequence[int],
+    z_dim: int,
+    hidden_dims: Sequence[int],
+    encoder_outputs: int,
+    params_per_pixel: int,
+) -> tuple[nn.Module, nn.Module]:
+    """The (encoder, decoder) pair of family ``kind``, one of :data:`NETS`."""
+    if kind not in NETS:
+        raise ConfigError(f"unknown encoder {kind!r}; choose one of: {', '.join(NETS)}")
+    if not hidden_dims or any(int(h) < 1 for h in hidden_dims):
+        raise ConfigError(f"hidden dims must be one or more positive integers, got {hidden_dims}")
+    encoder_cls, decoder_cls = NETS[kind]
+    return (
+        encoder_cls(x_shape, hidden_dims, encoder_outputs),
+        decoder_cls(z_dim, hidden_dims, x_shape, params_per_pixel),
+    )
