@@ -82,7 +82,9 @@ def save_checkpoint(
     """Write ``vae``'s weights, the optimizer state, epoch, RNG state and config atomically."""
     state = {
         "format": CHECKPOINT_FORMAT,
-        "config": config,
+        # through JSON, so that only plain data is stored (a str subclass such as
+        # torch.__version__ would make the file unloadable with weights_only=True)
+        "config": json.loads(json.dumps(config)),
         "model": vae.state_dict(),
         "optimizer": None if optimizer is None else optimizer.state_dict(),
         "epoch": epoch,

@@ -84,8 +84,9 @@ def plot_elbo(history: Mapping[str, Sequence[float]], path: str | Path | None = 
     """Train and test ELBO (nats per example) by epoch, from a history's columns."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    ax.plot(history["epoch"], history["train_elbo"], marker=".", label="train ELBO")
-    ax.plot(history["epoch"], history["test_elbo"], marker=".", label="test ELBO")
+    marker = "." if len(history["epoch"]) <= 50 else None  # dots only where they can be told apart
+    ax.plot(history["epoch"], history["train_elbo"], marker=marker, label="train ELBO")
+    ax.plot(history["epoch"], history["test_elbo"], marker=marker, label="test ELBO")
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats per example)")
     ax.grid(alpha=0.3)

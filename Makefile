@@ -1,0 +1,28 @@
+# make demo: train on the embedded digits and write runs/demo/
+# make test: lint and run the whole test suite
+# Both create .venv and install the package (with the dev extras) on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/pyro-vae train --dataset digits --epochs 200 --lr 0.003 --out runs/demo --overwrite
+
+lint: install
+	$(BIN)/ruff check pyro_vae tests examples
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

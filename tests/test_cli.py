@@ -1,0 +1,179 @@
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+import torchvision.datasets
+
+from pyro_vae.cli import RUN_FILES, build_parser, main
+
+FAST = ["--hidden-dims", "64", "--z-dim", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "two-epochs"
+    assert main(["train", "--dataset", "digits", "--epochs", "2", "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_train_writes_every_file_of_the_run_folder(run_dir):
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(RUN_FILES)
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "train_elbo", "test_elbo", "seconds"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["device"] == "cpu"
+    assert summary["test_elbo"] == float(rows[-1]["test_elbo"])
+    assert summary["baseline_log_likelihood"] == pytest.approx(-26.98, abs=0.01)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"]["z_dim"] == 4 and config["model"]["hidden_dims"] == [64]
+    assert config["train"] == {
+        "epochs": 2,
+        "batch_size": 128,
+        "lr": 0.001,
+        "seed": 0,
+        "objective": "trace",
+        "binarization": "dynamic",
+    }
+    assert config["device"] == "cpu"
+    assert set(config["versions"]) == {"pyro_vae", "pyro", "torch", "python"}
+    for picture in ("reconstructions.png", "samples.png", "elbo.png"):
+        image = matplotlib.image.imread(run_dir / picture)
+        assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0.05
+
+
+def test_train_prints_where_the_results_are(run_dir, tmp_path, capsys):
+    out = tmp_path / "printed"
+    main(["train", "--epochs", "1", "--out", str(out), *FAST])
+    printed = capsys.readouterr().out
+    assert f"run folder: {out}" in printed
+    assert "test ELBO: -" in printed and "nats per example" in printed
+
+
+def test_evaluate_reproduces_the_summary(run_dir, capsys):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert main(["evaluate", str(run_dir)]) == 0
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    assert evaluation["test_elbo"] == summary["test_elbo"]
+    assert evaluation["seed"] == 0 and evaluation["epoch"] == 2
+    assert "test_elbo: " in capsys.readouterr().out
+    main(["evaluate", str(run_dir), "--seed", "1"])
+    other = json.loads((run_dir / "evaluation.json").read_text())
+    assert other["test_elbo"] != summary["test_elbo"]
+    assert other["test_elbo"] == pytest.approx(summary["test_elbo"], abs=0.5)
+
+
+def test_sample_and_reconstruct_write_pictures(run_dir, tmp_path):
+    assert main(["sample", str(run_dir), "-n", "16", "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["reconstruct", str(run_dir), "--out", str(tmp_path / "r.png")]) == 0
+    for name in ("s.png", "r.png"):
+        assert matplotlib.image.imread(tmp_path / name).std() > 0.05
+
+
+def test_train_with_no_flags_trains_on_digits(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--quiet", "--epochs", "1"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("digits-")
+    assert json.loads((run / "config.json").read_text())["dataset"] == "digits"
+
+
+def test_help_documents_every_flag(capsys):
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(commands) == {"train", "evaluate", "sample", "reconstruct"}
+    for name, sub in commands.items():
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = capsys.readouterr().out
+        for action in sub._actions:
+            assert action.help, f"{name} {action.dest} has no help"
+            for flag in action.option_strings:
+                assert flag in text
+
+
+def error_line(capsys, argv):
+    """Run the CLI expecting a user error; return the one line it printed."""
+    try:
+        status = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        status = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def save_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_bad_input_is_one_clear_line(run_dir, tmp_path, capsys, monkeypatch):
+    def offline(*args, **kwargs):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    good = np.random.default_rng(0).random((4, 8, 8))
+    cases = {
+        "--data-dir DIR": ["--dataset", "mnist", "--data-dir", str(empty)],
+        "train-images-idx3-ubyte": ["--dataset", "mnist", "--data-dir", str(empty)],
+        "--data-path file.npz": ["--dataset", "npz"],
+        "NaN": [
+            "--dataset",
+            "npz",
+            "--data-path",
+            save_npz(tmp_path / "nan.npz", x_train=good * np.nan, x_test=good),
+        ],
+        "[0, 1]": [
+            "--dataset",
+            "npz",
+            "--data-path",
+            save_npz(tmp_path / "big.npz", x_train=good * 255, x_test=good),
+        ],
+        "shape": [
+            "--dataset",
+            "npz",
+            "--data-path",
+            save_npz(tmp_path / "rank.npz", x_train=good.ravel(), x_test=good),
+        ],
+        "already holds a trained run": ["--out", str(run_dir)],
+        "must be at least 1": ["--epochs", "0"],
+        "must be a positive finite number": ["--lr", "-1"],
+        "comma-separated positive sizes": ["--hidden-dims", "a,b"],
+        "invalid choice: 'gamma'": ["--prior", "gamma"],
+    }
+    if not torch.cuda.is_available():
+        cases["no CUDA GPU is available"] = ["--device", "cuda"]
+    for fragment, argv in cases.items():
+        line = error_line(capsys, ["train", "--out", str(tmp_path / "new"), *FAST, *argv])
+        assert fragment in line, (argv, line)
+    assert "no run folder at" in error_line(capsys, ["evaluate", str(tmp_path / "nope")])
+    assert "no checkpoint at" in error_line(capsys, ["sample", str(empty)])
+
+
+def test_console_script_and_module_entry_points():
+    script = Path(sys.executable).parent / "pyro-vae"
+    version = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("pyro-vae ")
+    bad = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", "train", "--dataset", "npz"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.strip().splitlines()
+        == ["pyro-vae: error: dataset 'npz' needs --data-path file.npz"]
+        or "--data-path" in bad.stderr
+    )
+    assert "Traceback" not in bad.stderr

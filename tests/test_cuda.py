@@ -1,0 +1,54 @@
+"""CUDA runs of the same code; skipped cleanly on machines without a GPU (CI has none)."""
+
+import json
+
+import pyro
+import pytest
+import torch
+from conftest import binary_batch
+from pyro import poutine
+
+from pyro_vae import VAE, load_run, train
+from pyro_vae.cli import main
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine"),
+]
+
+
+def test_every_tensor_of_a_step_lives_on_the_gpu():
+    vae = VAE((1, 8, 8), z_dim=4, hidden_dims=(16,)).cuda()
+    x = binary_batch(8).cuda()
+    guide_trace = poutine.trace(vae.guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    for trace in (guide_trace, model_trace):
+        for name, site in trace.nodes.items():
+            if site["type"] == "sample" and name != "data":
+                assert site["value"].is_cuda, name
+    assert model_trace.nodes["z"]["fn"].base_dist.loc.is_cuda
+    assert vae.prior_dist(3).sample().is_cuda and vae.sample(3).is_cuda
+
+
+def test_training_on_the_gpu_matches_the_cpu_in_quality(digits):
+    results = {}
+    for device in ("cpu", "cuda"):
+        pyro.set_rng_seed(0)
+        vae = VAE(digits.x_shape, z_dim=8, hidden_dims=(400,))
+        history = train(vae, digits, epochs=34, lr=3e-3, device=device, progress=False)
+        assert all(p.is_cuda == (device == "cuda") for p in vae.parameters())
+        results[device] = history.test_elbo[-1]
+    assert results["cuda"] == pytest.approx(results["cpu"], abs=0.5)
+
+
+def test_a_gpu_run_folder_evaluates_the_same_and_loads_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu"
+    args = ["train", "--epochs", "2", "--device", "cuda", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"].startswith("cuda")
+    assert main(["evaluate", str(out)]) == 0
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["test_elbo"] == pytest.approx(summary["test_elbo"], abs=1e-4)
+    vae, _ = load_run(out, device="cpu")
+    assert vae.reconstruct(binary_batch(4)).device.type == "cpu"

@@ -1,0 +1,39 @@
+import matplotlib.image
+import pytest
+import torch
+
+from pyro_vae.plots import as_images, plot_elbo, plot_grid, plot_reconstructions
+
+
+@pytest.mark.parametrize(
+    "shape,expected",
+    [
+        ((5, 1, 8, 8), (5, 1, 8, 8)),
+        ((5, 8, 8), (5, 1, 8, 8)),
+        ((5, 64), (5, 1, 8, 8)),
+        ((5, 20), (5, 1, 1, 20)),
+        ((5, 3, 4, 4), (5, 3, 4, 4)),
+    ],
+)
+def test_any_example_shape_becomes_an_image(shape, expected):
+    assert as_images(torch.rand(shape)).shape == expected
+
+
+def test_reconstructions_alternate_input_and_output_rows(tmp_path):
+    x, x_rec = torch.zeros(16, 1, 8, 8), torch.ones(16, 1, 8, 8)
+    fig = plot_reconstructions(x, x_rec, tmp_path / "r.png", nrow=8)
+    shown = fig.axes[0].images[0].get_array()
+    cell = 9  # 8 pixels and 1 of padding
+    rows = [float(shown[1 + r * cell : r * cell + cell, 1:8].mean()) for r in range(4)]
+    assert rows == [0.0, 1.0, 0.0, 1.0]
+    assert matplotlib.image.imread(tmp_path / "r.png").shape[2] in (3, 4)
+
+
+def test_figures_are_returned_and_saved(tmp_path):
+    fig = plot_grid(torch.rand(10, 1, 8, 8), path=tmp_path / "g.png")
+    assert (tmp_path / "g.png").stat().st_size > 1000 and fig.axes
+    history = {"epoch": [1, 2, 3], "train_elbo": [-30, -28, -27], "test_elbo": [-31, -29, -28]}
+    fig = plot_elbo(history)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "ELBO (nats per example)"
+    assert [line.get_label() for line in ax.lines] == ["train ELBO", "test ELBO"]
