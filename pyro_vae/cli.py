@@ -298,3 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PyroVAEError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Checkpoints are written after every epoch: the last finished one is on disk.
+        print(
+            "\npyro-vae: interrupted; the run folder keeps the last finished epoch", file=sys.stderr
+        )
+        return 130
