@@ -177,3 +177,15 @@ def test_console_script_and_module_entry_points():
         or "--data-path" in bad.stderr
     )
     assert "Traceback" not in bad.stderr
+
+
+def test_ctrl_c_ends_with_status_130_and_keeps_the_config(tmp_path, capsys, monkeypatch):
+    import pyro_vae.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pyro_vae.cli, "train", interrupted)
+    assert main(["train", "--out", str(tmp_path / "run"), *FAST]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert (tmp_path / "run" / "config.json").exists()
