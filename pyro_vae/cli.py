@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command line: train, evaluate, sample and reconstruct.
+"""The ``pyro-vae`` command line: train, evaluate, check-elbo, sample and reconstruct.
 
 Every mistake a user can make is reported as one line, ``pyro-vae: error: ...``, with exit
 status 2; nothing the user asked for is lost to a traceback.
@@ -18,6 +18,7 @@ from typing import Any
 import pyro
 
 from . import __version__
+from .check import check_elbo, format_check
 from .checkpoint import CHECKPOINT_NAME, load_run, save_checkpoint, versions, write_json
 from .data import DATASETS, load_dataset
 from .elbo import OBJECTIVES
@@ -29,7 +30,7 @@ from .model import VAE
 from .nets import NETS
 from .plots import plot_elbo, plot_reconstructions, plot_samples
 from .priors import PRIORS
-from .train import BINARIZATION, History, resolve_device, train
+from .train import BINARIZATION, History, eval_inputs, resolve_device, train
 
 RUN_FILES = (
     "config.json",
@@ -96,15 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     data = load_dataset(args.dataset, data_dir=args.data_dir, data_path=args.data_path)
     pyro.set_rng_seed(args.seed)
-    vae = VAE(
-        data.x_shape,
-        z_dim=args.z_dim,
-        hidden_dims=args.hidden_dims,
-        encoder=args.encoder,
-        prior=args.prior,
-        likelihood=args.likelihood,
-        guide=args.guide,
-    )
+    vae = _build_vae(args, data.x_shape)
     settings = {
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -187,15 +180,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pyro-vae", description="Variational autoencoders written as Pyro programs."
-    )
-    parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-
-    p = commands.add_parser("train", help="train a VAE and write a run folder", formatter_class=fmt)
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         choices=DATASETS,
@@ -213,9 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="an .npz file with arrays x_train, x_test (values in "
         "[0,1]) and optional y_train, y_test, for --dataset npz",
     )
-    p.add_argument("--epochs", type=positive_int, default=20, help="passes over the training set")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="examples per SVI step")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--z-dim", type=positive_int, default=16, help="size of the latent code z")
     p.add_argument(
         "--hidden-dims",
@@ -225,22 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
         "channel counts for conv (e.g. 400 or 512,256)",
     )
     p.add_argument(
-        "--encoder",
-        choices=list(NETS),
-        default="mlp",
-        help="network family of the encoder and decoder",
+        "--encoder", choices=list(NETS), default="mlp", help="network family of encoder and decoder"
     )
     p.add_argument("--prior", choices=list(PRIORS), default="standard-normal", help="prior p(z)")
     p.add_argument(
         "--likelihood", choices=list(LIKELIHOODS), default="bernoulli", help="likelihood p(x|z)"
     )
     p.add_argument("--guide", choices=list(GUIDES), default="diagonal", help="guide family q(z|x)")
-    p.add_argument(
-        "--objective",
-        choices=list(OBJECTIVES),
-        default="trace",
-        help="trace: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL)",
-    )
+
+
+def _add_binarize_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--binarize",
         choices=BINARIZATION,
@@ -248,6 +227,65 @@ def build_parser() -> argparse.ArgumentParser:
         help="dynamic: for a binary likelihood, binarize grey training data afresh in "
         "each batch and the test set once with a fixed seed; none: use data as is",
     )
+
+
+def _build_vae(args: argparse.Namespace, x_shape: Sequence[int]) -> VAE:
+    return VAE(
+        x_shape,
+        z_dim=args.z_dim,
+        hidden_dims=args.hidden_dims,
+        encoder=args.encoder,
+        prior=args.prior,
+        likelihood=args.likelihood,
+        guide=args.guide,
+    )
+
+
+def cmd_check_elbo(args: argparse.Namespace) -> int:
+    if args.run_dir is not None:
+        vae, state = load_run(args.run_dir)
+        config = state["config"]
+        data = load_dataset(
+            config["dataset"], data_dir=config["data_dir"], data_path=config["data_path"]
+        )
+        binarization = config["train"]["binarization"]
+    else:
+        data = load_dataset(args.dataset, data_dir=args.data_dir, data_path=args.data_path)
+        pyro.set_rng_seed(args.seed)
+        vae = _build_vae(args, data.x_shape)
+        binarization = args.binarize
+    x = eval_inputs(vae, data.x_test[: args.batch_size], binarization)
+    report = check_elbo(vae, x, seed=args.seed, num_particles=args.num_particles)
+    print(format_check(report, len(x)))
+    if report.failures:
+        print(f"pyro-vae: check failed: {report.failures[0]}", file=sys.stderr)
+        return 1
+    print("all equalities hold")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-vae", description="Variational autoencoders written as Pyro programs."
+    )
+    parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = commands.add_parser("train", help="train a VAE and write a run folder", formatter_class=fmt)
+    _add_data_flags(p)
+    p.add_argument("--epochs", type=positive_int, default=20, help="passes over the training set")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="examples per SVI step")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    _add_model_flags(p)
+    p.add_argument(
+        "--objective",
+        choices=list(OBJECTIVES),
+        default="trace",
+        help="trace: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); manual: the "
+        "hand-written ELBO in plain PyTorch, no pyro.infer",
+    )
+    _add_binarize_flag(p)
     p.add_argument("--seed", type=int, default=0, help="seeds weights, batch order and noise")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", help="run folder to write (default: runs/DATASET-DATE-TIME)")
@@ -266,6 +304,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the Monte Carlo estimate (default: the run's)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's, else cpu)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser(
+        "check-elbo",
+        formatter_class=fmt,
+        help="compare Pyro's Trace_ELBO with the hand-written ELBO; exit 1 if they differ",
+    )
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", nargs="?", help="a trained run (default: an untrained model)"
+    )
+    _add_data_flags(p)
+    _add_model_flags(p)
+    _add_binarize_flag(p)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="test examples compared")
+    p.add_argument(
+        "--num-particles", type=positive_int, default=1, help="Monte Carlo particles per example"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the model and of the draws")
+    p.set_defaults(func=cmd_check_elbo)
 
     p = commands.add_parser("sample", help="draw images from a trained model", formatter_class=fmt)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by pyro-vae train")

@@ -5,7 +5,9 @@ default) and takes an Adam step on its gradient, which flows through the reparam
 ``pyro.infer.SVI.step`` with one ``torch.optim.Adam`` over ``vae.parameters()`` in place of
 ``pyro.optim``'s one optimizer per parameter: the same update, without the global param store, so
 that the optimizer's state is a plain ``state_dict`` and any number of VAEs can train in one
-process.
+process. It is also the optimizer of the pure-PyTorch trainer (``objective="manual"``, the
+hand-written ELBO with no ``pyro.infer``), so that the two trainers take the very same steps and
+their loss trajectories can be compared number for number.
 
 The whole training set lives on the device as one tensor and batches are drawn by a shuffled index,
 so no per-example data loader runs in the hot loop.
@@ -16,14 +18,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
 from .data import Dataset, binarize, is_binary
-from .elbo import dataset_elbo, make_objective
+from .elbo import dataset_elbo, make_loss
 from .errors import ConfigError, DataError, PyroVAEError
 from .model import VAE
 
@@ -33,19 +35,24 @@ BINARIZATION = ("dynamic", "none")
 TEST_BINARIZATION_SEED = 0
 
 
+EPOCH_COLUMNS = ("epoch", "train_elbo", "test_elbo", "seconds")
+
+
 @dataclass
 class History:
-    """Per-epoch figures: ELBOs in nats per example, ``seconds`` of training in that epoch."""
+    """Per-epoch figures: ELBOs in nats per example, ``seconds`` of training in that epoch; and
+    ``step_loss``, each step's loss (the negative ELBO of its batch, nats per example)."""
 
     epoch: list[int] = field(default_factory=list)
     train_elbo: list[float] = field(default_factory=list)
     test_elbo: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    step_loss: list[float] = field(default_factory=list)
 
     def rows(self) -> list[dict[str, float]]:
         """One dict per epoch, keyed like the columns of ``metrics.csv``."""
-        columns = asdict(self)
-        return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+        columns = [getattr(self, name) for name in EPOCH_COLUMNS]
+        return [dict(zip(EPOCH_COLUMNS, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
 class TrainingError(PyroVAEError):
@@ -118,7 +125,8 @@ def train(
 ) -> History:
     """Fit ``vae`` to ``data.x_train`` by SVI; return the per-epoch history.
 
-    :param objective: ``"trace"`` (``Trace_ELBO``) or ``"meanfield"`` (``TraceMeanField_ELBO``).
+    :param objective: ``"trace"`` (``Trace_ELBO``), ``"meanfield"`` (``TraceMeanField_ELBO``) or
+        ``"manual"`` (:func:`pyro_vae.elbo.manual_elbo`, plain PyTorch, no ``pyro.infer``).
     :param binarization: ``"dynamic"``: for a binary likelihood, grey training data is binarized
         afresh in every batch (x ~ Bernoulli(pixel)) and the test set once with a fixed seed;
         ``"none"``: the data are used as they are.
@@ -141,7 +149,7 @@ def train(
     x_train = data.x_train.to(device)
     x_test = eval_inputs(vae, data.x_test, binarization).to(device)
     dynamic = needs_binarization(vae, data.x_train, binarization)
-    elbo = make_objective(objective)
+    loss_fn = make_loss(vae, objective)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
 
     pyro.set_rng_seed(seed)
@@ -156,7 +164,7 @@ def train(
         for epoch in range(1, epochs + 1):
             bar.set_description(f"epoch {epoch}/{epochs}")
             start = time.perf_counter()
-            loss_sum = x_train.new_zeros(())
+            batch_losses = []  # summed over each batch, kept on the device until the epoch ends
             for index in torch.randperm(n, generator=batch_order).to(device).split(batch_size):
                 x = x_train[index]
                 if dynamic:
@@ -164,16 +172,20 @@ def train(
                 # Pyro's validation on the first step makes a malformed model fail loudly; after
                 # that it costs 0.5-1 ms a step (15% of a digits step on 2 CPU cores).
                 with pyro.validation_enabled(step == 0):
-                    loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+                    loss = loss_fn(x)
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                loss_sum += loss.detach()
+                batch_losses.append(loss.detach())
                 step += 1
                 bar.update()
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{loss.item() / len(x):.2f}")
-            train_elbo = -loss_sum.item() / n
+            batch_losses = torch.stack(batch_losses)
+            sizes = torch.full_like(batch_losses, batch_size)
+            sizes[-1] = n - batch_size * (len(sizes) - 1)
+            history.step_loss += (batch_losses / sizes).tolist()
+            train_elbo = -batch_losses.sum().item() / n
             seconds = time.perf_counter() - start
             if not math.isfinite(train_elbo):
                 raise TrainingError(
