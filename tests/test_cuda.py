@@ -52,3 +52,23 @@ def test_a_gpu_run_folder_evaluates_the_same_and_loads_on_the_cpu(tmp_path):
     assert evaluation["test_elbo"] == pytest.approx(summary["test_elbo"], abs=1e-4)
     vae, _ = load_run(out, device="cpu")
     assert vae.reconstruct(binary_batch(4)).device.type == "cpu"
+
+
+def test_trace_elbo_equals_the_manual_elbo_on_the_gpu(digits):
+    from pyro.infer import Trace_ELBO
+
+    from pyro_vae.elbo import manual_elbo
+    from pyro_vae.train import eval_inputs
+
+    vae = VAE(digits.x_shape, z_dim=4, hidden_dims=(32,)).cuda()
+    x = eval_inputs(vae, digits.x_test[:64]).cuda()
+    elbo = Trace_ELBO(vectorize_particles=True, max_plate_nesting=1)
+    torch.manual_seed(1)
+    pyro_loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+    pyro_grads = torch.autograd.grad(pyro_loss, list(vae.parameters()))
+    torch.manual_seed(1)
+    manual_loss = -manual_elbo(vae, x)
+    manual_grads = torch.autograd.grad(manual_loss, list(vae.parameters()))
+    assert float(pyro_loss) == pytest.approx(float(manual_loss), rel=1e-5)
+    for a, b in zip(pyro_grads, manual_grads, strict=True):
+        assert (a - b).abs().max() <= 1e-5 * max(1.0, float(a.abs().max()))

@@ -1,0 +1,240 @@
+"""Pyro's objectives against the hand-written ELBO: the proof that the Pyro program computes the
+maths. Every registered prior x likelihood x guide is checked, so a part added later is too."""
+
+import itertools
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+
+from pyro_vae import VAE, ConfigError, train
+from pyro_vae.cli import main
+from pyro_vae.elbo import iwae_bound, log_weight_terms, manual_elbo
+from pyro_vae.guides import GUIDES, DiagonalNormal
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.priors import PRIORS
+from pyro_vae.train import eval_inputs
+
+COMBINATIONS = [
+    pytest.param(*combo, id="-".join(combo))
+    for combo in itertools.product(PRIORS, LIKELIHOODS, GUIDES, ["mlp", "conv"])
+]
+TOLERANCE = 1e-5
+
+
+def make(digits, prior, likelihood, guide, encoder, n=32):
+    pyro.set_rng_seed(0)
+    vae = VAE(
+        digits.x_shape,
+        z_dim=3,
+        hidden_dims=(16, 8),
+        encoder=encoder,
+        prior=prior,
+        likelihood=likelihood,
+        guide=guide,
+    )
+    return vae, eval_inputs(vae, digits.x_test[:n])
+
+
+def loss_and_grads(vae, loss_fn, x, seed=1):
+    torch.manual_seed(seed)
+    loss = loss_fn(x)
+    return loss.detach(), torch.autograd.grad(loss, list(vae.parameters()))
+
+
+def assert_equal_to_float32_rounding(vae, pyro_loss_fn, manual_loss_fn, x, bitwise):
+    pyro_loss, pyro_grads = loss_and_grads(vae, pyro_loss_fn, x)
+    manual_loss, manual_grads = loss_and_grads(vae, manual_loss_fn, x)
+    assert abs(pyro_loss - manual_loss) <= TOLERANCE * abs(pyro_loss)
+    for a, b in zip(pyro_grads, manual_grads, strict=True):
+        assert (a - b).abs().max() <= TOLERANCE * max(1.0, float(a.abs().max()))
+    if bitwise:  # one particle, the explicit-eps path: the very same float operations
+        assert torch.equal(pyro_loss, manual_loss)
+        assert all(torch.equal(a, b) for a, b in zip(pyro_grads, manual_grads, strict=True))
+
+
+@pytest.mark.parametrize("num_particles", [1, 3])
+@pytest.mark.parametrize("prior,likelihood,guide,encoder", COMBINATIONS)
+def test_trace_elbo_equals_the_manual_elbo(
+    digits, prior, likelihood, guide, encoder, num_particles
+):
+    vae, x = make(digits, prior, likelihood, guide, encoder)
+    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    assert_equal_to_float32_rounding(
+        vae,
+        lambda b: elbo.differentiable_loss(vae.model, vae.guide, b),
+        lambda b: -manual_elbo(vae, b, num_particles),
+        x,
+        bitwise=num_particles == 1 and isinstance(vae.posterior, DiagonalNormal),
+    )
+
+
+@pytest.mark.parametrize("num_particles", [1, 3])
+@pytest.mark.parametrize("prior,likelihood,guide,encoder", COMBINATIONS)
+def test_meanfield_elbo_equals_the_analytic_kl_elbo(
+    digits, prior, likelihood, guide, encoder, num_particles
+):
+    vae, x = make(digits, prior, likelihood, guide, encoder)
+    try:
+        manual_elbo(vae, x, analytic_kl=True)
+    except ConfigError:
+        pytest.skip(f"no closed-form KL between guide {guide} and prior {prior}")
+    elbo = TraceMeanField_ELBO(
+        num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1
+    )
+    assert_equal_to_float32_rounding(
+        vae,
+        lambda b: elbo.differentiable_loss(vae.model, vae.guide, b),
+        lambda b: -manual_elbo(vae, b, num_particles, analytic_kl=True),
+        x,
+        bitwise=num_particles == 1 and isinstance(vae.posterior, DiagonalNormal),
+    )
+
+
+def mean_and_standard_error(values):
+    values = torch.as_tensor(values, dtype=torch.float64)
+    return float(values.mean()), float(values.std() / math.sqrt(len(values)))
+
+
+@pytest.mark.parametrize("prior,likelihood,guide,encoder", COMBINATIONS)
+def test_independent_draws_agree_within_four_standard_errors(
+    digits, prior, likelihood, guide, encoder
+):
+    # No shared random numbers: the agreement is that of two estimators of one quantity.
+    vae, x = make(digits, prior, likelihood, guide, encoder, n=8)
+    elbo = Trace_ELBO()
+    with torch.no_grad():
+        pyro_draws = []
+        for i in range(2000):
+            torch.manual_seed(10_000 + i)
+            pyro_draws.append(-elbo.loss(vae.model, vae.guide, x))
+        torch.manual_seed(7)
+        log_p_x, log_p_z, log_q, _, _ = log_weight_terms(vae, x, 2000)
+        manual_draws = (log_p_x + log_p_z - log_q).sum(-1)
+    (m1, s1), (m2, s2) = mean_and_standard_error(pyro_draws), mean_and_standard_error(manual_draws)
+    assert abs(m1 - m2) < 4 * math.hypot(s1, s2)
+    assert s1 > 0 and s2 > 0  # the draws really are random
+
+
+@pytest.fixture(scope="module")
+def trained_digits_vae(digits):
+    pyro.set_rng_seed(0)
+    vae = VAE(digits.x_shape, z_dim=8, hidden_dims=(400,))
+    train(vae, digits, epochs=20, lr=3e-3, device="cpu", progress=False)
+    return vae, eval_inputs(vae, digits.x_test)
+
+
+def test_iwae_with_one_particle_is_the_single_sample_elbo(trained_digits_vae):
+    vae, x = trained_digits_vae
+    torch.manual_seed(3)
+    bound = iwae_bound(vae, x, 1)
+    torch.manual_seed(3)
+    log_p_x, log_p_z, log_q, _, _ = log_weight_terms(vae, x, 1)
+    assert bound.shape == (len(x),)
+    assert torch.equal(bound, (log_p_x + log_p_z - log_q)[0].detach())
+    torch.manual_seed(3)
+    with torch.no_grad():
+        assert float(bound.sum()) == pytest.approx(float(manual_elbo(vae, x)), rel=1e-6)
+
+
+def test_iwae_bound_rises_with_k(trained_digits_vae):
+    vae, x = trained_digits_vae
+    bounds = []
+    for k in (1, 10, 100):
+        torch.manual_seed(0)
+        bounds.append(float(iwae_bound(vae, x, k).mean()))
+    assert bounds[0] < bounds[1] < bounds[2]
+    assert bounds[2] - bounds[0] > 0.2  # nats per example: a real gap, not rounding
+
+
+def test_iwae_bound_is_chunked_over_particles(trained_digits_vae, monkeypatch):
+    vae, x = trained_digits_vae
+    import pyro_vae.elbo
+
+    torch.manual_seed(0)
+    whole = iwae_bound(vae, x, 64)
+    monkeypatch.setattr(pyro_vae.elbo, "IWAE_CHUNK_ELEMENTS", 7 * len(x) * 64)
+    torch.manual_seed(0)
+    chunked = iwae_bound(vae, x, 64)  # 7 particles at a time: other draws, same quantity
+    assert not torch.equal(whole, chunked)
+    assert float(chunked.mean()) == pytest.approx(float(whole.mean()), abs=0.05)
+
+
+@pytest.mark.parametrize("k", [1, 10, 100])
+def test_iwae_bound_matches_pyros_renyi_elbo_with_alpha_zero(trained_digits_vae, k):
+    # For a batch of one example, RenyiELBO(alpha=0) is exactly the IWAE bound.
+    vae, x = trained_digits_vae
+    renyi = RenyiELBO(alpha=0, num_particles=k, vectorize_particles=True, max_plate_nesting=1)
+    for i in range(3):
+        torch.manual_seed(i)
+        pyro_bound = -renyi.loss(vae.model, vae.guide, x[i : i + 1])
+        torch.manual_seed(i)
+        assert float(iwae_bound(vae, x[i : i + 1], k)) == pytest.approx(pyro_bound, abs=1e-4)
+
+
+class StudentTPrior(torch.nn.Module):
+    name = "student-t-test"
+
+    def __init__(self, z_dim):
+        super().__init__()
+        self.z_dim = z_dim
+
+    def forward(self, batch_size, like):
+        loc = like.new_zeros(batch_size, self.z_dim)
+        return dist.StudentT(3.0, loc, torch.ones_like(loc)).to_event(1)
+
+
+def test_analytic_kl_without_a_closed_form_is_a_clear_error(digits):
+    vae = VAE(digits.x_shape, z_dim=3, hidden_dims=(8,), prior=StudentTPrior(3))
+    x = eval_inputs(vae, digits.x_test[:4])
+    with pytest.raises(
+        ConfigError,
+        match="no closed-form KL between the 'diagonal' guide and the 'student-t-test' prior",
+    ):
+        manual_elbo(vae, x, analytic_kl=True)
+    assert torch.isfinite(manual_elbo(vae, x))  # the sampled KL still works
+
+
+def test_svi_and_manual_trainers_take_the_same_steps(digits):
+    # Same seed, initial weights, Adam settings and batch order: 17 epochs x 12 batches.
+    runs = {}
+    for objective in ("trace", "manual"):
+        pyro.set_rng_seed(0)
+        vae = VAE(digits.x_shape, z_dim=8, hidden_dims=(64,))
+        history = train(vae, digits, epochs=17, objective=objective, device="cpu", progress=False)
+        runs[objective] = (history.step_loss, list(vae.parameters()))
+    (svi_losses, svi_weights), (manual_losses, manual_weights) = runs["trace"], runs["manual"]
+    assert len(svi_losses) == len(manual_losses) == 204
+    # The weights after 204 steps are bitwise equal: every gradient was.
+    assert all(torch.equal(a, b) for a, b in zip(svi_weights, manual_weights, strict=True))
+    # Pyro adds up the loss's terms as Python floats (float64), the manual ELBO in float32:
+    # the reported values may differ in their last bits, never more.
+    for a, b in zip(svi_losses, manual_losses, strict=True):
+        assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_check_elbo_command(capsys, monkeypatch):
+    assert main(["check-elbo", "--dataset", "digits", "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "Trace_ELBO vs manual (1 particle)" in out and "all equalities hold" in out
+    assert "k=100" in out
+
+    import pyro_vae.check
+
+    def off_by_a_little(vae, x, num_particles=1, analytic_kl=False):
+        return manual_elbo(vae, x, num_particles, analytic_kl) * 1.001
+
+    monkeypatch.setattr(pyro_vae.check, "manual_elbo", off_by_a_little)
+    assert main(["check-elbo", "--batch-size", "16"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pyro-vae: check failed: Trace_ELBO vs manual")
+
+
+def test_cli_trains_with_the_manual_objective(tmp_path, capsys):
+    out = tmp_path / "manual"
+    args = ["train", "--objective", "manual", "--epochs", "2", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    assert "test ELBO: -" in capsys.readouterr().out
