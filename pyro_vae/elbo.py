@@ -101,14 +101,19 @@ def manual_elbo(
     log_p_x, log_p_z, log_q, q, p_z = log_weight_terms(vae, x, num_particles)
     if not analytic_kl:
         return (log_p_z.sum() + log_p_x.sum() - log_q.sum()) / num_particles
+    return log_p_x.sum() / num_particles - closed_form_kl(vae, q, p_z).sum()
+
+
+def closed_form_kl(vae: VAE, q: dist.Distribution, p_z: dist.Distribution) -> torch.Tensor:
+    """KL(q(z|x) || p(z)) in closed form, or a :class:`ConfigError` naming guide and prior."""
     try:
-        kl = kl_divergence(q, p_z)
+        return kl_divergence(q, p_z)
     except NotImplementedError:
         raise ConfigError(
             f"no closed-form KL between the {name_of(vae.posterior)!r} guide and the "
-            f"{name_of(vae.prior)!r} prior; use the sampled KL (objective 'trace')"
+            f"{name_of(vae.prior)!r} prior, so objective 'meanfield' (analytic KL) cannot be "
+            "used; use objective 'trace' (sampled KL)"
         ) from None
-    return log_p_x.sum() / num_particles - kl.sum()
 
 
 @torch.no_grad()

@@ -43,6 +43,8 @@ class VAE(PyroModule):
     :param prior: a name from :data:`pyro_vae.priors.PRIORS` or a prior object.
     :param likelihood: a name from :data:`pyro_vae.likelihoods.LIKELIHOODS` or an object.
     :param guide: a name from :data:`pyro_vae.guides.GUIDES` or a guide-family object.
+    :param prior_options: keyword options of a prior given by name, e.g. ``{"components": 10}``;
+        likewise ``likelihood_options`` and ``guide_options``.
 
     The model and guide use the sample sites ``"z"`` and ``"x"`` inside ``pyro.plate("data")``.
     ``model`` and ``guide`` register the parameters with ``pyro.module("vae", self)``, as Pyro's
@@ -61,6 +63,9 @@ class VAE(PyroModule):
         prior: Any = "standard-normal",
         likelihood: Any = "bernoulli",
         guide: Any = "diagonal",
+        prior_options: dict[str, Any] | None = None,
+        likelihood_options: dict[str, Any] | None = None,
+        guide_options: dict[str, Any] | None = None,
     ):
         super().__init__()
         if int(z_dim) < 1:
@@ -71,9 +76,15 @@ class VAE(PyroModule):
         self.z_dim = int(z_dim)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
         self.encoder_kind = encoder
-        self.prior = build(PRIORS, prior, "prior", z_dim=self.z_dim)
-        self.likelihood = build(LIKELIHOODS, likelihood, "likelihood", x_shape=self.x_shape)
-        self.posterior = build(GUIDES, guide, "guide", z_dim=self.z_dim)
+        self.options = {
+            "prior_options": dict(prior_options or {}),
+            "likelihood_options": dict(likelihood_options or {}),
+            "guide_options": dict(guide_options or {}),
+        }
+        context = {"z_dim": self.z_dim, "x_shape": self.x_shape}
+        self.prior = build(PRIORS, prior, "prior", context, prior_options)
+        self.likelihood = build(LIKELIHOODS, likelihood, "likelihood", context, likelihood_options)
+        self.posterior = build(GUIDES, guide, "guide", context, guide_options)
         self.encoder, self.decoder = make_nets(
             encoder,
             self.x_shape,
@@ -82,6 +93,9 @@ class VAE(PyroModule):
             self.posterior.encoder_outputs,
             self.likelihood.params_per_pixel,
         )
+        # A prior built from the guide itself (the VampPrior) is handed this VAE once.
+        if hasattr(self.prior, "attach"):
+            self.prior.attach(self)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -94,6 +108,7 @@ class VAE(PyroModule):
             "prior": name_of(self.prior),
             "likelihood": name_of(self.likelihood),
             "guide": name_of(self.posterior),
+            **self.options,
         }
 
     def model(self, x: torch.Tensor) -> None:
@@ -107,11 +122,16 @@ class VAE(PyroModule):
         """q(z|x), amortized: one encoder pass gives the posterior of every example."""
         pyro.module("vae", self)
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", self.posterior(self.encoder(x)))
+            pyro.sample("z", self.posterior_dist(x))
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The guide's parameters for ``x``: ``(loc, scale)`` of q(z|x), each ``(B, z_dim)``."""
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The guide's parameters for ``x``: ``(loc, scale)`` of q(z|x), each ``(B, z_dim)``, for
+        the diagonal family (other families: see their ``params``)."""
         return self.posterior.params(self.encoder(x))
+
+    def posterior_dist(self, x: torch.Tensor) -> dist.Distribution:
+        """q(z|x) for a batch ``x``: batch shape ``(B,)``, event shape ``(z_dim,)``."""
+        return self.posterior(self.encoder(x))
 
     def prior_dist(self, batch_size: int) -> dist.Distribution:
         """p(z) for ``batch_size`` examples, on this VAE's device."""

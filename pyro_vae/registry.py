@@ -2,24 +2,63 @@
 
 Each part module keeps a plain ``dict`` from name to class; adding a part is one class and one line
 in that dict. Wherever a part is asked for, the caller may pass a name or a ready object.
+
+A part's constructor takes what the VAE knows (``z_dim``, ``x_shape``: each part asks only for
+what it needs) and its own options as keyword arguments with defaults (e.g. ``components=10``).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from .errors import ConfigError
 
 
-def build(registry: dict[str, type], spec: Any, what: str, **kwargs: Any) -> Any:
-    """``registry[spec](**kwargs)`` for a name, ``spec`` itself for an object."""
+def build(
+    registry: dict[str, type],
+    spec: Any,
+    what: str,
+    context: dict[str, Any],
+    options: dict[str, Any] | None = None,
+) -> Any:
+    """``registry[spec](**context, **options)`` for a name, ``spec`` itself for an object.
+
+    ``context`` entries are passed only to constructors that ask for them; every entry of
+    ``options`` must be a parameter of the constructor, else a :class:`ConfigError` names the
+    options the part takes.
+    """
+    options = dict(options or {})
     if not isinstance(spec, str):
+        if options:
+            raise ConfigError(f"options {sorted(options)} are for a {what} given by name")
         return spec
     if spec not in registry:
         raise ConfigError(f"unknown {what} {spec!r}; choose one of: {', '.join(registry)}")
-    return registry[spec](**kwargs)
+    cls = registry[spec]
+    parameters = inspect.signature(cls).parameters
+    takes = [name for name in parameters if name not in context]
+    for name in options:
+        if name not in takes:
+            offer = f"it takes: {', '.join(takes)}" if takes else "it takes none"
+            raise ConfigError(f"the {spec!r} {what} has no option {name!r}; {offer}")
+    wanted = {name: value for name, value in context.items() if name in parameters}
+    return cls(**wanted, **options)
 
 
 def name_of(part: Any) -> str:
     """The registry name of a part, or its class name for a user-defined one."""
     return getattr(part, "name", type(part).__name__)
+
+
+def describe(registry: dict[str, type]) -> list[tuple[str, str, str]]:
+    """``(name, options, description)`` of every registered part, for ``pyro-vae list``."""
+    rows = []
+    for name, cls in registry.items():
+        options = [
+            f"{p.name}={p.default}"
+            for p in inspect.signature(cls).parameters.values()
+            if p.default is not inspect.Parameter.empty
+        ]
+        rows.append((name, ", ".join(options), cls.description))
+    return rows

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Dataset, binarize, is_binary
-from .elbo import dataset_elbo, make_loss
+from .elbo import closed_form_kl, dataset_elbo, make_loss
 from .errors import ConfigError, DataError, PyroVAEError
 from .model import VAE
 
@@ -150,6 +150,9 @@ def train(
     x_test = eval_inputs(vae, data.x_test, binarization).to(device)
     dynamic = needs_binarization(vae, data.x_train, binarization)
     loss_fn = make_loss(vae, objective)
+    if objective == "meanfield":  # Pyro would quietly fall back to the sampled KL instead
+        with torch.no_grad():
+            closed_form_kl(vae, vae.posterior_dist(x_test[:1]), vae.prior(1, x_test))
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
 
     pyro.set_rng_seed(seed)
