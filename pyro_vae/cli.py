@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command line: train, evaluate, check-elbo, sample and reconstruct.
+"""The ``pyro-vae`` command line: train, evaluate, check-elbo, sample, reconstruct and list.
 
 Every mistake a user can make is reported as one line, ``pyro-vae: error: ...``, with exit
 status 2; nothing the user asked for is lost to a traceback.
@@ -30,6 +30,7 @@ from .model import VAE
 from .nets import NETS
 from .plots import plot_elbo, plot_reconstructions, plot_samples
 from .priors import PRIORS
+from .registry import describe, option_names
 from .train import BINARIZATION, History, eval_inputs, resolve_device, train
 
 RUN_FILES = (
@@ -217,6 +218,19 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         "--likelihood", choices=list(LIKELIHOODS), default="bernoulli", help="likelihood p(x|z)"
     )
     p.add_argument("--guide", choices=list(GUIDES), default="diagonal", help="guide family q(z|x)")
+    p.add_argument(
+        "--prior-components", type=positive_int, help="mixture components of the mog/vamp prior"
+    )
+    p.add_argument("--prior-df", type=positive_float, help="degrees of freedom of student-t")
+    p.add_argument("--likelihood-scale", type=positive_float, help="scale of the gaussian")
+    p.add_argument(
+        "--likelihood-bins",
+        type=positive_int,
+        help="grey levels of discretized-logistic (256 for 8-bit images, 17 for digits)",
+    )
+    p.add_argument(
+        "--flow-steps", type=positive_int, help="flow steps of the flow prior and the iaf guide"
+    )
 
 
 def _add_binarize_flag(p: argparse.ArgumentParser) -> None:
@@ -229,6 +243,35 @@ def _add_binarize_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+# Option flags of the swappable parts: flag -> (the kinds of part it may configure, option name).
+# A flag reaches every chosen part that takes that option, and is an error if none does.
+PART_OPTION_FLAGS = {
+    "--prior-components": (("prior",), "components"),
+    "--prior-df": (("prior",), "df"),
+    "--likelihood-scale": (("likelihood",), "scale"),
+    "--likelihood-bins": (("likelihood",), "bins"),
+    "--flow-steps": (("prior", "guide"), "flow_steps"),
+}
+REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}
+
+
+def part_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """``{"prior_options": {...}, ...}`` from the option flags the user gave."""
+    options: dict[str, dict[str, Any]] = {kind: {} for kind in REGISTRIES}
+    for flag, (kinds, option) in PART_OPTION_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        chosen = {kind: getattr(args, kind) for kind in kinds}
+        takers = [k for k, name in chosen.items() if option in option_names(REGISTRIES[k][name])]
+        if not takers:
+            names = " and ".join(f"the {kind} {name!r}" for kind, name in chosen.items())
+            raise ConfigError(f"{flag} does not apply to {names}; see pyro-vae list")
+        for kind in takers:
+            options[kind][option] = value
+    return {f"{kind}_options": values for kind, values in options.items()}
+
+
 def _build_vae(args: argparse.Namespace, x_shape: Sequence[int]) -> VAE:
     return VAE(
         x_shape,
@@ -238,7 +281,16 @@ def _build_vae(args: argparse.Namespace, x_shape: Sequence[int]) -> VAE:
         prior=args.prior,
         likelihood=args.likelihood,
         guide=args.guide,
+        **part_options(args),
     )
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for kind, registry in REGISTRIES.items():
+        print(f"{kind}s (--{kind}):")
+        for name, options, description in describe(registry):
+            print(f"  {name:<22}{description}" + (f"  [{options}]" if options else ""))
+    return 0
 
 
 def cmd_check_elbo(args: argparse.Namespace) -> int:
@@ -304,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the Monte Carlo estimate (default: the run's)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's, else cpu)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser(
+        "list", help="the registered priors, likelihoods and guides", formatter_class=fmt
+    )
+    p.set_defaults(func=cmd_list)
 
     p = commands.add_parser(
         "check-elbo",

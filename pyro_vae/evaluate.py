@@ -14,7 +14,7 @@ import torch
 
 from .checkpoint import load_run, write_json
 from .data import Dataset, load_dataset
-from .elbo import dataset_elbo
+from .elbo import EVAL_BATCH_SIZE, dataset_elbo
 from .errors import DataError
 from .model import VAE
 from .train import eval_inputs, resolve_device
@@ -29,6 +29,30 @@ def independent_pixel_log_likelihood(x_train: torch.Tensor, x_test: torch.Tensor
     x = x_test.double()
     log_lik = x * p.log() + (1 - x) * torch.log1p(-p)
     return float(log_lik.flatten(1).sum(1).mean())
+
+
+@torch.no_grad()
+def posterior_means(vae: VAE, x: torch.Tensor, num_samples: int = 256) -> torch.Tensor:
+    """E_q[z|x] for each example, ``(B, z_dim)``: exact where the guide has a mean, else the
+    average of ``num_samples`` draws (flows)."""
+    means = []
+    for batch in x.split(EVAL_BATCH_SIZE):
+        q = vae.posterior_dist(batch)
+        try:
+            means.append(q.mean)
+        except NotImplementedError:
+            means.append(q.rsample((num_samples,)).mean(0))
+    return torch.cat(means)
+
+
+def active_units(vae: VAE, x: torch.Tensor, threshold: float = 0.01) -> tuple[int, torch.Tensor]:
+    """The number of active latent units and each unit's activity Cov_x(E_q[z_d|x]).
+
+    A unit is active when its posterior mean varies across inputs by more than ``threshold``
+    (Burda, Grosse & Salakhutdinov 2015, "Importance Weighted Autoencoders", arXiv:1509.00519).
+    """
+    activity = posterior_means(vae, x).double().var(0)
+    return int((activity > threshold).sum()), activity
 
 
 def evaluate(

@@ -51,6 +51,15 @@ def name_of(part: Any) -> str:
     return getattr(part, "name", type(part).__name__)
 
 
+def option_names(cls: type) -> list[str]:
+    """The user options of a part class: its constructor parameters that have defaults."""
+    return [
+        p.name
+        for p in inspect.signature(cls).parameters.values()
+        if p.default is not inspect.Parameter.empty
+    ]
+
+
 def describe(registry: dict[str, type]) -> list[tuple[str, str, str]]:
     """``(name, options, description)`` of every registered part, for ``pyro-vae list``."""
     rows = []
