@@ -1,7 +1,4 @@
-"""A prior of your own: a heavy-tailed Cauchy prior, trained on the digits and checked.
-
-python examples/custom_prior.py --epochs 30
-"""
+"""A prior of your own, a heavy-tailed Cauchy, trained on the digits and checked against Pyro."""
 
 import argparse
 
