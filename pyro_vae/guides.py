@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import operator
 import warnings
+from functools import partial
 
 import pyro.distributions as dist
 import torch
@@ -106,10 +107,9 @@ class _ConditionalIAFStep(ConditionalAffineAutoregressive):
     """One amortized IAF step: ``condition(h)`` gives the transform for the context ``h``."""
 
     def condition(self, context: torch.Tensor) -> _IAFStep:
-        step = _IAFStep(self.nn, **self.kwargs)
-        step.arn = lambda x: self.nn(x, context=context)
-        step.arn.permutation = self.nn.permutation
-        return step
+        conditioned = partial(self.nn, context=context)
+        conditioned.permutation = self.nn.permutation
+        return _IAFStep(conditioned, **self.kwargs)
 
 
 def _positive_int(value: object, what: str) -> int:
