@@ -143,9 +143,10 @@ class VAE(PyroModule):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """E[x | z = posterior mean of q(z|x)]: each input's reconstruction, shaped like ``x``."""
-        loc, _ = self.encode(x)
-        return self.likelihood.mean(self.decoder(loc))
+        """E[x | z = posterior code of q(z|x)] (its mean for Gaussian guides): each input's
+        reconstruction, shaped like ``x``."""
+        code = self.encode(x)[0]  # every guide family puts its representative code first
+        return self.likelihood.mean(self.decoder(code))
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True) -> torch.Tensor:
