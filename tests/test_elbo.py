@@ -73,9 +73,12 @@ def assert_equal_to_float32_rounding(vae, pyro_loss_fn, manual_loss_fn, x, bitwi
     assert abs(pyro_loss - manual_loss) <= TOLERANCE * abs(pyro_loss)
     for a, b in zip(pyro_grads, manual_grads, strict=True):
         assert (a - b).abs().max() <= TOLERANCE * max(1.0, float(a.abs().max()))
-    if bitwise:  # one particle, the explicit-eps path: the very same float operations
-        assert torch.equal(pyro_loss, manual_loss)
+    if bitwise:
+        # One particle, the explicit-eps path: the very same float32 operations, so the very
+        # same gradients. The values may still differ in the last bit: Pyro adds up the sites'
+        # sums as Python floats (float64), the manual ELBO in float32.
         assert all(torch.equal(a, b) for a, b in zip(pyro_grads, manual_grads, strict=True))
+        assert abs(pyro_loss - manual_loss) <= 2 * torch.finfo(torch.float32).eps * abs(pyro_loss)
 
 
 @pytest.mark.parametrize("num_particles", [1, 3])
