@@ -6,17 +6,261 @@ decoder outputs it needs per pixel (``params_per_pixel``), turns the decoder's o
 (``forward``) and into the expected image (``mean``, for pictures), and checks data before training
 starts (``check_data``) so that a bad value is one clear line, not a validation error mid-epoch.
 ``binary = True`` marks likelihoods that need 0/1 data: grey data is then binarized by the trainer.
+
+Everything a distribution is built from comes from the decoder's output or from the likelihood's
+own parameters (a learned scale is an ``nn.Parameter`` of the likelihood, so it is in the VAE's
+``state_dict`` and optimizer), cast to the output's dtype and device. ``forward`` draws no random
+numbers, so Pyro's ``Trace_ELBO`` and the hand-written ELBO see the very same densities.
+
+Adding a likelihood is one class with the attributes and methods of :class:`Bernoulli` and one
+line in :data:`LIKELIHOODS`.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.distributions import constraints
+from torch.distributions.utils import broadcast_all
 
-from .errors import DataError
+from .errors import ConfigError, DataError
+
+# The beta likelihood scores x clamped into [BETA_EPS, 1 - BETA_EPS]: its density is 0 or infinite
+# at exact 0 and 1, which image data are full of.
+BETA_EPS = 1e-3
+# Floor of the beta's concentrations, which must stay positive where softplus underflows.
+MIN_CONCENTRATION = 1e-3
+# A learned scale (gaussian-learned, laplace) starts this far above its floor.
+INIT_SCALE = 0.1
+# The discretized logistic's log scale is clamped below here, as in PixelCNN++ (Salimans et al.
+# 2017): a bin's probability is at most 1, so this guards 1/scale only, not the objective.
+MIN_LOG_SCALE = -7.0
+# A value lies on the discretized logistic's grid if it is this close to some k / (bins - 1).
+GRID_TOLERANCE = 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# Data checks shared by the likelihoods: one line each, saying what is wrong and what to do.
+
+
+def _check_finite(name: str, x: torch.Tensor) -> None:
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise DataError(
+            f"the {name} likelihood needs finite data but {bad} values are NaN or infinite; "
+            "remove or replace them in the data set"
+        )
+
+
+def _check_unit_interval(name: str, x: torch.Tensor) -> None:
+    _check_finite(name, x)
+    outside = (x < 0) | (x > 1)
+    bad = int(outside.sum())
+    if bad:
+        raise DataError(
+            f"the {name} likelihood needs values in [0, 1] but {bad} values lie outside it "
+            f"(smallest {float(x.min()):.4g}, largest {float(x.max()):.4g}); "
+            "rescale the data to [0, 1]"
+        )
+
+
+def _check_positive(flag: str, value: float) -> float:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if math.isfinite(value) and value > 0:
+            return float(value)
+    raise ConfigError(f"--{flag} must be a positive number, got {value!r}")
+
+
+def _params(out: torch.Tensor, x_shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """The decoder's ``(..., P, *x_shape)`` output as P tensors shaped ``(..., *x_shape)``."""
+    return out.unbind(-1 - len(x_shape))
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributions that pyro.distributions lacks or gets wrong in float32.
+
+
+class StableContinuousBernoulli(dist.ContinuousBernoulli):
+    """``pyro.distributions.ContinuousBernoulli`` with its normalizing constant, mean and inverse
+    CDF computed stably from the logits.
+
+    PyTorch computes them from ``probs = sigmoid(logits)`` clamped away from 0 and 1, which in
+    float32 caps |logits| at about 16: for a logit of -30 its density integrates to 0.53 and its
+    mean is 0.063 instead of 0.033. Build it with ``logits=`` only. (``variance``, ``entropy``
+    and ``cdf``, which nothing here uses, are still PyTorch's.)
+
+    With ``a = |logit|`` the density is ``C(a) exp(x logit - softplus(logit))`` and
+    ``log C(a) = softplus(-a) - log((1 - exp(-a)) / a)``, which is exact and finite for all a
+    (the removable singularity at 0, where C = 2, is taken care of by evaluating the ratio at
+    ``max(a, tiny)``, where it is 1 to the last bit).
+    """
+
+    def log_normalizer(self) -> torch.Tensor:
+        a = self.logits.abs()
+        safe = a.clamp_min(torch.finfo(a.dtype).tiny)
+        return F.softplus(-a) - torch.log(-torch.expm1(-safe) / safe)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = broadcast_all(self.logits, value)
+        bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return self.log_normalizer() - bce
+
+    @property
+    def mean(self) -> torch.Tensor:
+        # 1 / (1 - exp(-l)) - 1 / l, and its Taylor series near 0 where the two terms cancel.
+        logits = self.logits
+        small = logits.abs() < 0.5
+        safe = torch.where(small, torch.ones_like(logits), logits)
+        exact = 1 / -torch.expm1(-safe) - 1 / safe
+        l2 = logits * logits
+        taylor = 0.5 + logits * (1 / 12 - l2 * (1 / 720 - l2 * (1 / 30240 - l2 / 1209600)))
+        return torch.where(small, taylor, exact)
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        # For l <= 0, F^-1(u) = log1p(u expm1(l)) / l; for l > 0 the mirror image 1 - F^-1(1 - u)
+        # of the distribution with logit -l, so that expm1 never overflows.
+        logits, value = broadcast_all(self.logits, value)
+        negative = logits <= 0
+        a = -logits.abs().clamp_min(torch.finfo(logits.dtype).tiny)
+        u = torch.where(negative, value, 1 - value)
+        x = torch.log1p(u * torch.expm1(a)) / a
+        return torch.where(negative, x, 1 - x).clamp(0, 1)
+
+
+class ClampedBeta(dist.Beta):
+    """``pyro.distributions.Beta`` that scores values clamped into ``[BETA_EPS, 1 - BETA_EPS]``.
+
+    Its support stays the closed interval [0, 1], so Pyro's validation accepts exact 0 and 1, and
+    ``log_prob`` is finite there. Samples are those of the plain Beta.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return super().log_prob(value.clamp(BETA_EPS, 1 - BETA_EPS))
+
+
+class _Grid(constraints.Constraint):
+    """Values in [0, 1] within ``GRID_TOLERANCE`` of a multiple of ``1 / (bins - 1)``."""
+
+    is_discrete = True
+    event_dim = 0
+
+    def __init__(self, bins: int):
+        self.bins = bins
+        super().__init__()
+
+    def check(self, value: torch.Tensor) -> torch.Tensor:
+        n = self.bins - 1
+        off_grid = (value - torch.round(value * n) / n).abs()
+        return (value >= 0) & (value <= 1) & (off_grid <= GRID_TOLERANCE)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(bins={self.bins})"
+
+
+class DiscretizedLogisticDistribution(dist.TorchDistribution):
+    r"""A logistic distribution discretized to ``bins`` values ``k / (bins - 1)`` in [0, 1], as in
+    PixelCNN++ (Salimans et al. 2017) and the IAF paper (Kingma et al. 2016).
+
+    With ``h = 1 / (2 (bins - 1))`` and ``s = exp(log_scale)``,
+    ``P(x) = sigmoid((x + h - loc) / s) - sigmoid((x - h - loc) / s)``, where the lowest value
+    takes all the mass below it (its lower edge is -inf) and the highest all the mass above it
+    (upper edge +inf), so that the probabilities of the ``bins`` values sum to 1.
+
+    The difference of sigmoids is computed in log space through the identity
+    ``log(sigmoid(a) - sigmoid(b)) = logsigmoid(a) + logsigmoid(-b) + log(1 - exp(b - a))``,
+    whose three terms are each stable: no fallback to the density is needed for tiny
+    probabilities, in either tail or for any scale.
+
+    :param loc: location, any real shape.
+    :param log_scale: log of the logistic's scale, broadcastable with ``loc``.
+    :param bins: number of values, at least 2; 256 for 8-bit data.
+    """
+
+    arg_constraints = {"loc": constraints.real, "log_scale": constraints.real}
+    has_rsample = False
+
+    def __init__(
+        self,
+        loc: torch.Tensor,
+        log_scale: torch.Tensor,
+        bins: int = 256,
+        validate_args: bool | None = None,
+    ):
+        self.loc, self.log_scale = broadcast_all(loc, log_scale)
+        self.bins = int(bins)
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=0)
+    def support(self) -> constraints.Constraint:
+        return _Grid(self.bins)
+
+    def expand(self, batch_shape, _instance=None) -> DiscretizedLogisticDistribution:
+        new = self._get_checked_instance(DiscretizedLogisticDistribution, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.loc = self.loc.expand(batch_shape)
+        new.log_scale = self.log_scale.expand(batch_shape)
+        new.bins = self.bins
+        super(DiscretizedLogisticDistribution, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        n = self.bins - 1
+        k = torch.round(value * n).clamp(0, n)  # the bin index; scored on the exact grid value
+        inv_scale = torch.exp(-self.log_scale)
+        # The bin's edges, standardized; computed as (k +- 1/2) / n so that adjacent bins share
+        # the very same float edge and the probabilities add up to 1 to rounding.
+        upper = ((k + 0.5) / n - self.loc) * inv_scale
+        lower = ((k - 0.5) / n - self.loc) * inv_scale
+        log_below_upper = F.logsigmoid(upper)  # log P(X < x + h)
+        log_above_lower = F.logsigmoid(-lower)  # log P(X > x - h)
+        # log(1 - exp(-d)) with d = upper - lower = 1 / (n s), as log d + log((1 - exp(-d)) / d)
+        width = inv_scale / n
+        safe = width.clamp_min(torch.finfo(width.dtype).tiny)
+        log_width = -math.log(n) - self.log_scale + torch.log(-torch.expm1(-safe) / safe)
+        inner = log_below_upper + log_above_lower + log_width
+        return torch.where(k <= 0, log_below_upper, torch.where(k >= n, log_above_lower, inner))
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            eps = torch.finfo(self.loc.dtype).eps
+            u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
+            u = u.clamp(eps, 1 - eps)
+            y = self.loc + torch.exp(self.log_scale) * (torch.log(u) - torch.log1p(-u))
+            n = self.bins - 1
+            return torch.round(y * n).clamp(0, n) / n
+
+    @property
+    def mean(self) -> torch.Tensor:
+        # E[x] = sum_{k=1}^{n} P(x >= k/n) / n, one threshold at a time to keep memory at one
+        # tensor whatever the number of bins.
+        n = self.bins - 1
+        inv_scale = torch.exp(-self.log_scale)
+        total = torch.zeros_like(self.loc)
+        for k in range(1, n + 1):
+            total = total + torch.sigmoid((self.loc - (k - 0.5) / n) * inv_scale)
+        return total / n
+
+
+# ----------------------------------------------------------------------------------------------
+# The likelihoods.
 
 
 class Bernoulli(nn.Module):
@@ -49,6 +293,244 @@ class Bernoulli(nn.Module):
             )
 
 
+class ContinuousBernoulli(nn.Module):
+    """p(x|z) = prod_pixels CB(x_i; logit_i(z)): the continuous Bernoulli of Loaiza-Ganem &
+    Cunningham (NeurIPS 2019, arXiv:1907.06845), a proper density on [0, 1] for grey values.
+
+    ``CB(x; l) = C(l) sigmoid(l)^x (1 - sigmoid(l))^(1 - x)``; without C(l) this is the Bernoulli
+    "likelihood" of grey data, which is not normalized. ``mean`` is the distribution's mean
+    ``1 / (1 - exp(-l)) - 1 / l``, not ``sigmoid(l)``.
+    """
+
+    name = "continuous-bernoulli"
+    description = (
+        "continuous Bernoulli on grey values in [0, 1], with its normalizing constant "
+        "(Loaiza-Ganem & Cunningham 2019)"
+    )
+    params_per_pixel = 1
+    binary = False
+
+    def __init__(self, x_shape: Sequence[int]):
+        super().__init__()
+        self.x_shape = tuple(x_shape)
+
+    def _dist(self, out: torch.Tensor) -> StableContinuousBernoulli:
+        (logits,) = _params(out, self.x_shape)
+        return StableContinuousBernoulli(logits=logits)
+
+    def forward(self, out: torch.Tensor) -> dist.Distribution:
+        return self._dist(out).to_event(len(self.x_shape))
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return self._dist(out).mean.clamp(0, 1)
+
+    def check_data(self, x: torch.Tensor) -> None:
+        _check_unit_interval(self.name, x)
+
+
+class Gaussian(nn.Module):
+    """p(x|z) = prod_pixels N(x_i; mu_i(z), scale^2) with a fixed ``scale``.
+
+    The mean is the decoder's raw output (no sigmoid), so that the model is a plain Gaussian
+    whose log-likelihood is ``-||x - mu||^2 / (2 scale^2)`` plus a constant; ``mean`` clamps it
+    into [0, 1] for pictures. Samples are not clamped.
+    """
+
+    name = "gaussian"
+    description = (
+        "independent Gaussian pixels, mean from the decoder, fixed scale (--likelihood-scale)"
+    )
+    params_per_pixel = 1
+    binary = False
+
+    def __init__(self, x_shape: Sequence[int], scale: float = 0.1):
+        super().__init__()
+        self.x_shape = tuple(x_shape)
+        self.scale = _check_positive("likelihood-scale", scale)
+
+    def forward(self, out: torch.Tensor) -> dist.Distribution:
+        (loc,) = _params(out, self.x_shape)
+        return dist.Normal(loc, torch.full_like(loc, self.scale)).to_event(len(self.x_shape))
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        (loc,) = _params(out, self.x_shape)
+        return loc.clamp(0, 1)
+
+    def check_data(self, x: torch.Tensor) -> None:
+        _check_finite(self.name, x)
+
+
+class _LearnedScale(nn.Module):
+    """A location-scale likelihood: location from the decoder (raw output, as for
+    :class:`Gaussian`), one learned scale per pixel, ``softplus(raw_scale) + min_scale``.
+
+    The floor is needed: on a pixel that is the same in every example (the border of a digit is
+    always 0) the decoder can hit the value exactly, and a scale free to shrink onto it makes the
+    log density, and the ELBO, go to +inf until the loss is no longer finite. With the floor the
+    log density of a pixel is at most ``-log(min_scale) + const``. ``raw_scale`` starts so that
+    every scale is ``min_scale + INIT_SCALE``.
+    """
+
+    family: type[dist.Distribution]
+    params_per_pixel = 1
+    binary = False
+
+    def __init__(self, x_shape: Sequence[int], min_scale: float = 1e-3):
+        super().__init__()
+        self.x_shape = tuple(x_shape)
+        self.min_scale = _check_positive("likelihood-min-scale", min_scale)
+        self.raw_scale = nn.Parameter(torch.full(self.x_shape, _inverse_softplus(INIT_SCALE)))
+
+    def scale(self) -> torch.Tensor:
+        """The per-pixel scale, shaped ``x_shape``."""
+        return F.softplus(self.raw_scale) + self.min_scale
+
+    def forward(self, out: torch.Tensor) -> dist.Distribution:
+        (loc,) = _params(out, self.x_shape)
+        scale = self.scale().to(loc).expand_as(loc)
+        return self.family(loc, scale).to_event(len(self.x_shape))
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        (loc,) = _params(out, self.x_shape)
+        return loc.clamp(0, 1)
+
+    def check_data(self, x: torch.Tensor) -> None:
+        _check_finite(self.name, x)
+
+
+class GaussianLearned(_LearnedScale):
+    """p(x|z) = prod_pixels N(x_i; mu_i(z), sigma_i^2), sigma_i learned per pixel, bounded below
+    by ``min_scale`` (see :class:`_LearnedScale` for why)."""
+
+    name = "gaussian-learned"
+    description = (
+        "independent Gaussian pixels, mean from the decoder, learned per-pixel scale "
+        "bounded below by min_scale"
+    )
+    family = dist.Normal
+
+
+class Laplace(_LearnedScale):
+    """p(x|z) = prod_pixels Laplace(x_i; mu_i(z), b_i), b_i learned per pixel, bounded below
+    by ``min_scale`` (see :class:`_LearnedScale` for why)."""
+
+    name = "laplace"
+    description = (
+        "independent Laplace pixels, location from the decoder, learned per-pixel scale "
+        "bounded below by min_scale"
+    )
+    family = dist.Laplace
+
+
+class Beta(nn.Module):
+    """p(x|z) = prod_pixels Beta(x_i; alpha_i(z), beta_i(z)), for grey values in [0, 1].
+
+    Two outputs per pixel, ``alpha = softplus(out_0) + MIN_CONCENTRATION`` and likewise beta.
+    A Beta density is 0 or infinite at exact 0 and 1, so values are clamped into
+    ``[BETA_EPS, 1 - BETA_EPS]`` (1e-3) inside ``log_prob``: the model scores the clamped image,
+    whatever calls it. ``mean`` is ``alpha / (alpha + beta)``.
+    """
+
+    name = "beta"
+    description = (
+        f"independent Beta pixels (2 decoder outputs per pixel); values are clamped into "
+        f"[{BETA_EPS:g}, 1 - {BETA_EPS:g}]"
+    )
+    params_per_pixel = 2
+    binary = False
+
+    def __init__(self, x_shape: Sequence[int]):
+        super().__init__()
+        self.x_shape = tuple(x_shape)
+
+    def _dist(self, out: torch.Tensor) -> ClampedBeta:
+        raw1, raw0 = _params(out, self.x_shape)
+        return ClampedBeta(
+            F.softplus(raw1) + MIN_CONCENTRATION, F.softplus(raw0) + MIN_CONCENTRATION
+        )
+
+    def forward(self, out: torch.Tensor) -> dist.Distribution:
+        return self._dist(out).to_event(len(self.x_shape))
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return self._dist(out).mean.clamp(0, 1)
+
+    def check_data(self, x: torch.Tensor) -> None:
+        _check_unit_interval(self.name, x)
+
+
+def _data_grid(x: torch.Tensor, largest: int = 1024) -> int | None:
+    """The smallest n <= ``largest`` such that every value of ``x`` is a multiple of 1/n, or
+    None."""
+    values = torch.unique(x.detach().flatten().to("cpu", torch.float64))
+    probe = values[torch.linspace(0, len(values) - 1, min(len(values), 64)).long()]
+    for n in range(1, largest + 1):
+        for v in (probe, values):  # a few values rule out most n cheaply
+            if (v - torch.round(v * n) / n).abs().max() > GRID_TOLERANCE:
+                break
+        else:
+            return n
+    return None
+
+
+class DiscretizedLogistic(nn.Module):
+    """p(x|z) = prod_pixels DiscretizedLogistic(x_i; mu_i(z), s_i(z)) on ``bins`` values
+    ``k / (bins - 1)``: a likelihood for quantized (e.g. 8-bit) images, as in PixelCNN++.
+
+    Two outputs per pixel: the location (raw) and the log scale, clamped below at
+    ``MIN_LOG_SCALE``. A probability is at most 1, so unlike a density this cannot collapse.
+    The data must lie on the grid: 8-bit images need ``bins=256``, the digits data set
+    (values k/16) ``bins=17``.
+    """
+
+    name = "discretized-logistic"
+    description = (
+        "discretized logistic on the values k/(bins-1) in [0, 1], as in PixelCNN++ "
+        "(--likelihood-bins: 256 for 8-bit data, 17 for digits)"
+    )
+    params_per_pixel = 2
+    binary = False
+
+    def __init__(self, x_shape: Sequence[int], bins: int = 256):
+        super().__init__()
+        if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
+            raise ConfigError(f"--likelihood-bins must be an integer of at least 2, got {bins!r}")
+        self.x_shape = tuple(x_shape)
+        self.bins = int(bins)
+
+    def _dist(self, out: torch.Tensor) -> DiscretizedLogisticDistribution:
+        loc, log_scale = _params(out, self.x_shape)
+        return DiscretizedLogisticDistribution(loc, log_scale.clamp(min=MIN_LOG_SCALE), self.bins)
+
+    def forward(self, out: torch.Tensor) -> dist.Distribution:
+        return self._dist(out).to_event(len(self.x_shape))
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return self._dist(out).mean.clamp(0, 1)
+
+    def check_data(self, x: torch.Tensor) -> None:
+        _check_unit_interval(self.name, x)
+        off = int((~_Grid(self.bins).check(x)).sum())
+        if off:
+            grid = f"1/{self.bins - 1}" + (" (8-bit)" if self.bins == 256 else "")
+            found = _data_grid(x)
+            advice = (
+                f"these data lie on a grid of 1/{found}: use --likelihood-bins {found + 1}"
+                if found is not None
+                else "quantize the data or use a likelihood for continuous values"
+            )
+            raise DataError(
+                f"the {self.name} likelihood needs values on a grid of {grid} but {off} values "
+                f"are not; {advice}"
+            )
+
+
 LIKELIHOODS: dict[str, type[nn.Module]] = {
     Bernoulli.name: Bernoulli,
+    ContinuousBernoulli.name: ContinuousBernoulli,
+    Gaussian.name: Gaussian,
+    GaussianLearned.name: GaussianLearned,
+    Laplace.name: Laplace,
+    Beta.name: Beta,
+    DiscretizedLogistic.name: DiscretizedLogistic,
 }
