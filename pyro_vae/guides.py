@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import operator
 import warnings
-from functools import partial
 
 import pyro.distributions as dist
 import torch
@@ -90,15 +89,30 @@ class FullRankNormal(nn.Module):
 
 
 class _IAFStep(AffineAutoregressive):
-    """Pyro's affine autoregressive transform whose sequential inverse (scoring a z this flow did
-    not just sample) works in any dtype: Pyro's own starts from zeros of the default dtype."""
+    """One IAF step conditioned on a context ``(*batch, context_dim)``: Pyro's affine
+    autoregressive transform, with the input and the context broadcast against each other (so
+    that ``log_prob`` broadcasts a z such as ``(N, 1, z_dim)`` against the batch, as any
+    distribution's does), and a sequential inverse that works in any dtype (Pyro's starts from
+    zeros of the default dtype)."""
+
+    def __init__(self, conditional_nn: ConditionalAutoRegressiveNN, context: torch.Tensor, **kw):
+        def arn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            shape = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+            return conditional_nn(x.expand(*shape, x.size(-1)), context=context)
+
+        arn.permutation = conditional_nn.permutation
+        super().__init__(arn, **kw)
+        self.context_batch_shape = context.shape[:-1]
 
     def _inverse_stable(self, y: torch.Tensor) -> torch.Tensor:
-        x = [y.new_zeros(y.shape[:-1])] * y.size(-1)
+        shape = torch.broadcast_shapes(y.shape[:-1], self.context_batch_shape)
+        y = y.expand(*shape, y.size(-1))
+        x = [y.new_zeros(shape)] * y.size(-1)
         for idx in self.arn.permutation:
             mean, logit_scale = self.arn(torch.stack(x, dim=-1))
             inverse_scale = 1 + torch.exp(-logit_scale[..., idx] - self.sigmoid_bias)
             x[idx] = inverse_scale * y[..., idx] + (1 - inverse_scale) * mean[..., idx]
+        # Every position's scale depends only on earlier positions: all known by the last pass.
         self._cached_log_scale = self.logsigmoid(logit_scale + self.sigmoid_bias)
         return torch.stack(x, dim=-1)
 
@@ -107,9 +121,7 @@ class _ConditionalIAFStep(ConditionalAffineAutoregressive):
     """One amortized IAF step: ``condition(h)`` gives the transform for the context ``h``."""
 
     def condition(self, context: torch.Tensor) -> _IAFStep:
-        conditioned = partial(self.nn, context=context)
-        conditioned.permutation = self.nn.permutation
-        return _IAFStep(conditioned, **self.kwargs)
+        return _IAFStep(self.nn, context, **self.kwargs)
 
 
 def _positive_int(value: object, what: str) -> int:

@@ -45,6 +45,8 @@ def covering_combinations() -> list[tuple[str, str, str, str]]:
 
 COMBINATIONS = [pytest.param(*combo, id="-".join(combo)) for combo in covering_combinations()]
 TOLERANCE = 1e-5
+# what a part needs on the embedded digits, whose grey levels are k/16
+DIGITS_OPTIONS = {"discretized-logistic": {"bins": 17}}
 
 
 def make(digits, prior, likelihood, guide, encoder, n=32):
@@ -57,6 +59,7 @@ def make(digits, prior, likelihood, guide, encoder, n=32):
         prior=prior,
         likelihood=likelihood,
         guide=guide,
+        likelihood_options=DIGITS_OPTIONS.get(likelihood),
     )
     return vae, eval_inputs(vae, digits.x_test[:n])
 
