@@ -88,7 +88,7 @@ def test_train_with_no_flags_trains_on_digits(tmp_path, monkeypatch):
 def test_help_documents_every_flag(capsys):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"train", "evaluate", "check-elbo", "sample", "reconstruct"}
+    assert set(commands) == {"train", "evaluate", "check-elbo", "sample", "reconstruct", "list"}
     for name, sub in commands.items():
         with pytest.raises(SystemExit):
             main([name, "--help"])
