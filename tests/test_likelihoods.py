@@ -10,13 +10,12 @@ import torch.nn.functional as F
 
 import pyro_vae
 from pyro_vae import ConfigError, DataError
-from pyro_vae.likelihoods import (
+from pyro_vae.distributions import (
     BETA_EPS,
-    LIKELIHOODS,
-    MIN_LOG_SCALE,
     DiscretizedLogisticDistribution,
     StableContinuousBernoulli,
 )
+from pyro_vae.likelihoods import LIKELIHOODS, MIN_LOG_SCALE
 from pyro_vae.registry import describe
 
 X_SHAPE = (1, 8, 8)
