@@ -224,6 +224,11 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior-df", type=positive_float, help="degrees of freedom of student-t")
     p.add_argument("--likelihood-scale", type=positive_float, help="scale of the gaussian")
     p.add_argument(
+        "--likelihood-min-scale",
+        type=positive_float,
+        help="floor of the learned scale of gaussian-learned and laplace",
+    )
+    p.add_argument(
         "--likelihood-bins",
         type=positive_int,
         help="grey levels of discretized-logistic (256 for 8-bit images, 17 for digits)",
@@ -249,6 +254,7 @@ PART_OPTION_FLAGS = {
     "--prior-components": (("prior",), "components"),
     "--prior-df": (("prior",), "df"),
     "--likelihood-scale": (("likelihood",), "scale"),
+    "--likelihood-min-scale": (("likelihood",), "min_scale"),
     "--likelihood-bins": (("likelihood",), "bins"),
     "--flow-steps": (("prior", "guide"), "flow_steps"),
 }
