@@ -12,6 +12,8 @@ defaults (standard-normal prior, bernoulli likelihood, diagonal guide).
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -111,7 +113,13 @@ def markdown(args: argparse.Namespace, rows: list[dict]) -> str:
         f"{args.z_dim} | {r['seconds']:.1f} |"
         for r in rows
     ]
-    lines += ["", "Command: `python examples/compare_priors.py " + " ".join(args.argv) + "`", ""]
+    lines += [
+        "",
+        "Command: `python examples/compare_priors.py " + " ".join(args.argv) + "`",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {args.device} device; Python "
+        f"{platform.python_version()}, torch {torch.__version__}, pyro {pyro.__version__}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
