@@ -54,6 +54,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    value = positive_int(text) if text.strip() != "0" else 0
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -129,8 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     history = train(
         vae, data, device=device, progress=not args.quiet, on_epoch_end=save, **settings
     )
-    figures = evaluate(
-        vae, data, seed=args.seed, objective=args.objective, binarization=args.binarize
+    figures = evaluate(  # the IWAE estimate is pyro-vae evaluate's job: it can take minutes
+        vae, data, seed=args.seed, objective=args.objective, binarization=args.binarize, iwae_k=0
     )
     summary = {
         "test_elbo": history.test_elbo[-1],
@@ -139,6 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "device": str(device),
         "train_seconds": sum(history.seconds),
         "baseline_log_likelihood": figures.get("baseline_log_likelihood"),
+        "active_units": figures["active_units"],
         "num_train": len(data.x_train),
         "num_test": len(data.x_test),
     }
@@ -152,9 +158,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    result = evaluate_run(args.run_dir, seed=args.seed, device=args.device)
+    result = evaluate_run(
+        args.run_dir,
+        seed=args.seed,
+        device=args.device,
+        iwae_k=args.iwae_k,
+        progress=not args.quiet,
+    )
     for key, value in result.items():
-        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, list):
+            value = "[" + ", ".join(f"{v:.3f}" for v in value) + "]"
+        print(f"{key}: {value}")
     print(f"wrote {Path(args.run_dir) / 'evaluation.json'}")
     return 0
 
@@ -361,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by pyro-vae train")
     p.add_argument("--seed", type=int, help="seed of the Monte Carlo estimate (default: the run's)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's, else cpu)")
+    p.add_argument(
+        "--iwae-k",
+        type=nonnegative_int,
+        default=1000,
+        help="particles of the importance-weighted log-likelihood estimate (5000 is the figure "
+        "papers report; 0 skips it)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser(

@@ -1,0 +1,87 @@
+import json
+
+import pyro
+import pytest
+import torch
+from torch.distributions import kl_divergence
+
+from pyro_vae import VAE, evaluate, train
+from pyro_vae.cli import main
+from pyro_vae.elbo import iwae_bound
+from pyro_vae.evaluate import iwae_log_likelihood, kl_per_dim
+from pyro_vae.train import eval_inputs
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    pyro.set_rng_seed(0)
+    vae = VAE(digits.x_shape, z_dim=6, hidden_dims=(64,))
+    train(vae, digits, epochs=15, lr=3e-3, device="cpu", progress=False)
+    return vae
+
+
+def test_evaluation_has_every_figure_and_repeats_with_its_seed(digits, trained):
+    first = evaluate(trained, digits, seed=3, iwae_k=50)
+    assert set(first) >= {
+        "test_elbo",
+        "iwae_log_likelihood",
+        "iwae_k",
+        "kl_per_dim",
+        "active_units",
+        "seed",
+    }
+    assert first == evaluate(trained, digits, seed=3, iwae_k=50)
+    other = evaluate(trained, digits, seed=4, iwae_k=50)
+    assert other["iwae_log_likelihood"] != first["iwae_log_likelihood"]
+    assert first["iwae_k"] == 50 and first["seed"] == 3
+    assert 0 <= first["active_units"] <= 6 and len(first["kl_per_dim"]) == 6
+    # a lower bound on log p(x) tighter than the ELBO
+    assert first["test_elbo"] < first["iwae_log_likelihood"]
+
+
+def test_iwae_log_likelihood_rises_with_k_and_batches_do_not_matter(digits, trained):
+    x = eval_inputs(trained, digits.x_test)
+    estimates = [iwae_log_likelihood(trained, x, k, seed=0) for k in (1, 10, 100)]
+    assert estimates[0] < estimates[1] < estimates[2]
+    torch.manual_seed(0)
+    direct = float(iwae_bound(trained, x, 10).mean())
+    assert estimates[1] == pytest.approx(direct, rel=1e-6)  # one batch: the same draws
+    state = torch.get_rng_state()
+    iwae_log_likelihood(trained, x, 10, seed=0)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_kl_per_dim_adds_up_to_the_elbos_kl_term(digits, trained):
+    x = eval_inputs(trained, digits.x_test)
+    per_dim = kl_per_dim(trained, x)
+    with torch.no_grad():
+        total = kl_divergence(trained.posterior_dist(x), trained.prior(len(x), x)).mean()
+    assert sum(per_dim) == pytest.approx(float(total), rel=1e-5)
+    assert all(kl >= 0 for kl in per_dim)
+
+
+def test_kl_per_dim_by_sampling_and_where_undefined(digits):
+    pyro.set_rng_seed(0)
+    student = VAE(digits.x_shape, z_dim=3, hidden_dims=(16,), prior="student-t")
+    x = eval_inputs(student, digits.x_test[:50])
+    sampled = kl_per_dim(student, x, num_samples=4000)
+    with torch.no_grad():  # the same KL from a single large Monte Carlo average over all dims
+        q, p = student.posterior_dist(x), student.prior(len(x), x)
+        z = q.rsample((4000,))
+        total = float((q.log_prob(z) - p.log_prob(z)).mean())
+    assert sum(sampled) == pytest.approx(total, rel=0.02)
+    assert kl_per_dim(VAE(digits.x_shape, z_dim=3, prior="mog"), x) is None
+    assert kl_per_dim(VAE(digits.x_shape, z_dim=3, guide="full-rank"), x) is None
+
+
+def test_cli_evaluate_writes_evaluation_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "2", "--z-dim", "4", "--out", str(out), "--quiet"]) == 0
+    assert main(["evaluate", str(out), "--iwae-k", "20", "--quiet"]) == 0
+    first = json.loads((out / "evaluation.json").read_text())
+    assert first["iwae_k"] == 20 and len(first["kl_per_dim"]) == 4
+    assert first["iwae_log_likelihood"] > first["test_elbo"]
+    printed = capsys.readouterr().out
+    assert "iwae_log_likelihood: " in printed and "kl_per_dim: [" in printed
+    assert main(["evaluate", str(out), "--iwae-k", "20", "--quiet"]) == 0
+    assert json.loads((out / "evaluation.json").read_text()) == first
