@@ -1,4 +1,6 @@
-"""Pictures of a VAE: image grids of reconstructions and samples, and ELBO curves.
+"""Pictures of a VAE: image grids of reconstructions and samples, ELBO curves, the latent space
+(scatter of codes, traversals) and the posterior diagnostics of :mod:`pyro_vae.inspect` (Pareto
+k-hat histogram, guide against NUTS).
 
 Every function returns its matplotlib figure and, given ``path``, also saves it as a PNG. Figures
 are built as ``matplotlib.figure.Figure`` objects, not through pyplot, so they need no display,
@@ -10,10 +12,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
+
+# The default traversal, torch.linspace(-3, 3, 9): +-3 prior standard deviations for N(0, I).
+TRAVERSAL_VALUES = (-3.0, -2.25, -1.5, -0.75, 0.0, 0.75, 1.5, 2.25, 3.0)
 
 
 def as_images(x: torch.Tensor) -> torch.Tensor:
@@ -91,4 +99,208 @@ def plot_elbo(history: Mapping[str, Sequence[float]], path: str | Path | None = 
     ax.set_ylabel("ELBO (nats per example)")
     ax.grid(alpha=0.3)
     ax.legend()
+    return _finish(fig, path)
+
+
+def _array(values: Any) -> np.ndarray:
+    if torch.is_tensor(values):
+        values = values.detach().cpu()
+    return np.asarray(values, dtype=np.float64)
+
+
+def _principal_components(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The codes projected on their first two principal components, and each component's share
+    of the total variance. Signs are fixed (largest loading positive) so a plot does not flip
+    between runs."""
+    centred = z - z.mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])
+    vt = vt * signs[:, None]
+    return centred @ vt[:2].T, s**2 / (s**2).sum()
+
+
+def plot_latent_scatter(
+    z: torch.Tensor | np.ndarray, labels: Any = None, path: str | Path | None = None
+) -> Figure:
+    """Codes ``z`` ``(N, z_dim)`` (e.g. posterior means) as points in the plane, coloured by
+    ``labels`` ``(N,)`` if given: a legend for up to 20 integer classes, a colorbar otherwise.
+
+    z_dim = 2 is plotted as it is; z_dim > 2 is projected on its first two principal components,
+    whose axis labels give their share of the variance, e.g. "PC 1 (37% of variance)"; z_dim = 1
+    is a strip along the horizontal axis.
+    """
+    z = _array(z)
+    if z.ndim != 2 or len(z) == 0:
+        raise ValueError(f"z must be (N, z_dim) codes, got shape {z.shape}")
+    n, z_dim = z.shape
+    if z_dim > 2:
+        xy, share = _principal_components(z)
+        axis_labels = [f"PC {i + 1} ({share[i]:.0%} of variance)" for i in range(2)]
+    elif z_dim == 2:
+        xy, axis_labels = z, ["z[0]", "z[1]"]
+    else:
+        xy, axis_labels = np.column_stack([z[:, 0], np.zeros(n)]), ["z[0]", ""]
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
+    size = 12 if n <= 2000 else 4  # small points where there are many
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=size, alpha=0.7)
+    else:
+        labels = np.asarray(labels.detach().cpu() if torch.is_tensor(labels) else labels)
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+        classes = np.unique(labels)
+        discrete = np.issubdtype(labels.dtype, np.integer) and len(classes) <= 20
+        if discrete:
+            colours = colormaps["tab10" if len(classes) <= 10 else "tab20"]
+            for i, label in enumerate(classes):
+                keep = labels == label
+                ax.scatter(
+                    xy[keep, 0], xy[keep, 1], s=size, alpha=0.7, color=colours(i), label=label
+                )
+            ax.legend(title="label", fontsize="small", markerscale=1.5, loc="best")
+        else:
+            points = ax.scatter(xy[:, 0], xy[:, 1], s=size, alpha=0.7, c=labels.astype(float))
+            fig.colorbar(points, ax=ax, label="label")
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    if z_dim == 1:
+        ax.set_yticks([])
+    ax.set_title(f"{n} latent codes" + (f", {z_dim}-D by PCA" if z_dim > 2 else ""))
+    ax.grid(alpha=0.3)
+    return _finish(fig, path)
+
+
+@torch.no_grad()
+def _prior_mean(vae: Any) -> torch.Tensor:
+    """E[z] under the VAE's prior: in closed form where the distribution has one, else the mean
+    of 4096 seeded draws (flow priors), leaving the global random state alone; zero where the
+    mean does not exist (a Student-t with df <= 1, symmetric about 0)."""
+    prior = vae.prior_dist(1)
+    try:
+        mean = prior.mean[0]
+    except NotImplementedError:
+        device = vae._anchor().device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            mean = vae.prior_dist(4096).sample().mean(0)
+    return torch.where(torch.isfinite(mean), mean, torch.zeros_like(mean))
+
+
+@torch.no_grad()
+def plot_traversals(
+    vae: Any,
+    z: torch.Tensor | None = None,
+    dims: Sequence[int] | None = None,
+    values: torch.Tensor | Sequence[float] = TRAVERSAL_VALUES,
+    path: str | Path | None = None,
+) -> Figure:
+    """Latent traversals: row d shows E[x | z + v e_d] for each v in ``values``, the images the
+    decoder makes as one coordinate of the base code moves and the others stay put.
+
+    :param z: the base code ``(z_dim,)``; by default the prior's mean (0 for N(0, I)).
+    :param dims: the latent dimensions to traverse, one row each; by default all of them.
+    :param values: what is added to the chosen coordinate, one column each, in z's own units
+        (prior standard deviations for the N(0, I) prior).
+    """
+    anchor = vae._anchor()
+    base = _prior_mean(vae) if z is None else torch.as_tensor(z).to(anchor).reshape(vae.z_dim)
+    dims = list(range(vae.z_dim)) if dims is None else [int(d) for d in dims]
+    values = torch.as_tensor(values).to(anchor).flatten()
+    codes = base.repeat(len(dims), len(values), 1)
+    for row, d in enumerate(dims):
+        codes[row, :, d] += values
+    images = as_images(vae.likelihood.mean(vae.decoder(codes.reshape(-1, vae.z_dim))))
+    images = images.clamp(0, 1)
+    grid = make_grid(images, nrow=len(values), padding=1, pad_value=0.5)
+    height, width = images.shape[2:]
+    fig = Figure(figsize=(1 + 0.7 * len(values), 0.8 + 0.7 * len(dims)))
+    ax = fig.subplots()
+    cmap = "gray" if images.shape[1] == 1 else None
+    ax.imshow(
+        grid.permute(1, 2, 0).squeeze(-1).numpy(),
+        cmap=cmap,
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+    )
+    # One tick at the centre of each cell: columns by value, rows by dimension.
+    ax.set_xticks([1 + j * (width + 1) + (width - 1) / 2 for j in range(len(values))])
+    ax.set_xticklabels([f"{v:+.3g}" for v in values.tolist()])
+    ax.set_yticks([1 + i * (height + 1) + (height - 1) / 2 for i in range(len(dims))])
+    ax.set_yticklabels([f"z[{d}]" for d in dims])
+    ax.tick_params(length=0)
+    ax.set_xlabel("value added to the base code")
+    ax.set_title("latent traversals, E[x | z]")
+    return _finish(fig, path)
+
+
+def plot_khat(khat: Any, path: str | Path | None = None) -> Figure:
+    """Histogram of the Pareto k-hat of each input (an array, or the ``ImportanceDiagnostics`` of
+    :func:`pyro_vae.inspect.importance_diagnostics`), with the thresholds 0.5 (good below) and
+    0.7 (importance sampling with the guide unreliable above) and the count above 0.7."""
+    khat = _array(getattr(khat, "khat", khat)).ravel()
+    above = int((khat > 0.7).sum())  # an infinite k-hat counts, though it cannot be drawn
+    shown = khat[np.isfinite(khat)]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.hist(shown, bins=min(30, max(5, len(shown) // 3)), color="C0", alpha=0.8)
+    ax.axvline(0.5, color="C1", linestyle="--", label="0.5: good below")
+    ax.axvline(0.7, color="C3", label="0.7: unreliable above")
+    ax.set_xlabel("Pareto k-hat of the importance weights p(x, z) / q(z|x)")
+    ax.set_ylabel("inputs")
+    ax.set_title(f"Pareto k-hat of {len(khat)} inputs: {above} above 0.7")
+    ax.legend()
+    return _finish(fig, path)
+
+
+def plot_guide_vs_nuts(
+    guide: Any,
+    nuts: Any,
+    obs: int = 0,
+    dims: Sequence[int] | None = None,
+    path: str | Path | None = None,
+    names: tuple[str, str] = ("guide q(z|x)", "NUTS p(z|x)"),
+) -> Figure:
+    """The guide's draws against NUTS's for the input labelled ``obs``: one panel per latent
+    dimension with both histograms (densities), and with two dimensions one more panel of both
+    clouds of draws in the plane (at most 1000 of each).
+
+    ``guide`` and ``nuts`` are ``InferenceData`` as made by :func:`pyro_vae.inspect.
+    posterior_samples` (or :func:`~pyro_vae.inspect.importance_resample`) and
+    :func:`~pyro_vae.inspect.nuts_posterior`; ``obs`` and ``dims`` are coordinate labels.
+    ``names`` labels the two in the legend.
+    """
+
+    def draws(idata: Any) -> np.ndarray:  # (draws, z_dim) for this input
+        z = idata.posterior["z"].sel(obs=obs).stack(sample=("chain", "draw"))
+        return z.transpose("sample", "z_dim").sel(z_dim=dims).values
+
+    dims = list(guide.posterior["z"]["z_dim"].values) if dims is None else list(dims)
+    q, p = draws(guide), draws(nuts)
+    panels = len(dims) + (len(dims) == 2)
+    columns = min(panels, 4)
+    rows = math.ceil(panels / columns)
+    fig = Figure(figsize=(3.2 * columns, 3 * rows + 0.4))
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[panels:]:
+        fig.delaxes(ax)
+    for i, (ax, d) in enumerate(zip(axes, dims, strict=False)):
+        both = np.concatenate([q[:, i], p[:, i]])
+        bins = np.linspace(both.min(), both.max(), 41)
+        ax.hist(p[:, i], bins, density=True, color="C1", alpha=0.45, label=names[1])
+        ax.hist(q[:, i], bins, density=True, histtype="step", color="C0", lw=1.5, label=names[0])
+        ax.set_xlabel(f"z[{d}]")
+        ax.set_yticks([])
+    axes[0].set_ylabel("density")
+    axes[0].legend(fontsize="small")
+    if len(dims) == 2:
+        ax = axes[2]
+        # At most 1000 evenly spaced draws of each, so that neither cloud buries the other.
+        for cloud, colour, name in ((q, "C0", names[0]), (p, "C1", names[1])):
+            shown = cloud[:: math.ceil(len(cloud) / 1000)]
+            ax.scatter(shown[:, 0], shown[:, 1], s=3, alpha=0.4, color=colour, label=name)
+        ax.set_xlabel(f"z[{dims[0]}]")
+        ax.set_ylabel(f"z[{dims[1]}]")
+    fig.suptitle(f"input {obs}: {names[0]} against {names[1]}")
     return _finish(fig, path)

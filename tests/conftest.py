@@ -26,4 +26,5 @@ def _fresh_pyro_state():
 
 
 def binary_batch(n: int, shape=(1, 8, 8), seed: int = 0) -> torch.Tensor:
-    return torch.bernoulli(torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed)))
+    g = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(torch.rand(n, *shape, generator=g), generator=g)
