@@ -88,3 +88,19 @@ def test_swap_prior_and_likelihood(tmp_path):
 def test_check_elbo_example():
     out = run("check_elbo.py", "--prior", "mog", "--guide", "full-rank", "--epochs", "1")
     assert "all equalities hold" in out
+
+
+def test_inspect_posterior_example(tmp_path):
+    out = run(
+        "inspect_posterior.py",
+        "--epochs",
+        "2",
+        "--inputs",
+        "2",
+        "--nuts-samples",
+        "60",
+        "--out",
+        tmp_path,
+    )
+    assert "NUTS r-hat <=" in out and "amortization gap" in out
+    assert {p.name for p in tmp_path.iterdir()} == {"latent.png", "khat.png", "guide-vs-nuts.png"}
