@@ -185,3 +185,33 @@ def test_compare_script_writes_a_table_and_pictures(tmp_path):
 def test_custom_prior_example_trains_and_checks(tmp_path):
     out = run_example(EXAMPLES / "custom_prior.py", "--epochs", "1")
     assert "test ELBO with the Cauchy prior" in out and "all equalities hold" in out
+
+
+@pytest.mark.parametrize(
+    "flag,name",
+    [("--prior", n) for n in PRIORS]
+    + [("--likelihood", n) for n in LIKELIHOODS]
+    + [("--guide", n) for n in GUIDES],
+)
+def test_every_name_trains_from_the_cli(tmp_path, flag, name):
+    extra = ["--likelihood-bins", "17"] if name == "discretized-logistic" else []
+    argv = [
+        "train",
+        flag,
+        name,
+        *extra,
+        "--epochs",
+        "1",
+        "--z-dim",
+        "2",
+        "--hidden-dims",
+        "16",
+        "--batch-size",
+        "512",
+        "--quiet",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert main(argv) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert config[flag[2:]] == name
