@@ -47,16 +47,9 @@ def _finish(fig: Figure, path: str | Path | None) -> Figure:
     return fig
 
 
-def plot_grid(
-    images: torch.Tensor, nrow: int = 8, title: str | None = None, path: str | Path | None = None
-) -> Figure:
-    """A grid of images with values in [0, 1], ``nrow`` to a row."""
-    images = as_images(images).clamp(0, 1)
-    grid = make_grid(images, nrow=nrow, padding=1, pad_value=0.5)
-    height, width = grid.shape[1:]
-    scale = 6 / max(height, width)
-    fig = Figure(figsize=(max(width * scale, 3), max(height * scale, 1) + 0.4))
-    ax = fig.subplots()
+def _show_grid(ax: Any, images: torch.Tensor, nrow: int) -> None:
+    """Draw (N, C, H, W) images in [0, 1] on ``ax`` as one grid, 1 pixel of grey between them."""
+    grid = make_grid(images.clamp(0, 1), nrow=nrow, padding=1, pad_value=0.5)
     cmap = "gray" if images.shape[1] == 1 else None
     ax.imshow(
         grid.permute(1, 2, 0).squeeze(-1).numpy(),
@@ -65,6 +58,18 @@ def plot_grid(
         vmax=1,
         interpolation="nearest",
     )
+
+
+def plot_grid(
+    images: torch.Tensor, nrow: int = 8, title: str | None = None, path: str | Path | None = None
+) -> Figure:
+    """A grid of images with values in [0, 1], ``nrow`` to a row."""
+    images = as_images(images)
+    height, width = make_grid(images, nrow=nrow, padding=1).shape[1:]
+    scale = 6 / max(height, width)
+    fig = Figure(figsize=(max(width * scale, 3), max(height * scale, 1) + 0.4))
+    ax = fig.subplots()
+    _show_grid(ax, images, nrow)
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -211,19 +216,10 @@ def plot_traversals(
     for row, d in enumerate(dims):
         codes[row, :, d] += values
     images = as_images(vae.likelihood.mean(vae.decoder(codes.reshape(-1, vae.z_dim))))
-    images = images.clamp(0, 1)
-    grid = make_grid(images, nrow=len(values), padding=1, pad_value=0.5)
     height, width = images.shape[2:]
     fig = Figure(figsize=(1 + 0.7 * len(values), 0.8 + 0.7 * len(dims)))
     ax = fig.subplots()
-    cmap = "gray" if images.shape[1] == 1 else None
-    ax.imshow(
-        grid.permute(1, 2, 0).squeeze(-1).numpy(),
-        cmap=cmap,
-        vmin=0,
-        vmax=1,
-        interpolation="nearest",
-    )
+    _show_grid(ax, images, len(values))
     # One tick at the centre of each cell: columns by value, rows by dimension.
     ax.set_xticks([1 + j * (width + 1) + (width - 1) / 2 for j in range(len(values))])
     ax.set_xticklabels([f"{v:+.3g}" for v in values.tolist()])
