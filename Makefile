@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/pyro-vae train --dataset digits --epochs 200 --lr 0.003 --out runs/demo --overwrite
 
 lint: install
-	$(BIN)/ruff check pyro_vae tests examples
+	$(BIN)/ruff check pyro_vae tests examples benchmarks
 
 test: lint
 	$(BIN)/python -m pytest -q
