@@ -325,6 +325,7 @@ def plot(sweep, main_rows, variants, device, png: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, v in enumerate(variants):
@@ -338,6 +339,10 @@ def plot(sweep, main_rows, variants, device, png: Path) -> None:
         ax.plot([k for k, _ in pts], [s for _, s in pts], marker="o", color=f"C{i}", label=v)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ks = sorted({r["k"] for r in sweep} | {r["k"] for r in main_rows})
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel("k (particles per image)")
     ax.set_ylabel("seconds per 1,000 images")
     ax.set_title(f"IWAE bound, {device.type}, {torch.get_num_threads()} threads")

@@ -556,6 +556,18 @@ def scaling(args, device, data, data_line, png: Path) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", payload
 
 
+def plain_ticks(ax, xs, y: bool = True) -> None:
+    """Tick labels as plain numbers on log axes: the swept values on x, %g on y."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if y:
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2, 3, 5)))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+
+
 def plot_scaling(points, variants, device, png: Path) -> None:
     import matplotlib
 
@@ -576,6 +588,7 @@ def plot_scaling(points, variants, device, png: Path) -> None:
         ax.plot(xs, [p["floor"] for p in pts], ls="--", color="grey", label="matmul floor")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        plain_ticks(ax, xs)
         ax.set_title(f"epoch time vs {sweep}")
         ax.set_ylabel("seconds per epoch (60k images)")
         ax.grid(True, which="both", alpha=0.3)
@@ -587,6 +600,7 @@ def plot_scaling(points, variants, device, png: Path) -> None:
             ax.axhline(target, ls=":", color="k", label=f"target {target:g}")
             ax.axhline(1.0, color="grey", lw=0.5)
             ax.set_xscale("log", base=2)
+            plain_ticks(ax, xs, y=False)
             ax.set_ylabel("svi / manual epoch time")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
