@@ -1,7 +1,8 @@
 """The run folder on disk: checkpoints and JSON files, written atomically and read safely.
 
-A checkpoint holds the model weights, the optimizer state, the epoch, the random state, the
-history and the run's config. It is written to a temporary file in the same folder, flushed to
+A checkpoint holds the model weights, the run's config and the training state
+(:class:`~pyro_vae.train.TrainState`: epoch and step, optimizer state, random states, history), so
+that a run can be resumed exactly. It is written to a temporary file in the same folder, flushed to
 disk and renamed over the old one, so a crash mid-write leaves the previous checkpoint intact. It
 is read with ``torch.load(..., weights_only=True)``, which unpickles only tensors and plain data
 and refuses anything that would run code.
@@ -23,6 +24,7 @@ import torch
 
 from .errors import PyroVAEError
 from .model import VAE
+from .train import History, TrainState
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -73,28 +75,50 @@ def versions() -> dict[str, str]:
 def save_checkpoint(
     path: str | Path,
     vae: VAE,
-    optimizer: torch.optim.Optimizer | None = None,
+    state: TrainState | None = None,
     *,
-    epoch: int,
     config: dict[str, Any],
-    history: Any = None,
 ) -> None:
-    """Write ``vae``'s weights, the optimizer state, epoch, RNG state and config atomically."""
-    state = {
+    """Write ``vae``'s weights, the config and the training state atomically.
+
+    Refuses weights that are not finite: a broken run never overwrites a good checkpoint.
+    """
+    if not all(bool(torch.isfinite(t).all()) for t in vae.state_dict().values()):
+        raise PyroVAEError(
+            f"refusing to write non-finite weights to {path}; the previous checkpoint is kept"
+        )
+    state = state or TrainState()
+    checkpoint = {
         "format": CHECKPOINT_FORMAT,
         # through JSON, so that only plain data is stored (a str subclass such as
         # torch.__version__ would make the file unloadable with weights_only=True)
         "config": json.loads(json.dumps(config)),
         "model": vae.state_dict(),
-        "optimizer": None if optimizer is None else optimizer.state_dict(),
-        "epoch": epoch,
-        "history": None if history is None else asdict(history),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        },
+        "epoch": state.epoch,
+        "history": asdict(state.history),
+        "optimizer": state.optimizer,
+        "rng": state.rng,
+        "step_in_epoch": state.step_in_epoch,
+        "partial_losses": state.partial_losses,
+        "partial_seconds": state.partial_seconds,
     }
-    atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def train_state(checkpoint: dict[str, Any]) -> TrainState:
+    """The :class:`~pyro_vae.train.TrainState` stored in a loaded checkpoint, to resume from."""
+    try:
+        return TrainState(
+            epoch=int(checkpoint["epoch"]),
+            step_in_epoch=int(checkpoint.get("step_in_epoch", 0)),
+            history=History(**checkpoint["history"]),
+            optimizer=checkpoint.get("optimizer"),
+            rng=checkpoint.get("rng"),
+            partial_losses=list(checkpoint.get("partial_losses", [])),
+            partial_seconds=float(checkpoint.get("partial_seconds", 0.0)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise PyroVAEError(f"the checkpoint's training state is incomplete ({e})") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -119,20 +143,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def load_weights(vae: VAE, checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Put a loaded checkpoint's weights into ``vae``, or say in one line why they do not fit."""
+    try:
+        vae.load_state_dict(checkpoint["model"])
+    except KeyError as e:
+        raise PyroVAEError(f"{path} lacks part of its contents ({e})") from None
+    except RuntimeError as e:
+        reason = " ".join(str(e).split())
+        if len(reason) > 300:
+            reason = reason[:300] + " ..."
+        raise PyroVAEError(
+            f"the weights in {path} do not fit the model of its config ({reason})"
+        ) from None
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
     """The trained VAE of a run folder, on ``device``, and its checkpoint."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PyroVAEError(f"no run folder at {run_dir}")
-    state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location=device)
+    path = run_dir / CHECKPOINT_NAME
+    state = load_checkpoint(path, map_location=device)
     try:
         vae = VAE(**state["config"]["model"])
-        vae.load_state_dict(state["model"])
     except (KeyError, TypeError) as e:
-        raise PyroVAEError(f"{run_dir / CHECKPOINT_NAME} lacks part of its config ({e})") from None
-    except RuntimeError as e:
-        reason = str(e).strip().splitlines()[0]
-        raise PyroVAEError(
-            f"the checkpoint's weights do not fit its model config: {reason}"
-        ) from None
+        raise PyroVAEError(f"{path} lacks part of its config ({e})") from None
+    load_weights(vae, state, path)
     return vae.to(device), state

@@ -9,17 +9,29 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import signal
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pyro
+import torch
 
-from . import __version__
+from . import __version__, distributed
 from .check import check_elbo, format_check
-from .checkpoint import CHECKPOINT_NAME, load_run, save_checkpoint, versions, write_json
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    load_run,
+    load_weights,
+    save_checkpoint,
+    train_state,
+    versions,
+    write_json,
+)
 from .data import DATASETS, load_dataset
 from .elbo import OBJECTIVES
 from .errors import ConfigError, PyroVAEError
@@ -31,7 +43,15 @@ from .nets import NETS
 from .plots import plot_elbo, plot_reconstructions, plot_samples
 from .priors import PRIORS
 from .registry import describe, option_names
-from .train import BINARIZATION, History, eval_inputs, resolve_device, train
+from .train import (
+    BINARIZATION,
+    History,
+    TrainingInterrupted,
+    TrainState,
+    eval_inputs,
+    resolve_device,
+    train,
+)
 
 RUN_FILES = (
     "config.json",
@@ -92,14 +112,95 @@ def _write_pictures(vae: VAE, x_test: Any, run_dir: Path, history: History) -> N
     plot_elbo(history.__dict__, run_dir / "elbo.png")
 
 
+class StopOnSignals:
+    """While active, SIGINT (Ctrl-C) and SIGTERM ask training to stop after the current step;
+    a second SIGINT stops at once (the last checkpoint on disk is kept)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, announce: bool = True):
+        self.signum: int | None = None
+        self.announce = announce
+
+    def __enter__(self) -> StopOnSignals:
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        if self.announce:
+            print(
+                f"\npyro-vae: {signal.Signals(signum).name} received: finishing the current step "
+                "and writing a checkpoint (Ctrl-C again stops at once)",
+                file=sys.stderr,
+            )
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+# Settings a resumed run may change; any other difference from the saved run is an error.
+RESUMABLE_CHANGES = ("epochs", "lr")
+
+
+def _resume_args(args: argparse.Namespace) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """The saved run's command with this command's flags on top, and the saved checkpoint."""
+    if args.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it; choose one")
+    if args.out is None:
+        raise ConfigError("--resume needs --out, the run folder to continue")
+    checkpoint = load_checkpoint(Path(args.out) / CHECKPOINT_NAME)
+    command = checkpoint["config"].get("command")
+    if not command or command[:2] != ["pyro-vae", "train"]:
+        raise ConfigError(
+            f"{args.out} was not written by pyro-vae train, so it cannot be resumed from here"
+        )
+    saved = [a for a in command[1:] if a != "--overwrite"]
+    merged = build_parser().parse_args(saved + args.argv[1:])
+    merged.argv = saved + [a for a in args.argv[1:] if a != "--resume"]
+    return merged, checkpoint
+
+
+def _resume_mismatch(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """``key: saved -> asked`` for each setting that differs and may not change."""
+    keys = [("dataset",), ("data_dir",), ("data_path",)]
+    keys += [("model", k) for k in sorted(set(saved["model"]) | set(config["model"]))]
+    keys += [
+        ("train", k)
+        for k in sorted(set(saved["train"]) | set(config["train"]))
+        if k not in RESUMABLE_CHANGES
+    ]
+    differences = []
+    for key in keys:
+        old, new = saved, config
+        for k in key:
+            old, new = old.get(k), new.get(k)
+        if old != new:
+            differences.append(f"{'.'.join(key)}: {old!r} -> {new!r}")
+    return differences
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import atomic_write
 
+    saved = None
+    if args.resume:
+        args, saved = _resume_args(args)
     device = resolve_device(args.device)
+    if distributed.launched_by_torchrun():
+        device = distributed.init_from_env(device)
+    writer = distributed.is_main_process()
     run_dir = Path(args.out or f"runs/{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (run_dir / CHECKPOINT_NAME).exists() and not args.overwrite:
+    if saved is None and (run_dir / CHECKPOINT_NAME).exists() and not args.overwrite:
         raise ConfigError(
-            f"{run_dir} already holds a trained run; choose another --out or pass --overwrite"
+            f"{run_dir} already holds a trained run; continue it with --resume, or choose "
+            "another --out, or pass --overwrite"
         )
     data = load_dataset(args.dataset, data_dir=args.data_dir, data_path=args.data_path)
     pyro.set_rng_seed(args.seed)
@@ -120,20 +221,58 @@ def cmd_train(args: argparse.Namespace) -> int:
         "train": settings,
         "device": str(device),
         "versions": versions(),
-        "command": ["pyro-vae", *sys.argv[1:]],
+        "command": ["pyro-vae", *args.argv],
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config)
+    resume = None
+    if saved is not None:
+        differences = _resume_mismatch(saved["config"], config)
+        if differences:
+            raise ConfigError(
+                f"--resume: this command asks for other settings than the run in {run_dir} "
+                f"({'; '.join(differences)}); only --epochs and --lr may change"
+            )
+        load_weights(vae, saved, run_dir / CHECKPOINT_NAME)
+        resume = train_state(saved)
+        if resume.epoch >= args.epochs:
+            raise ConfigError(
+                f"{run_dir} has finished {resume.epoch} of --epochs {args.epochs}; pass a "
+                "larger --epochs to train on"
+            )
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", config)
 
-    def save(epoch: int, history: History, optimizer: Any) -> None:
-        atomic_write(run_dir / "metrics.csv", lambda f: f.write(_metrics_csv(history)))
-        save_checkpoint(
-            run_dir / CHECKPOINT_NAME, vae, optimizer, epoch=epoch, config=config, history=history
-        )
+    def save(state: TrainState) -> None:
+        if writer:
+            atomic_write(run_dir / "metrics.csv", lambda f: f.write(_metrics_csv(state.history)))
+            save_checkpoint(run_dir / CHECKPOINT_NAME, vae, state, config=config)
 
-    history = train(
-        vae, data, device=device, progress=not args.quiet, on_epoch_end=save, **settings
-    )
+    with StopOnSignals(announce=writer) as signals, warnings.catch_warnings():
+        # a non-finite loss stops training with its own message (epoch, step, a hint)
+        warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
+        try:
+            history = train(
+                vae,
+                data,
+                device=device,
+                progress=not args.quiet,
+                checkpoint=save,
+                resume=resume,
+                stop=signals.requested,
+                **settings,
+            )
+        except TrainingInterrupted as stopped:
+            signum = signals.signum or signal.SIGINT
+            if writer:
+                print(
+                    f"pyro-vae: {signal.Signals(signum).name}: {stopped}; checkpoint written to "
+                    f"{run_dir / CHECKPOINT_NAME}\n"
+                    f"pyro-vae: resume with: pyro-vae train --out {run_dir} --resume",
+                    file=sys.stderr,
+                )
+            return 128 + signum
+    if not writer:
+        return 0
     figures = evaluate(  # the IWAE estimate is pyro-vae evaluate's job: it can take minutes
         vae, data, seed=args.seed, objective=args.objective, binarization=args.binarize, iwae_k=0
     )
@@ -338,8 +477,15 @@ def cmd_check_elbo(args: argparse.Namespace) -> int:
     return 0
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with each mistake reported in one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pyro-vae", description="Variational autoencoders written as Pyro programs."
     )
     parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
@@ -367,6 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace a run already in --out instead of stopping",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint, exactly as if it had not "
+        "stopped; its settings are kept (only --epochs and --lr may change)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -432,18 +584,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    args.argv = argv
     try:
         return args.func(args)
     except PyroVAEError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # Checkpoints are written after every epoch: the last finished one is on disk.
-        print(
-            "\npyro-vae: interrupted; the run folder keeps the last finished epoch", file=sys.stderr
-        )
+        print("\npyro-vae: interrupted; a run folder keeps its last checkpoint", file=sys.stderr)
         return 130
+    finally:
+        if distributed.launched_by_torchrun() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -19,11 +19,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import Dataset, binarize, is_binary
 from .elbo import closed_form_kl, dataset_elbo, make_loss
 from .errors import ConfigError, DataError, PyroVAEError
@@ -55,8 +57,43 @@ class History:
         return [dict(zip(EPOCH_COLUMNS, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
+@dataclass
+class TrainState:
+    """Where training stands, with everything needed to go on exactly from there: the same
+    batches in the same order, the same random draws, the same Adam moments.
+
+    ``epoch`` epochs are finished and ``step_in_epoch`` steps of the next one are taken;
+    ``partial_losses`` are the summed losses of those steps and ``partial_seconds`` their time.
+    ``rng`` holds the batch-order generator's state from before the unfinished epoch drew its
+    permutation, and each rank's torch (and CUDA) generator state.
+    """
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    history: History = field(default_factory=History)
+    optimizer: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None
+    partial_losses: list[float] = field(default_factory=list)
+    partial_seconds: float = 0.0
+
+
 class TrainingError(PyroVAEError):
     """Training cannot go on, e.g. the loss stopped being finite."""
+
+
+class TrainingInterrupted(PyroVAEError):
+    """Training stopped between two steps because ``stop()`` said so (a signal, in the CLI).
+
+    The state at the stop was handed to ``checkpoint`` before this was raised.
+    """
+
+    def __init__(self, state: TrainState, steps_per_epoch: int):
+        self.state = state
+        if state.step_in_epoch:
+            where = f"step {state.step_in_epoch} of {steps_per_epoch} in epoch {state.epoch + 1}"
+        else:
+            where = f"epoch {state.epoch}"
+        super().__init__(f"stopped after {where}")
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
@@ -109,6 +146,30 @@ def _check_positive(**values: float) -> None:
             raise ConfigError(f"--{flag} must be positive, got {value}")
 
 
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _check_resumable(state: TrainState, world: int) -> None:
+    rng = state.rng or {}
+    if state.optimizer is None or "batch_order" not in rng or "ranks" not in rng:
+        raise ConfigError("the checkpoint lacks the optimizer or random state needed to resume")
+    if len(rng["ranks"]) != world:
+        raise ConfigError(
+            f"the checkpoint was written by {len(rng['ranks'])} process(es); resume it with "
+            f"the same number (now {world}), so that every rank's batches and draws go on"
+        )
+
+
 def train(
     vae: VAE,
     data: Dataset,
@@ -121,7 +182,9 @@ def train(
     objective: str = "trace",
     binarization: str = "dynamic",
     progress: bool = True,
-    on_epoch_end: Callable[[int, History, torch.optim.Optimizer], None] | None = None,
+    checkpoint: Callable[[TrainState], None] | None = None,
+    resume: TrainState | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> History:
     """Fit ``vae`` to ``data.x_train`` by SVI; return the per-epoch history.
 
@@ -133,10 +196,20 @@ def train(
     :param seed: seeds the batch order, the binarization and the guide's noise. The initial
         weights come from the RNG state when ``vae`` was built: seed before building it
         (``pyro.set_rng_seed``) for a fully repeatable run.
-    :param on_epoch_end: called after each epoch with ``(epoch, history, optimizer)``, e.g. to
-        write a checkpoint.
+    :param checkpoint: called with the :class:`TrainState` after every epoch and when ``stop``
+        ends training early, e.g. to write a checkpoint.
+    :param resume: a state handed to ``checkpoint`` earlier (``vae`` holding the weights of that
+        moment): training goes on from it and takes the very steps the uninterrupted run would.
+    :param stop: asked after every step; when it returns true, the state is handed to
+        ``checkpoint`` and :class:`TrainingInterrupted` is raised.
 
-    The test ELBO after each epoch is :func:`pyro_vae.elbo.dataset_elbo` with ``seed``.
+    The test ELBO after each epoch is :func:`pyro_vae.elbo.dataset_elbo` with ``seed``. A loss
+    that stops being finite raises :class:`TrainingError` (checked every 10 steps and at the
+    end of each epoch), before ``checkpoint`` can see the broken weights.
+
+    Inside a ``torch.distributed`` process group (``torchrun``), each rank trains on its shard
+    of every global batch of ``batch_size`` and the gradients are summed over ranks
+    (:mod:`pyro_vae.distributed`); the history is the same on every rank.
     """
     _check_positive(epochs=epochs, batch_size=batch_size, lr=lr)
     if tuple(data.x_shape) != vae.x_shape:
@@ -144,6 +217,9 @@ def train(
             f"the data's examples have shape {tuple(data.x_shape)} but the model expects "
             f"{vae.x_shape}"
         )
+    rank, world = distributed.rank_and_world()
+    if batch_size < world:
+        raise ConfigError(f"--batch-size {batch_size} is smaller than the {world} processes")
     device = resolve_device(device)
     vae.to(device)
     x_train = data.x_train.to(device)
@@ -153,54 +229,112 @@ def train(
     if objective == "meanfield":  # Pyro would quietly fall back to the sampled KL instead
         with torch.no_grad():
             closed_form_kl(vae, vae.posterior_dist(x_test[:1]), vae.prior(1, x_test))
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    parameters = list(vae.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    if world > 1 and resume is None:
+        distributed.broadcast_parameters(vae)
 
-    pyro.set_rng_seed(seed)
-    batch_order = torch.Generator().manual_seed(seed)
+    batch_order = torch.Generator()
+    state = resume or TrainState()
+    if resume is None:
+        # every rank its own draws; rank 0 of any world draws what a single process would
+        pyro.set_rng_seed(seed + rank)
+        batch_order.manual_seed(seed)
+    else:
+        _check_resumable(resume, world)
+        optimizer.load_state_dict(resume.optimizer)
+        for group in optimizer.param_groups:  # a resumed run may change the learning rate
+            group["lr"] = lr
+        _set_rng_state(resume.rng["ranks"][rank], device)
+        batch_order.set_state(resume.rng["batch_order"])
+    history = state.history
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)
-    history = History()
-    step = 0
+
+    def snapshot(order_state: torch.Tensor, step_in_epoch: int, losses, seconds) -> TrainState:
+        ranks = distributed.gather_objects(_rng_state(device))
+        return TrainState(
+            epoch=epoch - 1 if step_in_epoch else epoch,
+            step_in_epoch=step_in_epoch,
+            history=history,
+            optimizer=optimizer.state_dict(),
+            rng={"batch_order": order_state, "ranks": ranks},
+            partial_losses=torch.stack(losses).tolist() if losses else [],
+            partial_seconds=seconds,
+        )
+
+    def check_finite(losses: list[torch.Tensor], epoch: int) -> None:
+        finite = torch.isfinite(torch.stack(losses))
+        if bool(finite.all()):
+            return
+        first = int((~finite).nonzero()[0])
+        raise TrainingError(
+            f"the loss stopped being finite at step {first + 1} of {steps_per_epoch} in epoch "
+            f"{epoch}; nothing from that epoch was saved. Try a lower --lr (now {lr:g})"
+        )
+
+    step, stopping = 0, False
+    first_step_in_epoch = state.step_in_epoch
     with tqdm(
-        total=epochs * steps_per_epoch, disable=not progress, unit="step", dynamic_ncols=True
+        total=epochs * steps_per_epoch,
+        initial=min(state.epoch * steps_per_epoch + first_step_in_epoch, epochs * steps_per_epoch),
+        disable=not progress or rank != 0,
+        unit="step",
+        dynamic_ncols=True,
     ) as bar:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(state.epoch + 1, epochs + 1):
             bar.set_description(f"epoch {epoch}/{epochs}")
-            start = time.perf_counter()
-            batch_losses = []  # summed over each batch, kept on the device until the epoch ends
-            for index in torch.randperm(n, generator=batch_order).to(device).split(batch_size):
-                x = x_train[index]
+            start = time.perf_counter() - state.partial_seconds
+            order_state = batch_order.get_state()
+            # summed over each batch, kept on the device until the epoch ends
+            batch_losses = [torch.tensor(v, device=device) for v in state.partial_losses]
+            batches = torch.randperm(n, generator=batch_order).to(device).split(batch_size)
+            for i, index in enumerate(batches[first_step_in_epoch:], start=first_step_in_epoch):
+                x = x_train[index.tensor_split(world)[rank]] if world > 1 else x_train[index]
                 if dynamic:
                     x = torch.bernoulli(x)
                 # Pyro's validation on the first step makes a malformed model fail loudly; after
                 # that it costs 0.5-1 ms a step (15% of a digits step on 2 CPU cores).
                 with pyro.validation_enabled(step == 0):
-                    loss = loss_fn(x)
-                loss.backward()
+                    loss = loss_fn(x) if len(x) else torch.zeros((), device=device)
+                if loss.requires_grad:
+                    loss.backward()
+                stopping = stop is not None and stop()
+                if world > 1:
+                    loss, stopping = distributed.all_reduce_step(parameters, loss, stopping)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 batch_losses.append(loss.detach())
                 step += 1
                 bar.update()
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss.item() / len(x):.2f}")
+                if (i + 1) % 10 == 0:
+                    check_finite(batch_losses, epoch)
+                    bar.set_postfix(loss=f"{loss.item() / len(index):.2f}")
+                if stopping and i + 1 < len(batches):
+                    check_finite(batch_losses, epoch)
+                    seconds = time.perf_counter() - start
+                    state = snapshot(order_state, i + 1, batch_losses, seconds)
+                    if checkpoint is not None:
+                        checkpoint(state)
+                    raise TrainingInterrupted(state, steps_per_epoch)
+            first_step_in_epoch = 0
+            state.partial_losses, state.partial_seconds = [], 0.0
+            check_finite(batch_losses, epoch)
             batch_losses = torch.stack(batch_losses)
             sizes = torch.full_like(batch_losses, batch_size)
             sizes[-1] = n - batch_size * (len(sizes) - 1)
             history.step_loss += (batch_losses / sizes).tolist()
             train_elbo = -batch_losses.sum().item() / n
-            seconds = time.perf_counter() - start
-            if not math.isfinite(train_elbo):
-                raise TrainingError(
-                    f"the loss stopped being finite in epoch {epoch}; try a lower --lr (now {lr})"
-                )
             history.epoch.append(epoch)
             history.train_elbo.append(train_elbo)
+            history.seconds.append(time.perf_counter() - start)
             history.test_elbo.append(dataset_elbo(vae, x_test, seed=seed, objective=objective))
-            history.seconds.append(seconds)
             bar.set_postfix(
                 train_elbo=f"{train_elbo:.2f}", test_elbo=f"{history.test_elbo[-1]:.2f}"
             )
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, history, optimizer)
+            state = snapshot(batch_order.get_state(), 0, [], 0.0)
+            if checkpoint is not None:
+                checkpoint(state)
+            if stopping and epoch < epochs:
+                raise TrainingInterrupted(state, steps_per_epoch)
     return history

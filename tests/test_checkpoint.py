@@ -17,25 +17,18 @@ def config_of(vae):
 def trained(digits, small_vae, tmp_path):
     saved = {}
 
-    def keep(epoch, history, optimizer):
-        saved["optimizer"] = optimizer
+    def keep(state):
+        saved["state"] = state
         saved["rng"] = torch.get_rng_state()
-        save_checkpoint(
-            tmp_path / CHECKPOINT_NAME,
-            small_vae,
-            optimizer,
-            epoch=epoch,
-            config=config_of(small_vae),
-            history=history,
-        )
+        save_checkpoint(tmp_path / CHECKPOINT_NAME, small_vae, state, config=config_of(small_vae))
 
-    train(small_vae, digits, epochs=2, device="cpu", progress=False, on_epoch_end=keep)
+    train(small_vae, digits, epochs=2, device="cpu", progress=False, checkpoint=keep)
     return small_vae, saved, tmp_path
 
 
 def test_round_trip_gives_identical_outputs(trained):
     vae, saved, run_dir = trained
-    optimizer = saved["optimizer"]
+    optimizer = saved["state"].optimizer
     loaded, state = load_run(run_dir)
     x = binary_batch(16)
     assert torch.equal(loaded.reconstruct(x), vae.reconstruct(x))
@@ -49,13 +42,12 @@ def test_round_trip_gives_identical_outputs(trained):
     assert loaded.config == vae.config
     restored = torch.optim.Adam(loaded.parameters())
     restored.load_state_dict(state["optimizer"])
-    assert restored.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
-    assert torch.equal(state["rng"]["torch"], saved["rng"])
+    assert restored.state_dict()["state"][0]["step"] == optimizer["state"][0]["step"] == 24
+    assert torch.equal(state["rng"]["ranks"][0]["torch"], saved["rng"])
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint(trained, monkeypatch):
     vae, saved, run_dir = trained
-    optimizer = saved["optimizer"]
     path = run_dir / CHECKPOINT_NAME
     before = path.read_bytes()
 
@@ -65,7 +57,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint(trained, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, vae, optimizer, epoch=3, config=config_of(vae))
+        save_checkpoint(path, vae, saved["state"], config=config_of(vae))
     assert path.read_bytes() == before
     assert os.listdir(run_dir) == [CHECKPOINT_NAME]  # no temporary file left behind
     assert load_checkpoint(path)["epoch"] == 2
@@ -102,8 +94,8 @@ def test_bad_checkpoints_are_one_clear_error(trained, tmp_path_factory):
     other = tmp_path_factory.mktemp("other")
     config = config_of(vae)
     config["model"]["z_dim"] = 5
-    save_checkpoint(other / CHECKPOINT_NAME, vae, epoch=1, config=config)
-    with pytest.raises(PyroVAEError, match="weights do not fit its model config"):
+    save_checkpoint(other / CHECKPOINT_NAME, vae, config=config)
+    with pytest.raises(PyroVAEError, match="do not fit the model of its config"):
         load_run(other)
     torch.save({"weights": torch.zeros(2)}, other / CHECKPOINT_NAME)
     with pytest.raises(PyroVAEError, match="not a pyro-vae checkpoint"):

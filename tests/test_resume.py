@@ -1,0 +1,239 @@
+"""Nothing lost: resume, signals, non-finite losses and checkpoint writes that crash."""
+
+import csv
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae import VAE, PyroVAEError, save_checkpoint, train
+from pyro_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_run, train_state
+from pyro_vae.cli import main
+from pyro_vae.train import TrainingError, TrainingInterrupted
+
+trainer = importlib.import_module("pyro_vae.train")  # the module; pyro_vae.train is the function
+ROOT = Path(__file__).resolve().parents[1]
+RUN_FLAGS = ["--dataset", "digits", "--z-dim", "4", "--hidden-dims", "32", "--quiet"]
+
+
+def fresh_vae(digits):
+    pyro.set_rng_seed(0)
+    return VAE(digits.x_shape, z_dim=4, hidden_dims=(32,))
+
+
+def weights(vae):
+    return {k: v.clone() for k, v in vae.state_dict().items()}
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def round_trip(state, vae, path):
+    """The state as a resumed process sees it: written to disk and read back."""
+    save_checkpoint(path, vae, state, config={"model": vae.config})
+    return train_state(load_checkpoint(path))
+
+
+@pytest.mark.parametrize("stop_after", [36, 29], ids=["epoch-boundary", "mid-epoch"])
+def test_resumed_training_takes_the_very_same_steps(digits, tmp_path, stop_after):
+    options = dict(epochs=6, batch_size=128, lr=3e-3, device="cpu", progress=False, seed=3)
+    straight = fresh_vae(digits)
+    expected = train(straight, digits, **options)
+
+    vae = fresh_vae(digits)
+    saved = []
+    steps = iter(range(1, 10**6))
+    with pytest.raises(TrainingInterrupted, match="epoch 3"):
+        train(
+            vae,
+            digits,
+            checkpoint=lambda s: saved.append(round_trip(s, vae, tmp_path / CHECKPOINT_NAME)),
+            stop=lambda: next(steps) == stop_after,
+            **options,
+        )
+    state = saved[-1]
+    assert (state.epoch, state.step_in_epoch) == divmod(stop_after, 12)
+    resumed_vae = fresh_vae(digits)  # other weights, other RNG state: all must come from disk
+    resumed_vae.load_state_dict(load_checkpoint(tmp_path / CHECKPOINT_NAME)["model"])
+    torch.manual_seed(123)
+    history = train(resumed_vae, digits, resume=state, **options)
+
+    assert_same_weights(weights(resumed_vae), weights(straight))
+    assert history.epoch == expected.epoch == [1, 2, 3, 4, 5, 6]
+    assert history.train_elbo == expected.train_elbo
+    assert history.test_elbo == expected.test_elbo
+    assert history.step_loss == expected.step_loss
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return [
+            {k: float(v) for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)
+        ]
+
+
+def test_cli_resume_matches_an_uninterrupted_run(tmp_path, capsys):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert main(["train", *RUN_FLAGS, "--epochs", "6", "--out", str(whole)]) == 0
+    assert main(["train", *RUN_FLAGS, "--epochs", "3", "--out", str(part)]) == 0
+    assert len(read_metrics(part)) == 3
+    # resuming needs only the run folder; the run's own flags are kept
+    assert main(["train", "--out", str(part), "--resume", "--epochs", "6", "--quiet"]) == 0
+    assert read_metrics(part) == read_metrics(whole)
+    assert_same_weights(load_run(part)[0].state_dict(), load_run(whole)[0].state_dict())
+    capsys.readouterr()
+
+    assert main(["train", "--out", str(part), "--resume", "--epochs", "6"]) == 2
+    assert "has finished 6 of --epochs 6" in capsys.readouterr().err
+    assert main(["train", "--out", str(part), "--resume", "--epochs", "7", "--z-dim", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "model.z_dim: 4 -> 5" in err and err.count("\n") == 1
+    assert main(["train", "--out", str(part), "--resume", "--overwrite"]) == 2
+    assert "choose one" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert main(["train", *RUN_FLAGS, "--out", str(part)]) == 2
+    assert "continue it with --resume" in capsys.readouterr().err
+
+
+def start_training(run_dir, *extra):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae", "train", *RUN_FLAGS, "--out", str(run_dir), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def wait_for(path, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, signum):
+    run_dir = tmp_path / "run"
+    flags = ["--epochs", "8", "--batch-size", "8"]  # 180 steps an epoch: the signal lands mid-run
+    process = start_training(run_dir, *flags)
+    wait_for(run_dir / CHECKPOINT_NAME, process)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    assert f"resume with: pyro-vae train --out {run_dir} --resume" in err
+    stopped = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    assert stopped["epoch"] < 8
+
+    assert main(["train", "--out", str(run_dir), "--resume", "--quiet"]) == 0
+    whole = tmp_path / "whole"
+    assert main(["train", *RUN_FLAGS, *flags, "--out", str(whole)]) == 0
+    # Two processes may split a matrix product differently among threads: equal to rounding.
+    resumed, expected = read_metrics(run_dir), read_metrics(whole)
+    assert [r["epoch"] for r in resumed] == [r["epoch"] for r in expected] == list(range(1, 9))
+    for row, want in zip(resumed, expected, strict=True):
+        assert row == pytest.approx(want, rel=1e-6)
+    final, want = load_run(run_dir)[0].state_dict(), load_run(whole)[0].state_dict()
+    for k in want:
+        assert torch.allclose(final[k], want[k], rtol=1e-4, atol=1e-6), k
+
+
+def failing_loss_from(step):
+    make_loss = trainer.make_loss
+
+    def make(vae, objective):
+        loss_fn = make_loss(vae, objective)
+        calls = iter(range(1, 10**6))
+
+        def loss(x):
+            value = loss_fn(x)
+            return value * float("nan") if next(calls) >= step else value
+
+        return loss
+
+    return make
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(trainer, "make_loss", failing_loss_from(12 + 5))
+    assert main(["train", *RUN_FLAGS, "--epochs", "4", "--out", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "at step 5 of 12 in epoch 2" in err and "lower --lr (now 0.001)" in err
+    assert err.count("\n") == 1
+    vae, state = load_run(run_dir)
+    assert state["epoch"] == 1 and len(read_metrics(run_dir)) == 1
+    assert all(torch.isfinite(p).all() for p in vae.parameters())
+
+
+def test_a_non_finite_loss_raises_before_the_epoch_is_saved(digits, monkeypatch):
+    monkeypatch.setattr(trainer, "make_loss", failing_loss_from(3))
+    saved = []
+    with pytest.raises(TrainingError, match="at step 3 of 12 in epoch 1"):
+        train(
+            fresh_vae(digits),
+            digits,
+            epochs=2,
+            device="cpu",
+            progress=False,
+            checkpoint=saved.append,
+        )
+    assert saved == []
+
+
+def test_non_finite_weights_are_never_written(digits, tmp_path):
+    vae = fresh_vae(digits)
+    path = tmp_path / CHECKPOINT_NAME
+    save_checkpoint(path, vae, config={"model": vae.config})
+    before = path.read_bytes()
+    with torch.no_grad():
+        next(vae.parameters())[0, 0] = float("inf")
+    with pytest.raises(PyroVAEError, match="refusing to write non-finite weights"):
+        save_checkpoint(path, vae, config={"model": vae.config})
+    assert path.read_bytes() == before
+
+
+SLOW_WRITER = """
+import sys, time
+from pyro_vae.checkpoint import atomic_write
+
+def write(f):
+    f.write(b"half a checkpoint")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+
+atomic_write(sys.argv[1], write)
+"""
+
+
+def test_killing_the_writer_mid_write_leaves_the_previous_checkpoint(digits, tmp_path):
+    vae = fresh_vae(digits)
+    path = tmp_path / CHECKPOINT_NAME
+    save_checkpoint(path, vae, config={"model": vae.config})
+    before = path.read_bytes()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert writer.stdout.readline().strip() == "writing"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+    assert path.read_bytes() == before
+    loaded = VAE(**load_checkpoint(path)["config"]["model"])
+    loaded.load_state_dict(load_checkpoint(path)["model"])
+    assert_same_weights(weights(loaded), weights(vae))
