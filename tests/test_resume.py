@@ -237,3 +237,15 @@ def test_killing_the_writer_mid_write_leaves_the_previous_checkpoint(digits, tmp
     loaded = VAE(**load_checkpoint(path)["config"]["model"])
     loaded.load_state_dict(load_checkpoint(path)["model"])
     assert_same_weights(weights(loaded), weights(vae))
+
+
+def test_files_are_written_only_inside_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_dir = Path("nested") / "run"
+    assert main(["train", *RUN_FLAGS, "--epochs", "1", "--out", str(run_dir)]) == 0
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    expected = ["config.json", "metrics.csv", "summary.json", CHECKPOINT_NAME]
+    expected += ["reconstructions.png", "samples.png", "elbo.png"]
+    assert written == sorted(str(run_dir / name) for name in expected)
+    assert main(["sample", str(run_dir), "-n", "4", "--out", "four.png"]) == 0
+    assert (tmp_path / "four.png").is_file()  # a path given is used as given

@@ -1,0 +1,115 @@
+"""Data-parallel training under torchrun: 2 processes, gloo, on the CPU."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+import torch.distributed as dist
+
+from pyro_vae import VAE, load_dataset
+from pyro_vae.checkpoint import CHECKPOINT_NAME, load_run
+from pyro_vae.elbo import make_loss
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is missing")
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED, LR, BATCH, EPOCHS = 0, 3e-3, 144, 2  # digits: 1438 images, 10 global batches an epoch
+MODEL = dict(z_dim=4, hidden_dims=(32,))
+
+# Each rank trains through pyro_vae.train and saves the weights it ends with.
+RANK_SCRIPT = f"""
+import os, sys, pyro, torch, torch.distributed as dist
+from pyro_vae import VAE, load_dataset, train
+dist.init_process_group("gloo")
+data = load_dataset("digits")
+pyro.set_rng_seed({SEED})
+vae = VAE(data.x_shape, z_dim=4, hidden_dims=(32,))
+history = train(vae, data, epochs={EPOCHS}, batch_size={BATCH}, lr={LR}, seed={SEED},
+                device="cpu", progress=False)
+torch.save({{"weights": vae.state_dict(), "train_elbo": history.train_elbo}},
+           os.path.join(sys.argv[1], f"rank{{dist.get_rank()}}.pt"))
+dist.destroy_process_group()
+"""
+
+
+def torchrun(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def single_process_reference(world=2):
+    """One process, the same global batches, each shard scored with its rank's random stream;
+    the gradients of the shards add up before each Adam step."""
+    data = load_dataset("digits")
+    pyro.set_rng_seed(SEED)
+    vae = VAE(data.x_shape, **MODEL)
+    loss_fn = make_loss(vae, "trace")
+    optimizer = torch.optim.Adam(vae.parameters(), lr=LR)
+    streams = []
+    for rank in range(world):
+        pyro.set_rng_seed(SEED + rank)
+        streams.append(torch.get_rng_state())
+    order = torch.Generator().manual_seed(SEED)
+    losses = []
+    with torch.random.fork_rng():
+        for _ in range(EPOCHS):
+            total = 0.0
+            for index in torch.randperm(len(data.x_train), generator=order).split(BATCH):
+                for rank, shard in enumerate(index.tensor_split(world)):
+                    torch.set_rng_state(streams[rank])
+                    loss = loss_fn(torch.bernoulli(data.x_train[shard]))
+                    loss.backward()
+                    total += loss.item()
+                    streams[rank] = torch.get_rng_state()
+                optimizer.step()
+                optimizer.zero_grad()
+            losses.append(-total / len(data.x_train))
+    return vae.state_dict(), losses
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return single_process_reference()
+
+
+def assert_close(weights, expected):
+    assert weights.keys() == expected.keys()
+    for k in expected:
+        # ranks run with 1 thread (torchrun's default), this process with more: equal to rounding
+        assert torch.allclose(weights[k], expected[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_two_ranks_train_like_one_process_on_the_same_global_batches(tmp_path, reference):
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    torchrun(str(script), str(tmp_path), cwd=tmp_path)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for k, v in rank0["weights"].items():  # the same all-reduced steps: bitwise the same weights
+        assert torch.equal(v, rank1["weights"][k]), k
+    assert rank0["train_elbo"] == rank1["train_elbo"]
+    expected_weights, expected_elbo = reference
+    assert_close(rank0["weights"], expected_weights)  # 20 steps
+    assert rank0["train_elbo"] == pytest.approx(expected_elbo, rel=1e-5)
+
+
+def test_torchrun_cli_writes_one_run_folder_from_rank_0(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    flags = ["--dataset", "digits", "--z-dim", "4", "--hidden-dims", "32", "--quiet"]
+    flags += ["--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--lr", str(LR)]
+    result = torchrun("-m", "pyro_vae", "train", *flags, "--out", str(run_dir), cwd=tmp_path)
+    assert result.stdout.count("run folder:") == 1  # rank 0 alone reports and writes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    vae, state = load_run(run_dir)
+    assert state["rng"] is not None and len(state["rng"]["ranks"]) == 2
+    assert_close(vae.state_dict(), reference[0])
+    assert (run_dir / CHECKPOINT_NAME).is_file() and (run_dir / "metrics.csv").is_file()
