@@ -154,9 +154,10 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
+    # generator states are CPU byte tensors, wherever the checkpoint was mapped to
+    torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def _check_resumable(state: TrainState, world: int) -> None:
@@ -246,7 +247,7 @@ def train(
         for group in optimizer.param_groups:  # a resumed run may change the learning rate
             group["lr"] = lr
         _set_rng_state(resume.rng["ranks"][rank], device)
-        batch_order.set_state(resume.rng["batch_order"])
+        batch_order.set_state(resume.rng["batch_order"].cpu())
     history = state.history
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)

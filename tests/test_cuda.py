@@ -72,3 +72,32 @@ def test_trace_elbo_equals_the_manual_elbo_on_the_gpu(digits):
     assert float(pyro_loss) == pytest.approx(float(manual_loss), rel=1e-5)
     for a, b in zip(pyro_grads, manual_grads, strict=True):
         assert (a - b).abs().max() <= 1e-5 * max(1.0, float(a.abs().max()))
+
+
+def test_resumed_gpu_training_takes_the_same_steps(digits, tmp_path):
+    from pyro_vae.checkpoint import load_checkpoint, save_checkpoint, train_state
+    from pyro_vae.train import TrainingInterrupted
+
+    def fresh():
+        pyro.set_rng_seed(0)
+        return VAE(digits.x_shape, z_dim=4, hidden_dims=(32,))
+
+    options = dict(epochs=3, lr=3e-3, device="cuda", progress=False)
+    straight = fresh()
+    expected = train(straight, digits, **options)
+    vae, path, calls = fresh(), tmp_path / "checkpoint.pt", iter(range(1, 1000))
+    with pytest.raises(TrainingInterrupted):
+        train(
+            vae,
+            digits,
+            checkpoint=lambda s: save_checkpoint(path, vae, s, config={"model": vae.config}),
+            stop=lambda: next(calls) == 17,
+            **options,
+        )
+    saved = load_checkpoint(path, map_location="cuda")
+    resumed = fresh()
+    resumed.load_state_dict(saved["model"])
+    history = train(resumed, digits, resume=train_state(saved), **options)
+    assert history.train_elbo == pytest.approx(expected.train_elbo, rel=1e-5)
+    for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
