@@ -121,6 +121,15 @@ def train_state(checkpoint: dict[str, Any]) -> TrainState:
         raise PyroVAEError(f"the checkpoint's training state is incomplete ({e})") from None
 
 
+def _reason(e: Exception) -> str:
+    """The gist of torch.load's error, in one short line."""
+    text = " ".join(str(e).split())
+    if "WeightsUnpickler error: " in text:  # after a paragraph about torch 2.6's defaults
+        text = text.split("WeightsUnpickler error: ", 1)[1]
+    text = text.split(" Check the documentation", 1)[0].split(". ", 1)[0]
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint without executing anything stored in it."""
     path = Path(path)
@@ -128,15 +137,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise PyroVAEError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):  # a class or function to import and call
+            raise PyroVAEError(
+                f"{path} holds objects other than tensors and plain data; refusing to load it, "
+                "since unpickling them could run code"
+            ) from None
+        raise PyroVAEError(f"{path} is not a readable checkpoint (corrupt: {_reason(e)})") from None
+    except Exception as e:  # garbage bytes fail anywhere in torch.load, with any exception type
         raise PyroVAEError(
-            f"{path} holds objects other than tensors and plain data; refusing to load it, "
-            "since unpickling them could run code"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PyroVAEError(
-            f"{path} is not a readable checkpoint (truncated or corrupt: {reason})"
+            f"{path} is not a readable checkpoint (truncated or corrupt: {_reason(e)})"
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise PyroVAEError(f"{path} is not a pyro-vae checkpoint of format {CHECKPOINT_FORMAT}")
@@ -147,7 +157,7 @@ def load_weights(vae: VAE, checkpoint: dict[str, Any], path: str | Path) -> None
     """Put a loaded checkpoint's weights into ``vae``, or say in one line why they do not fit."""
     try:
         vae.load_state_dict(checkpoint["model"])
-    except KeyError as e:
+    except (KeyError, TypeError, AttributeError) as e:  # no weights, or not a dict of them
         raise PyroVAEError(f"{path} lacks part of its contents ({e})") from None
     except RuntimeError as e:
         reason = " ".join(str(e).split())
@@ -167,7 +177,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[V
     state = load_checkpoint(path, map_location=device)
     try:
         vae = VAE(**state["config"]["model"])
-    except (KeyError, TypeError) as e:
-        raise PyroVAEError(f"{path} lacks part of its config ({e})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise PyroVAEError(f"{path} lacks part of its config or holds a bad value ({e})") from None
     load_weights(vae, state, path)
     return vae.to(device), state

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import pyro
 import torch
+from matplotlib.backend_bases import FigureCanvasBase
 
 from . import __version__, distributed
 from .check import check_elbo, format_check
@@ -35,7 +36,7 @@ from .checkpoint import (
 from .data import DATASETS, load_dataset
 from .elbo import OBJECTIVES
 from .errors import ConfigError, PyroVAEError
-from .evaluate import evaluate, evaluate_run
+from .evaluate import evaluate, evaluate_run, load_run_data, run_setting
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .model import VAE
@@ -64,28 +65,59 @@ RUN_FILES = (
 )
 
 
-def positive_int(text: str) -> int:
+# Counts and sizes past a signed 64-bit integer overflow inside torch; no run needs them.
+MAX_INT = 2**63 - 1
+# Larger numbers overflow float32 arithmetic (Adam's first step divides the learning rate by 0.1).
+MAX_FLOAT = 1e30
+MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds numpy too, which takes 0 to 2**32 - 1
+MAX_IMAGES = 100_000  # pyro-vae sample -n: all of them go into one picture
+MAX_PARTICLES = 1000  # pyro-vae check-elbo --num-particles: memory grows with them
+
+
+def whole_number(text: str, low: int = 1, high: int = MAX_INT) -> int:
+    """``text`` as an int in [low, high], or an argparse error saying why not."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    if value > high:
+        digits = str(value)
+        shown = digits if len(digits) <= 40 else f"a number of {len(digits)} digits"
+        raise argparse.ArgumentTypeError(f"must be at most {high}, got {shown}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, 1)
 
 
 def nonnegative_int(text: str) -> int:
-    value = positive_int(text) if text.strip() != "0" else 0
-    return value
+    return whole_number(text, 0)
+
+
+def seed_int(text: str) -> int:
+    return whole_number(text, 0, MAX_SEED)
+
+
+def image_count(text: str) -> int:
+    return whole_number(text, 1, MAX_IMAGES)
+
+
+def particle_count(text: str) -> int:
+    return whole_number(text, 1, MAX_PARTICLES)
 
 
 def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
     if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {value:g}")
+    if value > MAX_FLOAT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_FLOAT:g}, got {value:g}")
     return value
 
 
@@ -314,24 +346,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def picture_path(out: str | None, default: Path) -> Path:
+    """The picture file to write: ``--out`` or ``default``, checked before the work is done."""
+    path = Path(out) if out else default
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; name a file such as {path / default.name}")
+    if path.suffix[1:].lower() not in formats:
+        raise ConfigError(
+            f"--out {path}: a picture file needs one of the endings {', '.join(sorted(formats))}"
+        )
+    if not path.parent.is_dir():
+        raise ConfigError(f"--out {path}: the folder {path.parent} does not exist")
+    return path
+
+
+def save_picture(plot: Any, *args: Any, path: Path) -> None:
+    """``plot(*args, path)``, with a failed write (permissions, a full disk) as one line."""
+    try:
+        plot(*args, path)
+    except OSError as e:
+        raise PyroVAEError(f"cannot write {path} ({e.strerror or e})") from None
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     vae, _ = load_run(args.run_dir, device=resolve_device(args.device))
+    out = picture_path(args.out, Path(args.run_dir) / "samples.png")
     pyro.set_rng_seed(args.seed)
-    out = Path(args.out or Path(args.run_dir) / "samples.png")
-    plot_samples(vae.sample(args.num), out)
+    save_picture(plot_samples, vae.sample(args.num), path=out)
     print(f"wrote {args.num} samples to {out}")
     return 0
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     vae, state = load_run(args.run_dir, device=resolve_device(args.device))
-    config = state["config"]
-    data = load_dataset(
-        config["dataset"], data_dir=config["data_dir"], data_path=config["data_path"]
-    )
+    out = picture_path(args.out, Path(args.run_dir) / "reconstructions.png")
+    data = load_run_data(args.run_dir, vae, state["config"])
     x = data.x_test[: args.num].to(next(vae.parameters()).device)
-    out = Path(args.out or Path(args.run_dir) / "reconstructions.png")
-    plot_reconstructions(x, vae.reconstruct(x), out)
+    save_picture(plot_reconstructions, x, vae.reconstruct(x), path=out)
     print(f"wrote {len(x)} test images and their reconstructions to {out}")
     return 0
 
@@ -457,11 +509,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_check_elbo(args: argparse.Namespace) -> int:
     if args.run_dir is not None:
         vae, state = load_run(args.run_dir)
-        config = state["config"]
-        data = load_dataset(
-            config["dataset"], data_dir=config["data_dir"], data_path=config["data_path"]
-        )
-        binarization = config["train"]["binarization"]
+        data = load_run_data(args.run_dir, vae, state["config"])
+        binarization = run_setting(state["config"], "train", "binarization")
     else:
         data = load_dataset(args.dataset, data_dir=args.data_dir, data_path=args.data_path)
         pyro.set_rng_seed(args.seed)
@@ -506,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         "hand-written ELBO in plain PyTorch, no pyro.infer",
     )
     _add_binarize_flag(p)
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, batch order and noise")
+    p.add_argument("--seed", type=seed_int, default=0, help="seeds weights, batch order and noise")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", help="run folder to write (default: runs/DATASET-DATE-TIME)")
     p.add_argument(
@@ -527,7 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", formatter_class=fmt, help="test ELBO of a run; writes RUN_DIR/evaluation.json"
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by pyro-vae train")
-    p.add_argument("--seed", type=int, help="seed of the Monte Carlo estimate (default: the run's)")
+    p.add_argument(
+        "--seed", type=seed_int, help="seed of the Monte Carlo estimate (default: the run's)"
+    )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's, else cpu)")
     p.add_argument(
         "--iwae-k",
@@ -557,16 +608,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_binarize_flag(p)
     p.add_argument("--batch-size", type=positive_int, default=64, help="test examples compared")
     p.add_argument(
-        "--num-particles", type=positive_int, default=1, help="Monte Carlo particles per example"
+        "--num-particles",
+        type=particle_count,
+        default=1,
+        help=f"Monte Carlo particles per example (at most {MAX_PARTICLES})",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the model and of the draws")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the model and of the draws")
     p.set_defaults(func=cmd_check_elbo)
 
     p = commands.add_parser("sample", help="draw images from a trained model", formatter_class=fmt)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by pyro-vae train")
-    p.add_argument("-n", "--num", type=positive_int, default=64, help="number of images")
+    p.add_argument(
+        "-n", "--num", type=image_count, default=64, help=f"number of images (at most {MAX_IMAGES})"
+    )
     p.add_argument("--out", help="PNG file to write (default: RUN_DIR/samples.png)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the draws")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_sample)
 

@@ -200,6 +200,8 @@ def _load_npz(data_path: str | Path | None) -> Dataset:
     if data_path is None:
         raise DataError("dataset 'npz' needs --data-path file.npz with arrays x_train and x_test")
     path = Path(data_path).expanduser()
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; --data-path names an .npz file")
     if not path.is_file():
         raise DataError(f"npz file not found: {path}")
     bad = (OSError, ValueError, EOFError, zipfile.BadZipFile)

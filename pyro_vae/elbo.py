@@ -31,10 +31,11 @@ from functools import partial
 
 import pyro.distributions as dist
 import torch
+from pyro import validation_enabled
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 
-from .errors import ConfigError
+from .errors import ConfigError, PyroVAEError
 from .guides import DiagonalNormal
 from .model import VAE
 from .registry import name_of
@@ -169,12 +170,20 @@ def dataset_elbo(
 
     The same ``vae``, ``x`` and ``seed`` give the same number on the same device. The global
     random state is saved and restored, so estimating never changes the course of training.
+    An estimate that is not finite (weights or outputs that overflow, as after a diverged
+    training step) is a :class:`PyroVAEError`.
     """
     loss = make_loss(vae, objective, num_particles)
     devices = [x.device] if x.device.type == "cuda" else []
     total = 0.0
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+    # without validation, overflowing outputs give a NaN below instead of a ValueError in Pyro
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), validation_enabled(False):
         torch.manual_seed(seed)
         for batch in x.split(EVAL_BATCH_SIZE):
             total += float(loss(batch))
+    if not math.isfinite(total):
+        raise PyroVAEError(
+            f"the ELBO is {-total} on these data: the model's weights or outputs overflow, as "
+            "after a training step that diverged (try a lower --lr)"
+        )
     return -total / len(x)

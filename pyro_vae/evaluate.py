@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_run, write_json
 from .data import Dataset, load_dataset
 from .elbo import EVAL_BATCH_SIZE, dataset_elbo, iwae_bound
-from .errors import DataError
+from .errors import DataError, PyroVAEError
 from .model import VAE
 from .train import eval_inputs, resolve_device
 
@@ -59,7 +59,9 @@ def active_units(vae: VAE, x: torch.Tensor, threshold: float = 0.01) -> tuple[in
     A unit is active when its posterior mean varies across inputs by more than ``threshold``
     (Burda, Grosse & Salakhutdinov 2015, "Importance Weighted Autoencoders", arXiv:1509.00519).
     """
-    activity = posterior_means(vae, x).double().var(0)
+    means = posterior_means(vae, x).double()
+    # one example does not vary: no unit is active (var() would warn and give NaN)
+    activity = means.var(0) if len(means) > 1 else torch.zeros(means.shape[1:], dtype=means.dtype)
     return int((activity > threshold).sum()), activity
 
 
@@ -119,6 +121,42 @@ def _factorizes(d: Any) -> bool:
     )
 
 
+def check_shape(vae: VAE, data: Dataset, where: str = "") -> None:
+    """Raise :class:`DataError` unless ``data``'s examples have the shape ``vae`` was built for.
+
+    :param where: what the data are, for the message, e.g. ``"the data set of run X"``.
+    """
+    if tuple(data.x_shape) != vae.x_shape:
+        raise DataError(
+            f"{where or 'the data'} has examples of shape {tuple(data.x_shape)} but the model "
+            f"expects {vae.x_shape}"
+        )
+
+
+def run_setting(config: dict[str, Any], *keys: str) -> Any:
+    """``config[keys[0]][keys[1]]...`` of a run, or one clear error if the run lacks it."""
+    value: Any = config
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            raise PyroVAEError(
+                f"the run's config lacks {'.'.join(keys)}; was it written by pyro-vae train?"
+            )
+        value = value[key]
+    return value
+
+
+def load_run_data(run_dir: str | Path, vae: VAE, config: dict[str, Any]) -> Dataset:
+    """The data set a run was trained on, as its config names it, checked against its model: a
+    data file replaced since training gives a :class:`DataError`, not a shape error deep in torch.
+    """
+    name = run_setting(config, "dataset")
+    data_path = config.get("data_path")
+    data = load_dataset(name, data_dir=config.get("data_dir"), data_path=data_path)
+    source = f"{name} ({data_path})" if data_path else name
+    check_shape(vae, data, f"the data set of {run_dir}, {source},")
+    return data
+
+
 def evaluate(
     vae: VAE,
     data: Dataset,
@@ -133,11 +171,7 @@ def evaluate(
     ``iwae_log_likelihood`` with ``iwae_k`` particles (0: skip it), ``kl_per_dim``,
     ``active_units``, ``baseline_log_likelihood`` for binary likelihoods, and ``seed``. The same
     seed gives the same numbers on the same device."""
-    if tuple(data.x_shape) != vae.x_shape:
-        raise DataError(
-            f"the data's examples have shape {tuple(data.x_shape)} but the model expects "
-            f"{vae.x_shape}"
-        )
+    check_shape(vae, data)
     device = next(vae.parameters()).device
     x_test = eval_inputs(vae, data.x_test, binarization).to(device)
     result: dict[str, Any] = {
@@ -177,20 +211,17 @@ def evaluate_run(
     vae, state = load_run(run_dir)
     config = state["config"]
     if device is None:
-        device = (
-            config["device"] if config["device"] == "cpu" or torch.cuda.is_available() else "cpu"
-        )
+        device = config.get("device", "cpu")
+        device = device if device == "cpu" or torch.cuda.is_available() else "cpu"
     vae.to(resolve_device(device))
-    data = load_dataset(
-        config["dataset"], data_dir=config["data_dir"], data_path=config["data_path"]
-    )
-    seed = config["train"]["seed"] if seed is None else seed
+    data = load_run_data(run_dir, vae, config)
+    seed = run_setting(config, "train", "seed") if seed is None else seed
     result = evaluate(
         vae,
         data,
         seed=seed,
-        objective=config["train"]["objective"],
-        binarization=config["train"]["binarization"],
+        objective=run_setting(config, "train", "objective"),
+        binarization=run_setting(config, "train", "binarization"),
         iwae_k=iwae_k,
         progress=progress,
     )

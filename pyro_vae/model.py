@@ -16,6 +16,7 @@ estimates by running the guide, replaying its z in the model, and differencing t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +31,10 @@ from .likelihoods import LIKELIHOODS
 from .nets import make_nets
 from .priors import PRIORS
 from .registry import build, name_of
+
+# A layer of 2**24 units already needs terabytes of weights; larger sizes would overflow torch's
+# 64-bit size arithmetic (a weight matrix is a product of two sizes) instead of failing cleanly.
+MAX_SIZE = 2**24
 
 
 class VAE(PyroModule):
@@ -81,18 +86,35 @@ class VAE(PyroModule):
             "likelihood_options": dict(likelihood_options or {}),
             "guide_options": dict(guide_options or {}),
         }
+        sizes = (self.z_dim, *self.hidden_dims, *self.x_shape)
+        if max(sizes) > MAX_SIZE:
+            raise ConfigError(
+                f"z-dim, hidden dims and example sizes must be at most {MAX_SIZE}, got {max(sizes)}"
+            )
         context = {"z_dim": self.z_dim, "x_shape": self.x_shape}
-        self.prior = build(PRIORS, prior, "prior", context, prior_options)
-        self.likelihood = build(LIKELIHOODS, likelihood, "likelihood", context, likelihood_options)
-        self.posterior = build(GUIDES, guide, "guide", context, guide_options)
-        self.encoder, self.decoder = make_nets(
-            encoder,
-            self.x_shape,
-            self.z_dim,
-            self.hidden_dims,
-            self.posterior.encoder_outputs,
-            self.likelihood.params_per_pixel,
-        )
+        try:
+            self.prior = build(PRIORS, prior, "prior", context, prior_options)
+            self.likelihood = build(
+                LIKELIHOODS, likelihood, "likelihood", context, likelihood_options
+            )
+            self.posterior = build(GUIDES, guide, "guide", context, guide_options)
+            self.encoder, self.decoder = make_nets(
+                encoder,
+                self.x_shape,
+                self.z_dim,
+                self.hidden_dims,
+                self.posterior.encoder_outputs,
+                self.likelihood.params_per_pixel,
+            )
+        except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError is a RuntimeError
+            reason = " ".join(str(e).split())
+            if not any(w in reason for w in ("allocate", "memory", "overflow")):
+                raise
+            tried = re.search(r"allocate \d+ bytes", reason)
+            raise ConfigError(
+                f"a VAE with z-dim {self.z_dim} and hidden dims {list(self.hidden_dims)} does "
+                f"not fit in memory ({'tried to ' + tried[0] if tried else reason[:200]})"
+            ) from None
         # A prior built from the guide itself (the VampPrior) is handed this VAE once.
         if hasattr(self.prior, "attach"):
             self.prior.attach(self)

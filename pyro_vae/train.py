@@ -139,11 +139,16 @@ def eval_inputs(vae: VAE, x_test: torch.Tensor, binarization: str = "dynamic") -
     return x_test
 
 
+# Adam's first step divides the learning rate by 1 - beta1 = 0.1 in float32: keep it far below
+# float32's largest number.
+MAX_LR = 1e30
+
+
 def _check_positive(**values: float) -> None:
     for name, value in values.items():
-        if not value > 0:
+        if not 0 < value < math.inf:
             flag = name.replace("_", "-")
-            raise ConfigError(f"--{flag} must be positive, got {value}")
+            raise ConfigError(f"--{flag} must be positive and finite, got {value}")
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -213,6 +218,8 @@ def train(
     (:mod:`pyro_vae.distributed`); the history is the same on every rank.
     """
     _check_positive(epochs=epochs, batch_size=batch_size, lr=lr)
+    if lr > MAX_LR:
+        raise ConfigError(f"--lr must be at most {MAX_LR:g}, got {lr:g}")
     if tuple(data.x_shape) != vae.x_shape:
         raise DataError(
             f"the data's examples have shape {tuple(data.x_shape)} but the model expects "
@@ -239,7 +246,7 @@ def train(
     state = resume or TrainState()
     if resume is None:
         # every rank its own draws; rank 0 of any world draws what a single process would
-        pyro.set_rng_seed(seed + rank)
+        pyro.set_rng_seed((seed + rank) % 2**32)  # numpy takes seeds below 2**32
         batch_order.manual_seed(seed)
     else:
         _check_resumable(resume, world)
@@ -325,7 +332,8 @@ def train(
             sizes = torch.full_like(batch_losses, batch_size)
             sizes[-1] = n - batch_size * (len(sizes) - 1)
             history.step_loss += (batch_losses / sizes).tolist()
-            train_elbo = -batch_losses.sum().item() / n
+            # in float64: each batch's float32 loss may be finite while their sum is not
+            train_elbo = -batch_losses.double().sum().item() / n
             history.epoch.append(epoch)
             history.train_elbo.append(train_elbo)
             history.seconds.append(time.perf_counter() - start)

@@ -101,6 +101,8 @@ def test_validation_is_on_for_the_first_step(digits):
         ({"epochs": 0}, "--epochs must be positive"),
         ({"batch_size": 0}, "--batch-size must be"),
         ({"lr": -1.0}, "--lr must be positive"),
+        ({"lr": float("nan")}, "--lr must be positive and finite"),
+        ({"lr": 1e300}, "--lr must be at most 1e"),
         ({"objective": "renyi"}, "unknown objective"),
     ],
 )

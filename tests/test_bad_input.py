@@ -1,0 +1,275 @@
+"""Bad input on the command line: every mistake ends with a non-zero status and one line on stderr,
+``pyro-vae: error: ...`` or argparse's ``pyro-vae CMD: error: ... (see pyro-vae CMD --help)``, and
+never a traceback. Cases already in test_cli.py (e.g. --epochs 0, --lr -1, NaN in x_train, evaluate
+of a missing folder) and the library-level ones of test_data.py / test_checkpoint.py are not
+repeated here; --resume has its own tests."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae import save_checkpoint
+from pyro_vae.checkpoint import CHECKPOINT_NAME, load_run
+from pyro_vae.cli import main
+
+FAST = ["--z-dim", "4", "--hidden-dims", "32", "--epochs", "1", "--quiet"]
+DIGITS = ["--dataset", "digits", *FAST]
+
+
+def one_error_line(capsys, argv):
+    """Run the CLI expecting a user error: its status must be 2 and stderr one line."""
+    capsys.readouterr()
+    try:
+        status = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        status = e.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert status == 2, (argv, status, err)
+    assert len(lines) == 1, (argv, err)
+    return lines[0]
+
+
+def images(n, side=8, seed=0):
+    return np.random.default_rng(seed).random((n, 1, side, side), dtype=np.float32)
+
+
+def npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    assert main(["train", *DIGITS, "--out", str(out)]) == 0
+    return out
+
+
+CORRUPTIONS = {
+    "random bytes": lambda p: p.write_bytes(np.random.default_rng(1).bytes(5000)),
+    "first 1000 bytes": lambda p: p.write_bytes(p.read_bytes()[:1000]),
+    "empty file": lambda p: p.write_bytes(b""),
+    "text": lambda p: p.write_text("hello world"),
+    "missing": lambda p: p.unlink(),
+}
+
+
+@pytest.fixture(scope="module")
+def broken_runs(run_dir, tmp_path_factory):
+    """Copies of the run with a broken checkpoint.pt, by kind of damage."""
+    root = tmp_path_factory.mktemp("broken")
+    runs = {}
+    for name, damage in CORRUPTIONS.items():
+        runs[name] = root / name.replace(" ", "-")
+        shutil.copytree(run_dir, runs[name])
+        damage(runs[name] / CHECKPOINT_NAME)
+    # a checkpoint of another configuration: z_dim 5 in the config, weights of z_dim 4
+    runs["other config"] = root / "other-config"
+    shutil.copytree(run_dir, runs["other config"])
+    path = runs["other config"] / CHECKPOINT_NAME
+    state = torch.load(path, weights_only=True)
+    state["config"]["model"]["z_dim"] = 5
+    torch.save(state, path)
+    return runs
+
+
+EXPECTED = {
+    "random bytes": "is not a readable checkpoint (corrupt: UnpicklingError: Unsupported operand",
+    "first 1000 bytes": "is not a readable checkpoint (truncated or corrupt: ",
+    "empty file": "is not a readable checkpoint (truncated or corrupt: EOFError",
+    "text": "is not a readable checkpoint (truncated or corrupt: ",
+    "missing": "no checkpoint at ",
+    "other config": "do not fit the model of its config (Error(s) in loading state_dict",
+}
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample", "reconstruct", "check-elbo"])
+@pytest.mark.parametrize("damage", list(EXPECTED))
+def test_a_broken_checkpoint_is_one_line(broken_runs, capsys, damage, command):
+    run = broken_runs[damage]
+    line = one_error_line(capsys, [command, str(run)])
+    assert line.startswith("pyro-vae: error: ") and EXPECTED[damage] in line, line
+    assert str(run / CHECKPOINT_NAME) in line
+    assert len(line) < 500
+
+
+@pytest.mark.parametrize("command", ["sample", "reconstruct", "check-elbo"])
+def test_a_missing_run_folder_is_one_line(tmp_path, capsys, command):
+    line = one_error_line(capsys, [command, str(tmp_path / "nope")])
+    assert line == f"pyro-vae: error: no run folder at {tmp_path / 'nope'}"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "reconstruct", "check-elbo"])
+def test_a_checkpoint_without_a_run_config_is_one_line(run_dir, tmp_path, capsys, command):
+    vae, _ = load_run(run_dir)
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, vae, config={"model": vae.config})
+    line = one_error_line(capsys, [command, str(tmp_path)])
+    assert (
+        line == "pyro-vae: error: the run's config lacks dataset; was it written by pyro-vae train?"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, valid",
+    [
+        (["train", "--likelihood", "poisson"], "discretized-logistic"),
+        (["train", "--guide", "flowy"], "full-rank"),
+        (["train", "--encoder", "resnet"], "conv"),
+        (["train", "--dataset", "cifar10"], "fashion-mnist"),
+        (["train", "--objective", "iwae"], "meanfield"),
+        (["train", "--binarize", "static"], "dynamic"),
+        (["check-elbo", "--prior", "gamma"], "standard-normal"),
+    ],
+)
+def test_an_unknown_name_lists_the_valid_ones(capsys, argv, valid):
+    line = one_error_line(capsys, argv)
+    assert "invalid choice" in line and repr(valid) in line, line
+
+
+BAD_NUMBERS = [
+    (["train", "--epochs", "-1"], "argument --epochs: must be at least 1, got -1"),
+    (["train", "--epochs", "ten"], "argument --epochs: expected a whole number, got 'ten'"),
+    (["train", "--epochs", "1.5"], "argument --epochs: expected a whole number, got '1.5'"),
+    (["train", "--epochs", str(10**20)], "--epochs: must be at most 9223372036854775807, got 1"),
+    (["train", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["train", "--z-dim", "0"], "argument --z-dim: must be at least 1, got 0"),
+    (["train", "--lr", "0"], "argument --lr: must be a positive finite number, got 0"),
+    (["train", "--lr", "nan"], "argument --lr: must be a positive finite number, got nan"),
+    (["train", "--lr", "inf"], "argument --lr: must be a positive finite number, got inf"),
+    (["train", "--lr", "1e300"], "argument --lr: must be at most 1e+30, got 1e+300"),
+    (["train", "--lr", " inf\n"], "argument --lr: must be a positive finite number, got inf"),
+    (["train", "--z-dim", "9" * 60 + "\n"], "--z-dim: must be at most 9223372036854775807, got a "),
+    (["train", "--hidden-dims", "0"], "argument --hidden-dims: expected comma-separated positive"),
+    (["train", "--hidden-dims", "4,,5"], "expected a whole number, got ''"),
+    (["train", "--likelihood-scale", "-0.1"], "must be a positive finite number, got -0.1"),
+    (["evaluate", "RUN", "--iwae-k", "-1"], "argument --iwae-k: must be at least 0, got -1"),
+    (["evaluate", "RUN", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
+    (["evaluate", "RUN", "--seed", str(2**32)], "argument --seed: must be at most 4294967295"),
+    (["sample", "RUN", "-n", "0"], "argument -n/--num: must be at least 1, got 0"),
+    (["sample", "RUN", "-n", str(10**13)], "argument -n/--num: must be at most 100000"),
+    (["sample", "RUN", "--seed", str(10**23)], "argument --seed: must be at most 4294967295"),
+    (["reconstruct", "RUN", "-n", "-3"], "argument -n/--num: must be at least 1, got -3"),
+    (["check-elbo", "RUN", "--num-particles", "0"], "--num-particles: must be at least 1, got 0"),
+    (["check-elbo", "RUN", "--num-particles", str(10**9)], "--num-particles: must be at most 1000"),
+    (["check-elbo", "RUN", "--batch-size", "0"], "argument --batch-size: must be at least 1"),
+    (["check-elbo", "RUN", "--seed", "-5"], "argument --seed: must be at least 0, got -5"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", BAD_NUMBERS)
+def test_an_out_of_range_number_is_one_argparse_line(run_dir, tmp_path, capsys, argv, expected):
+    command, *rest = argv
+    rest = [str(run_dir) if a == "RUN" else a for a in rest]
+    if command == "train":
+        rest = [*DIGITS, "--out", str(tmp_path / "new"), *rest]
+    line = one_error_line(capsys, [command, *rest])
+    assert line.startswith(f"pyro-vae {command}: error: ") and expected in line, line
+    assert line.endswith(f"(see pyro-vae {command} --help)")
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--z-dim", str(10**12)], "must be at most 16777216, got 1000000000000"),
+        (["--z-dim", str(2**62)], "must be at most 16777216, got 4611686018427387904"),
+        (["--hidden-dims", f"{2**24},{2**24}"], "hidden dims [16777216, 16777216] does not fit"),
+        (["--seed", "-1"], "argument --seed: must be at least 0"),
+    ],
+)
+def test_a_model_that_cannot_be_built_is_one_line(tmp_path, capsys, argv, expected):
+    line = one_error_line(capsys, ["train", *DIGITS, "--out", str(tmp_path / "new"), *argv])
+    assert expected in line, line
+    assert not (tmp_path / "new" / CHECKPOINT_NAME).exists()
+
+
+def bad_npz(tmp_path, case):
+    x, x_test = images(40), images(10, seed=1)
+    path = tmp_path / "d.npz"
+    if case == "nan in x_test":
+        x_test[3, 0, 2, 2] = np.nan
+    elif case == "inf in x_train":
+        x[0, 0, 0, 0] = np.inf
+    elif case == "-inf in x_train":
+        x[5, 0, 1, 1] = -np.inf
+    elif case == "negative":
+        x[1, 0, 0, 0] = -0.25
+    elif case == "missing x_test":
+        return npz(path, x_train=x, y_train=np.zeros(40, np.int64))
+    elif case == "shapes differ":
+        x_test = images(10, side=6)
+    elif case == "strings":
+        return npz(path, x_train=np.array([["0.5"] * 4] * 4), x_test=x_test)
+    elif case == "not npz":
+        path.write_text("x_train,x_test\n0.5,0.5\n")
+        return str(path)
+    elif case == "folder":
+        return str(tmp_path)
+    return npz(path, x_train=x, x_test=x_test)
+
+
+NPZ_ERRORS = {
+    "nan in x_test": "x_test in {path} has 1 NaN and 0 infinite values; all must be finite",
+    "inf in x_train": "x_train in {path} has 0 NaN and 1 infinite values; all must be finite",
+    "-inf in x_train": "x_train in {path} has 0 NaN and 1 infinite values; all must be finite",
+    "negative": "x_train in {path} has values in [-0.25, ",
+    "missing x_test": "{path} lacks required array(s) x_test; found: x_train, y_train",
+    "shapes differ": "{path}: x_train has per-example shape (1, 8, 8) but x_test has (1, 6, 6)",
+    "strings": "x_train in {path} has dtype <U3; it must be a float or integer array",
+    "not npz": "{path} is not an .npz archive; write one with numpy.savez",
+    "folder": "{path} is a folder; --data-path names an .npz file",
+}
+
+
+@pytest.mark.parametrize("case", list(NPZ_ERRORS))
+def test_bad_npz_data_is_one_line(tmp_path, capsys, case):
+    path = bad_npz(tmp_path, case)
+    argv = ["train", "--dataset", "npz", "--data-path", path, *FAST, "--out", str(tmp_path / "r")]
+    line = one_error_line(capsys, argv)
+    assert line.startswith("pyro-vae: error: " + NPZ_ERRORS[case].format(path=path)), line
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture(scope="module")
+def run_on_replaced_data(tmp_path_factory):
+    """A run trained on 8x8 images whose npz file then got 6x6 images."""
+    root = tmp_path_factory.mktemp("replaced")
+    path = npz(root / "d.npz", x_train=images(40), x_test=images(10, seed=1))
+    out = root / "run"
+    argv = ["train", "--dataset", "npz", "--data-path", path, *FAST, "--out", str(out)]
+    assert main(argv) == 0
+    npz(path, x_train=images(40, side=6), x_test=images(10, side=6, seed=1))
+    return out, path
+
+
+@pytest.mark.parametrize(
+    "command", [["evaluate", "--iwae-k", "10", "--quiet"], ["reconstruct"], ["check-elbo"]]
+)
+def test_data_of_another_shape_than_the_model_is_one_line(run_on_replaced_data, capsys, command):
+    run, path = run_on_replaced_data
+    line = one_error_line(capsys, [command[0], str(run), *command[1:]])
+    assert line == (
+        f"pyro-vae: error: the data set of {run}, npz ({path}), has examples of shape "
+        "(1, 6, 6) but the model expects (1, 8, 8)"
+    )
+
+
+@pytest.mark.parametrize("command", ["sample", "reconstruct"])
+@pytest.mark.parametrize(
+    "out, expected",
+    [
+        ("nowhere/pic.png", "--out {tmp}/nowhere/pic.png: the folder {tmp}/nowhere does not exist"),
+        ("pic.txt", "--out {tmp}/pic.txt: a picture file needs one of the endings "),
+        ("pic", "--out {tmp}/pic: a picture file needs one of the endings "),
+        (".", "--out {tmp} is a folder; name a file such as {tmp}/"),
+    ],
+)
+def test_a_picture_that_cannot_be_written_is_one_line(
+    run_dir, tmp_path, capsys, command, out, expected
+):
+    line = one_error_line(capsys, [command, str(run_dir), "--out", str(tmp_path / out)])
+    assert line.startswith("pyro-vae: error: " + expected.format(tmp=tmp_path)), line
+    assert list(tmp_path.iterdir()) == []
