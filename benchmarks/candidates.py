@@ -4,10 +4,11 @@ Pyro loop and the matmul floor of ``bench_train.py``.
 
     python benchmarks/candidates.py --batch-sizes 256 --rounds 3
 
-Candidates (join several with ``+`` after a variant, e.g. ``svi+fused-adam+rand-binarize``):
+Candidates (join several with ``+`` after a variant, e.g. ``svi+fused-adam+torch-bernoulli``):
 
-- ``rand-binarize``: the trainer's dynamic binarization ``torch.bernoulli(x)`` becomes
-  ``(torch.rand_like(x) < x).to(x.dtype)``: the same distribution, another random stream;
+- ``torch-bernoulli``: the trainer's dynamic binarization ``binarize_afresh(x)`` (``rand < x``,
+  adopted after the first measurements here, then named ``rand-binarize``) goes back to
+  ``torch.bernoulli(x)``: the same distribution, another random stream;
 - ``fused-adam`` / ``foreach-adam``: ``torch.optim.Adam(..., fused=True)`` / ``(foreach=True)``
   in place of the default (on the CPU, a Python loop over the parameters);
 - ``no-module``: ``VAE.model`` and ``VAE.guide`` without ``pyro.module("vae", self)`` (the
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import sys
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -42,19 +44,14 @@ import pyro_vae.elbo  # noqa: E402
 
 
 @contextmanager
-def rand_binarize():
-    original = torch.bernoulli
-
-    def bernoulli(x, *args, **kwargs):
-        if args or kwargs:
-            return original(x, *args, **kwargs)
-        return (torch.rand_like(x) < x).to(x.dtype)
-
-    torch.bernoulli = bernoulli
+def torch_bernoulli():
+    trainer = importlib.import_module("pyro_vae.train")  # pyro_vae.train is also the function
+    original = trainer.binarize_afresh
+    trainer.binarize_afresh = torch.bernoulli
     try:
         yield
     finally:
-        torch.bernoulli = original
+        trainer.binarize_afresh = original
 
 
 @contextmanager
@@ -89,7 +86,7 @@ def no_item():
 
 
 PATCHES = {
-    "rand-binarize": rand_binarize,
+    "torch-bernoulli": torch_bernoulli,
     "fused-adam": functools.partial(adam, fused=True),
     "foreach-adam": functools.partial(adam, foreach=True),
     "no-module": no_module,
@@ -97,8 +94,7 @@ PATCHES = {
 }
 DEFAULT_CONFIGS = (
     "svi,manual,pyro-naive,svi+no-module+no-item,svi+fused-adam,manual+fused-adam,"
-    "svi+rand-binarize,manual+rand-binarize,svi+rand-binarize+fused-adam,"
-    "manual+rand-binarize+fused-adam,svi+rand-binarize+fused-adam+no-module+no-item"
+    "svi+torch-bernoulli,manual+torch-bernoulli,svi+fused-adam+no-module+no-item"
 )
 
 

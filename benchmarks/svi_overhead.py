@@ -22,7 +22,8 @@ first step only); ``no-module`` (svi: the model and guide without their
 on the total, no ``warn_if_nan``, which checks the loss for NaN and hooks the same check on its
 gradient); ``foreach-adam`` / ``fused-adam`` (manual, svi: ``torch.optim.Adam(...,
 foreach=True)`` / ``(fused=True)``); ``rand-binarize`` (all: ``(torch.rand_like(x) <
-x).to(x.dtype)`` in place of ``torch.bernoulli(x)``); ``no-validation`` and ``index``
+x).to(x.dtype)`` in place of ``torch.bernoulli(x)``; ``pyro_vae.train`` has drawn its batches so,
+as ``pyro_vae.data.binarize_afresh``, since these probes); ``no-validation`` and ``index``
 (pyro-naive: validation off; batches by index from the data on the device instead of the
 ``DataLoader``).
 

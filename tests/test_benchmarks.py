@@ -111,3 +111,17 @@ def test_bench_train_refuses_an_unknown_variant(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 2 and "--variants" in result.stderr
+
+
+def test_the_overhead_probes_run_every_variant(tmp_path):
+    candidates = run_script(
+        "candidates.py", "--max-steps", "3", "--rounds", "1", "--out", str(tmp_path), cwd=tmp_path
+    )
+    text = candidates.read_text()
+    for config in ("svi+torch-bernoulli", "manual+fused-adam", "svi+fused-adam+no-module+no-item"):
+        assert f"| {config} |" in text
+    overhead = run_script(
+        "svi_overhead.py", "--rounds", "1", "--steps", "2", "--batch-sizes", "64",
+        "--no-profile", "--out", str(tmp_path), cwd=tmp_path,
+    )  # fmt: skip
+    assert "| svi+no-module+no-item |" in overhead.read_text()

@@ -11,6 +11,7 @@ from pyro_vae.data import (
     DEFAULT_DATA_DIR,
     Dataset,
     binarize,
+    binarize_afresh,
     is_binary,
     load_dataset,
 )
@@ -118,6 +119,18 @@ def test_binarize_mean_and_extremes():
     assert abs(b.mean().item() - 0.3) < 0.01
     edges = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
     assert binarize(edges, 0).tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_binarize_afresh_is_bernoulli_of_the_pixel_values():
+    p = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0]).repeat(40_000, 1)
+    torch.manual_seed(0)
+    b = binarize_afresh(p)
+    assert b.dtype == torch.float32 and is_binary(b)
+    assert b[:, 0].sum() == 0 and b[:, -1].sum() == len(p)  # 0 and 1 stay put
+    # each column's mean within 4 standard errors of its probability
+    se = (p[0] * (1 - p[0]) / len(p)).sqrt()
+    assert ((b.mean(0) - p[0]).abs() <= 4 * se + 1e-7).all()
+    assert not torch.equal(b, binarize_afresh(p))  # fresh draws each call
 
 
 def test_binarize_leaves_global_rng_alone():
