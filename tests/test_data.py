@@ -131,6 +131,11 @@ def test_binarize_afresh_is_bernoulli_of_the_pixel_values():
     se = (p[0] * (1 - p[0]) / len(p)).sqrt()
     assert ((b.mean(0) - p[0]).abs() <= 4 * se + 1e-7).all()
     assert not torch.equal(b, binarize_afresh(p))  # fresh draws each call
+    # on the CPU, the very draws of torch.bernoulli: seeded runs keep their numbers
+    torch.manual_seed(1)
+    expected = torch.bernoulli(p)
+    torch.manual_seed(1)
+    assert torch.equal(binarize_afresh(p), expected)
 
 
 def test_binarize_leaves_global_rng_alone():
