@@ -5,6 +5,7 @@ Not part of the ``pyro_vae`` package: the scripts in this folder import it as a 
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import datetime as dt
 import gc
@@ -58,6 +59,35 @@ def str_list(choices: tuple[str, ...]):
 
     parse.__name__ = f"comma-separated list of {', '.join(choices)}"
     return parse
+
+
+def add_run_flags(p: argparse.ArgumentParser, *, seed_help: str | None, out_help: str) -> None:
+    """The flags every benchmark takes: where to run, on which data, into which folder
+    (and ``--seed`` where ``seed_help`` says what it seeds)."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="auto is cuda when a GPU is present, else cpu",
+    )
+    p.add_argument(
+        "--data",
+        default="auto",
+        choices=("auto", "fashion-mnist", "random"),
+        help="auto: Fashion-MNIST when its IDX files are found, else random images",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder of the Fashion-MNIST IDX files (default: look in data/ and "
+        f"{FASHION_MNIST_DIRS[1]})",
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=2, help="torch.set_num_threads for the CPU work"
+    )
+    if seed_help is not None:
+        p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--out", default="benchmarks/results", help=out_help)
 
 
 def setup_device(spec: str, threads: int) -> torch.device:
@@ -205,16 +235,22 @@ class OtherLoad:
         t = os.times()
         return t.user + t.system
 
-    def __enter__(self):
+    def start(self) -> OtherLoad:
         self._wall, self._busy0, self._own0 = time.perf_counter(), self._busy(), self._own()
         return self
 
-    def __exit__(self, *exc):
+    def stop(self) -> None:
         busy = self._busy()
         if busy is not None and self._busy0 is not None:
             wall = time.perf_counter() - self._wall
             self.seconds = max(0.0, (busy - self._busy0) - (self._own() - self._own0))
             self.share = self.seconds / (wall * (os.cpu_count() or 1))
+
+    def __enter__(self) -> OtherLoad:
+        return self.start()
+
+    def __exit__(self, *exc) -> bool:
+        self.stop()
         return False
 
     def line(self) -> str:
@@ -224,6 +260,22 @@ class OtherLoad:
             f"- CPU time of other processes during the run: {self.seconds:.1f} s, "
             f"{100 * self.share:.1f}% of the machine's {os.cpu_count()} CPUs"
         )
+
+
+def load_lines(
+    load_start: float | None,
+    load_end: float | None,
+    other: OtherLoad,
+    span: str = "the run",
+    its: str = "its",
+) -> list[str]:
+    """The results' lines on what else ran: the 1-minute load average before and after
+    ``span``, and ``other``'s CPU time of other processes."""
+    return [
+        f"- 1-minute load average: {fmt(load_start)} before {span}, {fmt(load_end)} at {its} "
+        "end (this includes the benchmark's own threads)",
+        other.line(),
+    ]
 
 
 def median(values: list[float]) -> float:

@@ -53,11 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "growth with k; write a section to OUT/<device>-<date>.md and a PNG.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=("auto", "cpu", "cuda"),
-        help="auto is cuda when a GPU is present, else cpu",
+    C.add_run_flags(
+        p,
+        seed_help="seeds the weights and the particles",
+        out_help="folder for <device>-<YYYY-MM-DD>.md, .json and the scaling PNG",
     )
     p.add_argument("--k", type=C.positive_int, default=5000, help="particles per image")
     p.add_argument(
@@ -91,27 +90,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=3,
         help="timings per point of the sweep (median); a point whose first timing "
         "exceeds 5 s is timed once",
-    )
-    p.add_argument(
-        "--data",
-        default="auto",
-        choices=("auto", "fashion-mnist", "random"),
-        help="auto: Fashion-MNIST's test set when its IDX files are found, else random images",
-    )
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder of the Fashion-MNIST IDX files (default: look in data/ and "
-        f"{C.FASHION_MNIST_DIRS[1]})",
-    )
-    p.add_argument(
-        "--threads", type=C.positive_int, default=2, help="torch.set_num_threads for the CPU work"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seeds the weights and the particles")
-    p.add_argument(
-        "--out",
-        default="benchmarks/results",
-        help="folder for <device>-<YYYY-MM-DD>.md, .json and the scaling PNG",
     )
     return p.parse_args(argv)
 
@@ -184,7 +162,7 @@ def main(argv=None) -> int:
         timed(variant, vae, x[: min(len(x), 100)], 10, args.seed)
 
     main_rows = []
-    other = C.OtherLoad().__enter__()
+    other = C.OtherLoad().start()
     for variant in args.variants:
         with C.PeakMemory(device) as memory:
             seconds, value = timed(variant, vae, x, args.k, args.seed)
@@ -222,7 +200,7 @@ def main(argv=None) -> int:
                 }
             )
             log(f"sweep {variant}: k={k} on {len(xs)} images: {C.median(runs):.3f} s")
-    other.__exit__()
+    other.stop()
     load_end = C.load_average()
     plot(sweep, main_rows, args.variants, device, png)
 
@@ -239,9 +217,7 @@ def main(argv=None) -> int:
         "(guide traced in a particle plate, model replayed, `compute_log_prob`), same "
         "batches and chunks",
         f"- peak memory: {C.PeakMemory.method(device)}",
-        f"- 1-minute load average: {C.fmt(load_start)} before the run, {C.fmt(load_end)} "
-        "at its end (this includes the benchmark's own threads)",
-        other.line(),
+        *C.load_lines(load_start, load_end, other),
         "",
         f"| variant | k | images timed | seconds | seconds for {TARGET_IMAGES} images "
         "| IWAE (nats/image) | peak memory (MiB) |",

@@ -71,11 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "OUT/<device>-<date>.md (and the raw numbers to a .json beside it).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=("auto", "cpu", "cuda"),
-        help="where to train: auto is cuda when a GPU is present, else cpu",
+    C.add_run_flags(
+        p,
+        seed_help="seeds weights, batch order and noise",
+        out_help="folder for <device>-<YYYY-MM-DD>.md, .json and the scaling PNG",
     )
     p.add_argument(
         "--batch-sizes",
@@ -103,32 +102,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="untimed epochs of every variant at each batch size before the timed rounds",
     )
     p.add_argument(
-        "--data",
-        default="auto",
-        choices=("auto", "fashion-mnist", "random"),
-        help="auto: Fashion-MNIST when its IDX files are found, else random images",
-    )
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder of the Fashion-MNIST IDX files (default: look in data/ and "
-        f"{C.FASHION_MNIST_DIRS[1]})",
-    )
-    p.add_argument(
         "--max-steps",
         type=C.positive_int,
         default=None,
         help="cut every epoch to this many steps (the first N*batch training images); "
         "for smoke tests",
-    )
-    p.add_argument(
-        "--threads", type=C.positive_int, default=2, help="torch.set_num_threads for the CPU work"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, batch order and noise")
-    p.add_argument(
-        "--out",
-        default="benchmarks/results",
-        help="folder for <device>-<YYYY-MM-DD>.md, .json and the scaling PNG",
     )
     p.add_argument(
         "--scaling",
@@ -278,7 +256,7 @@ def main_benchmark(args, device, data, data_line) -> tuple[str, dict]:
         )
     results = []
     floors = {}
-    other = C.OtherLoad().__enter__()
+    other = C.OtherLoad().start()
     for batch in batch_sizes:
         d = bench_data(data, batch, args.max_steps)
         n = len(d.x_train)
@@ -320,7 +298,7 @@ def main_benchmark(args, device, data, data_line) -> tuple[str, dict]:
         for row in rows.values():
             row["median"] = C.median(row["seconds"])
             results.append(row)
-    other.__exit__()
+    other.stop()
     load_end = C.load_average()
 
     def med(batch, variant):
@@ -370,9 +348,7 @@ def main_benchmark(args, device, data, data_line) -> tuple[str, dict]:
         "epoch; the median over rounds; training steps only (no test ELBO)",
         f"- peak memory: {C.PeakMemory.method(device)}, over a variant's whole call, the "
         "largest of the rounds",
-        f"- 1-minute load average: {C.fmt(load_start)} before the run, {C.fmt(load_end)} "
-        "at its end (this includes the benchmark's own threads)",
-        other.line(),
+        *C.load_lines(load_start, load_end, other),
         "",
         "| batch | variant | epoch time (s) | timed epochs (s) | steps/s | ms/step "
         "| peak memory (MiB) |",
@@ -465,7 +441,7 @@ def scaling(args, device, data, data_line, png: Path) -> tuple[str, dict]:
         "z_dim": [(256, HIDDEN, z) for z in args.scaling_z_dims],
     }
     points = []
-    other = C.OtherLoad().__enter__()
+    other = C.OtherLoad().start()
     for sweep, configs in sweeps.items():
         for batch, hidden, z_dim in configs:
             full_steps = math.ceil(n_full / batch)
@@ -500,7 +476,7 @@ def scaling(args, device, data, data_line, png: Path) -> tuple[str, dict]:
                 + ", ".join(f"{v} {point[v]:.2f} s/epoch" for v in args.scaling_variants)
                 + f", floor {point['floor']:.2f}"
             )
-    other.__exit__()
+    other.stop()
     load_end = C.load_average()
     plot_scaling(points, args.scaling_variants, device, png)
 
@@ -516,9 +492,7 @@ def scaling(args, device, data, data_line, png: Path) -> tuple[str, dict]:
         "each variant); the median "
         "over rounds is extrapolated to a full epoch of "
         f"{n_full} images (x full steps / timed steps)",
-        f"- 1-minute load average: {C.fmt(load_start)} before the sweeps, "
-        f"{C.fmt(load_end)} at their end (this includes the benchmark's own threads)",
-        other.line(),
+        *C.load_lines(load_start, load_end, other, "the sweeps", "their"),
         f"- plot: `{png.name}`",
         "",
         f"![scaling]({png.name})",

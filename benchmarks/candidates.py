@@ -115,18 +115,17 @@ def main(argv=None) -> int:
         description="Epoch times of pyro_vae.train under candidate speed-ups (monkeypatched).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    C.add_run_flags(
+        p,
+        seed_help="seeds weights, batch order and noise",
+        out_help="folder for candidates-<device>-<YYYY-MM-DD>.md",
+    )
     p.add_argument("--batch-sizes", type=C.int_list, default=[256])
     p.add_argument(
         "--configs", default=DEFAULT_CONFIGS, help="comma-separated variant[+candidate...]"
     )
     p.add_argument("--rounds", type=C.positive_int, default=3, help="interleaved rounds")
     p.add_argument("--max-steps", type=C.positive_int, default=None, help="cut every epoch")
-    p.add_argument("--data", default="auto", choices=("auto", "fashion-mnist", "random"))
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--threads", type=C.positive_int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     for c in configs:
@@ -179,9 +178,7 @@ def main(argv=None) -> int:
                     f"{C.fmt(naive / med[c])} | {med[c] / floor:.2f} |"
                 )
     lines += [
-        f"- 1-minute load average: {C.fmt(load_start)} before the run, "
-        f"{C.fmt(C.load_average())} at its end (this includes the benchmark's own threads)",
-        other.line(),
+        *C.load_lines(load_start, C.load_average(), other),
         *body,
     ]
     out = Path(args.out) / f"candidates-{device.type}-{C.today()}.md"

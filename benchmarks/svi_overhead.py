@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    C.add_run_flags(p, seed_help=None, out_help="folder for svi-overhead-<device>-<YYYY-MM-DD>.md")
     p.add_argument("--batch-sizes", type=C.int_list, default=[128, 256])
     p.add_argument(
         "--variants",
@@ -281,11 +281,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--rounds", type=C.positive_int, default=15, help="interleaved rounds")
     p.add_argument("--steps", type=C.positive_int, default=20, help="steps per variant per round")
-    p.add_argument("--data", default="auto", choices=("auto", "fashion-mnist", "random"))
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--threads", type=C.positive_int, default=2)
     p.add_argument("--no-profile", action="store_true", help="skip cProfile and op counts")
-    p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     device = C.setup_device(args.device, args.threads)
     data, data_line = C.load_images(args.data, args.data_dir)
@@ -294,7 +290,7 @@ def main(argv=None) -> int:
     started = C.now()
     load_start = C.load_average()
     lines = []
-    other = C.OtherLoad().__enter__()
+    other = C.OtherLoad().start()
     for batch in args.batch_sizes:
         floor = 3 * 2 * 687_200 * batch / C.matmul_rate(batch, device)
         med, _ = interleaved(variants, x_train, batch, device, args.rounds, args.steps)
@@ -333,7 +329,7 @@ def main(argv=None) -> int:
             "```",
             "",
         ]
-    other.__exit__()
+    other.stop()
     header = [
         "# Where svi's time goes beyond manual",
         "",
@@ -344,9 +340,7 @@ def main(argv=None) -> int:
         f"- {args.rounds} interleaved rounds of {args.steps} steps per variant; median of "
         "the rounds' mean step times; the floor is the 784-400-50 network's matmul FLOPs "
         "(3 x forward) over the (batch x 784) @ (784 x 400) rate",
-        f"- 1-minute load average: {C.fmt(load_start)} before the run, "
-        f"{C.fmt(C.load_average())} at its end (this includes the benchmark's own threads)",
-        other.line(),
+        *C.load_lines(load_start, C.load_average(), other),
         "",
     ]
     lines = header + lines
