@@ -25,6 +25,7 @@ from . import __version__, distributed
 from .check import check_elbo, format_check
 from .checkpoint import (
     CHECKPOINT_NAME,
+    atomic_write,
     load_checkpoint,
     load_run,
     load_weights,
@@ -219,8 +220,6 @@ def _resume_mismatch(saved: dict[str, Any], config: dict[str, Any]) -> list[str]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import atomic_write
-
     saved = None
     if args.resume:
         args, saved = _resume_args(args)

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 from .checkpoint import load_run, write_json
 from .data import Dataset, load_dataset
 from .elbo import EVAL_BATCH_SIZE, dataset_elbo, iwae_bound
-from .errors import DataError, PyroVAEError
+from .errors import PyroVAEError
 from .model import VAE
-from .train import eval_inputs, resolve_device
+from .train import check_shape, eval_inputs, resolve_device
 
 EVALUATION_NAME = "evaluation.json"
 
@@ -119,18 +119,6 @@ def _factorizes(d: Any) -> bool:
         and d.reinterpreted_batch_ndims == 1
         and not d.base_dist.event_shape
     )
-
-
-def check_shape(vae: VAE, data: Dataset, where: str = "") -> None:
-    """Raise :class:`DataError` unless ``data``'s examples have the shape ``vae`` was built for.
-
-    :param where: what the data are, for the message, e.g. ``"the data set of run X"``.
-    """
-    if tuple(data.x_shape) != vae.x_shape:
-        raise DataError(
-            f"{where or 'the data'} has examples of shape {tuple(data.x_shape)} but the model "
-            f"expects {vae.x_shape}"
-        )
 
 
 def run_setting(config: dict[str, Any], *keys: str) -> Any:

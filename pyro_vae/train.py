@@ -120,6 +120,18 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     raise ConfigError(f"unknown device {str(spec)!r}; choose auto, cpu, cuda or cuda:N")
 
 
+def check_shape(vae: VAE, data: Dataset, where: str = "") -> None:
+    """Raise :class:`DataError` unless ``data``'s examples have the shape ``vae`` was built for.
+
+    :param where: what the data are, for the message, e.g. ``"the data set of run X"``.
+    """
+    if tuple(data.x_shape) != vae.x_shape:
+        raise DataError(
+            f"{where or 'the data'} has examples of shape {tuple(data.x_shape)} but the model "
+            f"expects {vae.x_shape}"
+        )
+
+
 def needs_binarization(vae: VAE, x: torch.Tensor, binarization: str) -> bool:
     """Whether ``x`` must be binarized for ``vae``'s likelihood; checks ``x`` fits it otherwise."""
     if binarization not in BINARIZATION:
@@ -220,11 +232,7 @@ def train(
     _check_positive(epochs=epochs, batch_size=batch_size, lr=lr)
     if lr > MAX_LR:
         raise ConfigError(f"--lr must be at most {MAX_LR:g}, got {lr:g}")
-    if tuple(data.x_shape) != vae.x_shape:
-        raise DataError(
-            f"the data's examples have shape {tuple(data.x_shape)} but the model expects "
-            f"{vae.x_shape}"
-        )
+    check_shape(vae, data)
     rank, world = distributed.rank_and_world()
     if batch_size < world:
         raise ConfigError(f"--batch-size {batch_size} is smaller than the {world} processes")
@@ -271,15 +279,18 @@ def train(
             partial_seconds=seconds,
         )
 
-    def check_finite(losses: list[torch.Tensor], epoch: int) -> None:
-        finite = torch.isfinite(torch.stack(losses))
-        if bool(finite.all()):
-            return
-        first = int((~finite).nonzero()[0])
-        raise TrainingError(
-            f"the loss stopped being finite at step {first + 1} of {steps_per_epoch} in epoch "
-            f"{epoch}; nothing from that epoch was saved. Try a lower --lr (now {lr:g})"
-        )
+    def check_finite(losses: list[torch.Tensor], checked: int, epoch: int) -> int:
+        """Raise if a loss from ``losses[checked]`` on is not finite; return the count checked."""
+        if checked < len(losses):
+            finite = torch.isfinite(torch.stack(losses[checked:]))
+            if not bool(finite.all()):
+                first = checked + int((~finite).nonzero()[0])
+                raise TrainingError(
+                    f"the loss stopped being finite at step {first + 1} of {steps_per_epoch} in "
+                    f"epoch {epoch}; nothing from that epoch was saved. Try a lower --lr (now "
+                    f"{lr:g})"
+                )
+        return len(losses)
 
     step, stopping = 0, False
     first_step_in_epoch = state.step_in_epoch
@@ -296,6 +307,7 @@ def train(
             order_state = batch_order.get_state()
             # summed over each batch, kept on the device until the epoch ends
             batch_losses = [torch.tensor(v, device=device) for v in state.partial_losses]
+            checked = 0
             batches = torch.randperm(n, generator=batch_order).to(device).split(batch_size)
             for i, index in enumerate(batches[first_step_in_epoch:], start=first_step_in_epoch):
                 x = x_train[index.tensor_split(world)[rank]] if world > 1 else x_train[index]
@@ -316,10 +328,10 @@ def train(
                 step += 1
                 bar.update()
                 if (i + 1) % 10 == 0:
-                    check_finite(batch_losses, epoch)
+                    checked = check_finite(batch_losses, checked, epoch)
                     bar.set_postfix(loss=f"{loss.item() / len(index):.2f}")
                 if stopping and i + 1 < len(batches):
-                    check_finite(batch_losses, epoch)
+                    check_finite(batch_losses, checked, epoch)
                     seconds = time.perf_counter() - start
                     state = snapshot(order_state, i + 1, batch_losses, seconds)
                     if checkpoint is not None:
@@ -327,7 +339,7 @@ def train(
                     raise TrainingInterrupted(state, steps_per_epoch)
             first_step_in_epoch = 0
             state.partial_losses, state.partial_seconds = [], 0.0
-            check_finite(batch_losses, epoch)
+            check_finite(batch_losses, checked, epoch)
             batch_losses = torch.stack(batch_losses)
             sizes = torch.full_like(batch_losses, batch_size)
             sizes[-1] = n - batch_size * (len(sizes) - 1)
