@@ -13,9 +13,9 @@ import pyro
 
 import pyro_vae
 from pyro_vae.check import check_elbo, format_check
+from pyro_vae.data import eval_inputs
 from pyro_vae.guides import GUIDES
 from pyro_vae.priors import PRIORS
-from pyro_vae.train import eval_inputs
 
 
 def main() -> int:
@@ -30,7 +30,7 @@ def main() -> int:
     pyro.set_rng_seed(0)
     vae = pyro_vae.VAE(data.x_shape, z_dim=8, prior=args.prior, guide=args.guide)
     pyro_vae.train(vae, data, epochs=args.epochs, lr=3e-3, device="cpu", progress=False)
-    x = eval_inputs(vae, data.x_test[:64])
+    x = eval_inputs(vae.likelihood, data.x_test[:64])
     report = check_elbo(vae, x, seed=0, num_particles=args.particles)
     print(format_check(report, len(x)))
     print("\n".join(report.failures) or "all equalities hold")

@@ -22,13 +22,13 @@ import pyro
 import torch
 
 import pyro_vae
+from pyro_vae.data import eval_inputs
 from pyro_vae.elbo import iwae_bound
 from pyro_vae.evaluate import active_units
 from pyro_vae.guides import GUIDES
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_samples
 from pyro_vae.priors import PRIORS
-from pyro_vae.train import eval_inputs
 
 CHOICES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}
 # Options a choice needs on the embedded digits, whose grey levels are k/16.
@@ -67,7 +67,7 @@ def compare(args: argparse.Namespace) -> list[dict]:
         )
         seconds = time.perf_counter() - start
         vae.cpu()
-        x_test = eval_inputs(vae, data.x_test)
+        x_test = eval_inputs(vae.likelihood, data.x_test)
         units, _ = active_units(vae, x_test)
         rows.append(
             {

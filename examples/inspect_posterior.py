@@ -14,6 +14,7 @@ import arviz as az
 import pyro
 
 import pyro_vae
+from pyro_vae.data import eval_inputs
 from pyro_vae.inspect import (
     amortization_gap,
     compare_to_nuts,
@@ -22,7 +23,6 @@ from pyro_vae.inspect import (
     posterior_samples,
 )
 from pyro_vae.plots import plot_guide_vs_nuts, plot_khat, plot_latent_scatter
-from pyro_vae.train import eval_inputs
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     pyro.set_rng_seed(0)
     vae = pyro_vae.VAE(data.x_shape, z_dim=2, hidden_dims=(64,))
     pyro_vae.train(vae, data, epochs=args.epochs, lr=3e-3, device="cpu", progress=False)
-    x = eval_inputs(vae, data.x_test)
+    x = eval_inputs(vae.likelihood, data.x_test)
     args.out.mkdir(parents=True, exist_ok=True)
 
     guide = posterior_samples(vae, x[: args.inputs], num_samples=1000)

@@ -5,17 +5,22 @@
 >>> pyro.set_rng_seed(0)
 >>> vae = pyro_vae.VAE(data.x_shape, z_dim=16)
 >>> history = pyro_vae.train(vae, data, epochs=20)   # SVI with Trace_ELBO
+
+or, with a run folder (what ``pyro-vae train`` writes):
+
+>>> run = pyro_vae.Run.create("runs/digits", pyro_vae.RunConfig(epochs=20))
+>>> history = run.train()
 """
 
-__version__ = "0.1.0"
-
-from .checkpoint import load_run, save_checkpoint  # noqa: E402
-from .data import Dataset, load_dataset  # noqa: E402
-from .elbo import dataset_elbo  # noqa: E402
-from .errors import ConfigError, DataError, PyroVAEError  # noqa: E402
-from .evaluate import evaluate, evaluate_run  # noqa: E402
-from .model import VAE  # noqa: E402
-from .train import History, train  # noqa: E402
+from .config import RunConfig
+from .data import Dataset, load_dataset
+from .elbo import dataset_elbo
+from .errors import ConfigError, DataError, PyroVAEError
+from .evaluate import evaluate
+from .model import VAE
+from .run import Run
+from .train import History, train
+from .version import __version__
 
 __all__ = [
     "VAE",
@@ -24,11 +29,11 @@ __all__ = [
     "Dataset",
     "History",
     "PyroVAEError",
+    "Run",
+    "RunConfig",
+    "__version__",
     "dataset_elbo",
     "evaluate",
-    "evaluate_run",
     "load_dataset",
-    "load_run",
-    "save_checkpoint",
     "train",
 ]

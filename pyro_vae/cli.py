@@ -1,19 +1,19 @@
 """The ``pyro-vae`` command line: train, evaluate, check-elbo, sample, reconstruct and list.
 
-Every mistake a user can make is reported as one line, ``pyro-vae: error: ...``, with exit
+It parses flags and calls the library. Flags map onto :class:`~pyro_vae.config.RunConfig`'s
+fields; the library's errors name parameters (``z_dim``), and are printed here with the flags
+(``--z-dim``). Every mistake a user can make is one line, ``pyro-vae: error: ...``, with exit
 status 2; nothing the user asked for is lost to a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,319 +21,259 @@ import pyro
 import torch
 from matplotlib.backend_bases import FigureCanvasBase
 
-from . import __version__, distributed
+from . import checks, distributed
 from .check import check_elbo, format_check
-from .checkpoint import (
-    CHECKPOINT_NAME,
-    atomic_write,
-    load_checkpoint,
-    load_run,
-    load_weights,
-    save_checkpoint,
-    train_state,
-    versions,
-    write_json,
-)
-from .data import DATASETS, load_dataset
+from .config import RESUMABLE, RunConfig
+from .data import BINARIZATION, DATASETS, eval_inputs, load_dataset
+from .device import resolve_device
 from .elbo import OBJECTIVES
 from .errors import ConfigError, PyroVAEError
-from .evaluate import evaluate, evaluate_run, load_run_data, run_setting
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .model import VAE
 from .nets import NETS
-from .plots import plot_elbo, plot_reconstructions, plot_samples
+from .plots import plot_reconstructions, plot_samples
 from .priors import PRIORS
 from .registry import describe, option_names
-from .train import (
-    BINARIZATION,
-    History,
-    TrainingInterrupted,
-    TrainState,
-    eval_inputs,
-    resolve_device,
-    train,
-)
+from .run import CHECKPOINT, RUN_FILES, Run, RunExists
+from .signals import StopOnSignals
+from .train import TrainingInterrupted
+from .version import __version__
 
-RUN_FILES = (
-    "config.json",
-    "metrics.csv",
-    "summary.json",
-    CHECKPOINT_NAME,
-    "reconstructions.png",
-    "samples.png",
-    "elbo.png",
-)
+REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}
+
+# ----------------------------------------------------------------------------------------------
+# Flag values: parsed here, checked by pyro_vae.checks.
 
 
-# Counts and sizes past a signed 64-bit integer overflow inside torch; no run needs them.
-MAX_INT = 2**63 - 1
-# Larger numbers overflow float32 arithmetic (Adam's first step divides the learning rate by 0.1).
-MAX_FLOAT = 1e30
-MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds numpy too, which takes 0 to 2**32 - 1
-MAX_IMAGES = 100_000  # pyro-vae sample -n: all of them go into one picture
-MAX_PARTICLES = 1000  # pyro-vae check-elbo --num-particles: memory grows with them
+def whole(check: Callable[[str, Any], int], param: str) -> Callable[[str], int]:
+    """An argparse type: a whole number that ``check`` accepts for ``param``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number, got {text[:40]!r}"
+            ) from None
+        return _checked(check, param, value)
+
+    return parse
 
 
-def whole_number(text: str, low: int = 1, high: int = MAX_INT) -> int:
-    """``text`` as an int in [low, high], or an argparse error saying why not."""
+def number(param: str) -> Callable[[str], float]:
+    """An argparse type: a positive finite number (``checks.positive``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+        return _checked(checks.positive, param, value)
+
+    return parse
+
+
+def layer_sizes(text: str) -> tuple[int, ...]:
+    """An argparse type: ``400`` or ``512,256``."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-    if value > high:
-        digits = str(value)
-        shown = digits if len(digits) <= 40 else f"a number of {len(digits)} digits"
-        raise argparse.ArgumentTypeError(f"must be at most {high}, got {shown}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return whole_number(text, 1)
-
-
-def nonnegative_int(text: str) -> int:
-    return whole_number(text, 0)
-
-
-def seed_int(text: str) -> int:
-    return whole_number(text, 0, MAX_SEED)
-
-
-def image_count(text: str) -> int:
-    return whole_number(text, 1, MAX_IMAGES)
-
-
-def particle_count(text: str) -> int:
-    return whole_number(text, 1, MAX_PARTICLES)
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {value:g}")
-    if value > MAX_FLOAT:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_FLOAT:g}, got {value:g}")
-    return value
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        return [positive_int(part) for part in text.split(",")]
+        return checks.sizes(
+            "hidden_dims", [whole(checks.size, "hidden_dims")(t) for t in text.split(",")]
+        )
     except argparse.ArgumentTypeError as e:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated positive sizes such as 400 or 512,256 ({e})"
         ) from None
 
 
-def _metrics_csv(history: History) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["epoch", "train_elbo", "test_elbo", "seconds"])
-    writer.writeheader()
-    writer.writerows(history.rows())
-    return buffer.getvalue().encode()
+def _checked(check: Callable[[str, Any], Any], param: str, value: Any) -> Any:
+    try:
+        return check(param, value)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(e.problem) from None
 
 
-def _write_pictures(vae: VAE, x_test: Any, run_dir: Path, history: History) -> None:
-    plot_reconstructions(x_test[:32], vae.reconstruct(x_test[:32]), run_dir / "reconstructions.png")
-    plot_samples(vae.sample(64), run_dir / "samples.png")
-    plot_elbo(history.__dict__, run_dir / "elbo.png")
+# Flags that set RunConfig's fields: flag -> (the values it takes, help). The field is the flag's
+# name with underscores, except where FIELDS says; the help adds RunConfig's default.
+DATA_FLAGS = {
+    "--dataset": (
+        DATASETS,
+        "data set: digits is embedded (8x8, offline); the MNIST family "
+        "needs --data-dir or a network; npz needs --data-path",
+    ),
+    "--data-dir": (
+        str,
+        "folder with the MNIST-family IDX files, in torchvision's layout "
+        "(DIR/MNIST/raw/...) or directly (default: data)",
+    ),
+    "--data-path": (
+        str,
+        "an .npz file with arrays x_train, x_test (values in [0,1]) and "
+        "optional y_train, y_test, for --dataset npz",
+    ),
+}
+MODEL_FLAGS = {
+    "--z-dim": (whole(checks.size, "z_dim"), "size of the latent code z"),
+    "--hidden-dims": (
+        layer_sizes,
+        "comma-separated hidden sizes, encoder order: layer widths "
+        "for mlp, channel counts for conv (e.g. 400 or 512,256)",
+    ),
+    "--encoder": (list(NETS), "network family of encoder and decoder"),
+    "--prior": (list(PRIORS), "prior p(z)"),
+    "--likelihood": (list(LIKELIHOODS), "likelihood p(x|z)"),
+    "--guide": (list(GUIDES), "guide family q(z|x)"),
+    "--binarize": (
+        BINARIZATION,
+        "dynamic: for a binary likelihood, binarize grey training data "
+        "afresh in each batch and the test set once with a fixed seed; none: use data "
+        "as is",
+    ),
+}
+TRAINING_FLAGS = {
+    "--epochs": (whole(checks.count, "epochs"), "passes over the training set"),
+    "--batch-size": (whole(checks.count, "batch_size"), "examples per SVI step"),
+    "--lr": (number("lr"), "Adam learning rate"),
+    "--objective": (
+        list(OBJECTIVES),
+        "trace: Trace_ELBO; meanfield: TraceMeanField_ELBO "
+        "(analytic KL); manual: the hand-written ELBO in plain PyTorch, no pyro.infer",
+    ),
+    "--seed": (whole(checks.seed, "seed"), "seeds weights, batch order and noise"),
+    "--device": (str, "auto, cpu, cuda or cuda:N"),
+}
+# The parts' option flags: flag -> (the kinds of part it may configure, the option, values, help).
+# A flag reaches every chosen part that takes that option, and is an error if none does.
+OPTION_FLAGS = {
+    "--prior-components": (("prior",), "components", whole(checks.count, "components"),
+                           "mixture components of mog/vamp"),
+    "--prior-df": (("prior",), "df", number("df"), "degrees of freedom of student-t"),
+    "--likelihood-scale": (("likelihood",), "scale", number("scale"), "scale of the gaussian"),
+    "--likelihood-min-scale": (("likelihood",), "min_scale", number("min_scale"),
+                               "floor of the learned scale of gaussian-learned and laplace"),
+    "--likelihood-bins": (("likelihood",), "bins", whole(checks.bins, "bins"),
+                          "grey levels of discretized-logistic (256 for 8-bit, 17 for digits)"),
+    "--flow-steps": (("prior", "guide"), "flow_steps", whole(checks.count, "flow_steps"),
+                     "flow steps of the flow prior and the iaf guide"),
+}  # fmt: skip
+FIELDS = {"--binarize": "binarization"}
 
 
-class StopOnSignals:
-    """While active, SIGINT (Ctrl-C) and SIGTERM ask training to stop after the current step;
-    a second SIGINT stops at once (the last checkpoint on disk is kept)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, announce: bool = True):
-        self.signum: int | None = None
-        self.announce = announce
-
-    def __enter__(self) -> StopOnSignals:
-        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        if self.announce:
-            print(
-                f"\npyro-vae: {signal.Signals(signum).name} received: finishing the current step "
-                "and writing a checkpoint (Ctrl-C again stops at once)",
-                file=sys.stderr,
-            )
-
-    def requested(self) -> bool:
-        return self.signum is not None
+# ----------------------------------------------------------------------------------------------
+# Flags onto the run configuration.
 
 
-# Settings a resumed run may change; any other difference from the saved run is an error.
-RESUMABLE_CHANGES = ("epochs", "lr")
+def overlay(base: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """``base`` with every setting given as a flag: the flags' values win."""
+    given = {
+        name: getattr(args, name)
+        for name in base.to_dict()
+        if getattr(args, name, None) is not None and not name.endswith("_options")
+    }
+    config = base.replace(**given)
+    options = {f"{kind}_options": dict(getattr(config, f"{kind}_options")) for kind in REGISTRIES}
+    for flag, (kinds, option, _, _) in OPTION_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is None:
+            continue
+        chosen = {kind: getattr(config, kind) for kind in kinds}
+        takers = [k for k, name in chosen.items() if option in option_names(REGISTRIES[k][name])]
+        if not takers:
+            names = " and ".join(f"the {kind} {name!r}" for kind, name in chosen.items())
+            raise ConfigError(f"{flag} does not apply to {names}; see pyro-vae list")
+        for kind in takers:
+            options[f"{kind}_options"][option] = value
+    return config.replace(**options)
 
 
-def _resume_args(args: argparse.Namespace) -> tuple[argparse.Namespace, dict[str, Any]]:
-    """The saved run's command with this command's flags on top, and the saved checkpoint."""
-    if args.overwrite:
-        raise ConfigError("--resume continues a run and --overwrite replaces it; choose one")
-    if args.out is None:
-        raise ConfigError("--resume needs --out, the run folder to continue")
-    checkpoint = load_checkpoint(Path(args.out) / CHECKPOINT_NAME)
-    command = checkpoint["config"].get("command")
-    if not command or command[:2] != ["pyro-vae", "train"]:
-        raise ConfigError(
-            f"{args.out} was not written by pyro-vae train, so it cannot be resumed from here"
-        )
-    saved = [a for a in command[1:] if a != "--overwrite"]
-    merged = build_parser().parse_args(saved + args.argv[1:])
-    merged.argv = saved + [a for a in args.argv[1:] if a != "--resume"]
-    return merged, checkpoint
+def flag_of(name: str) -> str:
+    """The flag that sets a library parameter, e.g. ``z_dim`` -> ``--z-dim``; else ``name``."""
+    for flag, (kinds, option, _, _) in OPTION_FLAGS.items():
+        if name in [f'{kind}_options["{option}"]' for kind in kinds]:
+            return flag
+    return ArgumentParser.flags.get(name, name)
 
 
-def _resume_mismatch(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
-    """``key: saved -> asked`` for each setting that differs and may not change."""
-    keys = [("dataset",), ("data_dir",), ("data_path",)]
-    keys += [("model", k) for k in sorted(set(saved["model"]) | set(config["model"]))]
-    keys += [
-        ("train", k)
-        for k in sorted(set(saved["train"]) | set(config["train"]))
-        if k not in RESUMABLE_CHANGES
-    ]
-    differences = []
-    for key in keys:
-        old, new = saved, config
-        for k in key:
-            old, new = old.get(k), new.get(k)
-        if old != new:
-            differences.append(f"{'.'.join(key)}: {old!r} -> {new!r}")
-    return differences
+# ----------------------------------------------------------------------------------------------
+# The commands.
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    saved = None
     if args.resume:
-        args, saved = _resume_args(args)
-    device = resolve_device(args.device)
+        run, config = _resumed(args)
+    else:
+        base = RunConfig.load(args.config) if args.config else RunConfig()
+        config = overlay(base, args)
     if distributed.launched_by_torchrun():
-        device = distributed.init_from_env(device)
+        distributed.init_from_env(resolve_device(config.device))
+    if not args.resume:
+        out = args.out or f"runs/{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            run = Run.create(out, config, overwrite=args.overwrite)
+        except RunExists:
+            raise ConfigError(
+                f"{out} already holds a trained run; continue it with --resume, or choose "
+                "another --out, or pass --overwrite"
+            ) from None
     writer = distributed.is_main_process()
-    run_dir = Path(args.out or f"runs/{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if saved is None and (run_dir / CHECKPOINT_NAME).exists() and not args.overwrite:
-        raise ConfigError(
-            f"{run_dir} already holds a trained run; continue it with --resume, or choose "
-            "another --out, or pass --overwrite"
-        )
-    data = load_dataset(args.dataset, data_dir=args.data_dir, data_path=args.data_path)
-    pyro.set_rng_seed(args.seed)
-    vae = _build_vae(args, data.x_shape)
-    settings = {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
-        "objective": args.objective,
-        "binarization": args.binarize,
-    }
-    config = {
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "data_path": args.data_path,
-        "model": vae.config,
-        "train": settings,
-        "device": str(device),
-        "versions": versions(),
-        "command": ["pyro-vae", *args.argv],
-    }
-    resume = None
-    if saved is not None:
-        differences = _resume_mismatch(saved["config"], config)
-        if differences:
-            raise ConfigError(
-                f"--resume: this command asks for other settings than the run in {run_dir} "
-                f"({'; '.join(differences)}); only --epochs and --lr may change"
-            )
-        load_weights(vae, saved, run_dir / CHECKPOINT_NAME)
-        resume = train_state(saved)
-        if resume.epoch >= args.epochs:
-            raise ConfigError(
-                f"{run_dir} has finished {resume.epoch} of --epochs {args.epochs}; pass a "
-                "larger --epochs to train on"
-            )
-    if writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", config)
-
-    def save(state: TrainState) -> None:
-        if writer:
-            atomic_write(run_dir / "metrics.csv", lambda f: f.write(_metrics_csv(state.history)))
-            save_checkpoint(run_dir / CHECKPOINT_NAME, vae, state, config=config)
-
     with StopOnSignals(announce=writer) as signals, warnings.catch_warnings():
         # a non-finite loss stops training with its own message (epoch, step, a hint)
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         try:
-            history = train(
-                vae,
-                data,
-                device=device,
+            run.train(
+                epochs=config.epochs,
+                lr=config.lr,
+                device=config.device,
                 progress=not args.quiet,
-                checkpoint=save,
-                resume=resume,
                 stop=signals.requested,
-                **settings,
             )
         except TrainingInterrupted as stopped:
             signum = signals.signum or signal.SIGINT
             if writer:
                 print(
                     f"pyro-vae: {signal.Signals(signum).name}: {stopped}; checkpoint written to "
-                    f"{run_dir / CHECKPOINT_NAME}\n"
-                    f"pyro-vae: resume with: pyro-vae train --out {run_dir} --resume",
+                    f"{run.path / CHECKPOINT}\n"
+                    f"pyro-vae: resume with: pyro-vae train --out {run.path} --resume",
                     file=sys.stderr,
                 )
             return 128 + signum
-    if not writer:
-        return 0
-    figures = evaluate(  # the IWAE estimate is pyro-vae evaluate's job: it can take minutes
-        vae, data, seed=args.seed, objective=args.objective, binarization=args.binarize, iwae_k=0
-    )
-    summary = {
-        "test_elbo": history.test_elbo[-1],
-        "train_elbo": history.train_elbo[-1],
-        "epochs": history.epoch[-1],
-        "device": str(device),
-        "train_seconds": sum(history.seconds),
-        "baseline_log_likelihood": figures.get("baseline_log_likelihood"),
-        "active_units": figures["active_units"],
-        "num_train": len(data.x_train),
-        "num_test": len(data.x_test),
-    }
-    write_json(run_dir / "summary.json", summary)
-    _write_pictures(vae, data.x_test.to(device), run_dir, history)
-    print(f"run folder: {run_dir}  ({', '.join(RUN_FILES)})")
-    baseline = summary["baseline_log_likelihood"]
-    against = "" if baseline is None else f" (independent-pixel baseline: {baseline:.2f})"
-    print(f"test ELBO: {summary['test_elbo']:.2f} nats per example{against}")
+    if writer:
+        print(f"run folder: {run.path}  ({', '.join(RUN_FILES)})")
+        baseline = run.summary["baseline_log_likelihood"]
+        against = "" if baseline is None else f" (independent-pixel baseline: {baseline:.2f})"
+        print(f"test ELBO: {run.summary['test_elbo']:.2f} nats per example{against}")
     return 0
 
 
+def _resumed(args: argparse.Namespace) -> tuple[Run, RunConfig]:
+    """The run in ``--out`` and its config with this command's flags on top, which may change
+    only the settings a resumed run may change."""
+    for flag, given in (("--overwrite", args.overwrite), ("--config", args.config)):
+        if given:
+            raise ConfigError(
+                f"--resume continues the run in --out as it is; {flag} does not go with it"
+            )
+    if args.out is None:
+        raise ConfigError("--resume needs --out, the run folder to continue")
+    run = Run.open(args.out)
+    config = overlay(run.config, args)
+    changed = [
+        f"{flag_of(name)}: {old!r} -> {new!r}"
+        for name, old, new in run.config.changes(config)
+        if name not in RESUMABLE
+    ]
+    if changed:
+        raise ConfigError(
+            f"--resume: this command asks for other settings than the run in {args.out} "
+            f"({'; '.join(changed)}); only {', '.join(map(flag_of, RESUMABLE))} may change"
+        )
+    return run, config
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    result = evaluate_run(
-        args.run_dir,
-        seed=args.seed,
-        device=args.device,
-        iwae_k=args.iwae_k,
-        progress=not args.quiet,
+    run = Run.open(args.run_dir)
+    result = run.evaluate(
+        seed=args.seed, device=args.device, iwae_k=args.iwae_k, progress=not args.quiet
     )
     for key, value in result.items():
         if isinstance(value, float):
@@ -341,7 +281,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         elif isinstance(value, list):
             value = "[" + ", ".join(f"{v:.3f}" for v in value) + "]"
         print(f"{key}: {value}")
-    print(f"wrote {Path(args.run_dir) / 'evaluation.json'}")
+    print(f"wrote {run.path / 'evaluation.json'}")
     return 0
 
 
@@ -369,132 +309,21 @@ def save_picture(plot: Any, *args: Any, path: Path) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    vae, _ = load_run(args.run_dir, device=resolve_device(args.device))
-    out = picture_path(args.out, Path(args.run_dir) / "samples.png")
+    run = Run.open(args.run_dir, device=args.device)
+    out = picture_path(args.out, run.path / "samples.png")
     pyro.set_rng_seed(args.seed)
-    save_picture(plot_samples, vae.sample(args.num), path=out)
+    save_picture(plot_samples, run.vae.sample(args.num), path=out)
     print(f"wrote {args.num} samples to {out}")
     return 0
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    vae, state = load_run(args.run_dir, device=resolve_device(args.device))
-    out = picture_path(args.out, Path(args.run_dir) / "reconstructions.png")
-    data = load_run_data(args.run_dir, vae, state["config"])
-    x = data.x_test[: args.num].to(next(vae.parameters()).device)
-    save_picture(plot_reconstructions, x, vae.reconstruct(x), path=out)
+    run = Run.open(args.run_dir, device=args.device)
+    out = picture_path(args.out, run.path / "reconstructions.png")
+    x = run.data.x_test[: args.num].to(resolve_device(args.device))
+    save_picture(plot_reconstructions, x, run.vae.reconstruct(x), path=out)
     print(f"wrote {len(x)} test images and their reconstructions to {out}")
     return 0
-
-
-def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        default="digits",
-        help="data set: digits is embedded (8x8, offline); the MNIST family needs "
-        "--data-dir or a network; npz needs --data-path",
-    )
-    p.add_argument(
-        "--data-dir",
-        help="folder with the MNIST-family IDX files, in torchvision's "
-        "layout (DIR/MNIST/raw/...) or directly (default: data)",
-    )
-    p.add_argument(
-        "--data-path",
-        help="an .npz file with arrays x_train, x_test (values in "
-        "[0,1]) and optional y_train, y_test, for --dataset npz",
-    )
-
-
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--z-dim", type=positive_int, default=16, help="size of the latent code z")
-    p.add_argument(
-        "--hidden-dims",
-        type=int_list,
-        default=[400],
-        help="comma-separated hidden sizes, encoder order: layer widths for mlp, "
-        "channel counts for conv (e.g. 400 or 512,256)",
-    )
-    p.add_argument(
-        "--encoder", choices=list(NETS), default="mlp", help="network family of encoder and decoder"
-    )
-    p.add_argument("--prior", choices=list(PRIORS), default="standard-normal", help="prior p(z)")
-    p.add_argument(
-        "--likelihood", choices=list(LIKELIHOODS), default="bernoulli", help="likelihood p(x|z)"
-    )
-    p.add_argument("--guide", choices=list(GUIDES), default="diagonal", help="guide family q(z|x)")
-    p.add_argument(
-        "--prior-components", type=positive_int, help="mixture components of the mog/vamp prior"
-    )
-    p.add_argument("--prior-df", type=positive_float, help="degrees of freedom of student-t")
-    p.add_argument("--likelihood-scale", type=positive_float, help="scale of the gaussian")
-    p.add_argument(
-        "--likelihood-min-scale",
-        type=positive_float,
-        help="floor of the learned scale of gaussian-learned and laplace",
-    )
-    p.add_argument(
-        "--likelihood-bins",
-        type=positive_int,
-        help="grey levels of discretized-logistic (256 for 8-bit images, 17 for digits)",
-    )
-    p.add_argument(
-        "--flow-steps", type=positive_int, help="flow steps of the flow prior and the iaf guide"
-    )
-
-
-def _add_binarize_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--binarize",
-        choices=BINARIZATION,
-        default="dynamic",
-        help="dynamic: for a binary likelihood, binarize grey training data afresh in "
-        "each batch and the test set once with a fixed seed; none: use data as is",
-    )
-
-
-# Option flags of the swappable parts: flag -> (the kinds of part it may configure, option name).
-# A flag reaches every chosen part that takes that option, and is an error if none does.
-PART_OPTION_FLAGS = {
-    "--prior-components": (("prior",), "components"),
-    "--prior-df": (("prior",), "df"),
-    "--likelihood-scale": (("likelihood",), "scale"),
-    "--likelihood-min-scale": (("likelihood",), "min_scale"),
-    "--likelihood-bins": (("likelihood",), "bins"),
-    "--flow-steps": (("prior", "guide"), "flow_steps"),
-}
-REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}
-
-
-def part_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """``{"prior_options": {...}, ...}`` from the option flags the user gave."""
-    options: dict[str, dict[str, Any]] = {kind: {} for kind in REGISTRIES}
-    for flag, (kinds, option) in PART_OPTION_FLAGS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is None:
-            continue
-        chosen = {kind: getattr(args, kind) for kind in kinds}
-        takers = [k for k, name in chosen.items() if option in option_names(REGISTRIES[k][name])]
-        if not takers:
-            names = " and ".join(f"the {kind} {name!r}" for kind, name in chosen.items())
-            raise ConfigError(f"{flag} does not apply to {names}; see pyro-vae list")
-        for kind in takers:
-            options[kind][option] = value
-    return {f"{kind}_options": values for kind, values in options.items()}
-
-
-def _build_vae(args: argparse.Namespace, x_shape: Sequence[int]) -> VAE:
-    return VAE(
-        x_shape,
-        z_dim=args.z_dim,
-        hidden_dims=args.hidden_dims,
-        encoder=args.encoder,
-        prior=args.prior,
-        likelihood=args.likelihood,
-        guide=args.guide,
-        **part_options(args),
-    )
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -507,15 +336,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_check_elbo(args: argparse.Namespace) -> int:
     if args.run_dir is not None:
-        vae, state = load_run(args.run_dir)
-        data = load_run_data(args.run_dir, vae, state["config"])
-        binarization = run_setting(state["config"], "train", "binarization")
+        run = Run.open(args.run_dir)
+        vae, data, binarization = run.vae, run.data, run.config.binarization
     else:
-        data = load_dataset(args.dataset, data_dir=args.data_dir, data_path=args.data_path)
+        config = overlay(RunConfig(), args)
+        data = load_dataset(config.dataset, data_dir=config.data_dir, data_path=config.data_path)
         pyro.set_rng_seed(args.seed)
-        vae = _build_vae(args, data.x_shape)
-        binarization = args.binarize
-    x = eval_inputs(vae, data.x_test[: args.batch_size], binarization)
+        vae = VAE(data.x_shape, **config.vae_options())
+        binarization = config.binarization
+    x = eval_inputs(vae.likelihood, data.x_test[: args.batch_size], binarization)
     report = check_elbo(vae, x, seed=args.seed, num_particles=args.num_particles)
     print(format_check(report, len(x)))
     if report.failures:
@@ -525,11 +354,147 @@ def cmd_check_elbo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# The parser.
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with each mistake reported in one line."""
+    """argparse, with each mistake reported in one line, and a record of which flag sets each
+    parameter (its ``dest``), across all commands: how the library's errors get their flags."""
+
+    flags: dict[str, str] = {}
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.option_strings:
+            ArgumentParser.flags.setdefault(action.dest, action.option_strings[-1])
+        return action
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _options() -> dict[str, tuple[Any, str]]:
+    return {flag: (values, help) for flag, (_, _, values, help) in OPTION_FLAGS.items()}
+
+
+def _add_flags(p: argparse.ArgumentParser, flags: dict[str, tuple[Any, str]]) -> None:
+    """Flags whose value, when given, overrides a setting (default ``None``: not given)."""
+    defaults = RunConfig().to_dict()
+    for flag, (values, help) in flags.items():
+        dest = FIELDS.get(flag, flag[2:].replace("-", "_"))
+        default = defaults.get(dest)
+        if default is not None:
+            shown = ",".join(map(str, default)) if isinstance(default, list) else default
+            help += f" (default: {shown})"
+        kind = {"choices": values} if isinstance(values, list | tuple) else {"type": values}
+        p.add_argument(flag, dest=dest, help=help, **kind)
+
+
+def _add_train_parser(commands: Any) -> None:
+    p = commands.add_parser("train", help="train a VAE and write a run folder")
+    p.add_argument(
+        "--config",
+        help="a config file (JSON, such as a run's config.json, or TOML) "
+        "whose settings this command's flags override",
+    )
+    for flags in (DATA_FLAGS, TRAINING_FLAGS, MODEL_FLAGS, _options()):
+        _add_flags(p, flags)
+    p.add_argument("--out", help="run folder to write (default: runs/DATASET-DATE-TIME)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last "
+        "checkpoint, exactly as if it had not stopped; its settings are kept (only "
+        "--epochs, --lr and --device may change)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_run_commands(commands: Any) -> None:
+    """evaluate, sample and reconstruct: commands on a trained run folder."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    seed = whole(checks.seed, "seed")
+    run_dir = {"metavar": "RUN_DIR", "help": "a folder written by pyro-vae train"}
+    p = commands.add_parser(
+        "evaluate", formatter_class=fmt, help="test ELBO of a run; writes RUN_DIR/evaluation.json"
+    )
+    p.add_argument("run_dir", **run_dir)
+    p.add_argument(
+        "--seed", type=seed, help="seed of the Monte Carlo estimate (default: the run's)"
+    )
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's, else cpu)")
+    p.add_argument(
+        "--iwae-k",
+        type=whole(lambda p, v: checks.whole(p, v, low=0), "iwae_k"),
+        default=1000,
+        help="particles of the importance-weighted log-likelihood "
+        "estimate (5000 is the figure papers report; 0 skips it)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("sample", help="draw images from a trained model", formatter_class=fmt)
+    p.add_argument("run_dir", **run_dir)
+    p.add_argument(
+        "-n",
+        "--num",
+        default=64,
+        help=f"number of images (at most {checks.MAX_IMAGES})",
+        type=whole(lambda p, v: checks.whole(p, v, high=checks.MAX_IMAGES), "num"),
+    )
+    p.add_argument("--out", help="PNG file to write (default: RUN_DIR/samples.png)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the draws")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_sample)
+
+    p = commands.add_parser(
+        "reconstruct", formatter_class=fmt, help="reconstruct test images with a trained model"
+    )
+    p.add_argument("run_dir", **run_dir)
+    p.add_argument(
+        "-n", "--num", type=whole(checks.count, "num"), default=32, help="number of test images"
+    )
+    p.add_argument("--out", help="PNG file to write (default: RUN_DIR/reconstructions.png)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_reconstruct)
+
+
+def _add_check_elbo_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "check-elbo",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="compare Pyro's Trace_ELBO with the hand-written ELBO; exit 1 if they differ",
+    )
+    p.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        nargs="?",
+        help="a trained run (default: an untrained model of the flags below)",
+    )
+    for flags in (DATA_FLAGS, MODEL_FLAGS, _options()):
+        _add_flags(p, flags)
+    p.add_argument(
+        "--batch-size",
+        type=whole(checks.count, "batch_size"),
+        default=64,
+        help="test examples compared",
+    )
+    p.add_argument(
+        "--num-particles",
+        default=1,
+        help="Monte Carlo particles per example",
+        type=whole(lambda p, v: checks.whole(p, v, high=checks.MAX_PARTICLES), "num_particles"),
+    )
+    p.add_argument(
+        "--seed",
+        type=whole(checks.seed, "seed"),
+        default=0,
+        help="seed of the model and of the draws",
+    )
+    p.set_defaults(func=cmd_check_elbo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -538,117 +503,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-
-    p = commands.add_parser("train", help="train a VAE and write a run folder", formatter_class=fmt)
-    _add_data_flags(p)
-    p.add_argument("--epochs", type=positive_int, default=20, help="passes over the training set")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="examples per SVI step")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
-    _add_model_flags(p)
-    p.add_argument(
-        "--objective",
-        choices=list(OBJECTIVES),
-        default="trace",
-        help="trace: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); manual: the "
-        "hand-written ELBO in plain PyTorch, no pyro.infer",
-    )
-    _add_binarize_flag(p)
-    p.add_argument("--seed", type=seed_int, default=0, help="seeds weights, batch order and noise")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--out", help="run folder to write (default: runs/DATASET-DATE-TIME)")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a run already in --out instead of stopping",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its last checkpoint, exactly as if it had not "
-        "stopped; its settings are kept (only --epochs and --lr may change)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
-
-    p = commands.add_parser(
-        "evaluate", formatter_class=fmt, help="test ELBO of a run; writes RUN_DIR/evaluation.json"
-    )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by pyro-vae train")
-    p.add_argument(
-        "--seed", type=seed_int, help="seed of the Monte Carlo estimate (default: the run's)"
-    )
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's, else cpu)")
-    p.add_argument(
-        "--iwae-k",
-        type=nonnegative_int,
-        default=1000,
-        help="particles of the importance-weighted log-likelihood estimate (5000 is the figure "
-        "papers report; 0 skips it)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = commands.add_parser(
-        "list", help="the registered priors, likelihoods and guides", formatter_class=fmt
-    )
+    _add_train_parser(commands)
+    _add_run_commands(commands)
+    p = commands.add_parser("list", help="the registered priors, likelihoods and guides")
     p.set_defaults(func=cmd_list)
-
-    p = commands.add_parser(
-        "check-elbo",
-        formatter_class=fmt,
-        help="compare Pyro's Trace_ELBO with the hand-written ELBO; exit 1 if they differ",
-    )
-    p.add_argument(
-        "run_dir", metavar="RUN_DIR", nargs="?", help="a trained run (default: an untrained model)"
-    )
-    _add_data_flags(p)
-    _add_model_flags(p)
-    _add_binarize_flag(p)
-    p.add_argument("--batch-size", type=positive_int, default=64, help="test examples compared")
-    p.add_argument(
-        "--num-particles",
-        type=particle_count,
-        default=1,
-        help=f"Monte Carlo particles per example (at most {MAX_PARTICLES})",
-    )
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the model and of the draws")
-    p.set_defaults(func=cmd_check_elbo)
-
-    p = commands.add_parser("sample", help="draw images from a trained model", formatter_class=fmt)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by pyro-vae train")
-    p.add_argument(
-        "-n", "--num", type=image_count, default=64, help=f"number of images (at most {MAX_IMAGES})"
-    )
-    p.add_argument("--out", help="PNG file to write (default: RUN_DIR/samples.png)")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the draws")
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
-    p.set_defaults(func=cmd_sample)
-
-    p = commands.add_parser(
-        "reconstruct", formatter_class=fmt, help="reconstruct test images with a trained model"
-    )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by pyro-vae train")
-    p.add_argument("-n", "--num", type=positive_int, default=32, help="number of test images")
-    p.add_argument("--out", help="PNG file to write (default: RUN_DIR/reconstructions.png)")
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
-    p.set_defaults(func=cmd_reconstruct)
+    _add_check_elbo_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command is None:
         parser.print_help()
         return 2
-    args.argv = argv
     try:
         return args.func(args)
     except PyroVAEError as e:
-        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        print(f"pyro-vae: error: {e.worded(flag_of)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\npyro-vae: interrupted; a run folder keeps its last checkpoint", file=sys.stderr)

@@ -1,7 +1,13 @@
-"""Data sets as float tensors in [0, 1], channels-first, on the CPU.
+"""Data sets as float tensors in [0, 1], channels-first, on the CPU, and the binarization policy.
 
 Every loader returns a :class:`Dataset`; every problem with the user's files is a
 :class:`~pyro_vae.errors.DataError` whose message is one line saying what to do about it.
+
+**Binarization.** A binary likelihood (Bernoulli) is never given grey values. With
+``binarization="dynamic"`` grey training data are binarized afresh in every batch,
+x ~ Bernoulli(pixel) (:func:`binarize_afresh`), and the test set once with the fixed seed
+:data:`TEST_BINARIZATION_SEED` (:func:`eval_inputs`), so every run and every evaluation scores
+the same binary images; ``"none"`` uses the data as they are, and the likelihood checks them.
 """
 
 from __future__ import annotations
@@ -10,11 +16,13 @@ import gzip
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from .errors import DataError
+from . import checks
+from .errors import ConfigError, DataError
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "kmnist", "npz")
 DEFAULT_DATA_DIR = Path("data")  # relative to the working directory, like torchvision tutorials
@@ -30,6 +38,11 @@ _IDX_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 _IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
+
+BINARIZATION: tuple[str, ...] = ("dynamic", "none")
+# The test set of grey data is binarized once, with this seed, so every run and every
+# evaluation of a binary likelihood scores the same binary images.
+TEST_BINARIZATION_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -76,16 +89,53 @@ def load_dataset(
     :param bool download: whether to try torchvision's downloader when IDX files are missing.
     :raises DataError: if the data set is unknown, missing or malformed.
     """
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    checks.choice("dataset", name, DATASETS)
     if data_path is not None and name != "npz":
-        raise DataError(f"--data-path is only used with dataset 'npz', not {name!r}")
+        raise ConfigError(f"is only used with dataset 'npz', not {name!r}", "data_path")
     if name == "digits":
         return _load_digits()
     if name == "npz":
         return _load_npz(data_path)
     data_dir = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).expanduser()
     return _load_idx_dataset(name, data_dir, download)
+
+
+class Scores(Protocol):
+    """What the binarization policy asks of a likelihood (see :mod:`pyro_vae.likelihoods`)."""
+
+    binary: bool
+
+    def check_data(self, x: torch.Tensor) -> None: ...
+
+
+def check_shape(x_shape: tuple[int, ...], data: Dataset, where: str = "") -> None:
+    """Raise :class:`DataError` unless ``data``'s examples have the shape ``x_shape``.
+
+    :param where: what the data are, for the message, e.g. ``"the data set of run X"``.
+    """
+    if tuple(data.x_shape) != tuple(x_shape):
+        raise DataError(
+            f"{where or 'the data'} has examples of shape {tuple(data.x_shape)} but the model "
+            f"expects {tuple(x_shape)}"
+        )
+
+
+def needs_binarization(likelihood: Scores, x: torch.Tensor, binarization: str) -> bool:
+    """Whether ``x`` must be binarized for ``likelihood``; checks ``x`` fits it otherwise."""
+    checks.choice("binarization", binarization, BINARIZATION)
+    if binarization == "dynamic" and likelihood.binary and not is_binary(x):
+        return True
+    likelihood.check_data(x)
+    return False
+
+
+def eval_inputs(
+    likelihood: Scores, x_test: torch.Tensor, binarization: str = "dynamic"
+) -> torch.Tensor:
+    """The test set as ``likelihood`` scores it: a fixed binarization of grey data if needed."""
+    if needs_binarization(likelihood, x_test, binarization):
+        return binarize(x_test, TEST_BINARIZATION_SEED)
+    return x_test
 
 
 def binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -108,9 +158,7 @@ def binarize_afresh(x: torch.Tensor) -> torch.Tensor:
 
     Drawn as ``u < x`` with ``u ~ U[0, 1)``, which is Bernoulli(x) exactly. On the CPU these
     are the very values ``torch.bernoulli(x)`` draws (the same uniforms from the same generator),
-    but about 4x faster (256 MNIST images on 2 cores: 0.6 ms
-    against 2.5 ms; a batch-256 epoch of the 784-400-50 VAE 3.29 s against 3.41 s, medians of 5
-    interleaved pairs).
+    in a quarter of its time (``benchmarks/results/candidates-cpu-2026-11-21.md``).
     """
     return torch.rand_like(x).lt_(x)
 
@@ -186,7 +234,7 @@ def _load_idx_dataset(name: str, data_dir: Path, download: bool) -> Dataset:
     if files is None:
         raise DataError(
             f"{name} not found: looked for {', '.join(_IDX_FILES)} (plain or .gz) in "
-            f"{' and '.join(str(d) for d in dirs)}{failure}; pass --data-dir DIR pointing at a "
+            f"{' and '.join(str(d) for d in dirs)}{failure}; pass {{data_dir}} DIR pointing at a "
             "folder with these files (e.g. /usr/share/datasets/fashion-mnist from Debian's "
             "dataset-fashion-mnist)"
         )
@@ -210,10 +258,10 @@ def _read_idx_pair(files: dict[str, Path], prefix: str) -> tuple[torch.Tensor, t
 
 def _load_npz(data_path: str | Path | None) -> Dataset:
     if data_path is None:
-        raise DataError("dataset 'npz' needs --data-path file.npz with arrays x_train and x_test")
+        raise ConfigError("dataset 'npz' needs {data_path} file.npz with arrays x_train and x_test")
     path = Path(data_path).expanduser()
     if path.is_dir():
-        raise DataError(f"{path} is a folder; --data-path names an .npz file")
+        raise DataError(f"{path} is a folder; {{data_path}} names an .npz file")
     if not path.is_file():
         raise DataError(f"npz file not found: {path}")
     bad = (OSError, ValueError, EOFError, zipfile.BadZipFile)

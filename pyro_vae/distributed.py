@@ -9,8 +9,9 @@ and one all-reduce per step sums the gradients of the shards' summed losses:
 which is the gradient one process would compute on the whole batch, so every rank takes the
 same Adam step and the weights stay identical on all ranks. (DistributedDataParallel averages
 the gradients of per-rank *mean* losses; the loss here is a sum over examples, as Pyro's ELBO
-is, so the same reduction is a sum.) The same all-reduce carries the batch loss and a stop
-flag, so that a signal received by any rank stops all of them after the same step.
+is, so the same reduction is a sum.) The same all-reduce carries the batch loss. Every few steps
+the ranks also agree whether any of them was asked to stop (:func:`any_rank`), so that a signal
+received by any rank stops all of them after the same step.
 
 Backends: ``nccl`` for CUDA, ``gloo`` for the CPU, chosen from the device.
 """
@@ -18,6 +19,8 @@ Backends: ``nccl`` for CUDA, ``gloo`` for the CPU, chosen from the device.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -40,7 +43,7 @@ def init_from_env(device: torch.device) -> torch.device:
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(
                 f"local rank {local_rank} has no GPU: this machine has "
-                f"{torch.cuda.device_count()}; lower --nproc_per_node"
+                f"{torch.cuda.device_count()}; start fewer processes per node"
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -66,22 +69,47 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
         dist.broadcast(tensor.data, src=0)
 
 
-def all_reduce_step(
-    parameters: list[torch.nn.Parameter], loss: torch.Tensor, stop: bool
-) -> tuple[torch.Tensor, bool]:
-    """Sum the gradients, the batch loss and the stop flags of all ranks, in one all-reduce.
+def all_reduce_gradients(
+    parameters: list[torch.nn.Parameter], loss: torch.Tensor
+) -> torch.Tensor:
+    """Sum the gradients and the batch loss of all ranks, in one all-reduce; return the global
+    batch's loss.
 
-    Returns the global batch's loss and whether any rank asked to stop.
+    The loss comes back as a tensor of its own, not a view into the flat buffer the all-reduce
+    fills: a view would keep that gradient-sized buffer alive for as long as the loss is kept.
     """
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    extra = torch.stack([loss.detach().to(grads[0].dtype), loss.new_tensor(float(stop))])
-    flat = torch.cat([g.reshape(-1) for g in grads] + [extra])
+    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().to(grads[0].dtype).reshape(1)])
     dist.all_reduce(flat)
     offset = 0
     for p, g in zip(parameters, grads, strict=True):
         p.grad = flat[offset : offset + g.numel()].view_as(p)
         offset += g.numel()
-    return flat[-2], bool(flat[-1] > 0)
+    return flat[-1].clone()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any rank. Every rank must call it at the same point; it waits
+    for the device, so the trainer calls it every few steps, not every step."""
+    if rank_and_world()[1] == 1:
+        return flag
+    flags = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(flags)
+    return bool(flags[0] > 0)
+
+
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the body first (a download, say), the other ranks after it has finished, or
+    failed: then they fail the same way, rather than wait for ever."""
+    rank, world = rank_and_world()
+    if world > 1 and rank != 0:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if world > 1 and rank == 0:
+            dist.barrier()
 
 
 def gather_objects(obj: object) -> list[object]:

@@ -1,12 +1,39 @@
 """The one exception type users see: a message meant to be read, not a traceback."""
 
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+# A parameter named in a message: {z_dim}, {likelihood_options["bins"]}, or {param}.
+_MENTION = re.compile(r'\{([a-z_]+(?:\["[a-z_]+"\])?)\}')
+
 
 class PyroVAEError(Exception):
     """A problem with the user's input or environment, stated in one line.
 
     The command line prints ``pyro-vae: error: <message>`` and exits with status 2;
     from Python it is an ordinary exception.
+
+    Where one setting is at fault, ``param`` names it as the library spells it (``z_dim``,
+    ``likelihood_options["scale"]``): the message starts with it, or says ``{param}`` where it
+    goes. Other settings the message mentions are written in braces, ``{binarization}``.
+    ``ConfigError("must be at least 1, got 0", "epochs")`` reads ``epochs must be at least 1,
+    got 0``; :meth:`worded` spells the names otherwise, as the command line's flags (``--epochs``).
     """
+
+    def __init__(self, message: str, param: str | None = None):
+        self.problem = message
+        self.param = param
+        super().__init__(self.worded(lambda name: name))
+
+    def worded(self, spell: Callable[[str], str]) -> str:
+        """The message with every parameter it names spelled as ``spell(name)``."""
+        template = self.problem
+        if self.param is not None and "{param}" not in template:
+            template = "{param} " + template
+        name = {"param": self.param}
+        return _MENTION.sub(lambda m: spell(name.get(m[1]) or m[1]), template)
 
 
 class DataError(PyroVAEError):

@@ -13,21 +13,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.distributions import Independent, kl_divergence
 from tqdm.auto import tqdm
 
-from .checkpoint import load_run, write_json
-from .data import Dataset, load_dataset
+from . import checks
+from .data import Dataset, check_shape, eval_inputs
 from .elbo import EVAL_BATCH_SIZE, dataset_elbo, iwae_bound
-from .errors import PyroVAEError
 from .model import VAE
-from .train import check_shape, eval_inputs, resolve_device
-
-EVALUATION_NAME = "evaluation.json"
 
 
 def independent_pixel_log_likelihood(x_train: torch.Tensor, x_test: torch.Tensor) -> float:
@@ -121,28 +116,15 @@ def _factorizes(d: Any) -> bool:
     )
 
 
-def run_setting(config: dict[str, Any], *keys: str) -> Any:
-    """``config[keys[0]][keys[1]]...`` of a run, or one clear error if the run lacks it."""
-    value: Any = config
-    for key in keys:
-        if not isinstance(value, dict) or key not in value:
-            raise PyroVAEError(
-                f"the run's config lacks {'.'.join(keys)}; was it written by pyro-vae train?"
-            )
-        value = value[key]
-    return value
-
-
-def load_run_data(run_dir: str | Path, vae: VAE, config: dict[str, Any]) -> Dataset:
-    """The data set a run was trained on, as its config names it, checked against its model: a
-    data file replaced since training gives a :class:`DataError`, not a shape error deep in torch.
-    """
-    name = run_setting(config, "dataset")
-    data_path = config.get("data_path")
-    data = load_dataset(name, data_dir=config.get("data_dir"), data_path=data_path)
-    source = f"{name} ({data_path})" if data_path else name
-    check_shape(vae, data, f"the data set of {run_dir}, {source},")
-    return data
+def baseline_log_likelihood(
+    vae: VAE, data: Dataset, binarization: str = "dynamic"
+) -> float | None:
+    """The independent-pixel model's mean log-likelihood of the test set as ``vae`` scores it,
+    nats per example, for a binary likelihood; ``None`` for any other."""
+    if not vae.likelihood.binary:
+        return None
+    x_test = eval_inputs(vae.likelihood, data.x_test, binarization)
+    return independent_pixel_log_likelihood(data.x_train, x_test)
 
 
 def evaluate(
@@ -159,9 +141,10 @@ def evaluate(
     ``iwae_log_likelihood`` with ``iwae_k`` particles (0: skip it), ``kl_per_dim``,
     ``active_units``, ``baseline_log_likelihood`` for binary likelihoods, and ``seed``. The same
     seed gives the same numbers on the same device."""
-    check_shape(vae, data)
+    check_shape(vae.x_shape, data)
+    iwae_k = checks.whole("iwae_k", iwae_k, low=0)
     device = next(vae.parameters()).device
-    x_test = eval_inputs(vae, data.x_test, binarization).to(device)
+    x_test = eval_inputs(vae.likelihood, data.x_test, binarization).to(device)
     result: dict[str, Any] = {
         "test_elbo": dataset_elbo(vae, x_test, seed=seed, objective=objective),
         "iwae_log_likelihood": None,
@@ -176,43 +159,5 @@ def evaluate(
             vae, x_test, iwae_k, seed=seed, progress=progress
         )
     if vae.likelihood.binary:
-        result["baseline_log_likelihood"] = independent_pixel_log_likelihood(
-            data.x_train, x_test.cpu()
-        )
-    return result
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    *,
-    seed: int | None = None,
-    device: str | None = None,
-    iwae_k: int = 1000,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Reload a run folder, evaluate it on its own test set, and write ``evaluation.json``.
-
-    ``seed`` defaults to the run's seed and ``device`` to the run's device (the CPU when that one
-    is not present), so that the test ELBO equals the one in ``summary.json``.
-    """
-    run_dir = Path(run_dir)
-    vae, state = load_run(run_dir)
-    config = state["config"]
-    if device is None:
-        device = config.get("device", "cpu")
-        device = device if device == "cpu" or torch.cuda.is_available() else "cpu"
-    vae.to(resolve_device(device))
-    data = load_run_data(run_dir, vae, config)
-    seed = run_setting(config, "train", "seed") if seed is None else seed
-    result = evaluate(
-        vae,
-        data,
-        seed=seed,
-        objective=run_setting(config, "train", "objective"),
-        binarization=run_setting(config, "train", "binarization"),
-        iwae_k=iwae_k,
-        progress=progress,
-    )
-    result["epoch"] = state["epoch"]
-    write_json(run_dir / EVALUATION_NAME, result)
+        result["baseline_log_likelihood"] = baseline_log_likelihood(vae, data, binarization)
     return result

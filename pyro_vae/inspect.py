@@ -23,8 +23,8 @@ posterior p(z|x) = p(x, z) / p(x). This module looks at the guide against it in 
 
 Every function takes a ``seed`` and leaves the global random state (torch, NumPy, ``random``) as
 it found it, so inspecting a model never changes what a later training run does. Inputs must be
-what the likelihood scores, e.g. ``pyro_vae.train.eval_inputs(vae, data.x_test)`` for grey data
-under a Bernoulli likelihood.
+what the likelihood scores, e.g. ``pyro_vae.data.eval_inputs(vae.likelihood, data.x_test)`` for
+grey data under a Bernoulli likelihood.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -311,14 +311,10 @@ def nuts_posterior(
 
     Its posterior factorizes over the inputs, so one NUTS run in B * z_dim dimensions samples the
     B independent posteriors jointly (the step size is shared; the diagonal mass matrix adapts
-    to each coordinate). The weights are frozen (``requires_grad`` off, restored afterwards).
-    Chains start uniformly in [-2, 2] per coordinate (as Pyro's ``init_to_uniform``) and run
-    one after another in this process: Pyro's parallel chains fork processes, costly and fragile
-    on a CPU.
-
-    Pyro adapts the step size and a diagonal mass matrix during warmup, in Stan's windows: give
-    it 100 steps or more (with 20 it can end with a step size at which every transition
-    diverges). Divergent transitions raise a ``RuntimeWarning``.
+    to each coordinate). The weights are frozen. Chains run one after another in this process
+    (Pyro's parallel chains fork processes, costly and fragile on a CPU). Warmup adapts the step
+    size and mass matrix in Stan's windows: give it 100 steps or more. Divergent transitions
+    raise a ``RuntimeWarning``.
 
     :returns: ``InferenceData``: ``posterior["z"]`` with dims ``chain, draw, obs, z_dim``,
         ``sample_stats["diverging"]`` (``chain, draw``), and ``posterior.attrs`` with each
@@ -328,41 +324,16 @@ def nuts_posterior(
     if num_chains < 1 or num_samples < 1 or warmup_steps < 0:
         raise ConfigError("nuts_posterior needs num_chains >= 1, num_samples >= 1, warmup >= 0")
 
-    num_obs, z_dim = x.shape[0], vae.z_dim
-
-    def model(x: torch.Tensor) -> None:
-        # vae.model, but with z ~ p(z) written as a flat density on R^z_dim times the factor
-        # p(z): the same potential energy, and NUTS needs only the support, all of R^z_dim,
-        # which Pyro cannot derive from a mixture prior's support. No pyro.module either:
-        # nothing goes into Pyro's global param store.
-        with pyro.plate("data", num_obs):
-            flat = dist.ImproperUniform(constraints.real_vector, (num_obs,), (z_dim,))
-            z = pyro.sample("z", flat)
-            pyro.factor("log_prior", vae.prior(num_obs, x).log_prob(z))
-            pyro.sample("x", vae.likelihood_dist(z), obs=x)
-
-    chains, diverging, acceptance, step_size = [], [], [], []
+    model, chains = _flat_prior_model(vae, x.shape[0]), []
     with _frozen(vae), _seeded(seed, x.device):
         for _ in range(num_chains):
             # Pyro's init_to_uniform: each coordinate uniform in [-2, 2], a different start for
             # each chain, so that r-hat can tell chains that have not forgotten their start.
-            start = {"z": x.new_empty(num_obs, z_dim).uniform_(-2, 2)}
-            kernel = NUTS(model, init_strategy=init_to_value(values=start), max_plate_nesting=1)
-            mcmc = MCMC(
-                kernel,
-                num_samples=num_samples,
-                warmup_steps=warmup_steps,
-                num_chains=1,
-                disable_progbar=not progress,
+            start = x.new_empty(x.shape[0], vae.z_dim).uniform_(-2, 2)
+            chains.append(
+                _nuts_chain(model, x.detach(), start, num_samples, warmup_steps, progress)
             )
-            mcmc.run(x.detach())
-            chains.append(_numpy(mcmc.get_samples()["z"]))
-            stats = mcmc.diagnostics()  # per-chain entries are keyed "chain 0"
-            flags = np.zeros(num_samples, dtype=bool)
-            flags[np.asarray(stats["divergences"]["chain 0"], dtype=int)] = True
-            diverging.append(flags)
-            acceptance.append(float(stats["acceptance rate"]["chain 0"]))
-            step_size.append(float(kernel.step_size))
+    z, diverging, acceptance, step_size = zip(*chains, strict=True)
     diverging = np.stack(diverging)
     if diverging.any():
         warnings.warn(
@@ -372,16 +343,58 @@ def nuts_posterior(
             stacklevel=2,
         )
     return _inference_data(
-        np.stack(chains),
+        np.stack(z),
         labels,
         sample_stats={"diverging": diverging},
         attrs={
             "method": "NUTS",
             "warmup_steps": warmup_steps,
-            "acceptance_rate": acceptance,
-            "step_size": step_size,
+            "acceptance_rate": list(acceptance),
+            "step_size": list(step_size),
         },
     )
+
+
+def _flat_prior_model(vae: VAE, num_obs: int) -> Callable[[torch.Tensor], None]:
+    """``vae.model``, but with z ~ p(z) written as a flat density on R^z_dim times the factor
+    p(z): the same potential energy, and NUTS needs only the support, all of R^z_dim, which Pyro
+    cannot derive from a mixture prior's support. No pyro.module either: nothing goes into
+    Pyro's global param store."""
+
+    def model(x: torch.Tensor) -> None:
+        with pyro.plate("data", num_obs):
+            flat = dist.ImproperUniform(constraints.real_vector, (num_obs,), (vae.z_dim,))
+            z = pyro.sample("z", flat)
+            pyro.factor("log_prior", vae.prior(num_obs, x).log_prob(z))
+            pyro.sample("x", vae.likelihood_dist(z), obs=x)
+
+    return model
+
+
+def _nuts_chain(
+    model: Callable[[torch.Tensor], None],
+    x: torch.Tensor,
+    start: torch.Tensor,
+    num_samples: int,
+    warmup_steps: int,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """One NUTS chain from ``start``: its draws of z, which transitions diverged, its acceptance
+    rate and its adapted step size."""
+    kernel = NUTS(model, init_strategy=init_to_value(values={"z": start}), max_plate_nesting=1)
+    mcmc = MCMC(
+        kernel,
+        num_samples=num_samples,
+        warmup_steps=warmup_steps,
+        num_chains=1,
+        disable_progbar=not progress,
+    )
+    mcmc.run(x)
+    stats = mcmc.diagnostics()  # per-chain entries are keyed "chain 0"
+    diverging = np.zeros(num_samples, dtype=bool)
+    diverging[np.asarray(stats["divergences"]["chain 0"], dtype=int)] = True
+    acceptance = float(stats["acceptance rate"]["chain 0"])
+    return _numpy(mcmc.get_samples()["z"]), diverging, acceptance, float(kernel.step_size)
 
 
 def compare_to_nuts(guide: az.InferenceData, nuts: az.InferenceData) -> dict[str, object]:
@@ -478,6 +491,30 @@ def _local_start(vae: VAE, x: torch.Tensor, family: str) -> tuple[torch.nn.Modul
     return DiagonalNormal(vae.z_dim).to(x.device), torch.cat([loc, raw_scale], dim=-1)
 
 
+def _fit_local_guides(
+    vae: VAE, x: torch.Tensor, family: str, steps: int, lr: float, num_particles: int
+) -> tuple[Callable[[torch.Tensor], dist.Distribution], torch.Tensor, list[torch.Tensor]]:
+    """One guide of ``family`` per input, started at the encoder's output and fitted by ``steps``
+    Adam steps on its reparameterized ELBO: the family, the fitted parameters ``(B, ...)`` and
+    each step's ELBOs ``(B,)``."""
+    with torch.no_grad():
+        local, h_start = _local_start(vae, x, family)
+    h = h_start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([h], lr=lr)
+    trace = []
+    with torch.enable_grad():
+        for _ in range(steps):
+            q = local(h)
+            z = q.rsample((num_particles,))
+            elbo = (_log_joint(vae, x, z) - q.log_prob(z)).mean(0)  # (B,)
+            optimizer.zero_grad(set_to_none=True)
+            # The inputs' ELBOs share no parameter: one sum gives each h_i its own gradient.
+            (-elbo.sum()).backward()
+            optimizer.step()
+            trace.append(elbo.detach())
+    return local, h.detach(), trace
+
+
 def amortization_gap(
     vae: VAE,
     x: torch.Tensor,
@@ -521,25 +558,10 @@ def amortization_gap(
     if k < 1 or steps < 0 or num_particles < 1 or not lr > 0:
         raise ConfigError("amortization_gap needs k >= 1, steps >= 0, num_particles >= 1, lr > 0")
     with _frozen(vae), _seeded(seed, x.device):
-        with torch.no_grad():
-            local, h_start = _local_start(vae, x, family)
-        h = h_start.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([h], lr=lr)
-        trace = []
-        with torch.enable_grad():
-            for _ in range(steps):
-                q = local(h)
-                z = q.rsample((num_particles,))
-                elbo = (_log_joint(vae, x, z) - q.log_prob(z)).mean(0)  # (B,)
-                optimizer.zero_grad(set_to_none=True)
-                # The inputs' ELBOs share no parameter: one sum gives each h_i its own gradient.
-                (-elbo.sum()).backward()
-                optimizer.step()
-                trace.append(elbo.detach())
-
+        local, h, trace = _fit_local_guides(vae, x, family, steps, lr, num_particles)
     with torch.no_grad():
         estimates = []
-        for q in (vae.posterior_dist(x), local(h.detach())):
+        for q in (vae.posterior_dist(x), local(h)):
             with _seeded(seed + 1, x.device):  # the same draws of noise for both guides
                 _, log_w = _draw_weighted(vae, x, q, k)
             estimates.append((log_w.mean(0), torch.logsumexp(log_w, 0) - math.log(k)))

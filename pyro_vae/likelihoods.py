@@ -19,7 +19,6 @@ line in :data:`LIKELIHOODS`.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import pyro.distributions as dist
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import checks
 from .distributions import (
     BETA_EPS,
     GRID_TOLERANCE,
@@ -35,7 +35,7 @@ from .distributions import (
     Grid,
     StableContinuousBernoulli,
 )
-from .errors import ConfigError, DataError
+from .errors import DataError
 
 # Floor of the beta's concentrations, which must stay positive where softplus underflows.
 MIN_CONCENTRATION = 1e-3
@@ -71,13 +71,6 @@ def _check_unit_interval(name: str, x: torch.Tensor) -> None:
         )
 
 
-def _check_positive(flag: str, value: float) -> float:
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if math.isfinite(value) and value > 0:
-            return float(value)
-    raise ConfigError(f"--{flag} must be a positive number, got {value!r}")
-
-
 def _params(out: torch.Tensor, x_shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
     """The decoder's ``(..., P, *x_shape)`` output as P tensors shaped ``(..., *x_shape)``."""
     return out.unbind(-1 - len(x_shape))
@@ -95,7 +88,7 @@ class Bernoulli(nn.Module):
     """p(x|z) = prod_pixels Bernoulli(x_i; sigmoid(logit_i(z))), for binary images."""
 
     name = "bernoulli"
-    description = "independent Bernoulli pixels; grey data is binarized (--binarize dynamic)"
+    description = "independent Bernoulli pixels; grey data is binarized afresh in each batch"
     params_per_pixel = 1
     binary = True
 
@@ -117,7 +110,7 @@ class Bernoulli(nn.Module):
         if grey:
             raise DataError(
                 f"the bernoulli likelihood needs binary data but {grey} values are neither 0 "
-                "nor 1; use --binarize dynamic (the default) or a likelihood for grey values"
+                "nor 1; use {binarization} dynamic (the default) or a likelihood for grey values"
             )
 
 
@@ -165,16 +158,14 @@ class Gaussian(nn.Module):
     """
 
     name = "gaussian"
-    description = (
-        "independent Gaussian pixels, mean from the decoder, fixed scale (--likelihood-scale)"
-    )
+    description = "independent Gaussian pixels, mean from the decoder, fixed scale"
     params_per_pixel = 1
     binary = False
 
     def __init__(self, x_shape: Sequence[int], scale: float = 0.1):
         super().__init__()
         self.x_shape = tuple(x_shape)
-        self.scale = _check_positive("likelihood-scale", scale)
+        self.scale = checks.positive("scale", scale)
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
         (loc,) = _params(out, self.x_shape)
@@ -206,7 +197,7 @@ class _LearnedScale(nn.Module):
     def __init__(self, x_shape: Sequence[int], min_scale: float = 1e-3):
         super().__init__()
         self.x_shape = tuple(x_shape)
-        self.min_scale = _check_positive("likelihood-min-scale", min_scale)
+        self.min_scale = checks.positive("min_scale", min_scale)
         self.raw_scale = nn.Parameter(torch.full(self.x_shape, _inverse_softplus(INIT_SCALE)))
 
     def scale(self) -> torch.Tensor:
@@ -314,17 +305,15 @@ class DiscretizedLogistic(nn.Module):
     name = "discretized-logistic"
     description = (
         "discretized logistic on the values k/(bins-1) in [0, 1], as in PixelCNN++ "
-        "(--likelihood-bins: 256 for 8-bit data, 17 for digits)"
+        "(bins: 256 for 8-bit data, 17 for digits)"
     )
     params_per_pixel = 2
     binary = False
 
     def __init__(self, x_shape: Sequence[int], bins: int = 256):
         super().__init__()
-        if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
-            raise ConfigError(f"--likelihood-bins must be an integer of at least 2, got {bins!r}")
         self.x_shape = tuple(x_shape)
-        self.bins = int(bins)
+        self.bins = checks.bins("bins", bins)
 
     def _dist(self, out: torch.Tensor) -> DiscretizedLogisticDistribution:
         loc, log_scale = _params(out, self.x_shape)
@@ -343,7 +332,8 @@ class DiscretizedLogistic(nn.Module):
             grid = f"1/{self.bins - 1}" + (" (8-bit)" if self.bins == 256 else "")
             found = _data_grid(x)
             advice = (
-                f"these data lie on a grid of 1/{found}: use --likelihood-bins {found + 1}"
+                f'these data lie on a grid of 1/{found}: use {{likelihood_options["bins"]}} '
+                f"{found + 1}"
                 if found is not None
                 else "quantize the data or use a likelihood for continuous values"
             )

@@ -16,28 +16,23 @@ estimates by running the guide, replaying its z in the model, and differencing t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
+from torch import nn
 
-from .errors import ConfigError
+from . import checks
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import make_nets
 from .priors import PRIORS
 from .registry import build, name_of
 
-# A layer of 2**24 units already needs terabytes of weights; larger sizes would overflow torch's
-# 64-bit size arithmetic (a weight matrix is a product of two sizes) instead of failing cleanly.
-MAX_SIZE = 2**24
 
-
-class VAE(PyroModule):
+class VAE(nn.Module):
     """A variational autoencoder over examples of shape ``x_shape``.
 
     :param x_shape: per-example shape, ``(C, H, W)`` for images or ``(D,)`` for flat vectors.
@@ -52,11 +47,12 @@ class VAE(PyroModule):
         likewise ``likelihood_options`` and ``guide_options``.
 
     The model and guide use the sample sites ``"z"`` and ``"x"`` inside ``pyro.plate("data")``.
-    ``model`` and ``guide`` register the parameters with ``pyro.module("vae", self)``, as Pyro's
-    own VAE example does, so the textbook ``SVI(vae.model, vae.guide, pyro.optim.Adam(...),
-    Trace_ELBO())`` loop trains it (call ``pyro.clear_param_store()`` before each new VAE there).
-    :func:`pyro_vae.train` instead optimizes ``vae.parameters()`` directly and never reads the
-    param store, so any number of VAEs can be trained in one process.
+    The guide registers every parameter of the VAE, the model's included, with
+    ``pyro.module("vae", self)``, which is all Pyro's ``SVI`` needs to find them: the textbook
+    ``SVI(vae.model, vae.guide, pyro.optim.Adam(...), Trace_ELBO())`` loop trains it (call
+    ``pyro.clear_param_store()`` before each new VAE there). :func:`pyro_vae.train` instead
+    optimizes ``vae.parameters()`` directly and never reads the param store, so any number of VAEs
+    can be trained in one process.
     """
 
     def __init__(
@@ -73,48 +69,27 @@ class VAE(PyroModule):
         guide_options: dict[str, Any] | None = None,
     ):
         super().__init__()
-        if int(z_dim) < 1:
-            raise ConfigError(f"z-dim must be a positive integer, got {z_dim}")
-        if not x_shape or any(int(s) < 1 for s in x_shape):
-            raise ConfigError(f"x_shape must be positive sizes, got {tuple(x_shape)}")
-        self.x_shape = tuple(int(s) for s in x_shape)
-        self.z_dim = int(z_dim)
-        self.hidden_dims = tuple(int(h) for h in hidden_dims)
+        self.x_shape = checks.sizes("x_shape", x_shape)
+        self.z_dim = checks.size("z_dim", z_dim)
+        self.hidden_dims = checks.sizes("hidden_dims", hidden_dims)
         self.encoder_kind = encoder
         self.options = {
             "prior_options": dict(prior_options or {}),
             "likelihood_options": dict(likelihood_options or {}),
             "guide_options": dict(guide_options or {}),
         }
-        sizes = (self.z_dim, *self.hidden_dims, *self.x_shape)
-        if max(sizes) > MAX_SIZE:
-            raise ConfigError(
-                f"z-dim, hidden dims and example sizes must be at most {MAX_SIZE}, got {max(sizes)}"
-            )
         context = {"z_dim": self.z_dim, "x_shape": self.x_shape}
-        try:
-            self.prior = build(PRIORS, prior, "prior", context, prior_options)
-            self.likelihood = build(
-                LIKELIHOODS, likelihood, "likelihood", context, likelihood_options
-            )
-            self.posterior = build(GUIDES, guide, "guide", context, guide_options)
-            self.encoder, self.decoder = make_nets(
-                encoder,
-                self.x_shape,
-                self.z_dim,
-                self.hidden_dims,
-                self.posterior.encoder_outputs,
-                self.likelihood.params_per_pixel,
-            )
-        except (RuntimeError, MemoryError) as e:  # torch.OutOfMemoryError is a RuntimeError
-            reason = " ".join(str(e).split())
-            if not any(w in reason for w in ("allocate", "memory", "overflow")):
-                raise
-            tried = re.search(r"allocate \d+ bytes", reason)
-            raise ConfigError(
-                f"a VAE with z-dim {self.z_dim} and hidden dims {list(self.hidden_dims)} does "
-                f"not fit in memory ({'tried to ' + tried[0] if tried else reason[:200]})"
-            ) from None
+        self.prior = build(PRIORS, prior, "prior", context, prior_options)
+        self.likelihood = build(LIKELIHOODS, likelihood, "likelihood", context, likelihood_options)
+        self.posterior = build(GUIDES, guide, "guide", context, guide_options)
+        self.encoder, self.decoder = make_nets(
+            encoder,
+            self.x_shape,
+            self.z_dim,
+            self.hidden_dims,
+            self.posterior.encoder_outputs,
+            self.likelihood.params_per_pixel,
+        )
         # A prior built from the guide itself (the VampPrior) is handed this VAE once.
         if hasattr(self.prior, "attach"):
             self.prior.attach(self)
@@ -135,14 +110,13 @@ class VAE(PyroModule):
 
     def model(self, x: torch.Tensor) -> None:
         """p(x, z) = p(z) p(x|z) for a batch ``x`` of shape ``(B, *x_shape)``."""
-        pyro.module("vae", self)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(x.shape[0], x))
             pyro.sample("x", self.likelihood_dist(z), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
         """q(z|x), amortized: one encoder pass gives the posterior of every example."""
-        pyro.module("vae", self)
+        pyro.module("vae", self)  # every parameter, the model's too: what SVI optimizes
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", self.posterior_dist(x))
 

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import checks
+from .device import check_fits
 from .errors import ConfigError
 
 
@@ -63,7 +65,7 @@ def _check_image_shape(x_shape: Sequence[int]) -> None:
     if len(x_shape) != 3:
         raise ConfigError(
             f"the conv encoder needs images of shape (C, H, W), got per-example shape "
-            f"{tuple(x_shape)}; use --encoder mlp for flat data"
+            f"{tuple(x_shape)}; use {{encoder}} mlp for flat data"
         )
 
 
@@ -132,13 +134,24 @@ def make_nets(
     encoder_outputs: int,
     params_per_pixel: int,
 ) -> tuple[nn.Module, nn.Module]:
-    """The (encoder, decoder) pair of family ``kind``, one of :data:`NETS`."""
-    if kind not in NETS:
-        raise ConfigError(f"unknown encoder {kind!r}; choose one of: {', '.join(NETS)}")
-    if not hidden_dims or any(int(h) < 1 for h in hidden_dims):
-        raise ConfigError(f"hidden dims must be one or more positive integers, got {hidden_dims}")
-    encoder_cls, decoder_cls = NETS[kind]
-    return (
-        encoder_cls(x_shape, hidden_dims, encoder_outputs),
-        decoder_cls(z_dim, hidden_dims, x_shape, params_per_pixel),
+    """The (encoder, decoder) pair of family ``kind``, one of :data:`NETS`.
+
+    The pair is first built on the meta device, which allocates nothing, to count its weights:
+    a pair too large for this machine's memory is a :class:`ConfigError` before any allocation.
+    """
+    encoder_cls, decoder_cls = NETS[checks.choice("encoder", kind, list(NETS))]
+
+    def build() -> tuple[nn.Module, nn.Module]:
+        return (
+            encoder_cls(x_shape, hidden_dims, encoder_outputs),
+            decoder_cls(z_dim, hidden_dims, x_shape, params_per_pixel),
+        )
+
+    with torch.device("meta"):
+        weights = sum(p.numel() * p.element_size() for net in build() for p in net.parameters())
+    check_fits(
+        weights,
+        torch.device("cpu"),
+        f"the networks with z_dim {z_dim} and hidden_dims {list(hidden_dims)}",
     )
+    return build()

@@ -12,7 +12,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .errors import ConfigError
+from . import checks
+from .errors import ConfigError, PyroVAEError
 
 
 def build(
@@ -31,11 +32,9 @@ def build(
     options = dict(options or {})
     if not isinstance(spec, str):
         if options:
-            raise ConfigError(f"options {sorted(options)} are for a {what} given by name")
+            raise ConfigError(f"are for a {what} given by name, not {spec!r}", f"{what}_options")
         return spec
-    if spec not in registry:
-        raise ConfigError(f"unknown {what} {spec!r}; choose one of: {', '.join(registry)}")
-    cls = registry[spec]
+    cls = registry[checks.choice(what, spec, list(registry))]
     parameters = inspect.signature(cls).parameters
     takes = [name for name in parameters if name not in context]
     for name in options:
@@ -43,7 +42,12 @@ def build(
             offer = f"it takes: {', '.join(takes)}" if takes else "it takes none"
             raise ConfigError(f"the {spec!r} {what} has no option {name!r}; {offer}")
     wanted = {name: value for name, value in context.items() if name in parameters}
-    return cls(**wanted, **options)
+    try:
+        return cls(**wanted, **options)
+    except PyroVAEError as e:  # an option's value: name it as the caller passed it
+        if e.param not in options:
+            raise
+        raise type(e)(e.problem, f'{what}_options["{e.param}"]') from None
 
 
 def name_of(part: Any) -> str:

@@ -10,14 +10,15 @@ hand-written ELBO with no ``pyro.infer``), so that the two trainers take the ver
 their loss trajectories can be compared number for number.
 
 The whole training set lives on the device as one tensor and batches are drawn by a shuffled index,
-so no per-example data loader runs in the hot loop.
+so no per-example data loader runs in the hot loop. :meth:`Trainer.step` never waits for the
+device: values are read back every :data:`CHECK_EVERY` steps and at the end of each epoch.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,19 +26,17 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
-from .data import Dataset, binarize, binarize_afresh, is_binary
-from .elbo import closed_form_kl, dataset_elbo, make_loss
-from .errors import ConfigError, DataError, PyroVAEError
+from . import checks, distributed
+from .data import Dataset, binarize_afresh, check_shape, eval_inputs, needs_binarization
+from .device import check_fits, resolve_device
+from .elbo import OBJECTIVES, closed_form_kl, dataset_elbo, make_loss
+from .errors import ConfigError, PyroVAEError
 from .model import VAE
 
-BINARIZATION = ("dynamic", "none")
-# The test set of grey data is binarized once, with this seed, so every run and every
-# evaluation of a binary likelihood scores the same binary images.
-TEST_BINARIZATION_SEED = 0
-
-
 EPOCH_COLUMNS = ("epoch", "train_elbo", "test_elbo", "seconds")
+# Steps between looks at the device's values: the losses' finiteness, the progress bar's loss,
+# and (under torchrun) whether any rank was asked to stop.
+CHECK_EVERY = 10
 
 
 @dataclass
@@ -96,98 +95,6 @@ class TrainingInterrupted(PyroVAEError):
         super().__init__(f"stopped after {where}")
 
 
-def resolve_device(spec: str | torch.device = "auto") -> torch.device:
-    """``auto`` (CUDA when there is a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    name = str(spec).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"--device {name}: no CUDA GPU is available here; use --device cpu or auto"
-            )
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise ConfigError(f"--device {name}: not a device name; use cuda or cuda:N") from None
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are present"
-            )
-        return device
-    raise ConfigError(f"unknown device {str(spec)!r}; choose auto, cpu, cuda or cuda:N")
-
-
-def check_shape(vae: VAE, data: Dataset, where: str = "") -> None:
-    """Raise :class:`DataError` unless ``data``'s examples have the shape ``vae`` was built for.
-
-    :param where: what the data are, for the message, e.g. ``"the data set of run X"``.
-    """
-    if tuple(data.x_shape) != vae.x_shape:
-        raise DataError(
-            f"{where or 'the data'} has examples of shape {tuple(data.x_shape)} but the model "
-            f"expects {vae.x_shape}"
-        )
-
-
-def needs_binarization(vae: VAE, x: torch.Tensor, binarization: str) -> bool:
-    """Whether ``x`` must be binarized for ``vae``'s likelihood; checks ``x`` fits it otherwise."""
-    if binarization not in BINARIZATION:
-        raise ConfigError(
-            f"unknown binarization {binarization!r}; choose one of: {', '.join(BINARIZATION)}"
-        )
-    if binarization == "dynamic" and vae.likelihood.binary and not is_binary(x):
-        return True
-    vae.likelihood.check_data(x)
-    return False
-
-
-def eval_inputs(vae: VAE, x_test: torch.Tensor, binarization: str = "dynamic") -> torch.Tensor:
-    """The test set as the likelihood scores it: a fixed binarization of grey data if needed."""
-    if needs_binarization(vae, x_test, binarization):
-        return binarize(x_test, TEST_BINARIZATION_SEED)
-    return x_test
-
-
-# Adam's first step divides the learning rate by 1 - beta1 = 0.1 in float32: keep it far below
-# float32's largest number.
-MAX_LR = 1e30
-
-
-def _check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if not 0 < value < math.inf:
-            flag = name.replace("_", "-")
-            raise ConfigError(f"--{flag} must be positive and finite, got {value}")
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    # generator states are CPU byte tensors, wherever the checkpoint was mapped to
-    torch.set_rng_state(state["torch"].cpu())
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-
-
-def _check_resumable(state: TrainState, world: int) -> None:
-    rng = state.rng or {}
-    if state.optimizer is None or "batch_order" not in rng or "ranks" not in rng:
-        raise ConfigError("the checkpoint lacks the optimizer or random state needed to resume")
-    if len(rng["ranks"]) != world:
-        raise ConfigError(
-            f"the checkpoint was written by {len(rng['ranks'])} process(es); resume it with "
-            f"the same number (now {world}), so that every rank's batches and draws go on"
-        )
-
-
 def train(
     vae: VAE,
     data: Dataset,
@@ -209,7 +116,7 @@ def train(
     :param objective: ``"trace"`` (``Trace_ELBO``), ``"meanfield"`` (``TraceMeanField_ELBO``) or
         ``"manual"`` (:func:`pyro_vae.elbo.manual_elbo`, plain PyTorch, no ``pyro.infer``).
     :param binarization: ``"dynamic"``: for a binary likelihood, grey training data is binarized
-        afresh in every batch (x ~ Bernoulli(pixel)) and the test set once with a fixed seed;
+        afresh in every batch and the test set once with a fixed seed (:mod:`pyro_vae.data`);
         ``"none"``: the data are used as they are.
     :param seed: seeds the batch order, the binarization and the guide's noise. The initial
         weights come from the RNG state when ``vae`` was built: seed before building it
@@ -219,143 +126,247 @@ def train(
     :param resume: a state handed to ``checkpoint`` earlier (``vae`` holding the weights of that
         moment): training goes on from it and takes the very steps the uninterrupted run would.
     :param stop: asked after every step; when it returns true, the state is handed to
-        ``checkpoint`` and :class:`TrainingInterrupted` is raised.
+        ``checkpoint`` and :class:`TrainingInterrupted` is raised. Under torchrun the ranks agree
+        every :data:`CHECK_EVERY` steps, so all of them stop after the same step.
 
     The test ELBO after each epoch is :func:`pyro_vae.elbo.dataset_elbo` with ``seed``. A loss
-    that stops being finite raises :class:`TrainingError` (checked every 10 steps and at the
-    end of each epoch), before ``checkpoint`` can see the broken weights.
+    that stops being finite raises :class:`TrainingError` (checked every :data:`CHECK_EVERY`
+    steps and at the end of each epoch), before ``checkpoint`` can see the broken weights.
 
     Inside a ``torch.distributed`` process group (``torchrun``), each rank trains on its shard
     of every global batch of ``batch_size`` and the gradients are summed over ranks
     (:mod:`pyro_vae.distributed`); the history is the same on every rank.
     """
-    _check_positive(epochs=epochs, batch_size=batch_size, lr=lr)
-    if lr > MAX_LR:
-        raise ConfigError(f"--lr must be at most {MAX_LR:g}, got {lr:g}")
-    check_shape(vae, data)
-    rank, world = distributed.rank_and_world()
-    if batch_size < world:
-        raise ConfigError(f"--batch-size {batch_size} is smaller than the {world} processes")
-    device = resolve_device(device)
-    vae.to(device)
-    x_train = data.x_train.to(device)
-    x_test = eval_inputs(vae, data.x_test, binarization).to(device)
-    dynamic = needs_binarization(vae, data.x_train, binarization)
-    loss_fn = make_loss(vae, objective)
-    if objective == "meanfield":  # Pyro would quietly fall back to the sampled KL instead
-        with torch.no_grad():
-            closed_form_kl(vae, vae.posterior_dist(x_test[:1]), vae.prior(1, x_test))
-    parameters = list(vae.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=lr)
-    if world > 1 and resume is None:
-        distributed.broadcast_parameters(vae)
+    settings = dict(seed=seed, objective=objective, binarization=binarization)
+    try:
+        trainer = Trainer(vae, data, batch_size=batch_size, lr=lr, device=device, **settings)
+        if resume is not None:
+            trainer.restore(resume)
+        return trainer.fit(epochs, progress=progress, checkpoint=checkpoint, stop=stop)
+    except torch.OutOfMemoryError:  # the GPU's: activations come on top of Trainer's arithmetic
+        raise ConfigError(
+            f"training ran out of the memory of {resolve_device(device)}; try a smaller "
+            "{batch_size} or smaller {hidden_dims} (the last checkpoint is kept)"
+        ) from None
 
-    batch_order = torch.Generator()
-    state = resume or TrainState()
-    if resume is None:
+
+class Trainer:
+    """The moving parts of one training run, set up once: the data on the device, the loss, the
+    optimizer, the random generators and the :class:`TrainState`. :meth:`step` is the hot path;
+    :meth:`fit` runs epochs of steps (see :func:`train` for the parameters)."""
+
+    def __init__(
+        self,
+        vae: VAE,
+        data: Dataset,
+        *,
+        batch_size: int,
+        lr: float,
+        device: str | torch.device,
+        seed: int,
+        objective: str,
+        binarization: str,
+    ):
+        self.batch_size = checks.count("batch_size", batch_size)
+        self.lr = checks.positive("lr", lr)
+        self.seed = checks.seed("seed", seed)
+        checks.choice("objective", objective, list(OBJECTIVES))
+        check_shape(vae.x_shape, data)
+        self.rank, self.world = distributed.rank_and_world()
+        if self.batch_size < self.world:
+            raise ConfigError(
+                f"{batch_size} is smaller than the {self.world} processes", "batch_size"
+            )
+        self.vae, self.objective, self.device = vae, objective, resolve_device(device)
+        self.dynamic = needs_binarization(vae.likelihood, data.x_train, binarization)
+        x_test = eval_inputs(vae.likelihood, data.x_test, binarization)
+        self._check_memory(data)
+        self.x_train, self.x_test = data.x_train.to(self.device), x_test.to(self.device)
+        vae.to(self.device)
+        self.loss_fn = make_loss(vae, objective)
+        if objective == "meanfield":  # Pyro would quietly fall back to the sampled KL instead
+            with torch.no_grad():
+                closed_form_kl(vae, vae.posterior_dist(self.x_test[:1]), vae.prior(1, self.x_test))
+        self.parameters = list(vae.parameters())
+        self.optimizer = torch.optim.Adam(self.parameters, lr=self.lr)
+        self.steps_per_epoch = math.ceil(len(self.x_train) / self.batch_size)
+        self.steps_taken = 0
+        self.state = TrainState()
+        self.batch_order = torch.Generator().manual_seed(self.seed)
         # every rank its own draws; rank 0 of any world draws what a single process would
-        pyro.set_rng_seed((seed + rank) % 2**32)  # numpy takes seeds below 2**32
-        batch_order.manual_seed(seed)
-    else:
-        _check_resumable(resume, world)
-        optimizer.load_state_dict(resume.optimizer)
-        for group in optimizer.param_groups:  # a resumed run may change the learning rate
-            group["lr"] = lr
-        _set_rng_state(resume.rng["ranks"][rank], device)
-        batch_order.set_state(resume.rng["batch_order"].cpu())
-    history = state.history
-    n = len(x_train)
-    steps_per_epoch = math.ceil(n / batch_size)
+        pyro.set_rng_seed((self.seed + self.rank) % 2**32)  # numpy takes seeds below 2**32
+        if self.world > 1:
+            distributed.broadcast_parameters(vae)
 
-    def snapshot(order_state: torch.Tensor, step_in_epoch: int, losses, seconds) -> TrainState:
-        ranks = distributed.gather_objects(_rng_state(device))
-        return TrainState(
-            epoch=epoch - 1 if step_in_epoch else epoch,
-            step_in_epoch=step_in_epoch,
-            history=history,
-            optimizer=optimizer.state_dict(),
-            rng={"batch_order": order_state, "ranks": ranks},
-            partial_losses=torch.stack(losses).tolist() if losses else [],
-            partial_seconds=seconds,
-        )
+    def _check_memory(self, data: Dataset) -> None:
+        # weights, gradients and Adam's two moments, and the data: activations come on top
+        weights = sum(p.numel() * p.element_size() for p in self.vae.parameters())
+        data_bytes = sum(x.numel() * x.element_size() for x in (data.x_train, data.x_test))
+        check_fits(4 * weights + data_bytes, self.device, "the weights, Adam's state and the data")
 
-    def check_finite(losses: list[torch.Tensor], checked: int, epoch: int) -> int:
+    def restore(self, state: TrainState) -> None:
+        """Go on from ``state``, handed to ``checkpoint`` earlier, with the VAE holding the
+        weights of that moment: the same batches, draws and Adam moments as if never stopped."""
+        rng = state.rng or {}
+        if state.optimizer is None or "batch_order" not in rng or "ranks" not in rng:
+            raise ConfigError("the checkpoint lacks the optimizer or random state needed to resume")
+        if len(rng["ranks"]) != self.world:
+            raise ConfigError(
+                f"the checkpoint was written by {len(rng['ranks'])} process(es); resume it with "
+                f"the same number (now {self.world}), so that every rank's batches and draws go on"
+            )
+        self.optimizer.load_state_dict(state.optimizer)
+        for group in self.optimizer.param_groups:  # a resumed run may change the learning rate
+            group["lr"] = self.lr
+        for values in self.optimizer.state.values():  # Adam's counters belong on the CPU
+            values["step"] = values["step"].cpu()
+        _set_rng_state(rng["ranks"][self.rank], self.device)
+        self.batch_order.set_state(rng["batch_order"].cpu())
+        self.state = state
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """One SVI step on ``x``, this rank's shard of a batch: the loss and its gradient (summed
+        over ranks) and one Adam step. Returns the whole batch's loss, detached, on the device."""
+        loss = self.loss_fn(x) if len(x) else torch.zeros((), device=self.device)
+        if loss.requires_grad:
+            loss.backward()
+        if self.world > 1:
+            loss = distributed.all_reduce_gradients(self.parameters, loss)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def batches(self, start: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(i, x)`` for each batch ``i`` of a new epoch from ``start`` on: this rank's shard,
+        binarized afresh if the likelihood needs it."""
+        order = torch.randperm(len(self.x_train), generator=self.batch_order)
+        indices = order.to(self.device).split(self.batch_size)
+        for i, index in enumerate(indices[start:], start=start):
+            if self.world > 1:
+                index = index.tensor_split(self.world)[self.rank]
+            x = self.x_train[index]
+            yield i, binarize_afresh(x) if self.dynamic else x
+
+    def fit(
+        self,
+        epochs: int,
+        *,
+        progress: bool = True,
+        checkpoint: Callable[[TrainState], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> History:
+        """Train until ``epochs`` epochs are done; see :func:`train`."""
+        epochs = checks.count("epochs", epochs)
+        total = epochs * self.steps_per_epoch
+        done = self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
+        show = progress and self.rank == 0
+        with tqdm(
+            total=total, initial=min(done, total), disable=not show, unit="step", dynamic_ncols=True
+        ) as bar:
+            for epoch in range(self.state.epoch + 1, epochs + 1):
+                bar.set_description(f"epoch {epoch}/{epochs}")
+                stopping = self.run_epoch(epoch, bar, stop or (lambda: False))
+                if checkpoint is not None:
+                    checkpoint(self.state)
+                if stopping and (self.state.step_in_epoch or epoch < epochs):
+                    raise TrainingInterrupted(self.state, self.steps_per_epoch)
+        return self.state.history
+
+    def run_epoch(self, epoch: int, bar: tqdm, stop: Callable[[], bool]) -> bool:
+        """Take the steps of ``epoch`` that are left and close it, or stop after a step when
+        ``stop`` asks to; returns whether it asked. ``self.state`` is then where training stands."""
+        state = self.state
+        start = time.perf_counter() - state.partial_seconds
+        order_state = self.batch_order.get_state()
+        losses = [torch.tensor(v, device=self.device) for v in state.partial_losses]
+        checked, asked = 0, False
+        for i, x in self.batches(state.step_in_epoch):
+            # Pyro's validation on the first step makes a malformed model fail loudly; after
+            # that it costs a tenth of a small step (benchmarks/results/svi-overhead-*.md).
+            with pyro.validation_enabled(self.steps_taken == 0):
+                losses.append(self.step(x))
+            self.steps_taken += 1
+            bar.update()
+            asked = stop() or asked
+            if (i + 1) % CHECK_EVERY == 0:
+                checked = self._check_finite(losses, checked, epoch)
+                bar.set_postfix(loss=f"{losses[-1].item() / self.batch_size:.2f}")
+            if self._agree_to_stop(asked, i) and i + 1 < self.steps_per_epoch:
+                self._check_finite(losses, checked, epoch)
+                seconds = time.perf_counter() - start
+                self.state = self.snapshot(epoch - 1, i + 1, order_state, losses, seconds)
+                return True
+        self._check_finite(losses, checked, epoch)
+        self._end_epoch(epoch, torch.stack(losses), time.perf_counter() - start, bar)
+        return self._agree_to_stop(asked, self.steps_per_epoch - 1)
+
+    def _agree_to_stop(self, asked: bool, i: int) -> bool:
+        """Whether to stop after step ``i``: at once in one process; under torchrun, where every
+        rank looks (every CHECK_EVERY steps and at the epoch's end), if any rank was asked."""
+        if self.world == 1:
+            return asked
+        if (i + 1) % CHECK_EVERY and i + 1 < self.steps_per_epoch:
+            return False
+        return distributed.any_rank(asked, self.device)
+
+    def _check_finite(self, losses: list[torch.Tensor], checked: int, epoch: int) -> int:
         """Raise if a loss from ``losses[checked]`` on is not finite; return the count checked."""
         if checked < len(losses):
             finite = torch.isfinite(torch.stack(losses[checked:]))
             if not bool(finite.all()):
                 first = checked + int((~finite).nonzero()[0])
                 raise TrainingError(
-                    f"the loss stopped being finite at step {first + 1} of {steps_per_epoch} in "
-                    f"epoch {epoch}; nothing from that epoch was saved. Try a lower --lr (now "
-                    f"{lr:g})"
+                    f"the loss stopped being finite at step {first + 1} of {self.steps_per_epoch} "
+                    f"in epoch {epoch}; nothing from that epoch was saved. Try a lower {{lr}} "
+                    f"(now {self.lr:g})"
                 )
         return len(losses)
 
-    step, stopping = 0, False
-    first_step_in_epoch = state.step_in_epoch
-    with tqdm(
-        total=epochs * steps_per_epoch,
-        initial=min(state.epoch * steps_per_epoch + first_step_in_epoch, epochs * steps_per_epoch),
-        disable=not progress or rank != 0,
-        unit="step",
-        dynamic_ncols=True,
-    ) as bar:
-        for epoch in range(state.epoch + 1, epochs + 1):
-            bar.set_description(f"epoch {epoch}/{epochs}")
-            start = time.perf_counter() - state.partial_seconds
-            order_state = batch_order.get_state()
-            # summed over each batch, kept on the device until the epoch ends
-            batch_losses = [torch.tensor(v, device=device) for v in state.partial_losses]
-            checked = 0
-            batches = torch.randperm(n, generator=batch_order).to(device).split(batch_size)
-            for i, index in enumerate(batches[first_step_in_epoch:], start=first_step_in_epoch):
-                x = x_train[index.tensor_split(world)[rank]] if world > 1 else x_train[index]
-                if dynamic:
-                    x = binarize_afresh(x)
-                # Pyro's validation on the first step makes a malformed model fail loudly; after
-                # that it costs 0.5-1 ms a step (15% of a digits step on 2 CPU cores).
-                with pyro.validation_enabled(step == 0):
-                    loss = loss_fn(x) if len(x) else torch.zeros((), device=device)
-                if loss.requires_grad:
-                    loss.backward()
-                stopping = stop is not None and stop()
-                if world > 1:
-                    loss, stopping = distributed.all_reduce_step(parameters, loss, stopping)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                batch_losses.append(loss.detach())
-                step += 1
-                bar.update()
-                if (i + 1) % 10 == 0:
-                    checked = check_finite(batch_losses, checked, epoch)
-                    bar.set_postfix(loss=f"{loss.item() / len(index):.2f}")
-                if stopping and i + 1 < len(batches):
-                    check_finite(batch_losses, checked, epoch)
-                    seconds = time.perf_counter() - start
-                    state = snapshot(order_state, i + 1, batch_losses, seconds)
-                    if checkpoint is not None:
-                        checkpoint(state)
-                    raise TrainingInterrupted(state, steps_per_epoch)
-            first_step_in_epoch = 0
-            state.partial_losses, state.partial_seconds = [], 0.0
-            check_finite(batch_losses, checked, epoch)
-            batch_losses = torch.stack(batch_losses)
-            sizes = torch.full_like(batch_losses, batch_size)
-            sizes[-1] = n - batch_size * (len(sizes) - 1)
-            history.step_loss += (batch_losses / sizes).tolist()
-            # in float64: each batch's float32 loss may be finite while their sum is not
-            train_elbo = -batch_losses.double().sum().item() / n
-            history.epoch.append(epoch)
-            history.train_elbo.append(train_elbo)
-            history.seconds.append(time.perf_counter() - start)
-            history.test_elbo.append(dataset_elbo(vae, x_test, seed=seed, objective=objective))
-            bar.set_postfix(
-                train_elbo=f"{train_elbo:.2f}", test_elbo=f"{history.test_elbo[-1]:.2f}"
-            )
-            state = snapshot(batch_order.get_state(), 0, [], 0.0)
-            if checkpoint is not None:
-                checkpoint(state)
-            if stopping and epoch < epochs:
-                raise TrainingInterrupted(state, steps_per_epoch)
-    return history
+    def _end_epoch(self, epoch: int, losses: torch.Tensor, seconds: float, bar: tqdm) -> None:
+        """Add the finished epoch to the history, with the test ELBO, and snapshot the state."""
+        history, n = self.state.history, len(self.x_train)
+        sizes = torch.full_like(losses, self.batch_size)
+        sizes[-1] = n - self.batch_size * (len(sizes) - 1)
+        history.step_loss += (losses / sizes).tolist()
+        # in float64: each batch's float32 loss may be finite while their sum is not
+        history.train_elbo.append(-losses.double().sum().item() / n)
+        history.epoch.append(epoch)
+        history.seconds.append(seconds)
+        test_elbo = dataset_elbo(self.vae, self.x_test, seed=self.seed, objective=self.objective)
+        history.test_elbo.append(test_elbo)
+        bar.set_postfix(train_elbo=f"{history.train_elbo[-1]:.2f}", test_elbo=f"{test_elbo:.2f}")
+        self.state = self.snapshot(epoch, 0, self.batch_order.get_state(), [], 0.0)
+
+    def snapshot(
+        self,
+        epoch: int,
+        step_in_epoch: int,
+        order_state: torch.Tensor,
+        losses: list[torch.Tensor],
+        seconds: float,
+    ) -> TrainState:
+        """The state after ``epoch`` whole epochs and ``step_in_epoch`` steps of the next."""
+        ranks = distributed.gather_objects(_rng_state(self.device))
+        return TrainState(
+            epoch=epoch,
+            step_in_epoch=step_in_epoch,
+            history=self.state.history,
+            optimizer=self.optimizer.state_dict(),
+            rng={"batch_order": order_state, "ranks": ranks},
+            partial_losses=torch.stack(losses).tolist() if losses else [],
+            partial_seconds=seconds,
+        )
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    # generator states are CPU byte tensors, wherever the checkpoint was mapped to
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)

@@ -4,15 +4,15 @@ never a traceback. Cases already in test_cli.py (e.g. --epochs 0, --lr -1, NaN i
 of a missing folder) and the library-level ones of test_data.py / test_checkpoint.py are not
 repeated here; --resume has its own tests."""
 
+import json
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
-import torch
 
-from pyro_vae import save_checkpoint
-from pyro_vae.checkpoint import CHECKPOINT_NAME, load_run
 from pyro_vae.cli import main
+from pyro_vae.run import CHECKPOINT, CONFIG
 
 FAST = ["--z-dim", "4", "--hidden-dims", "32", "--epochs", "1", "--quiet"]
 DIGITS = ["--dataset", "digits", *FAST]
@@ -49,8 +49,19 @@ def run_dir(tmp_path_factory):
     return out
 
 
+def damage_pickle(path):
+    """The checkpoint's zip archive intact, the pickle inside it garbage."""
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            garbage = np.random.default_rng(2).bytes(len(data))
+            archive.writestr(name, garbage if name.endswith("data.pkl") else data)
+
+
 CORRUPTIONS = {
     "random bytes": lambda p: p.write_bytes(np.random.default_rng(1).bytes(5000)),
+    "garbage pickle": damage_pickle,
     "first 1000 bytes": lambda p: p.write_bytes(p.read_bytes()[:1000]),
     "empty file": lambda p: p.write_bytes(b""),
     "text": lambda p: p.write_text("hello world"),
@@ -66,22 +77,21 @@ def broken_runs(run_dir, tmp_path_factory):
     for name, damage in CORRUPTIONS.items():
         runs[name] = root / name.replace(" ", "-")
         shutil.copytree(run_dir, runs[name])
-        damage(runs[name] / CHECKPOINT_NAME)
+        damage(runs[name] / CHECKPOINT)
     # a checkpoint of another configuration: z_dim 5 in the config, weights of z_dim 4
     runs["other config"] = root / "other-config"
     shutil.copytree(run_dir, runs["other config"])
-    path = runs["other config"] / CHECKPOINT_NAME
-    state = torch.load(path, weights_only=True)
-    state["config"]["model"]["z_dim"] = 5
-    torch.save(state, path)
+    config = json.loads((run_dir / CONFIG).read_text())
+    (runs["other config"] / CONFIG).write_text(json.dumps({**config, "z_dim": 5}))
     return runs
 
 
 EXPECTED = {
-    "random bytes": "is not a readable checkpoint (corrupt: UnpicklingError: Unsupported operand",
-    "first 1000 bytes": "is not a readable checkpoint (truncated or corrupt: ",
-    "empty file": "is not a readable checkpoint (truncated or corrupt: EOFError",
-    "text": "is not a readable checkpoint (truncated or corrupt: ",
+    "random bytes": "is not a readable checkpoint (truncated or corrupt)",
+    "garbage pickle": "is not a readable checkpoint (corrupt: UnpicklingError: ",
+    "first 1000 bytes": "is not a readable checkpoint (truncated or corrupt)",
+    "empty file": "is not a readable checkpoint (truncated or corrupt)",
+    "text": "is not a readable checkpoint (truncated or corrupt)",
     "missing": "no checkpoint at ",
     "other config": "do not fit the model of its config (Error(s) in loading state_dict",
 }
@@ -93,7 +103,7 @@ def test_a_broken_checkpoint_is_one_line(broken_runs, capsys, damage, command):
     run = broken_runs[damage]
     line = one_error_line(capsys, [command, str(run)])
     assert line.startswith("pyro-vae: error: ") and EXPECTED[damage] in line, line
-    assert str(run / CHECKPOINT_NAME) in line
+    assert str(run / CHECKPOINT) in line
     assert len(line) < 500
 
 
@@ -105,12 +115,32 @@ def test_a_missing_run_folder_is_one_line(tmp_path, capsys, command):
 
 @pytest.mark.parametrize("command", ["evaluate", "reconstruct", "check-elbo"])
 def test_a_checkpoint_without_a_run_config_is_one_line(run_dir, tmp_path, capsys, command):
-    vae, _ = load_run(run_dir)
-    save_checkpoint(tmp_path / CHECKPOINT_NAME, vae, config={"model": vae.config})
+    shutil.copy(run_dir / CHECKPOINT, tmp_path / CHECKPOINT)
     line = one_error_line(capsys, [command, str(tmp_path)])
-    assert (
-        line == "pyro-vae: error: the run's config lacks dataset; was it written by pyro-vae train?"
-    )
+    expected = f"{tmp_path} has no config.json; was it written by pyro-vae train?"
+    assert line == f"pyro-vae: error: {expected}"
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"zdim": 4}, "has unknown setting(s) zdim; the settings are: dataset, data_dir"),
+        ({"z_dim": 0}, "--z-dim must be at least 1, got 0"),
+        ({"prior": "gamma"}, "--prior 'gamma' is not one of: standard-normal, normal, mog"),
+        ({"lr": "fast"}, "--lr must be a positive number, got 'fast'"),
+        ({"hidden_dims": 400}, "--hidden-dims must be a list of sizes such as [400], got 400"),
+        ({"likelihood_options": {"scale": -1}}, "--likelihood-scale must be a positive finite"),
+    ],
+)
+def test_a_bad_config_file_is_one_line(run_dir, tmp_path, capsys, change, expected):
+    config = {**json.loads((run_dir / CONFIG).read_text()), **change}
+    if "likelihood_options" in change:
+        config["likelihood"] = "gaussian"
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    line = one_error_line(capsys, ["train", "--config", str(path), "--out", str(tmp_path / "r")])
+    assert expected in line, line
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize(
@@ -142,7 +172,7 @@ BAD_NUMBERS = [
     (["train", "--lr", "inf"], "argument --lr: must be a positive finite number, got inf"),
     (["train", "--lr", "1e300"], "argument --lr: must be at most 1e+30, got 1e+300"),
     (["train", "--lr", " inf\n"], "argument --lr: must be a positive finite number, got inf"),
-    (["train", "--z-dim", "9" * 60 + "\n"], "--z-dim: must be at most 9223372036854775807, got a "),
+    (["train", "--z-dim", "9" * 60 + "\n"], "--z-dim: must be at most 16777216, got a number of "),
     (["train", "--hidden-dims", "0"], "argument --hidden-dims: expected comma-separated positive"),
     (["train", "--hidden-dims", "4,,5"], "expected a whole number, got ''"),
     (["train", "--likelihood-scale", "-0.1"], "must be a positive finite number, got -0.1"),
@@ -176,14 +206,17 @@ def test_an_out_of_range_number_is_one_argparse_line(run_dir, tmp_path, capsys, 
     [
         (["--z-dim", str(10**12)], "must be at most 16777216, got 1000000000000"),
         (["--z-dim", str(2**62)], "must be at most 16777216, got 4611686018427387904"),
-        (["--hidden-dims", f"{2**24},{2**24}"], "hidden dims [16777216, 16777216] does not fit"),
+        (
+            ["--hidden-dims", f"{2**24},{2**24}"],
+            "hidden_dims [16777216, 16777216] need 2,097,161.0 GiB",
+        ),
         (["--seed", "-1"], "argument --seed: must be at least 0"),
     ],
 )
 def test_a_model_that_cannot_be_built_is_one_line(tmp_path, capsys, argv, expected):
     line = one_error_line(capsys, ["train", *DIGITS, "--out", str(tmp_path / "new"), *argv])
     assert expected in line, line
-    assert not (tmp_path / "new" / CHECKPOINT_NAME).exists()
+    assert not (tmp_path / "new" / CHECKPOINT).exists()
 
 
 def bad_npz(tmp_path, case):

@@ -5,12 +5,11 @@ import pytest
 import torch
 from conftest import binary_batch
 
-from pyro_vae import PyroVAEError, load_run, save_checkpoint, train
-from pyro_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from pyro_vae import PyroVAEError, Run, RunConfig, train
+from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.run import CHECKPOINT, CONFIG
 
-
-def config_of(vae):
-    return {"model": vae.config, "train": {"seed": 0}}
+CONFIG_OF_SMALL_VAE = RunConfig(z_dim=4, hidden_dims=(32,))  # the conftest's small_vae
 
 
 @pytest.fixture
@@ -20,8 +19,9 @@ def trained(digits, small_vae, tmp_path):
     def keep(state):
         saved["state"] = state
         saved["rng"] = torch.get_rng_state()
-        save_checkpoint(tmp_path / CHECKPOINT_NAME, small_vae, state, config=config_of(small_vae))
+        save_checkpoint(tmp_path / CHECKPOINT, small_vae, state)
 
+    (tmp_path / CONFIG).write_text(json.dumps(CONFIG_OF_SMALL_VAE.to_dict()))
     train(small_vae, digits, epochs=2, device="cpu", progress=False, checkpoint=keep)
     return small_vae, saved, tmp_path
 
@@ -29,7 +29,8 @@ def trained(digits, small_vae, tmp_path):
 def test_round_trip_gives_identical_outputs(trained):
     vae, saved, run_dir = trained
     optimizer = saved["state"].optimizer
-    loaded, state = load_run(run_dir)
+    run = Run.open(run_dir)
+    loaded, state = run.vae, run.state
     x = binary_batch(16)
     assert torch.equal(loaded.reconstruct(x), vae.reconstruct(x))
     for a, b in zip(loaded.encode(x), vae.encode(x), strict=True):
@@ -38,17 +39,17 @@ def test_round_trip_gives_identical_outputs(trained):
     samples = loaded.sample(8)
     torch.manual_seed(0)
     assert torch.equal(samples, vae.sample(8))
-    assert state["epoch"] == 2 and state["history"]["epoch"] == [1, 2]
+    assert state.epoch == 2 and state.history.epoch == [1, 2]
     assert loaded.config == vae.config
     restored = torch.optim.Adam(loaded.parameters())
-    restored.load_state_dict(state["optimizer"])
+    restored.load_state_dict(state.optimizer)
     assert restored.state_dict()["state"][0]["step"] == optimizer["state"][0]["step"] == 24
-    assert torch.equal(state["rng"]["ranks"][0]["torch"], saved["rng"])
+    assert torch.equal(state.rng["ranks"][0]["torch"], saved["rng"])
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint(trained, monkeypatch):
     vae, saved, run_dir = trained
-    path = run_dir / CHECKPOINT_NAME
+    path = run_dir / CHECKPOINT
     before = path.read_bytes()
 
     def crash(obj, f):
@@ -57,9 +58,9 @@ def test_a_failed_write_leaves_the_previous_checkpoint(trained, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, vae, saved["state"], config=config_of(vae))
+        save_checkpoint(path, vae, saved["state"])
     assert path.read_bytes() == before
-    assert os.listdir(run_dir) == [CHECKPOINT_NAME]  # no temporary file left behind
+    assert sorted(os.listdir(run_dir)) == [CHECKPOINT, CONFIG]  # no temporary file left behind
     assert load_checkpoint(path)["epoch"] == 2
 
 
@@ -73,36 +74,35 @@ class WritesMarker:
 
 def test_loading_never_runs_code_from_the_file(tmp_path):
     marker = tmp_path / "pwned"
-    torch.save({"format": 1, "model": WritesMarker(marker)}, tmp_path / CHECKPOINT_NAME)
+    torch.save({"format": 2, "model": WritesMarker(marker)}, tmp_path / CHECKPOINT)
     assert not marker.exists()
-    with pytest.raises(PyroVAEError, match="refusing to load it"):
-        load_run(tmp_path)
+    with pytest.raises(PyroVAEError, match="refusing to load it, since unpickling them could"):
+        load_checkpoint(tmp_path / CHECKPOINT)
     assert not marker.exists()
 
 
 def test_bad_checkpoints_are_one_clear_error(trained, tmp_path_factory):
     vae, _, run_dir = trained
-    path = run_dir / CHECKPOINT_NAME
+    path = run_dir / CHECKPOINT
     with pytest.raises(PyroVAEError, match="no run folder at"):
-        load_run(run_dir / "missing")
+        Run.open(run_dir / "missing")
     empty = tmp_path_factory.mktemp("empty")
+    with pytest.raises(PyroVAEError, match="has no config.json; was it written by pyro-vae"):
+        Run.open(empty)
+    (empty / CONFIG).write_text(json.dumps(CONFIG_OF_SMALL_VAE.to_dict()))
     with pytest.raises(PyroVAEError, match="no checkpoint at"):
-        load_run(empty)
+        Run.open(empty)
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(PyroVAEError, match="not a readable checkpoint"):
-        load_run(run_dir)
+        Run.open(run_dir)
     other = tmp_path_factory.mktemp("other")
-    config = config_of(vae)
-    config["model"]["z_dim"] = 5
-    save_checkpoint(other / CHECKPOINT_NAME, vae, config=config)
+    (other / CONFIG).write_text(json.dumps(CONFIG_OF_SMALL_VAE.replace(z_dim=5).to_dict()))
+    save_checkpoint(other / CHECKPOINT, vae)
     with pytest.raises(PyroVAEError, match="do not fit the model of its config"):
-        load_run(other)
-    torch.save({"weights": torch.zeros(2)}, other / CHECKPOINT_NAME)
+        Run.open(other)
+    torch.save({"weights": torch.zeros(2)}, other / CHECKPOINT)
     with pytest.raises(PyroVAEError, match="not a pyro-vae checkpoint"):
-        load_run(other)
-    (other / "x.json").write_text("{")
-    with pytest.raises(PyroVAEError, match="not valid JSON"):
-        from pyro_vae.checkpoint import read_json
-
-        read_json(other / "x.json")
-    assert json.loads(json.dumps(vae.config)) == vae.config
+        Run.open(other)
+    (other / CONFIG).write_text("{")
+    with pytest.raises(PyroVAEError, match="config.json is not valid JSON"):
+        Run.open(other)

@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 
 from pyro_vae import VAE, load_dataset
-from pyro_vae.checkpoint import CHECKPOINT_NAME, load_run
 from pyro_vae.data import binarize_afresh
 from pyro_vae.elbo import make_loss
+from pyro_vae.run import CHECKPOINT, Run
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is missing")
 
@@ -21,17 +21,34 @@ ROOT = Path(__file__).resolve().parents[1]
 SEED, LR, BATCH, EPOCHS = 0, 3e-3, 144, 2  # digits: 1438 images, 10 global batches an epoch
 MODEL = dict(z_dim=4, hidden_dims=(32,))
 
-# Each rank trains through pyro_vae.train and saves the weights it ends with.
+# Each rank trains through pyro_vae.train and saves the weights it ends with. Rank 1 alone is asked
+# to stop, at step 13: the ranks agree every 10 steps, so both stop after step 20, the end of epoch
+# 2 of 3. The stop callback, asked after every step, also counts the live gradient-sized buffers.
 RANK_SCRIPT = f"""
-import os, sys, pyro, torch, torch.distributed as dist
+import gc, os, sys, pyro, torch, torch.distributed as dist
 from pyro_vae import VAE, load_dataset, train
+from pyro_vae.train import TrainingInterrupted
 dist.init_process_group("gloo")
 data = load_dataset("digits")
 pyro.set_rng_seed({SEED})
 vae = VAE(data.x_shape, z_dim=4, hidden_dims=(32,))
-history = train(vae, data, epochs={EPOCHS}, batch_size={BATCH}, lr={LR}, seed={SEED},
-                device="cpu", progress=False)
-torch.save({{"weights": vae.state_dict(), "train_elbo": history.train_elbo}},
+gradient_bytes = 4 * sum(p.numel() for p in vae.parameters())
+buffers, steps = [], iter(range(1, 1000))
+
+def stop():
+    gc.collect()
+    tensors = [t for t in gc.get_objects() if isinstance(t, torch.Tensor)]
+    sizes = {{t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}}
+    buffers.append(sum(1 for n in sizes.values() if n >= gradient_bytes))
+    return next(steps) == 13 and dist.get_rank() == 1
+
+try:
+    train(vae, data, epochs={EPOCHS + 1}, batch_size={BATCH}, lr={LR}, seed={SEED},
+          device="cpu", progress=False, stop=stop)
+except TrainingInterrupted as stopped:
+    state = stopped.state
+torch.save({{"weights": vae.state_dict(), "train_elbo": state.history.train_elbo,
+             "stopped_after": [state.epoch, state.step_in_epoch], "buffers": buffers}},
            os.path.join(sys.argv[1], f"rank{{dist.get_rank()}}.pt"))
 dist.destroy_process_group()
 """
@@ -95,12 +112,17 @@ def test_two_ranks_train_like_one_process_on_the_same_global_batches(tmp_path, r
     torchrun(str(script), str(tmp_path), cwd=tmp_path)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    # one rank asked to stop, and both stopped after the same step: the end of epoch 2
+    assert rank0["stopped_after"] == rank1["stopped_after"] == [EPOCHS, 0]
     for k, v in rank0["weights"].items():  # the same all-reduced steps: bitwise the same weights
         assert torch.equal(v, rank1["weights"][k]), k
     assert rank0["train_elbo"] == rank1["train_elbo"]
     expected_weights, expected_elbo = reference
     assert_close(rank0["weights"], expected_weights)  # 20 steps
     assert rank0["train_elbo"] == pytest.approx(expected_elbo, rel=1e-5)
+    # memory does not grow with the steps of an epoch: no step's gradient buffer outlives it
+    for rank in (rank0, rank1):
+        assert len(rank["buffers"]) == 2 * 10 and len(set(rank["buffers"])) == 1, rank["buffers"]
 
 
 def test_torchrun_cli_writes_one_run_folder_from_rank_0(tmp_path, reference):
@@ -110,7 +132,7 @@ def test_torchrun_cli_writes_one_run_folder_from_rank_0(tmp_path, reference):
     result = torchrun("-m", "pyro_vae", "train", *flags, "--out", str(run_dir), cwd=tmp_path)
     assert result.stdout.count("run folder:") == 1  # rank 0 alone reports and writes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
-    vae, state = load_run(run_dir)
-    assert state["rng"] is not None and len(state["rng"]["ranks"]) == 2
-    assert_close(vae.state_dict(), reference[0])
-    assert (run_dir / CHECKPOINT_NAME).is_file() and (run_dir / "metrics.csv").is_file()
+    run = Run.open(run_dir)
+    assert run.state.rng is not None and len(run.state.rng["ranks"]) == 2
+    assert_close(run.vae.state_dict(), reference[0])
+    assert (run_dir / CHECKPOINT).is_file() and (run_dir / "metrics.csv").is_file()

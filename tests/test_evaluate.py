@@ -7,9 +7,9 @@ from torch.distributions import kl_divergence
 
 from pyro_vae import VAE, evaluate, train
 from pyro_vae.cli import main
+from pyro_vae.data import eval_inputs
 from pyro_vae.elbo import iwae_bound
 from pyro_vae.evaluate import iwae_log_likelihood, kl_per_dim
-from pyro_vae.train import eval_inputs
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_evaluation_has_every_figure_and_repeats_with_its_seed(digits, trained):
 
 
 def test_iwae_log_likelihood_rises_with_k_and_batches_do_not_matter(digits, trained):
-    x = eval_inputs(trained, digits.x_test)
+    x = eval_inputs(trained.likelihood, digits.x_test)
     estimates = [iwae_log_likelihood(trained, x, k, seed=0) for k in (1, 10, 100)]
     assert estimates[0] < estimates[1] < estimates[2]
     torch.manual_seed(0)
@@ -52,7 +52,7 @@ def test_iwae_log_likelihood_rises_with_k_and_batches_do_not_matter(digits, trai
 
 
 def test_kl_per_dim_adds_up_to_the_elbos_kl_term(digits, trained):
-    x = eval_inputs(trained, digits.x_test)
+    x = eval_inputs(trained.likelihood, digits.x_test)
     per_dim = kl_per_dim(trained, x)
     with torch.no_grad():
         total = kl_divergence(trained.posterior_dist(x), trained.prior(len(x), x)).mean()
@@ -63,7 +63,7 @@ def test_kl_per_dim_adds_up_to_the_elbos_kl_term(digits, trained):
 def test_kl_per_dim_by_sampling_and_where_undefined(digits):
     pyro.set_rng_seed(0)
     student = VAE(digits.x_shape, z_dim=3, hidden_dims=(16,), prior="student-t")
-    x = eval_inputs(student, digits.x_test[:50])
+    x = eval_inputs(student.likelihood, digits.x_test[:50])
     sampled = kl_per_dim(student, x, num_samples=4000)
     with torch.no_grad():  # the same KL from a single large Monte Carlo average over all dims
         q, p = student.posterior_dist(x), student.prior(len(x), x)

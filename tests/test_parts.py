@@ -11,8 +11,8 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae import VAE, ConfigError, load_run, train
-from pyro_vae.cli import build_parser, main, part_options
+from pyro_vae import VAE, ConfigError, Run, RunConfig, train
+from pyro_vae.cli import build_parser, main, overlay
 from pyro_vae.evaluate import active_units
 from pyro_vae.guides import GUIDES
 from pyro_vae.likelihoods import LIKELIHOODS
@@ -40,7 +40,11 @@ def test_train_help_lists_every_name(capsys):
 
 
 def options_of(argv):
-    return part_options(build_parser().parse_args(["train", *argv]))
+    config = overlay(RunConfig(), build_parser().parse_args(["train", *argv]))
+    return {
+        name: getattr(config, name)
+        for name in ("prior_options", "likelihood_options", "guide_options")
+    }
 
 
 def test_option_flags_reach_the_parts_that_take_them():
@@ -129,10 +133,10 @@ def test_a_run_with_options_reloads_identically(tmp_path):
         "--quiet",
     ]
     assert main(argv) == 0
-    config = json.loads((out / "config.json").read_text())["model"]
+    config = json.loads((out / "config.json").read_text())
     assert config["prior_options"] == {"components": 3}
     assert config["guide_options"] == {"flow_steps": 1}
-    vae, _ = load_run(out)
+    vae = Run.open(out).vae
     assert main(["evaluate", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert json.loads((out / "evaluation.json").read_text())["test_elbo"] == summary["test_elbo"]
@@ -213,5 +217,5 @@ def test_every_name_trains_from_the_cli(tmp_path, flag, name):
         str(tmp_path / "run"),
     ]
     assert main(argv) == 0
-    config = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config[flag[2:]] == name

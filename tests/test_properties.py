@@ -25,9 +25,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from pyro_vae import VAE, train
-from pyro_vae.checkpoint import CHECKPOINT_NAME
 from pyro_vae.cli import main
-from pyro_vae.data import Dataset
+from pyro_vae.data import BINARIZATION, Dataset
 from pyro_vae.elbo import OBJECTIVES
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluate import evaluate
@@ -36,7 +35,7 @@ from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.nets import NETS
 from pyro_vae.priors import PRIORS
 from pyro_vae.registry import option_names
-from pyro_vae.train import BINARIZATION
+from pyro_vae.run import CHECKPOINT
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("PYRO_VAE_PROPERTY_EXAMPLES", 40)),  # more: a longer hunt
@@ -131,7 +130,7 @@ def test_train_options_train_or_give_one_line(tiny_npz, epochs, batch_size, z_di
         assert "Traceback" not in err, err
         event("trained" if status == 0 else f"refused: {err.split(':')[2].strip()[:40]}")
         if status == 0:
-            assert (out / CHECKPOINT_NAME).is_file()
+            assert (out / CHECKPOINT).is_file()
             with open(out / "metrics.csv") as f:
                 rows = list(csv.DictReader(f))
             assert len(rows) == int(epochs)

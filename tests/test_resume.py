@@ -13,9 +13,10 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae import VAE, PyroVAEError, save_checkpoint, train
-from pyro_vae.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_run, train_state
+from pyro_vae import VAE, PyroVAEError, train
+from pyro_vae.checkpoint import load_checkpoint, save_checkpoint, train_state
 from pyro_vae.cli import main
+from pyro_vae.run import CHECKPOINT, Run
 from pyro_vae.train import TrainingError, TrainingInterrupted
 
 trainer = importlib.import_module("pyro_vae.train")  # the module; pyro_vae.train is the function
@@ -40,7 +41,7 @@ def assert_same_weights(a, b):
 
 def round_trip(state, vae, path):
     """The state as a resumed process sees it: written to disk and read back."""
-    save_checkpoint(path, vae, state, config={"model": vae.config})
+    save_checkpoint(path, vae, state)
     return train_state(load_checkpoint(path))
 
 
@@ -57,14 +58,14 @@ def test_resumed_training_takes_the_very_same_steps(digits, tmp_path, stop_after
         train(
             vae,
             digits,
-            checkpoint=lambda s: saved.append(round_trip(s, vae, tmp_path / CHECKPOINT_NAME)),
+            checkpoint=lambda s: saved.append(round_trip(s, vae, tmp_path / CHECKPOINT)),
             stop=lambda: next(steps) == stop_after,
             **options,
         )
     state = saved[-1]
     assert (state.epoch, state.step_in_epoch) == divmod(stop_after, 12)
     resumed_vae = fresh_vae(digits)  # other weights, other RNG state: all must come from disk
-    resumed_vae.load_state_dict(load_checkpoint(tmp_path / CHECKPOINT_NAME)["model"])
+    resumed_vae.load_state_dict(load_checkpoint(tmp_path / CHECKPOINT)["model"])
     torch.manual_seed(123)
     history = train(resumed_vae, digits, resume=state, **options)
 
@@ -90,18 +91,19 @@ def test_cli_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     # resuming needs only the run folder; the run's own flags are kept
     assert main(["train", "--out", str(part), "--resume", "--epochs", "6", "--quiet"]) == 0
     assert read_metrics(part) == read_metrics(whole)
-    assert_same_weights(load_run(part)[0].state_dict(), load_run(whole)[0].state_dict())
+    assert_same_weights(Run.open(part).vae.state_dict(), Run.open(whole).vae.state_dict())
     capsys.readouterr()
 
     assert main(["train", "--out", str(part), "--resume", "--epochs", "6"]) == 2
-    assert "has finished 6 of --epochs 6" in capsys.readouterr().err
+    assert "has finished 6 of 6 epochs; ask for more --epochs" in capsys.readouterr().err
     assert main(["train", "--out", str(part), "--resume", "--epochs", "7", "--z-dim", "5"]) == 2
     err = capsys.readouterr().err
-    assert "model.z_dim: 4 -> 5" in err and err.count("\n") == 1
+    assert "(--z-dim: 4 -> 5); only --epochs, --lr, --device may change" in err
+    assert err.count("\n") == 1
     assert main(["train", "--out", str(part), "--resume", "--overwrite"]) == 2
-    assert "choose one" in capsys.readouterr().err
+    assert "--overwrite does not go with it" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
-    assert "no checkpoint at" in capsys.readouterr().err
+    assert "no run folder at" in capsys.readouterr().err
     assert main(["train", *RUN_FLAGS, "--out", str(part)]) == 2
     assert "continue it with --resume" in capsys.readouterr().err
 
@@ -130,13 +132,13 @@ def test_a_signal_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, signu
     run_dir = tmp_path / "run"
     flags = ["--epochs", "8", "--batch-size", "8"]  # 180 steps an epoch: the signal lands mid-run
     process = start_training(run_dir, *flags)
-    wait_for(run_dir / CHECKPOINT_NAME, process)
+    wait_for(run_dir / CHECKPOINT, process)
     process.send_signal(signum)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, err
     assert "Traceback" not in err
     assert f"resume with: pyro-vae train --out {run_dir} --resume" in err
-    stopped = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    stopped = load_checkpoint(run_dir / CHECKPOINT)
     assert stopped["epoch"] < 8
 
     assert main(["train", "--out", str(run_dir), "--resume", "--quiet"]) == 0
@@ -147,7 +149,7 @@ def test_a_signal_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, signu
     assert [r["epoch"] for r in resumed] == [r["epoch"] for r in expected] == list(range(1, 9))
     for row, want in zip(resumed, expected, strict=True):
         assert row == pytest.approx(want, rel=1e-6)
-    final, want = load_run(run_dir)[0].state_dict(), load_run(whole)[0].state_dict()
+    final, want = Run.open(run_dir).vae.state_dict(), Run.open(whole).vae.state_dict()
     for k in want:
         assert torch.allclose(final[k], want[k], rtol=1e-4, atol=1e-6), k
 
@@ -175,9 +177,9 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, ca
     err = capsys.readouterr().err
     assert "at step 5 of 12 in epoch 2" in err and "lower --lr (now 0.001)" in err
     assert err.count("\n") == 1
-    vae, state = load_run(run_dir)
-    assert state["epoch"] == 1 and len(read_metrics(run_dir)) == 1
-    assert all(torch.isfinite(p).all() for p in vae.parameters())
+    run = Run.open(run_dir)
+    assert run.state.epoch == 1 and len(read_metrics(run_dir)) == 1
+    assert all(torch.isfinite(p).all() for p in run.vae.parameters())
 
 
 def test_a_non_finite_loss_raises_before_the_epoch_is_saved(digits, monkeypatch):
@@ -197,13 +199,13 @@ def test_a_non_finite_loss_raises_before_the_epoch_is_saved(digits, monkeypatch)
 
 def test_non_finite_weights_are_never_written(digits, tmp_path):
     vae = fresh_vae(digits)
-    path = tmp_path / CHECKPOINT_NAME
-    save_checkpoint(path, vae, config={"model": vae.config})
+    path = tmp_path / CHECKPOINT
+    save_checkpoint(path, vae)
     before = path.read_bytes()
     with torch.no_grad():
         next(vae.parameters())[0, 0] = float("inf")
     with pytest.raises(PyroVAEError, match="refusing to write non-finite weights"):
-        save_checkpoint(path, vae, config={"model": vae.config})
+        save_checkpoint(path, vae)
     assert path.read_bytes() == before
 
 
@@ -223,8 +225,8 @@ atomic_write(sys.argv[1], write)
 
 def test_killing_the_writer_mid_write_leaves_the_previous_checkpoint(digits, tmp_path):
     vae = fresh_vae(digits)
-    path = tmp_path / CHECKPOINT_NAME
-    save_checkpoint(path, vae, config={"model": vae.config})
+    path = tmp_path / CHECKPOINT
+    save_checkpoint(path, vae)
     before = path.read_bytes()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     writer = subprocess.Popen(
@@ -234,7 +236,7 @@ def test_killing_the_writer_mid_write_leaves_the_previous_checkpoint(digits, tmp
     writer.send_signal(signal.SIGKILL)
     writer.wait(timeout=30)
     assert path.read_bytes() == before
-    loaded = VAE(**load_checkpoint(path)["config"]["model"])
+    loaded = VAE(load_checkpoint(path)["x_shape"], z_dim=4, hidden_dims=(32,))
     loaded.load_state_dict(load_checkpoint(path)["model"])
     assert_same_weights(weights(loaded), weights(vae))
 
@@ -244,7 +246,7 @@ def test_files_are_written_only_inside_out(tmp_path, monkeypatch, capsys):
     run_dir = Path("nested") / "run"
     assert main(["train", *RUN_FLAGS, "--epochs", "1", "--out", str(run_dir)]) == 0
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    expected = ["config.json", "metrics.csv", "summary.json", CHECKPOINT_NAME]
+    expected = ["config.json", "metrics.csv", "summary.json", CHECKPOINT]
     expected += ["reconstructions.png", "samples.png", "elbo.png"]
     assert written == sorted(str(run_dir / name) for name in expected)
     assert main(["sample", str(run_dir), "-n", "4", "--out", "four.png"]) == 0

@@ -1,0 +1,155 @@
+"""The run configuration: every setting of a training run, typed, in one object.
+
+:class:`RunConfig` is the single source of truth for a run: ``pyro-vae train``'s flags set its
+fields, ``config.json`` in a run folder is it serialized, ``--config FILE`` reads it back (JSON,
+or TOML), ``--resume`` compares it field by field, and a Python user builds it directly::
+
+    config = RunConfig(dataset="digits", z_dim=8, epochs=50, lr=3e-3)
+    run = pyro_vae.Run.create("runs/digits", config)
+
+Every field is checked when the object is made (:mod:`pyro_vae.checks`), so a bad value in a file
+is one error naming the setting, before any data is read or any file is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import checks
+from .data import BINARIZATION, DATASETS
+from .elbo import OBJECTIVES
+from .errors import ConfigError
+from .guides import GUIDES
+from .likelihoods import LIKELIHOODS
+from .nets import NETS
+from .priors import PRIORS
+
+try:  # Python 3.11 reads TOML; on 3.10 a .toml config is refused with one line
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    tomllib = None
+
+# What a resumed run may change; any other difference from the saved run is an error.
+RESUMABLE = ("epochs", "lr", "device")
+PART_OPTIONS = ("prior_options", "likelihood_options", "guide_options")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run: the data, the model, the training. See ``pyro-vae train --help``
+    for what each one means; the defaults are the command line's."""
+
+    # the data (pyro_vae.data.load_dataset)
+    dataset: str = "digits"
+    data_dir: str | None = None
+    data_path: str | None = None
+    # the model (pyro_vae.VAE)
+    z_dim: int = 16
+    hidden_dims: tuple[int, ...] = (400,)
+    encoder: str = "mlp"
+    prior: str = "standard-normal"
+    likelihood: str = "bernoulli"
+    guide: str = "diagonal"
+    prior_options: dict[str, Any] = field(default_factory=dict)
+    likelihood_options: dict[str, Any] = field(default_factory=dict)
+    guide_options: dict[str, Any] = field(default_factory=dict)
+    # the training (pyro_vae.train)
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    objective: str = "trace"
+    binarization: str = "dynamic"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        checked = {
+            "dataset": checks.choice("dataset", self.dataset, DATASETS),
+            "data_dir": checks.path("data_dir", self.data_dir),
+            "data_path": checks.path("data_path", self.data_path),
+            "z_dim": checks.size("z_dim", self.z_dim),
+            "hidden_dims": checks.sizes("hidden_dims", self.hidden_dims),
+            "encoder": checks.choice("encoder", self.encoder, list(NETS)),
+            "prior": checks.choice("prior", self.prior, list(PRIORS)),
+            "likelihood": checks.choice("likelihood", self.likelihood, list(LIKELIHOODS)),
+            "guide": checks.choice("guide", self.guide, list(GUIDES)),
+            "epochs": checks.count("epochs", self.epochs),
+            "batch_size": checks.count("batch_size", self.batch_size),
+            "lr": checks.positive("lr", self.lr),
+            "seed": checks.seed("seed", self.seed),
+            "objective": checks.choice("objective", self.objective, list(OBJECTIVES)),
+            "binarization": checks.choice("binarization", self.binarization, BINARIZATION),
+            "device": checks.text("device", self.device),
+        }
+        for name in PART_OPTIONS:
+            options = getattr(self, name)
+            if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+                raise ConfigError(f"must map option names to values, got {options!r}", name)
+            checked[name] = dict(options)
+        for name, value in checked.items():  # normalized: a list of sizes becomes a tuple
+            object.__setattr__(self, name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON data: what ``config.json`` holds."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "the config") -> RunConfig:
+        """The config with these fields (the others at their defaults); an unknown key is an
+        error that lists the known ones."""
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"{source} must hold a table of settings, not {type(values).__name__}"
+            )
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"{source} has unknown setting(s) {', '.join(unknown)}; the settings are: "
+                f"{', '.join(known)}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        """A config file: JSON (``config.json`` of a run folder, say) or TOML (``.toml``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"no config file at {path}")
+        try:
+            if path.suffix.lower() == ".toml":
+                if tomllib is None:
+                    raise ConfigError(f"{path}: reading TOML needs Python 3.11; use JSON")
+                values = tomllib.loads(path.read_text())
+            else:
+                values = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:  # JSON's and TOML's decode errors
+            kind = path.suffix[1:].upper() or "JSON"
+            raise ConfigError(f"{path} is not valid {kind} ({e})") from None
+        return cls.from_dict(values, source=str(path))
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes``, checked like any new config."""
+        return dataclasses.replace(self, **changes)
+
+    def changes(self, other: RunConfig) -> list[tuple[str, Any, Any]]:
+        """``(name, ours, theirs)`` for every field in which ``other`` differs."""
+        return [
+            (f.name, getattr(self, f.name), getattr(other, f.name))
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        ]
+
+    def vae_options(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`pyro_vae.VAE` besides ``x_shape``."""
+        names = ("z_dim", "hidden_dims", "encoder", "prior", "likelihood", "guide")
+        return {name: getattr(self, name) for name in (*names, *PART_OPTIONS)}
+
+    def train_options(self) -> dict[str, Any]:
+        """The settings :func:`pyro_vae.train` takes."""
+        names = ("epochs", "batch_size", "lr", "device", "seed", "objective", "binarization")
+        return {name: getattr(self, name) for name in names}

@@ -1,0 +1,242 @@
+"""The run folder: one training run on disk, created, checkpointed, finished and loaded here.
+
++----------------------+--------------------------------------------------------------------------+
+| ``config.json``      | the :class:`~pyro_vae.config.RunConfig`, exactly: ``--config`` reads it   |
+| ``checkpoint.pt``    | weights, example shape, training state; after every epoch and on a stop  |
+| ``metrics.csv``      | ``epoch,train_elbo,test_elbo,seconds``, rewritten with the checkpoint     |
+| ``summary.json``     | the final figures, the device and the versions, when training ends       |
+| ``*.png``            | test images over their reconstructions, samples, ELBO curves            |
+| ``evaluation.json``  | :meth:`Run.evaluate`'s figures                                           |
++----------------------+--------------------------------------------------------------------------+
+
+::
+
+    run = Run.create("runs/a", RunConfig(epochs=50))    # writes config.json
+    run.train()                                         # checkpoints, summary, pictures
+    run = Run.open("runs/a")                            # the VAE as its last checkpoint left it
+    run.train(epochs=80)                                # goes on exactly where it stopped
+    run.evaluate(iwae_k=5000)                           # writes evaluation.json
+
+Under ``torchrun`` every rank holds the run and trains; rank 0 alone writes the folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from . import distributed
+from .checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    train_state,
+    write_json,
+)
+from .config import RunConfig
+from .data import Dataset, check_shape, eval_inputs, load_dataset
+from .device import resolve_device
+from .errors import ConfigError, PyroVAEError
+from .evaluate import active_units, baseline_log_likelihood, evaluate
+from .model import VAE
+from .plots import plot_elbo, plot_reconstructions, plot_samples
+from .train import EPOCH_COLUMNS, History, TrainState, train
+from .version import __version__
+
+CONFIG, CHECKPOINT, METRICS, SUMMARY = "config.json", "checkpoint.pt", "metrics.csv", "summary.json"
+PICTURES = ("reconstructions.png", "samples.png", "elbo.png")
+RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT, *PICTURES)
+EVALUATION = "evaluation.json"
+
+
+class RunExists(ConfigError):
+    """:meth:`Run.create` was asked for a folder that already holds a run."""
+
+
+class Run:
+    """A run folder and what it holds: the config, the VAE, its data and the training state.
+
+    Make one with :meth:`create` (a new run) or :meth:`open` (a run on disk); :meth:`train` trains
+    it or goes on training it, and :meth:`evaluate` scores it.
+    """
+
+    def __init__(self, path: Path, config: RunConfig, vae: VAE, state: TrainState, device: str):
+        self.path, self.config, self.vae, self.state = path, config, vae, state
+        self.device = device  # where the weights were last trained
+        self.summary: dict[str, Any] | None = None  # summary.json, once training is done
+        self._data: Dataset | None = None
+
+    @classmethod
+    def create(cls, path: str | Path, config: RunConfig, *, overwrite: bool = False) -> Run:
+        """A new run of ``config`` in ``path``: the data loaded, the VAE built (its weights seeded
+        by ``config.seed``) and ``config.json`` written. A folder that already holds a run is
+        refused unless ``overwrite``."""
+        path = Path(path)
+        if (path / CHECKPOINT).exists() and not overwrite:
+            raise RunExists(f"{path} already holds a trained run; open it to go on training it")
+        data = _load_data(config)
+        pyro.set_rng_seed(config.seed)
+        vae = VAE(data.x_shape, **config.vae_options())
+        if distributed.is_main_process():
+            path.mkdir(parents=True, exist_ok=True)
+            write_json(path / CONFIG, config.to_dict())
+        run = cls(path, config, vae, TrainState(), str(resolve_device(config.device)))
+        run._data = data
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path, device: str | torch.device = "cpu") -> Run:
+        """The run in ``path`` as its last checkpoint left it, its VAE on ``device``."""
+        path = Path(path)
+        if not path.is_dir():
+            raise PyroVAEError(f"no run folder at {path}")
+        if not (path / CONFIG).is_file():
+            raise PyroVAEError(f"{path} has no {CONFIG}; was it written by pyro-vae train?")
+        config = RunConfig.load(path / CONFIG)
+        checkpoint = load_checkpoint(path / CHECKPOINT)
+        try:
+            vae = VAE(checkpoint["x_shape"], **config.vae_options())
+        except (KeyError, PyroVAEError) as e:
+            raise PyroVAEError(f"{path / CHECKPOINT} does not fit {path / CONFIG} ({e})") from None
+        load_weights(vae, checkpoint, path / CHECKPOINT)
+        state, trained_on = train_state(checkpoint), str(checkpoint.get("device", "cpu"))
+        return cls(path, config, vae.to(resolve_device(device)), state, trained_on)
+
+    @property
+    def data(self) -> Dataset:
+        """The run's data set, loaded when first asked for and checked against its model."""
+        if self._data is None:
+            data, config = _load_data(self.config), self.config
+            source = f"{config.dataset} ({config.data_path})" if config.data_path else None
+            check_shape(
+                self.vae.x_shape, data, f"the data set of {self.path}, {source or config.dataset},"
+            )
+            self._data = data
+        return self._data
+
+    def train(
+        self,
+        *,
+        epochs: int | None = None,
+        lr: float | None = None,
+        device: str | None = None,
+        progress: bool = True,
+        stop: Callable[[], bool] | None = None,
+    ) -> History:
+        """Train the run to ``epochs`` epochs (default: its config's), going on from its last
+        checkpoint exactly as if it had never stopped. ``epochs``, ``lr`` and ``device`` may
+        differ from the run's config, which is rewritten with them.
+
+        A checkpoint and ``metrics.csv`` are written after every epoch and when ``stop`` ends
+        training (:class:`~pyro_vae.train.TrainingInterrupted`); ``summary.json`` and the
+        pictures when it is done.
+        """
+        asked = {"epochs": epochs, "lr": lr, "device": device}
+        config = self.config.replace(**{k: v for k, v in asked.items() if v is not None})
+        resume = self.state if self.state.optimizer is not None else None
+        if resume is not None and resume.epoch >= config.epochs:
+            raise ConfigError(
+                f"{self.path} has finished {resume.epoch} of {config.epochs} epochs; ask for more "
+                "{epochs} to train on"
+            )
+        if config != self.config and distributed.is_main_process():
+            write_json(self.path / CONFIG, config.to_dict())
+        self.config, self.device = config, str(resolve_device(config.device))
+        history = train(
+            self.vae,
+            self.data,
+            **config.train_options(),
+            progress=progress,
+            checkpoint=self.save,
+            resume=resume,
+            stop=stop,
+        )
+        self.finish()
+        return history
+
+    def save(self, state: TrainState) -> None:
+        """Write ``state`` and the weights as the run's checkpoint, with ``metrics.csv``."""
+        self.state = state
+        if distributed.is_main_process():
+            save_checkpoint(self.path / CHECKPOINT, self.vae, state, device=self.device)
+            atomic_write(self.path / METRICS, lambda f: f.write(_metrics_csv(state.history)))
+
+    def finish(self) -> None:
+        """Write ``summary.json`` (kept as ``self.summary``) and the pictures of the trained run."""
+        if not distributed.is_main_process():
+            return
+        history, data, binarization = self.state.history, self.data, self.config.binarization
+        x_test = eval_inputs(self.vae.likelihood, data.x_test, binarization).to(self.device)
+        self.summary = {
+            "test_elbo": history.test_elbo[-1],
+            "train_elbo": history.train_elbo[-1],
+            "epochs": history.epoch[-1],
+            "device": self.device,
+            "train_seconds": sum(history.seconds),
+            "baseline_log_likelihood": baseline_log_likelihood(self.vae, data, binarization),
+            "active_units": active_units(self.vae, x_test)[0],
+            "num_train": len(data.x_train),
+            "num_test": len(data.x_test),
+            "versions": versions(),
+        }
+        write_json(self.path / SUMMARY, self.summary)
+        x = data.x_test[:32].to(self.device)
+        plot_reconstructions(x, self.vae.reconstruct(x), self.path / PICTURES[0])
+        plot_samples(self.vae.sample(64), self.path / PICTURES[1])
+        plot_elbo(history.__dict__, self.path / PICTURES[2])
+
+    def evaluate(
+        self,
+        *,
+        seed: int | None = None,
+        device: str | None = None,
+        iwae_k: int = 1000,
+        progress: bool = False,
+    ) -> dict[str, Any]:
+        """Score the run on its own test set (:func:`pyro_vae.evaluate.evaluate`) and write
+        ``evaluation.json``. ``seed`` defaults to the run's seed and ``device`` to the one it
+        trained on (the CPU when that one is not present), so that the test ELBO equals the one
+        in ``summary.json``."""
+        if device is None:
+            device = self.device if self.device == "cpu" or torch.cuda.is_available() else "cpu"
+        self.vae.to(resolve_device(device))
+        seed = self.config.seed if seed is None else seed
+        settings = {"objective": self.config.objective, "binarization": self.config.binarization}
+        result = evaluate(
+            self.vae, self.data, seed=seed, iwae_k=iwae_k, progress=progress, **settings
+        )
+        result["epoch"] = self.state.epoch
+        write_json(self.path / EVALUATION, result)
+        return result
+
+
+def _load_data(config: RunConfig) -> Dataset:
+    # rank 0 first under torchrun: it may download the data set into the shared folder
+    with distributed.main_process_first():
+        return load_dataset(config.dataset, data_dir=config.data_dir, data_path=config.data_path)
+
+
+def _metrics_csv(history: History) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(EPOCH_COLUMNS))
+    writer.writeheader()
+    writer.writerows(history.rows())
+    return buffer.getvalue().encode()
+
+
+def versions() -> dict[str, str]:
+    """The versions a run was made with, recorded in its summary."""
+    return {
+        "pyro_vae": __version__,
+        "pyro": pyro.__version__,
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+    }
