@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
+# The underscored _validate_sample, _extended_shape etc.: torch's subclass helpers, none public.
+
 # The beta likelihood scores x clamped into [BETA_EPS, 1 - BETA_EPS]: its density is 0 or infinite
 # at exact 0 and 1, which image data are full of.
 BETA_EPS = 1e-3

@@ -18,7 +18,6 @@ Adding a family is one class and one line in :data:`GUIDES`.
 
 from __future__ import annotations
 
-import operator
 import warnings
 
 import pyro.distributions as dist
@@ -28,7 +27,8 @@ from pyro.distributions.transforms import AffineAutoregressive, ConditionalAffin
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-from .errors import ConfigError
+from . import checks
+from .device import check_numbers_fit
 
 # The smallest posterior scale: keeps log q(z|x) finite when softplus underflows in float32.
 MIN_SCALE = 1e-5
@@ -90,48 +90,63 @@ class FullRankNormal(nn.Module):
 
 class _IAFStep(AffineAutoregressive):
     """One IAF step conditioned on a context ``(*batch, context_dim)``: Pyro's affine
-    autoregressive transform, with the input and the context broadcast against each other (so
-    that ``log_prob`` broadcasts a z such as ``(N, 1, z_dim)`` against the batch, as any
-    distribution's does), and a sequential inverse that works in any dtype (Pyro's starts from
-    zeros of the default dtype)."""
+    autoregressive transform with ``stable=True``, with the input and the context broadcast
+    against each other (so that ``log_prob`` broadcasts a z such as ``(N, 1, z_dim)`` against the
+    batch, as any distribution's does), and a sequential inverse that works in any dtype (Pyro's
+    starts from zeros of the default dtype) and follows ``order``, the network's permutation as
+    Python ints (the permutation tensor's elements as indices cost a GPU sync each)."""
 
-    def __init__(self, conditional_nn: ConditionalAutoRegressiveNN, context: torch.Tensor, **kw):
+    def __init__(
+        self,
+        conditional_nn: ConditionalAutoRegressiveNN,
+        context: torch.Tensor,
+        order: list[int],
+        **kw,
+    ):
         def arn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             shape = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
             return conditional_nn(x.expand(*shape, x.size(-1)), context=context)
 
-        arn.permutation = conditional_nn.permutation
         super().__init__(arn, **kw)
+        # Pyro's stable=True binds its own inverse on the instance, which would hide _inverse.
+        vars(self).pop("_inverse", None)
+        self.order = order
         self.context_batch_shape = context.shape[:-1]
 
-    def _inverse_stable(self, y: torch.Tensor) -> torch.Tensor:
+    # torch's protocol for a Transform subclass: implement _call and/or _inverse.
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         shape = torch.broadcast_shapes(y.shape[:-1], self.context_batch_shape)
         y = y.expand(*shape, y.size(-1))
         x = [y.new_zeros(shape)] * y.size(-1)
-        for idx in self.arn.permutation:
+        for idx in self.order:
             mean, logit_scale = self.arn(torch.stack(x, dim=-1))
             inverse_scale = 1 + torch.exp(-logit_scale[..., idx] - self.sigmoid_bias)
             x[idx] = inverse_scale * y[..., idx] + (1 - inverse_scale) * mean[..., idx]
         # Every position's scale depends only on earlier positions: all known by the last pass.
+        # Pyro's log_abs_det_jacobian reads this private cache for the (x, y) just computed; no
+        # public way to hand it over (tests/test_guides.py checks a stale one is never used).
         self._cached_log_scale = self.logsigmoid(logit_scale + self.sigmoid_bias)
         return torch.stack(x, dim=-1)
 
 
 class _ConditionalIAFStep(ConditionalAffineAutoregressive):
-    """One amortized IAF step: ``condition(h)`` gives the transform for the context ``h``."""
+    """One amortized IAF step: ``condition(h)`` gives the transform for the context ``h``;
+    ``order`` is its network's permutation as Python ints."""
+
+    def __init__(self, autoregressive_nn: ConditionalAutoRegressiveNN, order: list[int], **kw):
+        super().__init__(autoregressive_nn, **kw)
+        self.order = order
 
     def condition(self, context: torch.Tensor) -> _IAFStep:
-        return _IAFStep(self.nn, context, **self.kwargs)
+        return _IAFStep(self.nn, context, self.order, **self.kwargs)
 
 
-def _positive_int(value: object, what: str) -> int:
-    try:
-        number = operator.index(value)
-    except TypeError:
-        number = None
-    if number is None or isinstance(value, bool) or number < 1:
-        raise ConfigError(f"the 'iaf' guide needs {what} to be a positive integer, got {value!r}")
-    return number
+def _iaf_floats(z_dim: int, context_dim: int) -> int:
+    """The numbers in one IAF step's network (an estimate, exact for Pyro 1.9): weights and
+    Pyro's masks, (z_dim + context_dim) x 10 z_dim and 10 z_dim x 2 z_dim each, the biases, and
+    the int64 permutation."""
+    hidden = 10 * z_dim
+    return 2 * ((z_dim + context_dim) * hidden + hidden * 2 * z_dim) + hidden + 4 * z_dim
 
 
 class InverseAutoregressiveFlow(nn.Module):
@@ -164,10 +179,16 @@ class InverseAutoregressiveFlow(nn.Module):
     def __init__(self, z_dim: int, flow_steps: int = 2, context_dim: int = 16):
         super().__init__()
         self.z_dim = z_dim
-        self.flow_steps = _positive_int(flow_steps, "flow_steps")
-        self.context_dim = _positive_int(context_dim, "context_dim")
+        self.flow_steps = checks.count("flow_steps", flow_steps)
+        self.context_dim = checks.size("context_dim", context_dim)
+        check_numbers_fit(
+            self.flow_steps * _iaf_floats(z_dim, self.context_dim),
+            f"{{param}} = {self.flow_steps} IAF steps at {{z_dim}} = {z_dim} "
+            f"and context_dim = {self.context_dim}",
+            "flow_steps",
+        )
         self.encoder_outputs = 2 * z_dim + self.context_dim
-        forward_order = torch.arange(z_dim)
+        orders = (list(range(z_dim)), list(range(z_dim))[::-1])
         with warnings.catch_warnings():
             # Pyro suggests a plain affine map for z_dim = 1; conditioned on h, this is one.
             warnings.filterwarnings("ignore", "ConditionalAutoRegressiveNN input_dim = 1")
@@ -177,8 +198,9 @@ class InverseAutoregressiveFlow(nn.Module):
                         z_dim,
                         self.context_dim,
                         [10 * z_dim],
-                        permutation=forward_order if t % 2 == 0 else forward_order.flip(0),
+                        permutation=torch.tensor(orders[t % 2]),
                     ),
+                    orders[t % 2],
                     stable=True,
                 )
                 for t in range(self.flow_steps)

@@ -22,7 +22,6 @@ and ``flow`` there is none, and ``kl_divergence`` raises ``NotImplementedError``
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -35,10 +34,14 @@ from pyro.distributions.transforms.utils import clamp_preserve_gradients
 from pyro.nn import AutoRegressiveNN
 from torch import nn
 
+from . import checks
+from .device import check_numbers_fit
 from .errors import ConfigError
 
 # The smallest learned scale: keeps log p(z) finite if a softplus underflows in float32.
 MIN_SCALE = 1e-5
+# The numbers in one z_dim = 1 flow step, Pyro's Spline(1) of 8 bins: 8 + 8 + 7 + 8.
+_SPLINE_FLOATS = 31
 
 
 def _raw_scale(scale: float) -> float:
@@ -48,20 +51,6 @@ def _raw_scale(scale: float) -> float:
 
 def _scale(raw: torch.Tensor) -> torch.Tensor:
     return F.softplus(raw) + MIN_SCALE
-
-
-def _positive_int(prior: str, option: str, value: Any) -> int:
-    if not (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 1
-        and value == int(value)
-    ):
-        raise ConfigError(
-            f"the {prior!r} prior's {option} must be a positive integer, got {value!r}"
-        )
-    return int(value)
 
 
 class StandardNormal(nn.Module):
@@ -110,7 +99,13 @@ class MixtureOfGaussians(nn.Module):
     def __init__(self, z_dim: int, components: int = 10):
         super().__init__()
         self.z_dim = z_dim
-        self.components = _positive_int(self.name, "components", components)
+        self.components = checks.count("components", components)
+        # the logits, means and raw scales: K (2 z_dim + 1) numbers
+        check_numbers_fit(
+            self.components * (2 * z_dim + 1),
+            f"{{param}} = {self.components} mixture components at {{z_dim}} = {z_dim}",
+            "components",
+        )
         self.logits = nn.Parameter(torch.zeros(self.components))
         self.locs = nn.Parameter(torch.randn(self.components, z_dim))
         self.raw_scales = nn.Parameter(torch.full((self.components, z_dim), _raw_scale(1.0)))
@@ -124,15 +119,22 @@ class MixtureOfGaussians(nn.Module):
 
 
 class _BroadcastMixture(dist.MixtureSameFamily):
-    """A ``MixtureSameFamily`` that scores a value against every component by expanding it to
-    ``(..., K, *event_shape)`` instead of only inserting a size-1 component dimension: a component
-    family that broadcasts only leading dimensions (e.g. a flow guide conditioned on one context
-    per pseudo-input) then works too. The expansion is a view; the densities are the same."""
+    """A ``MixtureSameFamily`` whose ``log_prob`` scores a value z against every component by
+    expanding it to ``(..., K, *event_shape)`` instead of only inserting a size-1 component
+    dimension: a component family that cannot broadcast a size-1 dimension against its K (e.g. a
+    flow through Pyro's stock conditional transforms, which expand the context to z's shape)
+    then works too. The expansion is a view, and the density is PyTorch's,
+    log p(z) = logsumexp_k (log softmax(logits)_k + log p_k(z))."""
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        x = super()._pad(x)
-        n = self._event_ndims
-        return x.expand(*x.shape[: -1 - n], self._num_component, *x.shape[x.dim() - n :])
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:  # as in torch's own log_prob methods
+            self._validate_sample(value)
+        event_shape = self.event_shape
+        components = self.mixture_distribution.logits.size(-1)
+        z = value.unsqueeze(-1 - len(event_shape))
+        z = z.expand(*z.shape[: -1 - len(event_shape)], components, *event_shape)
+        log_weights = torch.log_softmax(self.mixture_distribution.logits, dim=-1)
+        return torch.logsumexp(self.component_distribution.log_prob(z) + log_weights, dim=-1)
 
 
 class VampPrior(nn.Module):
@@ -164,7 +166,12 @@ class VampPrior(nn.Module):
         super().__init__()
         self.z_dim = z_dim
         self.x_shape = tuple(int(s) for s in x_shape)
-        self.components = _positive_int(self.name, "components", components)
+        self.components = checks.count("components", components)
+        check_numbers_fit(
+            self.components * math.prod(self.x_shape),
+            f"{{param}} = {self.components} pseudo-inputs of shape {self.x_shape}",
+            "components",
+        )
         self.pseudo_inputs = nn.Parameter(torch.rand(self.components, *self.x_shape))
         object.__setattr__(self, "_posterior_dist", None)
 
@@ -217,9 +224,7 @@ class StandardStudentT(nn.Module):
     def __init__(self, z_dim: int, df: float = 3.0):
         super().__init__()
         self.z_dim = z_dim
-        if isinstance(df, bool) or not isinstance(df, numbers.Real) or not 0 < df < math.inf:
-            raise ConfigError(f"the 'student-t' prior's df must be a positive number, got {df!r}")
-        self.df = float(df)
+        self.df = checks.positive("df", df)
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
         loc = like.new_zeros(batch_size, self.z_dim)
@@ -228,18 +233,45 @@ class StandardStudentT(nn.Module):
 
 class _AffineAutoregressive(T.AffineAutoregressive):
     """Pyro's affine autoregressive transform whose inverse keeps its input's dtype (Pyro 1.9's
-    starts the inverse from zeros in the default dtype, which fails in a float64 model)."""
+    starts the inverse from zeros in the default dtype, which fails in a float64 model) and
+    follows ``order``, the network's permutation as Python ints: indexing with the permutation
+    tensor's elements would cost a GPU-to-host sync per dimension."""
 
+    def __init__(self, autoregressive_nn: AutoRegressiveNN, order: list[int]):
+        super().__init__(autoregressive_nn)
+        self.order = order
+
+    # torch's protocol for a Transform subclass: implement _call and/or _inverse.
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         x = [y.new_zeros(y.shape[:-1])] * y.size(-1)
-        for idx in self.arn.permutation:  # one network pass per dimension: sampling only
+        for idx in self.order:  # one network pass per dimension: sampling only
             mean, log_scale = self.arn(torch.stack(x, dim=-1))
             log_scale = clamp_preserve_gradients(
                 log_scale, min=self.log_scale_min_clip, max=self.log_scale_max_clip
             )
             x[idx] = (y[..., idx] - mean[..., idx]) * torch.exp(-log_scale[..., idx])
+        # Pyro's log_abs_det_jacobian reads this private cache for the (x, y) just computed; no
+        # public way to hand it over (tests/test_priors.py checks a stale one is never used).
         self._cached_log_scale = log_scale
         return torch.stack(x, dim=-1)
+
+
+def _spline_params(spline: T.Spline) -> tuple[torch.Tensor, ...]:
+    """The bin widths, heights, knot derivatives and lambdas of a rational-linear spline from its
+    raw parameters: softmax, softmax, softplus and sigmoid, Pyro's own map (``Spline._params``,
+    which is private)."""
+    return (
+        F.softmax(spline.unnormalized_widths, dim=-1),
+        F.softmax(spline.unnormalized_heights, dim=-1),
+        F.softplus(spline.unnormalized_derivatives),
+        torch.sigmoid(spline.unnormalized_lambdas),
+    )
+
+
+def _maf_floats(z_dim: int, hidden: int) -> int:
+    """The numbers in one MAF step's network (an estimate, exact for Pyro 1.9): weights and Pyro's
+    masks, z_dim x hidden and hidden x 2 z_dim each, the biases, and the int64 permutation."""
+    return 2 * (z_dim * hidden + hidden * 2 * z_dim) + hidden + 4 * z_dim
 
 
 class FlowPrior(nn.Module):
@@ -270,14 +302,20 @@ class FlowPrior(nn.Module):
     def __init__(self, z_dim: int, flow_steps: int = 2):
         super().__init__()
         self.z_dim = z_dim
-        self.flow_steps = _positive_int(self.name, "flow_steps", flow_steps)
+        self.flow_steps = checks.count("flow_steps", flow_steps)
+        hidden = max(16, 3 * z_dim + 1)
+        check_numbers_fit(
+            self.flow_steps * (_SPLINE_FLOATS if z_dim == 1 else _maf_floats(z_dim, hidden)),
+            f"{{param}} = {self.flow_steps} flow steps at {{z_dim}} = {z_dim}",
+            "flow_steps",
+        )
+        # the variable orders of the even and the odd steps, as Python ints for the inverse
+        self.orders = (list(range(z_dim)), list(range(z_dim))[::-1])
         if z_dim == 1:
             self.steps = nn.ModuleList(T.Spline(1) for _ in range(self.flow_steps))
         else:
-            hidden = [max(16, 3 * z_dim + 1)]
-            orders = (torch.arange(z_dim), torch.arange(z_dim).flip(0))
             self.steps = nn.ModuleList(
-                AutoRegressiveNN(z_dim, hidden, permutation=orders[i % 2])
+                AutoRegressiveNN(z_dim, [hidden], permutation=torch.tensor(self.orders[i % 2]))
                 for i in range(self.flow_steps)
             )
 
@@ -285,9 +323,12 @@ class FlowPrior(nn.Module):
         """The flow's transforms, base noise to z, in the order they are applied."""
         if self.z_dim == 1:
             return [
-                ConditionedSpline(s._params(), bound=s.bound, order=s.order) for s in self.steps
+                ConditionedSpline(_spline_params(s), bound=s.bound, order=s.order)
+                for s in self.steps
             ]
-        return [_AffineAutoregressive(arn).inv for arn in self.steps]
+        return [
+            _AffineAutoregressive(arn, self.orders[i % 2]).inv for i, arn in enumerate(self.steps)
+        ]
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
         loc = like.new_zeros(batch_size, self.z_dim)

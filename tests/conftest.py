@@ -1,6 +1,7 @@
 import pyro
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from pyro_vae import VAE, load_dataset
 
@@ -28,3 +29,33 @@ def _fresh_pyro_state():
 def binary_batch(n: int, shape=(1, 8, 8), seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.bernoulli(torch.rand(n, *shape, generator=g), generator=g)
+
+
+class HostReads(TorchFunctionMode):
+    """Records each time a tensor's value goes to Python (``item``, ``bool``, ``__index__``, a
+    tensor as an index, ...): on a GPU each one waits for the device."""
+
+    TO_PYTHON = {"__index__", "__bool__", "__int__", "__float__", "item", "tolist"}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in ("__getitem__", "__setitem__"):
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if any(isinstance(i, torch.Tensor) for i in index):
+                self.reads.append(f"{name} with a tensor index")
+        elif name in self.TO_PYTHON:
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+class NoTorch(TorchFunctionMode):
+    """Fails at any torch call but ``torch.device``: code run under it allocates no tensor."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.device:
+            return func(*args, **(kwargs or {}))
+        raise AssertionError(f"{func} was called")

@@ -8,11 +8,11 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import binary_batch
+from conftest import HostReads, NoTorch, binary_batch
 from pyro.infer import Trace_ELBO
 from torch.distributions import kl_divergence
 
-from pyro_vae import VAE, ConfigError, train
+from pyro_vae import VAE, ConfigError, guides, train
 from pyro_vae.elbo import closed_form_kl
 from pyro_vae.guides import GUIDES, MIN_SCALE, FullRankNormal, InverseAutoregressiveFlow, _IAFStep
 from pyro_vae.registry import describe
@@ -199,13 +199,36 @@ def test_iaf_scores_its_own_samples_from_the_cache(monkeypatch):
 
     vae = make("iaf")
     x = binary_batch(6)
-    monkeypatch.setattr(_IAFStep, "_inverse_stable", no_inverse)
+    monkeypatch.setattr(_IAFStep, "_inverse", no_inverse)
     for particles in (1, 3):
         elbo = Trace_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
         assert torch.isfinite(elbo.differentiable_loss(vae.model, vae.guide, x))
     with pytest.raises(AssertionError, match="inverted"):
         q = vae.posterior_dist(x)
         q.log_prob(q.rsample().clone())  # a z it did not just produce needs the inverse
+
+
+def test_iaf_scores_other_codes_without_reading_tensors_back_to_python():
+    # The sequential inverse indexes z_dim times per step: with tensor indices, a GPU sync each.
+    vae = make("iaf", z_dim=4)
+    q = vae.posterior_dist(binary_batch(5))
+    z = torch.randn(3, 5, 4)
+    with pyro.validation_enabled(False), HostReads() as spy:  # validating reads by design
+        log_q = q.log_prob(z)
+    assert spy.reads == []
+    assert log_q.shape == (3, 5) and torch.isfinite(log_q).all()
+
+
+def test_iaf_scores_any_code_right_after_sampling():
+    # Sampling caches each step's log-scale; inverting must replace it with the code's own
+    # (through Pyro's private _cached_log_scale: this fails if an upgrade changes that).
+    vae = make("iaf", z_dim=3).double()
+    x = binary_batch(5).double()
+    q = vae.posterior_dist(x)
+    q.rsample()
+    eps = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    z, log_q = iaf_by_hand(vae.posterior, vae.encoder(x), eps)
+    torch.testing.assert_close(q.log_prob(z.detach().clone()), log_q, rtol=1e-10, atol=1e-10)
 
 
 def grid_integral(q, z_dim, lo, hi, n):
@@ -327,12 +350,46 @@ def test_iaf_options():
     assert isinstance(vae.posterior, InverseAutoregressiveFlow)
 
 
-@pytest.mark.parametrize("value", [0, -1, 2.5, "3", True, None])
-def test_iaf_rejects_bad_option_values(value):
-    with pytest.raises(ConfigError, match="the 'iaf' guide needs flow_steps to be a positive"):
-        make("iaf", guide_options={"flow_steps": value})
-    with pytest.raises(ConfigError, match="needs context_dim to be a positive integer"):
-        make("iaf", guide_options={"context_dim": value})
+@pytest.mark.parametrize(
+    "value,problem",
+    [
+        (0, "must be at least 1, got 0"),
+        (-1, "must be at least 1, got -1"),
+        (2.5, "must be a whole number, got 2.5"),
+        ("3", "must be a whole number, got '3'"),
+        (True, "must be a whole number, got True"),
+        (None, "must be a whole number, got None"),
+    ],
+)
+def test_iaf_rejects_bad_option_values(value, problem):
+    for option in ("flow_steps", "context_dim"):
+        with pytest.raises(ConfigError) as error:
+            make("iaf", guide_options={option: value})
+        assert error.value.param == f'guide_options["{option}"]'
+        assert str(error.value) == f'guide_options["{option}"] {problem}'
+
+
+def test_a_huge_number_of_iaf_steps_is_refused_before_anything_is_allocated():
+    with NoTorch(), pytest.raises(ConfigError) as error:
+        VAE(
+            (1, 8, 8), z_dim=3, hidden_dims=(16,), guide="iaf", guide_options={"flow_steps": 10**12}
+        )
+    assert error.value.param == 'guide_options["flow_steps"]'
+    message = str(error.value)
+    assert message.startswith('guide_options["flow_steps"] = 1000000000000 ') and "GiB" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("z_dim,flow_steps,context_dim", [(1, 2, 16), (3, 2, 16), (8, 3, 5)])
+def test_the_size_checked_bounds_the_size_built(z_dim, flow_steps, context_dim, monkeypatch):
+    checked = []
+    itemsize = torch.get_default_dtype().itemsize
+    monkeypatch.setattr(
+        guides, "check_numbers_fit", lambda n, what, param: checked.append(n * itemsize)
+    )
+    family = InverseAutoregressiveFlow(z_dim, flow_steps=flow_steps, context_dim=context_dim)
+    built = sum(t.numel() * t.element_size() for t in [*family.parameters(), *family.buffers()])
+    assert len(checked) == 1 and built <= checked[0] <= 2 * built
 
 
 def test_unknown_guide_options_are_config_errors():

@@ -3,17 +3,21 @@ where it exists (and a clear error where it does not), options, and a short trai
 
 import copy
 import math
+import re
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from conftest import HostReads, NoTorch
+from torch import nn
 from torch.distributions import kl_divergence
 
-from pyro_vae import VAE, ConfigError, train
+from pyro_vae import VAE, ConfigError, priors, train
+from pyro_vae.data import eval_inputs
 from pyro_vae.elbo import manual_elbo
 from pyro_vae.priors import PRIORS, VampPrior
 from pyro_vae.registry import describe
-from pyro_vae.train import eval_inputs
 
 NAMES = list(PRIORS)
 LEARNED = {"normal", "mog", "vamp", "flow"}
@@ -243,6 +247,41 @@ def test_flow_log_prob_takes_one_network_pass_per_step_and_sampling_z_dim():
     assert sorted(calls) == [0] * 6 + [1] * 6
 
 
+def test_flow_sampling_reads_no_tensor_back_to_python():
+    # The sequential inverse indexes z_dim times per step: with tensor indices, a GPU sync each.
+    vae = make("flow", z_dim=4, prior_options={"flow_steps": 3})
+    p = vae.prior_dist(5)
+    with HostReads() as spy:
+        z = p.sample()
+    assert spy.reads == []
+    assert z.shape == (5, 4) and torch.isfinite(z).all()
+
+
+def test_flow_scores_its_sample_right_after_scoring_other_codes():
+    # Scoring caches each step's log-scale; sampling must replace it with the sample's own
+    # (through Pyro's private _cached_log_scale: this fails if an upgrade changes that).
+    vae = make("flow", z_dim=4).double()
+    p = vae.prior_dist(5)
+    p.log_prob(codes(5, 4, dtype=torch.float64))
+    z = p.sample()
+    torch.testing.assert_close(p.log_prob(z), flow_log_density_by_hand(vae, z)[0])
+
+
+def test_one_dimensional_flow_steps_are_pyros_rational_linear_splines():
+    vae = make("flow", z_dim=1).double()
+    with torch.no_grad():  # away from the initial weights, so that every parameter matters
+        for param in vae.prior.parameters():
+            param.add_(0.5 * torch.randn_like(param))
+    x = torch.linspace(-4, 4, 101, dtype=torch.float64)[:, None]
+    for transform, spline in zip(vae.prior.transforms(), vae.prior.steps, strict=True):
+        y = transform(x)
+        torch.testing.assert_close(y, spline(x))
+        torch.testing.assert_close(
+            transform.log_abs_det_jacobian(x, y), spline.log_abs_det_jacobian(x, spline(x))
+        )
+        assert not torch.allclose(y, x)
+
+
 def test_flow_never_scores_from_a_stale_cache():
     vae = make("flow")
     z = codes(4, 5, 3)
@@ -255,6 +294,52 @@ def test_flow_never_scores_from_a_stale_cache():
     after = vae.prior_dist(5).log_prob(z).detach()
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, flow_log_density_by_hand(vae, z)[0].detach())
+
+
+def test_vamp_density_is_pytorchs_mixture_density_to_the_bit():
+    vae = make("vamp", prior_options={"components": 6})
+    p = vae.prior_dist(5)
+    pytorch_mixture = dist.MixtureSameFamily(p.mixture_distribution, p.component_distribution)
+    z = codes(4, 5, 3)
+    assert torch.equal(p.log_prob(z), pytorch_mixture.log_prob(z))
+
+
+class StockConditionalFlow(nn.Module):
+    """A user's guide family: a diagonal Gaussian through Pyro's own conditional affine
+    autoregressive step, which expands its context to z's shape (so z must not be size 1 where
+    the context has K)."""
+
+    name = "stock-flow"
+
+    def __init__(self, z_dim, context_dim=4):
+        super().__init__()
+        self.z_dim, self.context_dim = z_dim, context_dim
+        self.encoder_outputs = 2 * z_dim + context_dim
+        self.step = pyro.distributions.transforms.conditional_affine_autoregressive(
+            z_dim, context_dim
+        )
+
+    def params(self, h):
+        loc, raw_scale, context = h.split([self.z_dim, self.z_dim, self.context_dim], dim=-1)
+        return loc, torch.nn.functional.softplus(raw_scale) + 1e-5, context
+
+    def forward(self, h):
+        loc, scale, context = self.params(h)
+        base = dist.Normal(loc, scale).to_event(1)
+        return dist.TransformedDistribution(base, [self.step.condition(context)])
+
+
+@pytest.mark.parametrize("guide", ["iaf", "stock-flow"])
+def test_vamp_with_a_flow_guide_averages_the_posteriors_at_the_pseudo_inputs(guide):
+    family = StockConditionalFlow(3) if guide == "stock-flow" else guide
+    vae = make("vamp", guide=family, prior_options={"components": 4})
+    z = codes(4, 5, 3)
+    # each q(z | u_k) on its own, scored at every code: (4, 5) per component
+    per_component = torch.stack(
+        [vae.posterior_dist(u[None]).log_prob(z) for u in vae.prior.pseudo_inputs], dim=-1
+    )
+    expected = torch.logsumexp(per_component, dim=-1) - math.log(4)
+    torch.testing.assert_close(vae.prior_dist(5).log_prob(z), expected)
 
 
 # ---- the VampPrior's link to its VAE -------------------------------------------------------
@@ -333,7 +418,7 @@ def test_closed_form_kl_laplace_matches_quadrature():
 
 @pytest.fixture(scope="module")
 def digit_batch(digits):
-    return eval_inputs(make("standard-normal"), digits.x_test[:16])
+    return eval_inputs(make("standard-normal").likelihood, digits.x_test[:16])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -381,18 +466,59 @@ def test_options_reach_the_priors():
         ("mog", {"nope": 1}, "the 'mog' prior has no option 'nope'; it takes: components"),
         ("standard-normal", {"components": 3}, "has no option 'components'; it takes none"),
         ("flow", {"df": 3}, "it takes: flow_steps"),
-        ("mog", {"components": 0}, "'mog' prior's components must be a positive integer, got 0"),
-        ("vamp", {"components": 2.5}, "'vamp' prior's components must be a positive integer"),
-        ("mog", {"components": True}, "components must be a positive integer, got True"),
-        ("flow", {"flow_steps": 0}, "'flow' prior's flow_steps must be a positive integer"),
-        ("student-t", {"df": 0}, "'student-t' prior's df must be a positive number, got 0"),
-        ("student-t", {"df": float("inf")}, "df must be a positive number, got inf"),
-        ("student-t", {"df": float("nan")}, "df must be a positive number, got nan"),
+        ("mog", {"components": 0}, 'prior_options["components"] must be at least 1, got 0'),
+        ("vamp", {"components": 2.5}, 'prior_options["components"] must be a whole number, got'),
+        ("mog", {"components": True}, 'components"] must be a whole number, got True'),
+        ("flow", {"flow_steps": 0}, 'prior_options["flow_steps"] must be at least 1, got 0'),
+        ("student-t", {"df": 0}, 'prior_options["df"] must be a positive finite number, got 0'),
+        ("student-t", {"df": float("inf")}, 'df"] must be a positive finite number, got inf'),
+        ("student-t", {"df": float("nan")}, 'df"] must be a positive finite number, got nan'),
     ],
 )
 def test_bad_options_are_config_errors(name, options, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         make(name, prior_options=options)
+
+
+@pytest.mark.parametrize(
+    "name,z_dim,option",
+    [
+        ("mog", 3, "components"),
+        ("vamp", 3, "components"),
+        ("flow", 1, "flow_steps"),
+        ("flow", 4, "flow_steps"),
+    ],
+)
+def test_a_huge_size_option_is_refused_before_anything_is_allocated(name, z_dim, option):
+    with NoTorch(), pytest.raises(ConfigError) as error:
+        VAE((1, 8, 8), z_dim=z_dim, hidden_dims=(16,), prior=name, prior_options={option: 10**12})
+    param = f'prior_options["{option}"]'
+    assert error.value.param == param
+    message = str(error.value)
+    assert message.startswith(f"{param} = 1000000000000 ") and "GiB" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "name,z_dim,options",
+    [
+        ("mog", 3, {}),
+        ("mog", 8, {"components": 3}),
+        ("vamp", 3, {}),
+        ("flow", 1, {"flow_steps": 3}),
+        ("flow", 2, {}),
+        ("flow", 16, {"flow_steps": 3}),
+    ],
+)
+def test_the_size_checked_bounds_the_size_built(name, z_dim, options, monkeypatch):
+    checked = []
+    itemsize = torch.get_default_dtype().itemsize
+    monkeypatch.setattr(
+        priors, "check_numbers_fit", lambda n, what, param: checked.append(n * itemsize)
+    )
+    prior = make(name, z_dim, prior_options=options).prior
+    built = sum(t.numel() * t.element_size() for t in [*prior.parameters(), *prior.buffers()])
+    assert len(checked) == 1 and built <= checked[0] <= 2 * built
 
 
 # ---- training --------------------------------------------------------------------------------
