@@ -15,7 +15,7 @@ from pyro_vae.data import (
     is_binary,
     load_dataset,
 )
-from pyro_vae.errors import DataError, PyroVAEError
+from pyro_vae.errors import ConfigError, DataError
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -182,8 +182,10 @@ def test_idx_missing_without_download(tmp_path):
         load_dataset("fashion-mnist", data_dir=tmp_path, download=False)
     msg = str(info.value)
     assert all(f in msg for f in IDX_FILES)
-    assert "--data-dir" in msg and str(tmp_path) in msg and "FashionMNIST" in msg
+    assert "pass data_dir DIR" in msg and str(tmp_path) in msg and "FashionMNIST" in msg
     assert "download failed" not in msg and "\n" not in msg
+    # data_dir is marked as a parameter, so the command line names its flag there
+    assert "pass <data_dir> DIR" in info.value.worded(lambda name: f"<{name}>")
 
 
 def test_idx_default_dir_is_relative_data(tmp_path, monkeypatch):
@@ -200,7 +202,7 @@ def test_idx_download_failure_is_reported(tmp_path, monkeypatch):
         raise RuntimeError("Error downloading:\n<urlopen error no network>")
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
-    with pytest.raises(DataError, match="download failed .*no network.*--data-dir") as info:
+    with pytest.raises(DataError, match="download failed .*no network.*pass data_dir DIR") as info:
         load_dataset("mnist", data_dir=tmp_path)
     assert "\n" not in str(info.value)
 
@@ -359,20 +361,21 @@ def test_npz_bad_inputs(tmp_path, case, match):
 
 
 def test_npz_needs_a_path(tmp_path):
-    with pytest.raises(DataError, match="--data-path file.npz"):
+    with pytest.raises(ConfigError, match="dataset 'npz' needs data_path file.npz") as info:
         load_dataset("npz")
+    assert "needs <data_path> file.npz" in info.value.worded(lambda name: f"<{name}>")
     with pytest.raises(DataError, match="npz file not found: .*nope.npz"):
         load_dataset("npz", data_path=tmp_path / "nope.npz")
 
 
 def test_data_path_only_for_npz(tmp_path):
-    with pytest.raises(DataError, match="--data-path is only used with dataset 'npz'"):
+    with pytest.raises(ConfigError, match="^data_path is only used with dataset 'npz'") as info:
         load_dataset("digits", data_path=tmp_path / "d.npz")
+    assert info.value.param == "data_path"
 
 
 def test_unknown_dataset_lists_names():
-    with pytest.raises(DataError) as info:
+    with pytest.raises(ConfigError) as info:
         load_dataset("cifar10")
-    assert isinstance(info.value, PyroVAEError)
-    msg = str(info.value)
-    assert "'cifar10'" in msg and all(name in msg for name in DATASETS)
+    assert str(info.value) == f"dataset 'cifar10' is not one of: {', '.join(DATASETS)}"
+    assert info.value.param == "dataset"

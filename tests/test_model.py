@@ -5,8 +5,12 @@ import torch
 from conftest import binary_batch
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
+from pyro.poutine.util import site_is_subsample
 
-from pyro_vae import VAE, ConfigError
+from pyro_vae import VAE, ConfigError, train
+from pyro_vae.guides import GUIDES
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.priors import PRIORS
 
 SHAPES = [
     ("mlp", (1, 8, 8)),
@@ -62,11 +66,17 @@ def test_public_methods(encoder):
     assert prior.batch_shape == (5,) and prior.event_shape == (4,)
     assert vae.likelihood_dist(torch.zeros(2, 3, 4)).batch_shape == (2, 3)
     assert vae.likelihood_dist(torch.zeros(2, 4)).event_shape == (1, 8, 8)
+    # A reconstruction is E[x|z] at the guide's mean code: the mean of torch's Bernoulli there.
     rec = vae.reconstruct(x)
-    assert rec.shape == x.shape and (rec >= 0).all() and (rec <= 1).all()
+    assert rec.shape == x.shape
+    assert torch.allclose(rec, vae.likelihood_dist(loc).mean)
     assert vae.sample(9).shape == (9, 1, 8, 8)
-    drawn = vae.sample(9, mean=False)
+    drawn = vae.sample(4000, mean=False)
     assert ((drawn == 0) | (drawn == 1)).all()
+    # The images E[x|z] average, over z ~ p(z), to what the draws x ~ p(x|z) average to.
+    means = vae.sample(4000)
+    standard_error = (drawn.var(0) / 4000 + means.var(0) / 4000).sqrt()
+    assert ((drawn.mean(0) - means.mean(0)).abs() < 5 * standard_error).all()
 
 
 @pytest.mark.parametrize("encoder", ["mlp", "conv"])
@@ -84,37 +94,107 @@ def test_vectorized_particles_match_a_loop_of_particles(encoder):
     assert a == pytest.approx(b, rel=0.01)
 
 
-def test_model_tensors_follow_the_data_dtype_and_device(small_vae):
-    # Prior parameters are made with x.new_zeros: a float64 model on float64 data stays float64.
-    vae = small_vae.double()
-    x = binary_batch(4).double()
-    model_trace, _ = traces(vae, x)
-    assert model_trace.nodes["z"]["fn"].base_dist.loc.dtype == torch.float64
-    assert vae.prior_dist(3).sample().dtype == torch.float64
+def tensors_of(site):
+    """Every tensor a trace's sample site holds: its value, log density and the parameters of
+    its distribution (and of the distributions that one wraps)."""
+    found = [site[key] for key in ("value", "log_prob") if torch.is_tensor(site.get(key))]
+    fn, seen = site["fn"], 0
+    while fn is not None and seen < 5:
+        found += [v for v in vars(fn).values() if torch.is_tensor(v)]
+        fn, seen = getattr(fn, "base_dist", None), seen + 1
+    return found
 
 
-def test_bad_configurations_raise_clear_errors():
-    with pytest.raises(ConfigError, match="unknown prior 'nope'; choose one of: standard-normal"):
-        VAE((1, 8, 8), prior="nope")
-    with pytest.raises(ConfigError, match="unknown likelihood 'gauss'; choose one of: bernoulli"):
-        VAE((1, 8, 8), likelihood="gauss")
-    with pytest.raises(ConfigError, match="unknown guide 'flow'; choose one of: diagonal"):
-        VAE((1, 8, 8), guide="flow")
-    with pytest.raises(ConfigError, match="unknown encoder 'rnn'; choose one of: mlp, conv"):
-        VAE((1, 8, 8), encoder="rnn")
-    with pytest.raises(ConfigError, match="conv encoder needs images"):
+PARTS = [("prior", name) for name in PRIORS] + [("guide", name) for name in GUIDES]
+PARTS += [("likelihood", name) for name in LIKELIHOODS]
+
+
+@pytest.mark.parametrize("part", PARTS, ids=lambda part: f"{part[0]}-{part[1]}")
+def test_model_tensors_follow_the_data_dtype_and_device(part):
+    # Every tensor the model and guide make must be made on the VAE's (and the data's) device
+    # and in its dtype: one made with torch.zeros(...) instead of x.new_zeros(...) would be a
+    # CPU float32 tensor. The "meta" device holds shapes but no data, so this runs anywhere
+    # (and costs nothing); tests/test_cuda.py runs on a real GPU.
+    kind, name = part
+    options = {"likelihood_options": {"bins": 2}} if name == "discretized-logistic" else {}
+    vae = VAE((1, 8, 8), z_dim=3, hidden_dims=(8,), **{kind: name}, **options)
+    vae = vae.to("meta", torch.float64)
+    x = torch.empty(4, 1, 8, 8, device="meta", dtype=torch.float64)
+    with pyro.validation_enabled(False):  # validation reads values, which meta has not got
+        model_trace, guide_trace = traces(vae, x)
+        model_trace.compute_log_prob()
+        guide_trace.compute_log_prob()
+        made = [vae.prior_dist(3).sample(), vae.sample(2), vae.reconstruct(x), *vae.encode(x)]
+        if name != "beta":  # torch has no meta kernel for drawing Beta variates
+            made.append(vae.sample(2, mean=False))
+    tensors = made + [
+        t
+        for trace in (model_trace, guide_trace)
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and not site_is_subsample(site)  # plate indices: Pyro's
+        for t in tensors_of(site)
+    ]
+    assert len(tensors) > 8
+    assert {(t.device.type, t.dtype) for t in tensors} == {("meta", torch.float64)}
+
+
+@pytest.mark.parametrize(
+    "options,param,message",
+    [
+        ({"prior": "nope"}, "prior", "prior 'nope' is not one of: standard-normal, normal, mog"),
+        ({"likelihood": "gauss"}, "likelihood", "likelihood 'gauss' is not one of: bernoulli"),
+        ({"guide": "flow"}, "guide", "guide 'flow' is not one of: diagonal, full-rank, iaf"),
+        ({"encoder": "rnn"}, "encoder", "encoder 'rnn' is not one of: mlp, conv"),
+        ({"z_dim": 0}, "z_dim", "z_dim must be at least 1, got 0"),
+        ({"z_dim": 2.0}, "z_dim", "z_dim must be a whole number, got 2.0"),
+        ({"hidden_dims": ()}, "hidden_dims", "hidden_dims must be one size or more, got none"),
+        ({"hidden_dims": (8, 0)}, "hidden_dims", "hidden_dims must be at least 1, got 0"),
+        (
+            {"prior": "mog", "prior_options": {"components": 0}},
+            'prior_options["components"]',
+            'prior_options["components"] must be at least 1, got 0',
+        ),
+    ],
+)
+def test_bad_configurations_raise_clear_errors(options, param, message):
+    with pytest.raises(ConfigError) as error:
+        VAE((1, 8, 8), **options)
+    assert str(error.value).startswith(message) and error.value.param == param
+
+
+def test_a_conv_encoder_on_flat_data_names_the_encoder_setting():
+    with pytest.raises(ConfigError) as error:
         VAE((20,), encoder="conv")
-    with pytest.raises(ConfigError, match="z-dim must be a positive integer"):
-        VAE((1, 8, 8), z_dim=0)
-    with pytest.raises(ConfigError, match="hidden dims"):
-        VAE((1, 8, 8), hidden_dims=())
+    assert str(error.value).startswith("the conv encoder needs images of shape (C, H, W)")
+    # the setting to change is marked as a parameter, so the command line can name its flag
+    assert "use <encoder> mlp" in error.value.worded(lambda name: f"<{name}>")
 
 
-def test_textbook_svi_loop_trains_the_vae(small_vae):
-    # The loop from Pyro's tutorials works on vae.model / vae.guide as they are.
+def test_textbook_svi_loop_trains_the_vae():
+    # The loop from Pyro's tutorials works on vae.model / vae.guide as they are: the guide's one
+    # pyro.module call registers every parameter, the prior's and the likelihood's too.
+    vae = VAE((1, 8, 8), z_dim=4, hidden_dims=(32,), prior="normal", likelihood="gaussian-learned")
     x = binary_batch(64)
-    before = [p.detach().clone() for p in small_vae.parameters()]
-    svi = SVI(small_vae.model, small_vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    before = {name: p.detach().clone() for name, p in vae.named_parameters()}
+    assert {name.split(".")[0] for name in before} == {"prior", "likelihood", "encoder", "decoder"}
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     losses = [svi.step(x) for _ in range(50)]
-    assert all(not torch.equal(b, p) for b, p in zip(before, small_vae.parameters(), strict=True))
+    for name, p in vae.named_parameters():
+        assert not torch.equal(before[name], p), name
     assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_two_vaes_train_in_one_process_as_each_would_alone(digits):
+    # pyro_vae.train never reads Pyro's global param store, where both VAEs register as "vae"
+    def trained(seed, alone):
+        pyro.set_rng_seed(seed)
+        vae = VAE(digits.x_shape, z_dim=2, hidden_dims=(16,))
+        if alone:
+            pyro.clear_param_store()
+        train(vae, digits, epochs=1, seed=seed, device="cpu", progress=False)
+        return vae.state_dict()
+
+    together = [trained(seed, alone=False) for seed in (1, 2)]
+    alone = [trained(seed, alone=True) for seed in (1, 2)]
+    for a, b in zip(together, alone, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)

@@ -20,14 +20,9 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     assert all(not cell.get("outputs") for cell in book.cells if cell.cell_type == "code"), (
         "commit notebooks without outputs"
     )
+    # execute() raises CellExecutionError, naming the cell, at the first cell that fails
     NotebookClient(
         book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
-    errors = [
-        o
-        for c in book.cells
-        if c.cell_type == "code"
-        for o in c.outputs
-        if o.output_type == "error"
-    ]
-    assert not errors
+    code = [cell for cell in book.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))  # all ran

@@ -16,7 +16,11 @@ from pyro_vae.plots import as_images, plot_elbo, plot_grid, plot_reconstructions
     ],
 )
 def test_any_example_shape_becomes_an_image(shape, expected):
-    assert as_images(torch.rand(shape)).shape == expected
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    images = as_images(x)
+    assert images.shape == expected
+    # the same pixels in the same order: row by row, as the flat vector holds them
+    assert torch.equal(images.flatten(1), x.flatten(1))
 
 
 def test_reconstructions_alternate_input_and_output_rows(tmp_path):
@@ -37,3 +41,6 @@ def test_figures_are_returned_and_saved(tmp_path):
     ax = fig.axes[0]
     assert ax.get_ylabel() == "ELBO (nats per example)"
     assert [line.get_label() for line in ax.lines] == ["train ELBO", "test ELBO"]
+    for line, column in zip(ax.lines, ("train_elbo", "test_elbo"), strict=True):
+        assert list(line.get_xdata()) == history["epoch"]
+        assert list(line.get_ydata()) == history[column]
