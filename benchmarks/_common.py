@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: the machine, the data, peak memory, the results file.
+"""Helpers shared by the benchmark scripts: flags, data, timing, and the results files with the
+machine, the versions, the load and the command beside the figures.
 
 Not part of the ``pyro_vae`` package: the scripts in this folder import it as a sibling module.
 """
@@ -6,7 +7,6 @@ Not part of the ``pyro_vae`` package: the scripts in this folder import it as a 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
 import gc
 import json
@@ -14,8 +14,8 @@ import math
 import os
 import platform
 import re
-import resource
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,35 +25,35 @@ import torch
 
 import pyro_vae
 from pyro_vae.data import Dataset
+from pyro_vae.device import resolve_device
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.train import resolve_device
 
-# Where the Fashion-MNIST IDX files are looked for when --data-dir is not given.
 FASHION_MNIST_DIRS = ("data", "/usr/share/datasets/fashion-mnist")
 RANDOM_TRAIN, RANDOM_TEST = 60_000, 10_000
 IMAGE_SHAPE = (1, 28, 28)
+median = statistics.median
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
+def positive(text: str) -> int:
+    if int(text) < 1:
         raise ValueError(text)
-    return value
+    return int(text)
 
 
 def int_list(text: str) -> list[int]:
     """``"128,256"`` -> ``[128, 256]``; every entry a positive integer."""
     values = [int(part) for part in text.split(",") if part.strip()]
-    if not values or any(v < 1 for v in values):
+    if not values or min(values) < 1:
         raise ValueError(text)
     return values
 
 
-def str_list(choices: tuple[str, ...]):
+def choice_list(choices):
+    """An argparse type: a comma-separated list of some of ``choices``."""
+
     def parse(text: str) -> list[str]:
         values = [part.strip() for part in text.split(",") if part.strip()]
-        bad = [v for v in values if v not in choices]
-        if not values or bad:
+        if not values or any(v not in choices for v in values):
             raise ValueError(text)
         return values
 
@@ -61,37 +61,27 @@ def str_list(choices: tuple[str, ...]):
     return parse
 
 
-def add_run_flags(p: argparse.ArgumentParser, *, seed_help: str | None, out_help: str) -> None:
-    """The flags every benchmark takes: where to run, on which data, into which folder
-    (and ``--seed`` where ``seed_help`` says what it seeds)."""
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=("auto", "cpu", "cuda"),
-        help="auto is cuda when a GPU is present, else cpu",
+def parser(description: str, seed_help: str) -> argparse.ArgumentParser:
+    """A benchmark's parser, with the flags every benchmark takes: where to run, on which data,
+    into which folder."""
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where")
     p.add_argument(
         "--data",
         default="auto",
         choices=("auto", "fashion-mnist", "random"),
         help="auto: Fashion-MNIST when its IDX files are found, else random images",
     )
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder of the Fashion-MNIST IDX files (default: look in data/ and "
-        f"{FASHION_MNIST_DIRS[1]})",
-    )
-    p.add_argument(
-        "--threads", type=positive_int, default=2, help="torch.set_num_threads for the CPU work"
-    )
-    if seed_help is not None:
-        p.add_argument("--seed", type=int, default=0, help=seed_help)
-    p.add_argument("--out", default="benchmarks/results", help=out_help)
+    p.add_argument("--data-dir", help=f"Fashion-MNIST's folder (default: {FASHION_MNIST_DIRS})")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--out", default="benchmarks/results", help="folder of the results files")
+    return p
 
 
 def setup_device(spec: str, threads: int) -> torch.device:
-    """The device, with torch's CPU thread count set to ``threads`` (also on CUDA runs)."""
     torch.set_num_threads(threads)
     try:
         return resolve_device(spec)
@@ -100,291 +90,202 @@ def setup_device(spec: str, threads: int) -> torch.device:
 
 
 def load_images(kind: str, data_dir: str | None, seed: int = 0) -> tuple[Dataset, str]:
-    """Fashion-MNIST (``kind="fashion-mnist"``), 60,000 + 10,000 uniform random 28x28 grey images
-    (``"random"``), or the first when it is installed and the second otherwise (``"auto"``).
-
-    Returns the data and a line saying what they are.
-    """
-    if kind in ("fashion-mnist", "auto"):
-        dirs = [data_dir] if data_dir else list(FASHION_MNIST_DIRS)
-        for folder in dirs:
+    """Fashion-MNIST, or 60,000 + 10,000 uniform random grey images; and a line saying which."""
+    if kind != "random":
+        for folder in [data_dir] if data_dir else FASHION_MNIST_DIRS:
             try:
                 data = pyro_vae.load_dataset("fashion-mnist", data_dir=folder, download=False)
             except PyroVAEError:
                 continue
             return data, f"Fashion-MNIST from {folder} ({len(data.x_train)} train images)"
         if kind == "fashion-mnist":
-            sys.exit(f"error: no Fashion-MNIST IDX files in {', '.join(map(str, dirs))}")
+            sys.exit("error: no Fashion-MNIST IDX files found; see --data-dir")
     g = torch.Generator().manual_seed(seed)
-    data = Dataset(
-        "random",
-        torch.rand(RANDOM_TRAIN, *IMAGE_SHAPE, generator=g),
-        torch.rand(RANDOM_TEST, *IMAGE_SHAPE, generator=g),
-    )
+    x_train = torch.rand(RANDOM_TRAIN, *IMAGE_SHAPE, generator=g)
+    data = Dataset("random", x_train, torch.rand(RANDOM_TEST, *IMAGE_SHAPE, generator=g))
     return data, f"random: {RANDOM_TRAIN} uniform grey 28x28 images (Fashion-MNIST not used)"
 
 
-def synchronize(device: torch.device) -> None:
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def timed(fn, device: torch.device):
+    """``(seconds, fn())``, the device's queue drained before and after."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
-
-
-def _proc_status_kb(field: str) -> int | None:
-    try:
-        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
-def _reset_peak_rss() -> bool:
-    # Linux: writing 5 to clear_refs resets VmHWM (the peak resident set) to the current RSS.
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return _proc_status_kb("VmHWM") is not None
-
-
-def _malloc_trim() -> None:
-    # Hand freed heap memory back to the OS, so that the next variant's growth shows in the RSS.
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    start = time.perf_counter()
+    value = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, value
 
 
 class PeakMemory:
-    """Peak memory of a block of code, in MiB, in ``.mib`` after the ``with`` block.
+    """Peak memory of a ``with`` block in MiB (``.mib``): on CUDA the growth of
+    ``max_memory_allocated``; on Linux the peak resident set (VmHWM, reset through
+    ``/proc/self/clear_refs``) above the resident set at the start; elsewhere NaN."""
 
-    CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated at the start (tensors
-    only, not the caching allocator's reserve). CPU on Linux: the growth of the process's peak
-    resident set (``VmHWM``, reset at the start through ``/proc/self/clear_refs``) above the
-    resident set at the start, after a garbage collection and ``malloc_trim``. Elsewhere: the
-    growth of ``getrusage``'s ``ru_maxrss``, which never goes down, so only a block that sets a new
-    process peak shows.
-    """
+    METHOD = {"cuda": "torch.cuda.max_memory_allocated growth", "cpu": "peak RSS growth (VmHWM)"}
 
     def __init__(self, device: torch.device):
-        self.device = device
-        self.mib = float("nan")
+        self.device, self.mib, self._start = device, math.nan, None
 
     @staticmethod
-    def method(device: torch.device) -> str:
-        if device.type == "cuda":
-            return "torch.cuda.max_memory_allocated growth"
-        if _proc_status_kb("VmHWM") is not None and Path("/proc/self/clear_refs").exists():
-            return "peak RSS growth (VmHWM reset via /proc/self/clear_refs)"
-        return "ru_maxrss growth (getrusage)"
+    def _status_kb(field: str) -> int | None:
+        try:
+            text = Path("/proc/self/status").read_text()
+        except OSError:
+            return None
+        match = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+        return int(match.group(1)) if match else None
 
-    def __enter__(self):
+    def __enter__(self) -> PeakMemory:
         gc.collect()
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-        else:
-            _malloc_trim()
-            if _reset_peak_rss():
-                self._start = _proc_status_kb("VmRSS")
-                self._hwm = True
-            else:
-                self._start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                self._hwm = False
+            self._start = torch.cuda.memory_allocated(self.device) / 2**20
+            return self
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := the current RSS
+            self._start = self._status_kb("VmRSS") / 1024
+        except (OSError, TypeError):
+            pass
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device) - self._start
-            self.mib = peak / 2**20
-        elif self._hwm:
-            self.mib = (_proc_status_kb("VmHWM") - self._start) / 1024
-        else:
-            self.mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._start) / 1024
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20 - self._start
+        elif self._start is not None:
+            self.mib = max(0.0, self._status_kb("VmHWM") / 1024 - self._start)
         return False
 
 
-class OtherLoad:
-    """CPU time that other processes took while a block ran, from ``/proc/stat`` (all CPUs'
-    busy time) minus this process's own user and system time; ``None`` where there is no
-    ``/proc/stat``. ``.seconds`` of CPU and ``.share`` of the machine's CPUs over the block's
-    wall time, after the ``with`` block."""
+class Run:
+    """A measured run, as a ``with`` block: when it started, the 1-minute load average before and
+    after, and the CPU time of other processes meanwhile (all CPUs' busy time in ``/proc/stat``
+    minus this process's); :meth:`lines` and :meth:`record` give them with the command."""
 
-    def __init__(self):
-        self.seconds = self.share = None
+    def __init__(self, device: torch.device, data_line: str):
+        self.device, self.data_line = device, data_line
+        self.other_seconds = self.other_share = None
 
     @staticmethod
     def _busy() -> float | None:
         try:
-            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+            fields = [int(f) for f in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
         except OSError:
             return None
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
 
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system
-
-    def start(self) -> OtherLoad:
-        self._wall, self._busy0, self._own0 = time.perf_counter(), self._busy(), self._own()
+    def __enter__(self) -> Run:
+        self.started = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        self.load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        self._wall, self._busy0, self._own0 = time.perf_counter(), self._busy(), sum(os.times()[:2])
         return self
 
-    def stop(self) -> None:
+    def __exit__(self, *exc) -> bool:
+        self.load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         busy = self._busy()
         if busy is not None and self._busy0 is not None:
+            self.other_seconds = max(0.0, busy - self._busy0 - (sum(os.times()[:2]) - self._own0))
             wall = time.perf_counter() - self._wall
-            self.seconds = max(0.0, (busy - self._busy0) - (self._own() - self._own0))
-            self.share = self.seconds / (wall * (os.cpu_count() or 1))
-
-    def __enter__(self) -> OtherLoad:
-        return self.start()
-
-    def __exit__(self, *exc) -> bool:
-        self.stop()
+            self.other_share = self.other_seconds / (wall * (os.cpu_count() or 1))
         return False
 
-    def line(self) -> str:
-        if self.seconds is None:
-            return "- CPU time of other processes during the run: not measured (no /proc/stat)"
-        return (
-            f"- CPU time of other processes during the run: {self.seconds:.1f} s, "
-            f"{100 * self.share:.1f}% of the machine's {os.cpu_count()} CPUs"
-        )
+    def lines(self) -> list[str]:
+        """The first lines of a results section."""
+        other = "not measured (no /proc/stat)"
+        if self.other_seconds is not None:
+            other = f"{self.other_seconds:.1f} s, {100 * self.other_share:.1f}% of the CPUs"
+        return [
+            f"- command: `python {shlex.join(sys.argv)}`",
+            f"- run: started {self.started}, device {self.device}, "
+            f"{torch.get_num_threads()} torch threads",
+            f"- data: {self.data_line}",
+            f"- 1-minute load average: {fmt(self.load_before)} before, {fmt(self.load_after)} "
+            "after (the benchmark's own threads included)",
+            f"- CPU time of other processes meanwhile: {other}",
+        ]
+
+    def record(self) -> dict:
+        """The same for the JSON file, with the machine."""
+        names = ("started", "load_before", "load_after", "other_seconds", "other_share")
+        return {
+            "command": f"python {shlex.join(sys.argv)}",
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "data": self.data_line,
+            "machine": machine_lines(self.device),
+            **{name: getattr(self, name) for name in names},
+        }
 
 
-def load_lines(
-    load_start: float | None,
-    load_end: float | None,
-    other: OtherLoad,
-    span: str = "the run",
-    its: str = "its",
-) -> list[str]:
-    """The results' lines on what else ran: the 1-minute load average before and after
-    ``span``, and ``other``'s CPU time of other processes."""
-    return [
-        f"- 1-minute load average: {fmt(load_start)} before {span}, {fmt(load_end)} at {its} "
-        "end (this includes the benchmark's own threads)",
-        other.line(),
-    ]
-
-
-def median(values: list[float]) -> float:
-    values = sorted(values)
-    n = len(values)
-    if n == 0:
-        return float("nan")
-    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
-
-
-def matmul_rate(
-    batch: int,
-    device: torch.device,
-    k: int = 784,
-    n: int = 400,
-    repeats: int = 31,
-    target_seconds: float = 0.02,
-) -> float:
-    """FLOP/s of ``(batch x k) @ (k x n)`` in float32 on ``device``: the median of ``repeats``
-    timings, each of enough back-to-back products to last about ``target_seconds``."""
+def matmul_rate(batch: int, device: torch.device, repeats: int = 31) -> float:
+    """FLOP/s of a float32 ``(batch x 784) @ (784 x 400)`` product: the median of ``repeats``
+    timings, each of enough back-to-back products to last about 20 ms."""
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(batch, k, generator=g).to(device)
-    w = torch.randn(k, n, generator=g).to(device)
-    flops = 2.0 * batch * k * n
+    a, w = torch.randn(batch, 784, generator=g).to(device), torch.randn(784, 400, generator=g)
+    w = w.to(device)
 
-    def timed(count: int) -> float:
-        synchronize(device)
-        start = time.perf_counter()
+    def products(count: int) -> None:
         for _ in range(count):
             torch.matmul(a, w)
-        synchronize(device)
-        return time.perf_counter() - start
 
-    timed(5)  # warm-up
-    count = max(1, math.ceil(target_seconds / max(timed(5) / 5, 1e-7)))
-    seconds = median([timed(count) / count for _ in range(repeats)])
-    return flops / seconds
+    def run(count: int) -> float:
+        return timed(lambda: products(count), device)[0] / count
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    run(5)  # warm-up
+    count = max(1, math.ceil(0.02 / max(run(5), 1e-7)))
+    return 2.0 * batch * 784 * 400 / median(run(count) for _ in range(repeats))
 
 
 def machine_lines(device: torch.device) -> list[str]:
-    """Markdown bullet lines describing the machine and the software."""
+    """Markdown lines on the machine and the software versions."""
+    model = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").exists():
+        names = re.findall(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
+        model = names[0] if names else model
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [
-        f"- CPU: {cpu_model()}, {cores} cores available to the process "
-        f"({os.cpu_count()} logical CPUs on the machine)",
+        f"- CPU: {model}, {cores} cores available to the process ({os.cpu_count()} logical CPUs)",
         f"- torch threads: {torch.get_num_threads()} (`torch.set_num_threads`)",
-        f"- Python {platform.python_version()}, torch {torch.__version__}, "
-        f"pyro-ppl {pyro.__version__}, pyro-vae {getattr(pyro_vae, '__version__', '?')}, "
-        f"{platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}, torch {torch.__version__}, pyro-ppl "
+        f"{pyro.__version__}, pyro-vae {pyro_vae.__version__}, {platform.system()} "
+        f"{platform.release()}",
     ]
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        lines.append(
-            f"- GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
-        )
+        gib = props.total_memory / 2**30
+        lines.append(f"- GPU: {props.name}, {gib:.0f} GiB, CUDA {torch.version.cuda}")
     return lines
 
 
-def command_line() -> str:
-    return "python " + shlex.join(sys.argv)
+def results_path(out: str | Path, device: torch.device) -> Path:
+    """``OUT/<cpu|cuda>-<YYYY-MM-DD>.md``; the JSON and the plots go beside it."""
+    return Path(out) / f"{device.type}-{dt.date.today().isoformat()}.md"
 
 
-def today() -> str:
-    return dt.date.today().isoformat()
-
-
-def now() -> str:
-    return dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def results_path(out: str | Path, device: torch.device, suffix: str = ".md") -> Path:
-    """``OUT/<device>-<YYYY-MM-DD>.md``, device being ``cpu`` or ``cuda``."""
-    return Path(out) / f"{device.type}-{today()}{suffix}"
-
-
-def write_section(path: Path, key: str, text: str, device: torch.device) -> None:
-    """Put ``text`` into the markdown file ``path`` as the section ``key``, replacing an earlier
-    section of that key; the machine section at the top is rewritten every time."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = path.read_text() if path.exists() else ""
+def write_results(md: Path, key: str, text: str, payload: dict, run: Run) -> None:
+    """Put ``text`` into ``md`` as the section ``key``, and ``run``'s record with ``payload`` into
+    the JSON beside it under ``key``, replacing earlier ones of that key."""
+    device = run.device
+    md.parent.mkdir(parents=True, exist_ok=True)
+    old = md.read_text() if md.exists() else ""
     sections = dict(re.findall(r"<!-- begin (\S+) -->\n(.*?)<!-- end \1 -->\n", old, re.S))
     sections["machine"] = (
-        f"# Benchmarks on {device.type}, {today()}\n\n"
-        "Written by the scripts in `benchmarks/` (see `benchmarks/README.md`); each section says "
-        "which command wrote it.\n\n## Machine\n\n" + "\n".join(machine_lines(device)) + "\n"
+        f"# Benchmarks on {device.type}, {dt.date.today().isoformat()}\n\nWritten by the scripts "
+        "in `benchmarks/` (see `benchmarks/README.md`); each section says which command wrote "
+        "it.\n\n## Machine\n\n" + "\n".join(machine_lines(device)) + "\n"
     )
     sections[key] = text.rstrip("\n") + "\n"
     order = ["machine", "train", "train-scaling", "iwae"]
-    keys = [k for k in order if k in sections] + [k for k in sections if k not in order]
-    body = "\n".join(f"<!-- begin {k} -->\n{sections[k]}<!-- end {k} -->\n" for k in keys)
-    path.write_text(body)
-
-
-def write_json(path: Path, key: str, payload: dict) -> None:
-    """Merge ``payload`` into the JSON file ``path`` under ``key`` (the raw numbers)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[key] = payload
-    path.write_text(json.dumps(_finite_or_none(data), indent=2, allow_nan=False) + "\n")
+    keys = sorted(sections, key=lambda k: order.index(k) if k in order else len(order))
+    md.write_text("\n".join(f"<!-- begin {k} -->\n{sections[k]}<!-- end {k} -->\n" for k in keys))
+    js = md.with_suffix(".json")
+    data = json.loads(js.read_text()) if js.exists() else {}
+    data[key] = run.record() | payload
+    js.write_text(json.dumps(_finite_or_none(data), indent=2, allow_nan=False) + "\n")
 
 
 def _finite_or_none(value):
@@ -399,6 +300,4 @@ def _finite_or_none(value):
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    return f"{value:.{digits}f}"
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
