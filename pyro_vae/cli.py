@@ -523,6 +523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PyroVAEError as e:
         print(f"pyro-vae: error: {e.worded(flag_of)}", file=sys.stderr)
         return 2
+    except torch.OutOfMemoryError:  # a GPU's, outside training (which says which flags to lower)
+        print("pyro-vae: error: the GPU ran out of memory; try --device cpu", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\npyro-vae: interrupted; a run folder keeps its last checkpoint", file=sys.stderr)
         return 130

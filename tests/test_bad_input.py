@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 
 from pyro_vae.cli import main
 from pyro_vae.run import CHECKPOINT, CONFIG
@@ -306,3 +307,22 @@ def test_a_picture_that_cannot_be_written_is_one_line(
     line = one_error_line(capsys, [command, str(run_dir), "--out", str(tmp_path / out)])
     assert line.startswith("pyro-vae: error: " + expected.format(tmp=tmp_path)), line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_gpu_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch):
+    # CI has no GPU: raise what torch raises when a CUDA allocation fails
+    import pyro_vae.run
+    from pyro_vae.train import Trainer
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(Trainer, "step", out_of_memory)
+    line = one_error_line(capsys, ["train", *DIGITS, "--out", str(tmp_path / "new")])
+    assert line == (
+        "pyro-vae: error: training ran out of the memory of cpu; try a smaller --batch-size or "
+        "smaller --hidden-dims (the last checkpoint is kept)"
+    )
+    monkeypatch.setattr(pyro_vae.run, "evaluate", out_of_memory)
+    line = one_error_line(capsys, ["evaluate", str(run_dir), "--quiet"])
+    assert line == "pyro-vae: error: the GPU ran out of memory; try --device cpu"

@@ -25,11 +25,16 @@ MODEL = dict(z_dim=4, hidden_dims=(32,))
 # to stop, at step 13: the ranks agree every 10 steps, so both stop after step 20, the end of epoch
 # 2 of 3. The stop callback, asked after every step, also counts the live gradient-sized buffers.
 RANK_SCRIPT = f"""
-import gc, os, sys, pyro, torch, torch.distributed as dist
+import gc, os, sys, time, pyro, torch, torch.distributed as dist
 from pyro_vae import VAE, load_dataset, train
+from pyro_vae.distributed import main_process_first
 from pyro_vae.train import TrainingInterrupted
 dist.init_process_group("gloo")
-data = load_dataset("digits")
+with main_process_first():  # as a download would be: rank 0, then the others
+    entered = time.monotonic()
+    data = load_dataset("digits")
+    time.sleep(0.3)
+    left = time.monotonic()
 pyro.set_rng_seed({SEED})
 vae = VAE(data.x_shape, z_dim=4, hidden_dims=(32,))
 gradient_bytes = 4 * sum(p.numel() for p in vae.parameters())
@@ -48,7 +53,8 @@ try:
 except TrainingInterrupted as stopped:
     state = stopped.state
 torch.save({{"weights": vae.state_dict(), "train_elbo": state.history.train_elbo,
-             "stopped_after": [state.epoch, state.step_in_epoch], "buffers": buffers}},
+             "stopped_after": [state.epoch, state.step_in_epoch], "buffers": buffers,
+             "data_loaded": [entered, left]}},
            os.path.join(sys.argv[1], f"rank{{dist.get_rank()}}.pt"))
 dist.destroy_process_group()
 """
@@ -112,6 +118,7 @@ def test_two_ranks_train_like_one_process_on_the_same_global_batches(tmp_path, r
     torchrun(str(script), str(tmp_path), cwd=tmp_path)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank1["data_loaded"][0] >= rank0["data_loaded"][1]  # rank 0 read the data first
     # one rank asked to stop, and both stopped after the same step: the end of epoch 2
     assert rank0["stopped_after"] == rank1["stopped_after"] == [EPOCHS, 0]
     for k, v in rank0["weights"].items():  # the same all-reduced steps: bitwise the same weights
