@@ -335,13 +335,7 @@ def nuts_posterior(
             )
     z, diverging, acceptance, step_size = zip(*chains, strict=True)
     diverging = np.stack(diverging)
-    if diverging.any():
-        warnings.warn(
-            f"{int(diverging.sum())} of {diverging.size} NUTS transitions diverged, so the draws "
-            f"may not follow p(z|x); raise warmup_steps (now {warmup_steps})",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    _warn_if_diverged(diverging, warmup_steps)
     return _inference_data(
         np.stack(z),
         labels,
@@ -353,6 +347,16 @@ def nuts_posterior(
             "step_size": list(step_size),
         },
     )
+
+
+def _warn_if_diverged(diverging: np.ndarray, warmup_steps: int) -> None:
+    if diverging.any():
+        warnings.warn(
+            f"{int(diverging.sum())} of {diverging.size} NUTS transitions diverged, so the draws "
+            f"may not follow p(z|x); raise warmup_steps (now {warmup_steps})",
+            RuntimeWarning,
+            stacklevel=3,  # the caller of nuts_posterior
+        )
 
 
 def _flat_prior_model(vae: VAE, num_obs: int) -> Callable[[torch.Tensor], None]:
