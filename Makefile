@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/pyro-vae train --dataset digits --epochs 200 --lr 0.003 --out runs/demo --overwrite
+	$(BIN)/pyro-vae train --dataset digits --epochs 200 --lr 0.003 --compile off --out runs/demo --overwrite
 
 lint: install
 	$(BIN)/ruff check pyro_vae tests examples benchmarks

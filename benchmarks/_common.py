@@ -71,8 +71,9 @@ def parser(description: str, seed_help: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         default="auto",
-        choices=("auto", "fashion-mnist", "random"),
-        help="auto: Fashion-MNIST when its IDX files are found, else random images",
+        choices=("auto", "fashion-mnist", "random", "digits"),
+        help="auto: Fashion-MNIST when its IDX files are found, else random images; digits: the "
+        "embedded 8x8 digits (bench_train: a 64-400-8 network)",
     )
     p.add_argument("--data-dir", help=f"Fashion-MNIST's folder (default: {FASHION_MNIST_DIRS})")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -91,6 +92,9 @@ def setup_device(spec: str, threads: int) -> torch.device:
 
 def load_images(kind: str, data_dir: str | None, seed: int = 0) -> tuple[Dataset, str]:
     """Fashion-MNIST, or 60,000 + 10,000 uniform random grey images; and a line saying which."""
+    if kind == "digits":
+        data = pyro_vae.load_dataset("digits")
+        return data, f"the embedded 8x8 digits ({len(data.x_train)} train images)"
     if kind != "random":
         for folder in [data_dir] if data_dir else FASHION_MNIST_DIRS:
             try:
@@ -221,11 +225,12 @@ class Run:
         }
 
 
-def matmul_rate(batch: int, device: torch.device, repeats: int = 31) -> float:
-    """FLOP/s of a float32 ``(batch x 784) @ (784 x 400)`` product: the median of ``repeats``
-    timings, each of enough back-to-back products to last about 20 ms."""
+def matmul_rate(batch: int, device: torch.device, x_shape=IMAGE_SHAPE, repeats: int = 31) -> float:
+    """FLOP/s of a float32 ``(batch x D) @ (D x 400)`` product, D the pixels of ``x_shape``: the
+    median of ``repeats`` timings, each of enough back-to-back products to last about 20 ms."""
     g = torch.Generator().manual_seed(0)
-    a, w = torch.randn(batch, 784, generator=g).to(device), torch.randn(784, 400, generator=g)
+    d = math.prod(x_shape)
+    a, w = torch.randn(batch, d, generator=g).to(device), torch.randn(d, 400, generator=g)
     w = w.to(device)
 
     def products(count: int) -> None:
@@ -237,7 +242,7 @@ def matmul_rate(batch: int, device: torch.device, repeats: int = 31) -> float:
 
     run(5)  # warm-up
     count = max(1, math.ceil(0.02 / max(run(5), 1e-7)))
-    return 2.0 * batch * 784 * 400 / median(run(count) for _ in range(repeats))
+    return 2.0 * batch * d * 400 / median(run(count) for _ in range(repeats))
 
 
 def machine_lines(device: torch.device) -> list[str]:

@@ -37,7 +37,7 @@ from .priors import PRIORS
 from .registry import describe, option_names
 from .run import CHECKPOINT, RUN_FILES, Run, RunExists
 from .signals import StopOnSignals
-from .train import TrainingInterrupted
+from .train import COMPILE, TrainingInterrupted
 from .version import __version__
 
 REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}
@@ -141,6 +141,11 @@ TRAINING_FLAGS = {
     ),
     "--seed": (whole(checks.seed, "seed"), "seeds weights, batch order and noise"),
     "--device": (str, "auto, cpu, cuda or cuda:N"),
+    "--compile": (
+        COMPILE,
+        "on: after the first step, capture the Pyro program's step as one graph and compile it; "
+        "auto: compile when the steps ahead repay the compile time; off: every step eager",
+    ),
 }
 # The parts' option flags: flag -> (the kinds of part it may configure, the option, values, help).
 # A flag reaches every chosen part that takes that option, and is an error if none does.
@@ -224,6 +229,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 epochs=config.epochs,
                 lr=config.lr,
                 device=config.device,
+                compile=config.compile,
                 progress=not args.quiet,
                 stop=signals.requested,
             )
@@ -273,7 +279,11 @@ def _resumed(args: argparse.Namespace) -> tuple[Run, RunConfig]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     run = Run.open(args.run_dir)
     result = run.evaluate(
-        seed=args.seed, device=args.device, iwae_k=args.iwae_k, progress=not args.quiet
+        seed=args.seed,
+        device=args.device,
+        iwae_k=args.iwae_k,
+        progress=not args.quiet,
+        compile=args.compile,
     )
     for key, value in result.items():
         if isinstance(value, float):
@@ -407,7 +417,7 @@ def _add_train_parser(commands: Any) -> None:
         action="store_true",
         help="continue the run in --out from its last "
         "checkpoint, exactly as if it had not stopped; its settings are kept (only "
-        "--epochs, --lr and --device may change)",
+        "--epochs, --lr, --device and --compile may change)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -432,6 +442,12 @@ def _add_run_commands(commands: Any) -> None:
         default=1000,
         help="particles of the importance-weighted log-likelihood "
         "estimate (5000 is the figure papers report; 0 skips it)",
+    )
+    p.add_argument(
+        "--compile",
+        choices=COMPILE,
+        help="compile the IWAE bound's chunks: on, off, or auto (when the chunks ahead repay "
+        "the compile time); default: the run's --compile",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)

@@ -27,6 +27,7 @@ from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import NETS
 from .priors import PRIORS
+from .train import COMPILE
 
 try:  # Python 3.11 reads TOML; on 3.10 a .toml config is refused with one line
     import tomllib
@@ -34,7 +35,7 @@ except ModuleNotFoundError:  # pragma: no cover
     tomllib = None
 
 # What a resumed run may change; any other difference from the saved run is an error.
-RESUMABLE = ("epochs", "lr", "device")
+RESUMABLE = ("epochs", "lr", "device", "compile")
 PART_OPTIONS = ("prior_options", "likelihood_options", "guide_options")
 
 
@@ -65,6 +66,7 @@ class RunConfig:
     objective: str = "trace"
     binarization: str = "dynamic"
     device: str = "auto"
+    compile: str = "auto"
 
     def __post_init__(self) -> None:
         checked = {
@@ -84,6 +86,7 @@ class RunConfig:
             "objective": checks.choice("objective", self.objective, list(OBJECTIVES)),
             "binarization": checks.choice("binarization", self.binarization, BINARIZATION),
             "device": checks.text("device", self.device),
+            "compile": checks.choice("compile", self.compile, COMPILE),
         }
         for name in PART_OPTIONS:
             options = getattr(self, name)
@@ -152,4 +155,5 @@ class RunConfig:
     def train_options(self) -> dict[str, Any]:
         """The settings :func:`pyro_vae.train` takes."""
         names = ("epochs", "batch_size", "lr", "device", "seed", "objective", "binarization")
+        names += ("compile",)
         return {name: getattr(self, name) for name in names}

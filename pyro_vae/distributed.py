@@ -69,9 +69,7 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
         dist.broadcast(tensor.data, src=0)
 
 
-def all_reduce_gradients(
-    parameters: list[torch.nn.Parameter], loss: torch.Tensor
-) -> torch.Tensor:
+def all_reduce_gradients(parameters: list[torch.nn.Parameter], loss: torch.Tensor) -> torch.Tensor:
     """Sum the gradients and the batch loss of all ranks, in one all-reduce; return the global
     batch's loss.
 

@@ -32,12 +32,13 @@ from functools import partial
 import pyro.distributions as dist
 import torch
 from pyro import validation_enabled
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO
 from torch.distributions import kl_divergence
 
 from .errors import ConfigError, PyroVAEError
 from .guides import DiagonalNormal
 from .model import VAE
+from .objectives import SyncFreeTrace_ELBO, SyncFreeTraceMeanField_ELBO
 from .registry import name_of
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
@@ -117,22 +118,42 @@ def closed_form_kl(vae: VAE, q: dist.Distribution, p_z: dist.Distribution) -> to
         ) from None
 
 
+def iwae_chunk(vae: VAE, x: torch.Tensor, particles: int) -> torch.Tensor:
+    """log sum_i p(x, z_i) / q(z_i|x) over ``particles`` draws z_i ~ q(z|x), per example: one
+    chunk of :func:`iwae_bound`."""
+    log_p_x, log_p_z, log_q, _, _ = log_weight_terms(vae, x, particles)
+    return torch.logsumexp(log_p_x + log_p_z - log_q, dim=0)
+
+
+def iwae_chunk_size(vae: VAE, x: torch.Tensor, k: int) -> int:
+    """The particles :func:`iwae_bound` draws at once for the batch ``x``."""
+    per_particle = x.shape[0] * max(x[0].numel(), vae.z_dim)
+    return max(1, min(k, IWAE_CHUNK_ELEMENTS // per_particle))
+
+
 @torch.no_grad()
-def iwae_bound(vae: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
+def iwae_bound(
+    vae: VAE,
+    x: torch.Tensor,
+    k: int,
+    full_chunk: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """The importance-weighted bound log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), per
     example of ``x`` (shape ``(B,)``, nats).
 
     k = 1 is the single-sample ELBO; the bound rises towards log p(x) as k grows. Particles are
-    drawn in chunks, combined with logsumexp, so that k = 5000 fits in memory.
+    drawn in chunks (:func:`iwae_chunk`), combined with logsumexp, so that k = 5000 fits in
+    memory. ``full_chunk``, if given, computes the chunks of :func:`iwae_chunk_size` particles
+    (a compiled :func:`iwae_chunk`, say).
     """
     if k < 1:
         raise ConfigError(f"the IWAE bound needs k >= 1 particles, got {k}")
-    per_particle = x.shape[0] * max(x[0].numel(), vae.z_dim)
-    chunk = max(1, min(k, IWAE_CHUNK_ELEMENTS // per_particle))
+    chunk = iwae_chunk_size(vae, x, k)
     partial_sums = []
     for start in range(0, k, chunk):
-        log_p_x, log_p_z, log_q, _, _ = log_weight_terms(vae, x, min(chunk, k - start))
-        partial_sums.append(torch.logsumexp(log_p_x + log_p_z - log_q, dim=0))
+        size = min(chunk, k - start)
+        compute = full_chunk if full_chunk is not None and size == chunk else None
+        partial_sums.append(compute(x) if compute else iwae_chunk(vae, x, size))
     return torch.logsumexp(torch.stack(partial_sums), dim=0) - math.log(k)
 
 
@@ -145,9 +166,10 @@ def _manual_loss(vae: VAE, num_particles: int) -> LossFn:
     return lambda x: -manual_elbo(vae, x, num_particles)
 
 
+# Pyro's Trace_ELBO and TraceMeanField_ELBO, without their host round trips (pyro_vae.objectives)
 OBJECTIVES: dict[str, Callable[[VAE, int], LossFn]] = {
-    "trace": partial(_pyro_loss, Trace_ELBO),
-    "meanfield": partial(_pyro_loss, TraceMeanField_ELBO),
+    "trace": partial(_pyro_loss, SyncFreeTrace_ELBO),
+    "meanfield": partial(_pyro_loss, SyncFreeTraceMeanField_ELBO),
     "manual": _manual_loss,
 }
 
@@ -164,26 +186,35 @@ def make_loss(vae: VAE, objective: str = "trace", num_particles: int = 1) -> Los
 
 
 def dataset_elbo(
-    vae: VAE, x: torch.Tensor, *, seed: int, objective: str = "trace", num_particles: int = 1
+    vae: VAE,
+    x: torch.Tensor,
+    *,
+    seed: int,
+    objective: str = "trace",
+    num_particles: int = 1,
+    full_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
     """The mean ELBO per example of ``x`` in nats, a Monte Carlo estimate with a fixed seed.
 
     The same ``vae``, ``x`` and ``seed`` give the same number on the same device. The global
     random state is saved and restored, so estimating never changes the course of training.
     An estimate that is not finite (weights or outputs that overflow, as after a diverged
-    training step) is a :class:`PyroVAEError`.
+    training step) is a :class:`PyroVAEError`. ``full_batch``, if given, computes the loss of
+    the batches shaped like the first (a compiled objective, say).
     """
     loss = make_loss(vae, objective, num_particles)
+    shape = x[:EVAL_BATCH_SIZE].shape
     devices = [x.device] if x.device.type == "cuda" else []
     total = 0.0
     # without validation, overflowing outputs give a NaN below instead of a ValueError in Pyro
     with torch.random.fork_rng(devices=devices), torch.no_grad(), validation_enabled(False):
         torch.manual_seed(seed)
         for batch in x.split(EVAL_BATCH_SIZE):
-            total += float(loss(batch))
+            compute = full_batch if full_batch is not None and batch.shape == shape else loss
+            total += float(compute(batch))
     if not math.isfinite(total):
         raise PyroVAEError(
             f"the ELBO is {-total} on these data: the model's weights or outputs overflow, as "
-            "after a training step that diverged (try a lower --lr)"
+            "after a training step that diverged (try a lower {lr})"
         )
     return -total / len(x)

@@ -44,7 +44,7 @@ from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import init_to_value
 from torch.distributions import constraints
 
-from .elbo import IWAE_CHUNK_ELEMENTS
+from .elbo import iwae_chunk_size
 from .errors import ConfigError
 from .guides import MIN_SCALE, DiagonalNormal
 from .model import VAE
@@ -103,8 +103,7 @@ def _draw_weighted(
     """``num_samples`` draws z_s ~ q per input, ``(S, B, z_dim)``, and their log importance
     weights log p(x, z_s) - log q(z_s), ``(S, B)``; drawn in chunks, as ``iwae_bound`` does, so
     that thousands of draws fit in memory."""
-    per_sample = x.shape[0] * max(x[0].numel(), vae.z_dim)
-    chunk = max(1, min(num_samples, IWAE_CHUNK_ELEMENTS // per_sample))
+    chunk = iwae_chunk_size(vae, x, num_samples)
     zs, log_ws = [], []
     for start in range(0, num_samples, chunk):
         # Scored right after sampling: a flow guide reads log q from its transforms' cache.

@@ -128,18 +128,19 @@ class Run:
         epochs: int | None = None,
         lr: float | None = None,
         device: str | None = None,
+        compile: str | None = None,
         progress: bool = True,
         stop: Callable[[], bool] | None = None,
     ) -> History:
         """Train the run to ``epochs`` epochs (default: its config's), going on from its last
-        checkpoint exactly as if it had never stopped. ``epochs``, ``lr`` and ``device`` may
-        differ from the run's config, which is rewritten with them.
+        checkpoint exactly as if it had never stopped. ``epochs``, ``lr``, ``device`` and
+        ``compile`` may differ from the run's config, which is rewritten with them.
 
         A checkpoint and ``metrics.csv`` are written after every epoch and when ``stop`` ends
         training (:class:`~pyro_vae.train.TrainingInterrupted`); ``summary.json`` and the
         pictures when it is done.
         """
-        asked = {"epochs": epochs, "lr": lr, "device": device}
+        asked = {"epochs": epochs, "lr": lr, "device": device, "compile": compile}
         config = self.config.replace(**{k: v for k, v in asked.items() if v is not None})
         resume = self.state if self.state.optimizer is not None else None
         if resume is not None and resume.epoch >= config.epochs:
@@ -181,6 +182,8 @@ class Run:
             "epochs": history.epoch[-1],
             "device": self.device,
             "train_seconds": sum(history.seconds),
+            "compile": history.compile,
+            "compile_seconds": history.compile_seconds,
             "baseline_log_likelihood": baseline_log_likelihood(self.vae, data, binarization),
             "active_units": active_units(self.vae, x_test)[0],
             "num_train": len(data.x_train),
@@ -200,16 +203,19 @@ class Run:
         device: str | None = None,
         iwae_k: int = 1000,
         progress: bool = False,
+        compile: str | None = None,
     ) -> dict[str, Any]:
         """Score the run on its own test set (:func:`pyro_vae.evaluate.evaluate`) and write
         ``evaluation.json``. ``seed`` defaults to the run's seed and ``device`` to the one it
         trained on (the CPU when that one is not present), so that the test ELBO equals the one
-        in ``summary.json``."""
+        in ``summary.json``. ``compile`` (default: the run's) may compile the IWAE bound's
+        chunks (:func:`pyro_vae.evaluate.iwae_estimate`)."""
         if device is None:
             device = self.device if self.device == "cpu" or torch.cuda.is_available() else "cpu"
         self.vae.to(resolve_device(device))
         seed = self.config.seed if seed is None else seed
         settings = {"objective": self.config.objective, "binarization": self.config.binarization}
+        settings["compile"] = self.config.compile if compile is None else compile
         result = evaluate(
             self.vae, self.data, seed=seed, iwae_k=iwae_k, progress=progress, **settings
         )

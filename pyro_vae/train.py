@@ -17,6 +17,7 @@ device: values are read back every :data:`CHECK_EVERY` steps and at the end of e
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,9 +28,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checks, distributed
+from .compiled import CompiledLoss, compile_when_it_pays
 from .data import Dataset, binarize_afresh, check_shape, eval_inputs, needs_binarization
 from .device import check_fits, resolve_device
-from .elbo import OBJECTIVES, closed_form_kl, dataset_elbo, make_loss
+from .elbo import EVAL_BATCH_SIZE, OBJECTIVES, closed_form_kl, dataset_elbo, make_loss
 from .errors import ConfigError, PyroVAEError
 from .model import VAE
 
@@ -37,6 +39,9 @@ EPOCH_COLUMNS = ("epoch", "train_elbo", "test_elbo", "seconds")
 # Steps between looks at the device's values: the losses' finiteness, the progress bar's loss,
 # and (under torchrun) whether any rank was asked to stop.
 CHECK_EVERY = 10
+COMPILE = ("auto", "on", "off")
+# compile="auto" times this many eager steps before it decides (pyro_vae.compiled.worth_compiling)
+AUTO_TIMED_STEPS = 5
 
 
 @dataclass
@@ -49,6 +54,8 @@ class History:
     test_elbo: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     step_loss: list[float] = field(default_factory=list)
+    compile: str = "off"  # what became of compiling the step, in one line
+    compile_seconds: float = 0.0  # capturing and compiling, all told
 
     def rows(self) -> list[dict[str, float]]:
         """One dict per epoch, keyed like the columns of ``metrics.csv``."""
@@ -106,6 +113,7 @@ def train(
     seed: int = 0,
     objective: str = "trace",
     binarization: str = "dynamic",
+    compile: str | bool = "off",
     progress: bool = True,
     checkpoint: Callable[[TrainState], None] | None = None,
     resume: TrainState | None = None,
@@ -118,6 +126,12 @@ def train(
     :param binarization: ``"dynamic"``: for a binary likelihood, grey training data is binarized
         afresh in every batch and the test set once with a fixed seed (:mod:`pyro_vae.data`);
         ``"none"``: the data are used as they are.
+    :param compile: ``"on"`` (or ``True``): after the first step, capture the step on a full
+        batch (the Pyro program's loss and gradients) as one graph and compile it
+        (:mod:`pyro_vae.compiled`); ``"off"`` (``False``): every step eager; ``"auto"``: time a
+        few eager steps and compile when the steps ahead repay the compile time. A program that
+        cannot be captured trains eagerly; ``history.compile`` says what happened, in one line.
+        Compiled steps agree with eager ones to float32 rounding.
     :param seed: seeds the batch order, the binarization and the guide's noise. The initial
         weights come from the RNG state when ``vae`` was built: seed before building it
         (``pyro.set_rng_seed``) for a fully repeatable run.
@@ -137,7 +151,7 @@ def train(
     of every global batch of ``batch_size`` and the gradients are summed over ranks
     (:mod:`pyro_vae.distributed`); the history is the same on every rank.
     """
-    settings = dict(seed=seed, objective=objective, binarization=binarization)
+    settings = dict(seed=seed, objective=objective, binarization=binarization, compile=compile)
     try:
         trainer = Trainer(vae, data, batch_size=batch_size, lr=lr, device=device, **settings)
         if resume is not None:
@@ -166,8 +180,12 @@ class Trainer:
         seed: int,
         objective: str,
         binarization: str,
+        compile: str | bool = "off",
     ):
         self.batch_size = checks.count("batch_size", batch_size)
+        self.compile = checks.choice(
+            "compile", {True: "on", False: "off"}.get(compile, compile), COMPILE
+        )
         self.lr = checks.positive("lr", lr)
         self.seed = checks.seed("seed", seed)
         checks.choice("objective", objective, list(OBJECTIVES))
@@ -188,9 +206,17 @@ class Trainer:
             with torch.no_grad():
                 closed_form_kl(vae, vae.posterior_dist(self.x_test[:1]), vae.prior(1, self.x_test))
         self.parameters = list(vae.parameters())
-        self.optimizer = torch.optim.Adam(self.parameters, lr=self.lr)
+        # foreach: one call per step for all parameters, bitwise the for-loop Adam's numbers
+        self.optimizer = torch.optim.Adam(self.parameters, lr=self.lr, foreach=True)
         self.steps_per_epoch = math.ceil(len(self.x_train) / self.batch_size)
-        self.steps_taken = 0
+        self.steps_taken, self.resumed = 0, False
+        self.compiled: CompiledLoss | None = None
+        self._decided, self._timer, self._say = self.compile == "off", None, False
+        self.eval: CompiledLoss | None = None  # the test ELBO's objective, when compiled
+        self._eval_decided = self.compile == "off"
+        # the size of this rank's shard of a full batch: the one shape that is compiled
+        shards = torch.arange(min(self.batch_size, len(self.x_train))).tensor_split(self.world)
+        self.full_shard = len(shards[self.rank])
         self.state = TrainState()
         self.batch_order = torch.Generator().manual_seed(self.seed)
         # every rank its own draws; rank 0 of any world draws what a single process would
@@ -222,14 +248,19 @@ class Trainer:
             values["step"] = values["step"].cpu()
         _set_rng_state(rng["ranks"][self.rank], self.device)
         self.batch_order.set_state(rng["batch_order"].cpu())
-        self.state = state
+        self.state, self.resumed = state, True
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """One SVI step on ``x``, this rank's shard of a batch: the loss and its gradient (summed
         over ranks) and one Adam step. Returns the whole batch's loss, detached, on the device."""
-        loss = self.loss_fn(x) if len(x) else torch.zeros((), device=self.device)
-        if loss.requires_grad:
-            loss.backward()
+        if self.compiled is not None and len(x) == self.full_shard:
+            loss, grads = self.compiled(x)
+            for p, g in zip(self.parameters, grads, strict=True):
+                p.grad = g
+        else:
+            loss = self.loss_fn(x) if len(x) else torch.zeros((), device=self.device)
+            if loss.requires_grad:
+                loss.backward()
         if self.world > 1:
             loss = distributed.all_reduce_gradients(self.parameters, loss)
         self.optimizer.step()
@@ -260,6 +291,7 @@ class Trainer:
         total = epochs * self.steps_per_epoch
         done = self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
         show = progress and self.rank == 0
+        self.steps_left, self._say, self.epochs = total - done, show, epochs
         with tqdm(
             total=total, initial=min(done, total), disable=not show, unit="step", dynamic_ncols=True
         ) as bar:
@@ -270,6 +302,8 @@ class Trainer:
                     checkpoint(self.state)
                 if stopping and (self.state.step_in_epoch or epoch < epochs):
                     raise TrainingInterrupted(self.state, self.steps_per_epoch)
+        if not self._decided:
+            self.state.history.compile = "the training step stayed eager: too few batches to decide"
         return self.state.history
 
     def run_epoch(self, epoch: int, bar: tqdm, stop: Callable[[], bool]) -> bool:
@@ -281,11 +315,15 @@ class Trainer:
         losses = [torch.tensor(v, device=self.device) for v in state.partial_losses]
         checked, asked = 0, False
         for i, x in self.batches(state.step_in_epoch):
-            # Pyro's validation on the first step makes a malformed model fail loudly; after
-            # that it costs a tenth of a small step (benchmarks/results/svi-overhead-*.md).
-            with pyro.validation_enabled(self.steps_taken == 0):
+            # Pyro's validation on a new run's first step makes a malformed model fail loudly;
+            # after that it costs a tenth of a small step (benchmarks/results/svi-overhead-*.md).
+            validate = self.steps_taken == 0 and not self.resumed
+            if not (validate or self._decided) and len(x) == self.full_shard:
+                self._consider_compiling(x, epoch)
+            with pyro.validation_enabled(validate):
                 losses.append(self.step(x))
             self.steps_taken += 1
+            self.steps_left -= 1
             bar.update()
             asked = stop() or asked
             if (i + 1) % CHECK_EVERY == 0:
@@ -299,6 +337,65 @@ class Trainer:
         self._check_finite(losses, checked, epoch)
         self._end_epoch(epoch, torch.stack(losses), time.perf_counter() - start, bar)
         return self._agree_to_stop(asked, self.steps_per_epoch - 1)
+
+    def _consider_compiling(self, x: torch.Tensor, epoch: int) -> None:
+        """Before a step on a full batch (not a new run's first, eager and validated), capture
+        the step and compile it: at once (``"on"``), or (``"auto"``) once AUTO_TIMED_STEPS eager
+        steps of one epoch are timed, if the steps ahead repay the compile time."""
+        eager_seconds = None
+        if self.compile == "auto":
+            if self._timer is None or self._timer[0] != epoch:
+                self._timer = (epoch, self.steps_taken, self._clock())
+                return
+            _, first, start = self._timer
+            if self.steps_taken - first < AUTO_TIMED_STEPS:
+                return
+            eager_seconds = (self._clock() - start) / (self.steps_taken - first)
+        self._decided = True
+        self.compiled, message, seconds = compile_when_it_pays(
+            "the training step",
+            lambda: CompiledLoss(self.vae, self.loss_fn, x),
+            x,
+            eager_seconds,
+            self.steps_left,
+            lambda worth: distributed.any_rank(worth, self.device),
+        )
+        self._report(message, seconds)
+
+    def _test_elbo(self, epoch: int) -> float:
+        """The test ELBO with the run's seed; with ``compile`` on or auto, its batches compiled
+        once they are timed (at the first epoch's end) and the epochs ahead repay it."""
+        first = self.x_test[:EVAL_BATCH_SIZE]
+        batches = max(1, len(self.x_test) // len(first))  # those shaped like the first
+        start = self._clock()
+        value = dataset_elbo(
+            self.vae, self.x_test, seed=self.seed, objective=self.objective, full_batch=self.eval
+        )
+        if not self._eval_decided:
+            self._eval_decided = True
+            compiled, message, seconds = compile_when_it_pays(
+                "the test ELBO",
+                lambda: CompiledLoss(self.vae, self.loss_fn, first, gradients=False),
+                first,
+                (self._clock() - start) / batches,
+                (self.epochs - epoch) * batches,
+                lambda worth: distributed.any_rank(worth, self.device),
+            )
+            self.eval = compiled
+            self._report(message, seconds, append=True)
+        return value
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":  # twice a run, for compile="auto"'s timing
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _report(self, message: str, seconds: float, append: bool = False) -> None:
+        history = self.state.history
+        history.compile = f"{history.compile}; {message}" if append else message
+        history.compile_seconds += seconds
+        if self._say:
+            tqdm.write(f"pyro-vae: {message}", file=sys.stderr)
 
     def _agree_to_stop(self, asked: bool, i: int) -> bool:
         """Whether to stop after step ``i``: at once in one process; under torchrun, where every
@@ -332,7 +429,7 @@ class Trainer:
         history.train_elbo.append(-losses.double().sum().item() / n)
         history.epoch.append(epoch)
         history.seconds.append(seconds)
-        test_elbo = dataset_elbo(self.vae, self.x_test, seed=self.seed, objective=self.objective)
+        test_elbo = self._test_elbo(epoch)
         history.test_elbo.append(test_elbo)
         bar.set_postfix(train_elbo=f"{history.train_elbo[-1]:.2f}", test_elbo=f"{test_elbo:.2f}")
         self.state = self.snapshot(epoch, 0, self.batch_order.get_state(), [], 0.0)

@@ -4,6 +4,10 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from pyro_vae import VAE, load_dataset
+from pyro_vae.data import eval_inputs
+from pyro_vae.guides import GUIDES
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.priors import PRIORS
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +63,46 @@ class NoTorch(TorchFunctionMode):
         if func is torch.device:
             return func(*args, **(kwargs or {}))
         raise AssertionError(f"{func} was called")
+
+
+def covering_combinations() -> list[tuple[str, str, str, str]]:
+    """Prior x likelihood x guide x encoder combinations in which every registered part meets at
+    least two partners of each other kind: each part with the defaults of the other two, then
+    a cyclic pass that pairs it with others. Grows linearly with the registries, not as their
+    product."""
+    priors, likelihoods, guides = list(PRIORS), list(LIKELIHOODS), list(GUIDES)
+    combos = [(p, likelihoods[0], guides[0]) for p in priors]
+    combos += [(priors[0], lik, guides[0]) for lik in likelihoods]
+    combos += [(priors[0], likelihoods[0], g) for g in guides]
+    n = max(len(priors), len(likelihoods), len(guides))
+    combos += [
+        (
+            priors[i % len(priors)],
+            likelihoods[(i + 1) % len(likelihoods)],
+            guides[(i + 2) % len(guides)],
+        )
+        for i in range(n)
+    ]
+    unique = list(dict.fromkeys(combos))
+    return [(*c, "conv" if i % 2 else "mlp") for i, c in enumerate(unique)] + [
+        (priors[0], likelihoods[0], guides[0], "conv")
+    ]
+
+
+# what a part needs on the embedded digits, whose grey levels are k/16
+DIGITS_OPTIONS = {"discretized-logistic": {"bins": 17}}
+
+
+def make(digits, prior, likelihood, guide, encoder, n=32):
+    pyro.set_rng_seed(0)
+    vae = VAE(
+        digits.x_shape,
+        z_dim=3,
+        hidden_dims=(16, 8),
+        encoder=encoder,
+        prior=prior,
+        likelihood=likelihood,
+        guide=guide,
+        likelihood_options=DIGITS_OPTIONS.get(likelihood),
+    )
+    return vae, eval_inputs(vae.likelihood, digits.x_test[:n])

@@ -109,3 +109,14 @@ def test_resumed_gpu_training_takes_the_same_steps(digits, tmp_path):
     trainer.restore(train_state(saved))
     assert all(s["step"].device.type == "cpu" for s in trainer.optimizer.state.values())
     assert all(s["exp_avg"].is_cuda for s in trainer.optimizer.state.values())
+
+
+def test_compiled_training_on_the_gpu_agrees_with_eager(digits):
+    runs = {}
+    for mode in ("off", "on"):
+        pyro.set_rng_seed(0)
+        vae = VAE(digits.x_shape, z_dim=4, hidden_dims=(32,))
+        runs[mode] = train(vae, digits, epochs=3, device="cuda", progress=False, compile=mode)
+    assert runs["on"].compile.startswith("compiled the training step in ")
+    for a, b in zip(runs["on"].step_loss, runs["off"].step_loss, strict=True):
+        assert abs(a - b) <= 1e-5 * abs(b)

@@ -1,5 +1,6 @@
 """Data-parallel training under torchrun: 2 processes, gloo, on the CPU."""
 
+import json
 import os
 import subprocess
 import sys
@@ -133,9 +134,12 @@ def test_two_ranks_train_like_one_process_on_the_same_global_batches(tmp_path, r
 
 
 def test_torchrun_cli_writes_one_run_folder_from_rank_0(tmp_path, reference):
+    # compiled: each rank replays its graph of the step; the all-reduce sits between the
+    # gradients it returns and Adam's update, so the run still equals the one-process reference
     run_dir = tmp_path / "run"
     flags = ["--dataset", "digits", "--z-dim", "4", "--hidden-dims", "32", "--quiet"]
     flags += ["--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--lr", str(LR)]
+    flags += ["--compile", "on"]
     result = torchrun("-m", "pyro_vae", "train", *flags, "--out", str(run_dir), cwd=tmp_path)
     assert result.stdout.count("run folder:") == 1  # rank 0 alone reports and writes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
@@ -143,3 +147,5 @@ def test_torchrun_cli_writes_one_run_folder_from_rank_0(tmp_path, reference):
     assert run.state.rng is not None and len(run.state.rng["ranks"]) == 2
     assert_close(run.vae.state_dict(), reference[0])
     assert (run_dir / CHECKPOINT).is_file() and (run_dir / "metrics.csv").is_file()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["compile"].startswith("compiled the training step in ")

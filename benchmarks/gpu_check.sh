@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU checks of issues 6 and 12 in one call, within 8 minutes on one GPU: the CUDA tests, then
+# bench_train.py (svi, svi-compiled, manual, pyro-naive and the floor, batch 256 and 1024) and
+# bench_iwae.py (k = 5000 on 10,000 images, eager and compiled), their tables into $OUT.
+#
+#   OUT=/some/folder bash benchmarks/gpu_check.sh            # on a machine with a CUDA GPU
+#   OUT=/tmp/check GPU_CHECK_DEVICE=cpu GPU_CHECK_SMOKE=1 bash benchmarks/gpu_check.sh   # a trial
+#
+# The lent GPU machine's python3 has torch but not pyro-ppl or pyro-api: put their wheels in .whl/
+# (benchmarks/README.md says how) and they are installed to /tmp/site first. Fashion-MNIST is not
+# there: the benchmarks time random 28x28 images, which take the same time.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-benchmarks/results}
+device=${GPU_CHECK_DEVICE:-cuda}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" > /dev/null; then
+    $py -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+if [ -n "${GPU_CHECK_SMOKE:-}" ]; then  # a few steps of each, to try the script out
+    train=(--max-steps 5 --epochs 2 --batch-sizes 64,256)
+    iwae=(--num-images 20 --k 10 --scaling-k 1,5 --scaling-images 20 --repeats 1)
+    tests=(tests/test_cuda.py)
+else
+    train=(--epochs 5 --batch-sizes 256,1024)
+    iwae=(--num-images 10000 --k 5000 --scaling-k 1,10,100,1000 --scaling-images 2000)
+    tests=(tests/test_cuda.py tests/test_compiled.py -k "cuda or gpu or agrees or resumes")
+fi
+status=0
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
+timeout 150 $py -m pytest -q -p no:cacheprovider "${tests[@]}" > "$out/cuda-tests.log" 2>&1 \
+    || status=1
+tail -n 3 "$out/cuda-tests.log"
+timeout 240 $py benchmarks/bench_train.py --device "$device" --data random "${train[@]}" \
+    --out "$out" > "$out/bench-train.log" 2>&1 || status=1
+timeout 150 $py benchmarks/bench_iwae.py --device "$device" --data random "${iwae[@]}" \
+    --out "$out" > "$out/bench-iwae.log" 2>&1 || status=1
+tail -n 1 "$out/bench-train.log" "$out/bench-iwae.log"
+exit $status

@@ -1,0 +1,200 @@
+"""Compiled SVI: the Pyro program's step captured as one graph, replayed, and compiled by inductor.
+
+The captured graph, replayed as it is, must give the eager step's loss and gradients bit for bit
+(same operations, same random draws); compiled, it must agree to float32 rounding. Compiling is
+slow on a CPU, so the tests that compile share one small shape (inductor caches it on disk)."""
+
+import importlib
+
+import pyro
+import pytest
+import torch
+from conftest import covering_combinations, make
+
+from pyro_vae import VAE, train
+from pyro_vae.checkpoint import load_checkpoint, save_checkpoint, train_state
+from pyro_vae.compiled import COLD_COMPILE_SECONDS, CaptureError, CompiledLoss, host_reads
+from pyro_vae.data import eval_inputs
+from pyro_vae.elbo import make_loss
+from pyro_vae.evaluate import iwae_estimate
+from pyro_vae.likelihoods import Bernoulli
+from pyro_vae.priors import StandardNormal
+from pyro_vae.train import TrainingInterrupted
+
+compiled_module = importlib.import_module("pyro_vae.compiled")
+elbo_module = importlib.import_module("pyro_vae.elbo")
+
+COMBINATIONS = [pytest.param(*combo, id="-".join(combo)) for combo in covering_combinations()]
+SMALL = dict(z_dim=4, hidden_dims=(32,))  # the one shape the compiling tests share
+
+
+@pytest.mark.parametrize("objective", ["trace", "meanfield"])
+@pytest.mark.parametrize("prior,likelihood,guide,encoder", COMBINATIONS)
+def test_the_captured_step_is_the_eager_step_bit_for_bit(
+    digits, prior, likelihood, guide, encoder, objective
+):
+    vae, x = make(digits, prior, likelihood, guide, encoder)
+    loss_fn = make_loss(vae, objective)
+    rng = torch.get_rng_state()
+    captured = CompiledLoss(vae, loss_fn, x)  # the graph, replayed as recorded
+    assert torch.equal(torch.get_rng_state(), rng)  # capturing drew nothing a step would draw
+    assert host_reads(captured.graph) == []  # nothing in the step waits for the device
+    torch.manual_seed(3)
+    with pyro.validation_enabled(False):
+        loss = loss_fn(x)
+    grads = torch.autograd.grad(loss, list(vae.parameters()), allow_unused=True)
+    torch.manual_seed(3)
+    replayed_loss, replayed_grads = captured(x)
+    assert torch.equal(replayed_loss, loss.detach())
+    for eager, replayed in zip(grads, replayed_grads, strict=True):
+        assert torch.equal(replayed, torch.zeros_like(replayed) if eager is None else eager)
+
+
+class PriorThatReadsAValue(StandardNormal):
+    def forward(self, batch_size, like):
+        scale = 1.0 + 0.0 * float(like.mean())  # a read into Python: no graph can hold it
+        return super().forward(batch_size, like * scale)
+
+
+class LikelihoodWithDataDependentShapes(Bernoulli):
+    def forward(self, out):
+        out = out.clone()
+        out[out.isnan().nonzero(as_tuple=True)] = 0.0  # nonzero: its size depends on values
+        return super().forward(out)
+
+
+class PriorThatChangesEachStep(StandardNormal):
+    calls = 0
+
+    def forward(self, batch_size, like):
+        PriorThatChangesEachStep.calls += 1
+        prior = super().forward(batch_size, like)
+        return prior if self.calls % 2 else super().forward(batch_size, like * 1.0)
+
+
+@pytest.mark.parametrize(
+    "part, reason",
+    [
+        ({"prior": PriorThatReadsAValue(4)}, "the program cannot be traced"),
+        ({"likelihood": LikelihoodWithDataDependentShapes((1, 8, 8))}, "aten.nonzero"),
+        ({"prior": PriorThatChangesEachStep(4)}, "operations change from one batch to the next"),
+    ],
+)
+def test_a_step_no_graph_can_hold_trains_eagerly_and_says_why(digits, part, reason):
+    def run(compile):
+        pyro.set_rng_seed(0)
+        vae = VAE(digits.x_shape, **SMALL, **part)
+        history = train(vae, digits, epochs=1, device="cpu", progress=False, compile=compile)
+        return history, vae
+
+    with pytest.raises(CaptureError, match=reason):
+        vae, x = run("off")[1], digits.x_train[:128].round()
+        CompiledLoss(vae, make_loss(vae, "trace"), x)
+    history, vae = run("on")
+    assert history.compile.startswith("the training step stays eager:")
+    assert reason in history.compile
+    eager, _ = run("off")
+    assert history.step_loss == eager.step_loss  # the eager step, so the very same numbers
+
+
+def fresh(digits):
+    pyro.set_rng_seed(0)
+    return VAE(digits.x_shape, **SMALL)
+
+
+def relative(a, b):
+    return max(abs(x - y) / abs(y) for x, y in zip(a, b, strict=True))
+
+
+def test_compiled_training_agrees_with_eager_to_float32_rounding(digits):
+    runs = {}
+    for mode in ("off", "on"):
+        vae = fresh(digits)
+        runs[mode] = (
+            train(vae, digits, epochs=4, lr=3e-3, device="cpu", progress=False, compile=mode),
+            vae,
+        )
+    (eager, eager_vae), (compiled, compiled_vae) = runs["off"], runs["on"]
+    assert compiled.compile.startswith("compiled the training step in ")
+    assert compiled.compile_seconds > 0 and eager.compile == "off"
+    # the same draws, the arithmetic fused and reordered: agreement to float32 rounding
+    assert relative(compiled.step_loss, eager.step_loss) < 1e-5
+    assert relative(compiled.train_elbo, eager.train_elbo) < 1e-5
+    assert relative(compiled.test_elbo, eager.test_elbo) < 1e-5
+    assert compiled.step_loss != eager.step_loss  # compiled: really another computation
+    for a, b in zip(compiled_vae.parameters(), eager_vae.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_compiled_run_resumes_exactly(digits, tmp_path):
+    options = dict(epochs=3, lr=3e-3, device="cpu", progress=False, compile="on")
+    straight = fresh(digits)
+    expected = train(straight, digits, **options)
+    vae, path, steps = fresh(digits), tmp_path / "checkpoint.pt", iter(range(1, 1000))
+    with pytest.raises(TrainingInterrupted):
+        train(
+            vae,
+            digits,
+            checkpoint=lambda state: save_checkpoint(path, vae, state),
+            stop=lambda: next(steps) == 17,
+            **options,
+        )
+    saved = load_checkpoint(path)
+    resumed = fresh(digits)
+    resumed.load_state_dict(saved["model"])
+    history = train(resumed, digits, resume=train_state(saved), **options)
+    assert history.step_loss == expected.step_loss
+    for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_auto_compiles_when_the_steps_ahead_repay_it(digits, monkeypatch):
+    def history(expected_compile_seconds):
+        monkeypatch.setattr(
+            CompiledLoss, "expected_compile_seconds", lambda self: expected_compile_seconds
+        )
+        return train(fresh(digits), digits, epochs=2, device="cpu", progress=False, compile="auto")
+
+    eager = "the training step stays eager: compiling takes about"
+    # 24 small steps save far less than even a compile found in inductor's cache takes
+    assert history(0.0).compile.startswith(f"{eager} 2 s")
+    monkeypatch.setattr(compiled_module, "MIN_COMPILE_SECONDS", 0.0)
+    assert history(1e9).compile.startswith(f"{eager} 1000000000 s")
+    assert history(0.0).compile.startswith("compiled the training step in ")
+
+
+def test_the_compile_time_is_remembered_with_inductors_cache(digits):
+    vae = fresh(digits)
+    x = digits.x_train[:128].round()
+    captured = CompiledLoss(vae, make_loss(vae, "trace"), x)
+    captured.compile(x)
+    again = CompiledLoss(vae, make_loss(vae, "trace"), x)  # the same graph: the same key
+    assert again.expected_compile_seconds() == round(captured.compile_seconds, 3)
+    other = CompiledLoss(vae, make_loss(vae, "trace"), x[:100])  # another shape, never compiled
+    assert other.expected_compile_seconds() == COLD_COMPILE_SECONDS["cpu"]
+
+
+def test_evaluation_compiles_where_it_pays_and_agrees_with_eager(digits, monkeypatch):
+    # the test ELBO, timed at the first epoch's end: made to pay here, to check the numbers
+    monkeypatch.setattr(compiled_module, "MIN_COMPILE_SECONDS", 0.0)
+    monkeypatch.setattr(CompiledLoss, "expected_compile_seconds", lambda self: 0.0)
+    histories = {
+        mode: train(fresh(digits), digits, epochs=3, device="cpu", progress=False, compile=mode)
+        for mode in ("off", "on")
+    }
+    assert "; compiled the test ELBO in " in histories["on"].compile
+    assert relative(histories["on"].test_elbo, histories["off"].test_elbo) < 1e-5
+    # the IWAE bound: 2000 particles, in chunks of 730, 730 and 540 for the 359 test images
+    eager_chunks = []
+    eager_chunk = elbo_module.iwae_chunk
+    monkeypatch.setattr(
+        elbo_module, "iwae_chunk", lambda *a: eager_chunks.append(a[2]) or eager_chunk(*a)
+    )
+    vae = fresh(digits)
+    x = eval_inputs(vae.likelihood, digits.x_test)
+    eager, status, _ = iwae_estimate(vae, x, 2000, seed=1)
+    assert status == "off" and eager_chunks == [730, 730, 540]
+    compiled, compiled_status, seconds = iwae_estimate(vae, x, 2000, seed=1, compile="on")
+    assert compiled_status.startswith("compiled the IWAE bound in ") and seconds > 0
+    assert eager_chunks[3:] == [540]  # the two full chunks ran compiled
+    assert abs(compiled - eager) < 1e-5 * abs(eager)
