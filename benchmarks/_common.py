@@ -284,7 +284,7 @@ def write_results(md: Path, key: str, text: str, payload: dict, run: Run) -> Non
         "it.\n\n## Machine\n\n" + "\n".join(machine_lines(device)) + "\n"
     )
     sections[key] = text.rstrip("\n") + "\n"
-    order = ["machine", "train", "train-scaling", "iwae"]
+    order = ["machine", "train", "train-digits", "train-scaling", "iwae"]
     keys = sorted(sections, key=lambda k: order.index(k) if k in order else len(order))
     md.write_text("\n".join(f"<!-- begin {k} -->\n{sections[k]}<!-- end {k} -->\n" for k in keys))
     js = md.with_suffix(".json")

@@ -262,7 +262,7 @@ def train_report(
         str(key[2]): t.state.history.compile for key, t in TRAINERS.items() if key[1] == "on"
     }
     lines = [
-        "## Training epochs",
+        "## Training epochs" + (" on the digits" if _kind(data) == "digits" else ""),
         "",
         *header,
         f"- network: {math.prod(data.x_shape)}-{HIDDEN}-{z_dim} MLP VAE, Bernoulli likelihood, "
@@ -401,7 +401,8 @@ def main(argv=None) -> int:
     batch_sizes = args.batch_sizes or ([128, 256, 1024] if device.type == "cuda" else [128, 256])
     with C.Run(device, data_line) as run:
         by_batch = {batch: measure_batch(args, device, data, batch) for batch in batch_sizes}
-    C.write_results(md, "train", *train_report(args, device, data, run.lines(), by_batch), run)
+    key = "train" if _kind(data) == "images" else "train-digits"  # each data set a section
+    C.write_results(md, key, *train_report(args, device, data, run.lines(), by_batch), run)
     if args.scaling:
         z_dim = Z_DIMS.get(data.name, Z_DIM)
         configs = (
