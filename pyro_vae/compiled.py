@@ -205,10 +205,14 @@ def _own_random_state(device: torch.device):
 
 
 def _record_file() -> Path:
-    # beside inductor's own cache, so that both go when that cache is cleared
-    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(
-        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}"
-    )
+    # beside inductor's own cache (its default folder), so that both go when it is cleared
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not folder:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # a user id with no name: inductor's own default fails too
+            user = "user"
+        folder = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
     return Path(folder) / "pyro-vae-compile-seconds.json"
 
 
