@@ -43,6 +43,8 @@ from torch.func import functional_call
 from torch.fx import GraphModule
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .device import random_state_kept
+
 # A compiled step takes at most this fraction of an eager one, and a first compile this many
 # seconds (benchmarks/results/compiled-*.md): what compile="auto" reckons with before it knows.
 COMPILED_FRACTION = 0.6
@@ -135,7 +137,7 @@ class CompiledLoss:
         graph both times, with no read of a value into Python."""
         graphs = []
         # Pyro's param store and the global random state are as they were before, afterwards
-        with _own_random_state(x.device), pyro.get_param_store().scope():
+        with random_state_kept(x.device), pyro.get_param_store().scope():
             with pyro.validation_enabled(False):
                 for batch in (x, x.flip(0)):
                     params = [p.detach().requires_grad_() for p in self.parameters]
@@ -158,7 +160,7 @@ class CompiledLoss:
         if self.device.type == "cuda":
             options["triton.cudagraphs"] = True  # static inputs: no launch overhead per kernel
         fn = torch.compile(self.graph, fullgraph=True, dynamic=False, options=options)
-        with _own_random_state(self.device), torch.no_grad(), _quiet_cpp_extension():
+        with random_state_kept(self.device), torch.no_grad(), _quiet_cpp_extension():
             fn([p.detach() for p in self.parameters], x)
         self.fn = fn
         self.compile_seconds = time.perf_counter() - start
@@ -198,10 +200,6 @@ def _quiet_cpp_extension() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def _own_random_state(device: torch.device):
-    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def _record_file() -> Path:

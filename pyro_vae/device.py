@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -30,6 +31,12 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         count = torch.cuda.device_count()
         raise ConfigError(f"{name}: only {count} CUDA device(s) are present", "device")
     return device
+
+
+def random_state_kept(device: torch.device) -> AbstractContextManager[None]:
+    """Inside, torch's global random state (and ``device``'s, for a GPU) may be reseeded and
+    drawn from; afterwards it is as it was before."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def memory_bytes(device: torch.device) -> int:

@@ -35,6 +35,7 @@ from pyro import validation_enabled
 from pyro.infer import ELBO
 from torch.distributions import kl_divergence
 
+from .device import random_state_kept
 from .errors import ConfigError, PyroVAEError
 from .guides import DiagonalNormal
 from .model import VAE
@@ -204,10 +205,9 @@ def dataset_elbo(
     """
     loss = make_loss(vae, objective, num_particles)
     shape = x[:EVAL_BATCH_SIZE].shape
-    devices = [x.device] if x.device.type == "cuda" else []
     total = 0.0
     # without validation, overflowing outputs give a NaN below instead of a ValueError in Pyro
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), validation_enabled(False):
+    with random_state_kept(x.device), torch.no_grad(), validation_enabled(False):
         torch.manual_seed(seed)
         for batch in x.split(EVAL_BATCH_SIZE):
             compute = full_batch if full_batch is not None and batch.shape == shape else loss

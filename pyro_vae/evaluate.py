@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from . import checks
 from .compiled import CompiledLoss, compile_when_it_pays
 from .data import Dataset, check_shape, eval_inputs
+from .device import random_state_kept
 from .elbo import EVAL_BATCH_SIZE, dataset_elbo, iwae_bound, iwae_chunk, iwae_chunk_size
 from .model import VAE
 
@@ -107,7 +108,7 @@ def iwae_estimate(
     decide_at = 0 if compile == "on" else 1  # "auto" first times a batch
     status = "off" if compile == "off" else "the IWAE bound stayed eager: too few batches to decide"
     compiled, total, elapsed, seconds = None, 0.0, 0.0, 0.0
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+    with random_state_kept(x.device):
         torch.manual_seed(seed)
         for i, batch in enumerate(tqdm(batches, desc=f"IWAE k={k}", disable=not progress)):
             if compile != "off" and i == decide_at and batch.shape == batches[0].shape:
@@ -139,7 +140,7 @@ def kl_per_dim(
     term of the ELBO.
     """
     totals = None
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+    with random_state_kept(x.device):
         torch.manual_seed(seed)
         for batch in x.split(EVAL_BATCH_SIZE):
             q, p = vae.posterior_dist(batch), vae.prior(len(batch), batch)

@@ -44,6 +44,7 @@ from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import init_to_value
 from torch.distributions import constraints
 
+from .device import random_state_kept
 from .elbo import iwae_chunk_size
 from .errors import ConfigError
 from .guides import MIN_SCALE, DiagonalNormal
@@ -66,9 +67,8 @@ DIMS = ("obs", "z_dim")
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch, NumPy and ``random`` (as ``pyro.set_rng_seed``) inside, and restore all three
     afterwards: results depend on ``seed`` only, and the caller's random stream is untouched."""
-    devices = [device] if device.type == "cuda" else []
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=devices):
+    with random_state_kept(device):
         pyro.set_rng_seed(seed)
         try:
             yield

@@ -20,6 +20,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
+from .device import random_state_kept
+
 # The default traversal, torch.linspace(-3, 3, 9): +-3 prior standard deviations for N(0, I).
 TRAVERSAL_VALUES = (-3.0, -2.25, -1.5, -0.75, 0.0, 0.75, 1.5, 2.25, 3.0)
 
@@ -186,7 +188,7 @@ def _prior_mean(vae: Any) -> torch.Tensor:
         mean = prior.mean[0]
     except NotImplementedError:
         device = vae._anchor().device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with random_state_kept(device):
             torch.manual_seed(0)
             mean = vae.prior_dist(4096).sample().mean(0)
     return torch.where(torch.isfinite(mean), mean, torch.zeros_like(mean))
