@@ -184,7 +184,7 @@ class Run:
             "train_seconds": sum(history.seconds),
             "compile": history.compile,
             "compile_seconds": history.compile_seconds,
-            "baseline_log_likelihood": baseline_log_likelihood(self.vae, data, binarization),
+            "baseline_log_likelihood": baseline_log_likelihood(self.vae, data.x_train, x_test),
             "active_units": active_units(self.vae, x_test)[0],
             "num_train": len(data.x_train),
             "num_test": len(data.x_test),
