@@ -136,8 +136,23 @@ TRAINING_FLAGS = {
     "--lr": (number("lr"), "Adam learning rate"),
     "--objective": (
         list(OBJECTIVES),
-        "trace: Trace_ELBO; meanfield: TraceMeanField_ELBO "
-        "(analytic KL); manual: the hand-written ELBO in plain PyTorch, no pyro.infer",
+        "trace: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); iwae: the "
+        "importance-weighted bound, RenyiELBO(alpha=0), per example over --num-particles; "
+        "iwae-dreg: the same bound with the doubly reparameterized guide gradient (diagonal "
+        "guide); manual, manual-iwae: the hand-written ELBO and IWAE bound in plain PyTorch",
+    ),
+    "--num-particles": (
+        whole(lambda p, v: checks.whole(p, v, high=checks.MAX_PARTICLES), "num_particles"),
+        "K vectorized particles per example: the ELBO averages over them, iwae log-mean-exps",
+    ),
+    "--beta": (
+        number("beta"),
+        "weight of the KL term: E[log p(x|z)] - beta KL(q(z|x) || p(z)); 1 is the ELBO",
+    ),
+    "--kl-warmup": (
+        whole(lambda p, v: checks.whole(p, v, low=0), "kl_warmup"),
+        "N epochs over which the KL weight rises linearly, beta/N, 2 beta/N, ..., beta; "
+        "0: none. The test ELBO is always the ELBO, weight 1",
     ),
     "--seed": (whole(checks.seed, "seed"), "seeds weights, batch order and noise"),
     "--device": (str, "auto, cpu, cuda or cuda:N"),
@@ -355,7 +370,14 @@ def cmd_check_elbo(args: argparse.Namespace) -> int:
         vae = VAE(data.x_shape, **config.vae_options())
         binarization = config.binarization
     x = eval_inputs(vae.likelihood, data.x_test[: args.batch_size], binarization)
-    report = check_elbo(vae, x, seed=args.seed, num_particles=args.num_particles)
+    report = check_elbo(
+        vae,
+        x,
+        seed=args.seed,
+        num_particles=args.num_particles,
+        kl_weight=args.kl_weight,
+        iwae_particles=args.iwae_particles,
+    )
     print(format_check(report, len(x)))
     if report.failures:
         print(f"pyro-vae: check failed: {report.failures[0]}", file=sys.stderr)
@@ -503,6 +525,18 @@ def _add_check_elbo_parser(commands: Any) -> None:
         default=1,
         help="Monte Carlo particles per example",
         type=whole(lambda p, v: checks.whole(p, v, high=checks.MAX_PARTICLES), "num_particles"),
+    )
+    p.add_argument(
+        "--kl-weight",
+        default=0.5,
+        type=number("kl_weight"),
+        help="the KL weight (a beta, or a warm-up's weight) of the weighed rows",
+    )
+    p.add_argument(
+        "--iwae-particles",
+        default=5,
+        type=whole(lambda p, v: checks.whole(p, v, high=checks.MAX_PARTICLES), "iwae_particles"),
+        help="particles of the IWAE row",
     )
     p.add_argument(
         "--seed",

@@ -75,16 +75,16 @@ class CaptureError(Exception):
 
 
 class _Objective(nn.Module):
-    """``loss_fn(x)`` as a module that holds the VAE, so that ``functional_call`` can run it on
-    parameters given as inputs."""
+    """``loss_fn(x, *inputs)`` as a module that holds the VAE, so that ``functional_call`` can run
+    it on parameters given as inputs."""
 
-    def __init__(self, vae: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, vae: nn.Module, loss_fn: Callable[..., torch.Tensor]):
         super().__init__()
         self.vae = vae
         self.loss_fn = loss_fn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(x)
+    def forward(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(x, *inputs)
 
 
 def host_reads(graph: GraphModule) -> list[str]:
@@ -97,7 +97,8 @@ class CompiledLoss:
     """The loss of ``loss_fn`` and its gradients with respect to ``vae``'s parameters (or, with
     ``gradients=False``, its value alone: an estimate such as the test ELBO), for batches shaped
     like ``x``: captured from one call as a graph, replayed as it is until :meth:`compile`
-    compiles it.
+    compiles it. Further tensor ``inputs`` (a KL weight that changes during training, say) are
+    inputs of the graph too, passed on to ``loss_fn(x, *inputs)``.
 
     Capture and compilation run the program on ``x`` with the global random state put back
     afterwards, so they draw nothing a step would have drawn; ``capture_seconds`` and
@@ -107,8 +108,9 @@ class CompiledLoss:
     def __init__(
         self,
         vae: nn.Module,
-        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+        loss_fn: Callable[..., torch.Tensor],
         x: torch.Tensor,
+        *inputs: torch.Tensor,
         gradients: bool = True,
     ):
         start = time.perf_counter()
@@ -118,9 +120,10 @@ class CompiledLoss:
         objective = _Objective(vae, loss_fn)
         names = [name for name, _ in objective.named_parameters()]
 
-        def loss_and_grads(params: list[torch.Tensor], x: torch.Tensor):
+        def loss_and_grads(params: list[torch.Tensor], x: torch.Tensor, *inputs: torch.Tensor):
             with torch.set_grad_enabled(gradients):
-                loss = functional_call(objective, dict(zip(names, params, strict=True)), (x,))
+                named = dict(zip(names, params, strict=True))
+                loss = functional_call(objective, named, (x, *inputs))
             if not gradients:
                 return loss.detach()
             grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -128,11 +131,14 @@ class CompiledLoss:
             grads = [torch.zeros_like(p) if g is None else g for p, g in pairs]
             return loss.detach(), grads
 
-        self.graph = self._capture(loss_and_grads, x)
+        self.inputs = inputs
+        self.graph = self._capture(loss_and_grads, x, inputs)
         self.fn: Callable = self.graph
         self.capture_seconds, self.compile_seconds = time.perf_counter() - start, 0.0
 
-    def _capture(self, loss_and_grads: Callable, x: torch.Tensor) -> GraphModule:
+    def _capture(
+        self, loss_and_grads: Callable, x: torch.Tensor, inputs: tuple[torch.Tensor, ...]
+    ) -> GraphModule:
         """Trace the step twice, on ``x`` and on ``x`` reversed: the program must give the same
         graph both times, with no read of a value into Python."""
         graphs = []
@@ -142,7 +148,7 @@ class CompiledLoss:
                 for batch in (x, x.flip(0)):
                     params = [p.detach().requires_grad_() for p in self.parameters]
                     try:
-                        graphs.append(make_fx(loss_and_grads)(params, batch))
+                        graphs.append(make_fx(loss_and_grads)(params, batch, *inputs))
                     except RuntimeError as e:  # make_fx refuses to read a traced value
                         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
                         raise CaptureError(f"the program cannot be traced ({first})") from None
@@ -154,14 +160,15 @@ class CompiledLoss:
         return graphs[0]
 
     def compile(self, x: torch.Tensor) -> None:
-        """Compile the graph with inductor now (on ``x``), not in the middle of a step."""
+        """Compile the graph with inductor now (on ``x`` and the inputs it was captured with), not
+        in the middle of a step."""
         start = time.perf_counter()
         options = {"fallback_random": True}  # the same random draws as eager PyTorch
         if self.device.type == "cuda":
             options["triton.cudagraphs"] = True  # static inputs: no launch overhead per kernel
         fn = torch.compile(self.graph, fullgraph=True, dynamic=False, options=options)
         with random_state_kept(self.device), torch.no_grad(), _quiet_cpp_extension():
-            fn([p.detach() for p in self.parameters], x)
+            fn([p.detach() for p in self.parameters], x, *self.inputs)
         self.fn = fn
         self.compile_seconds = time.perf_counter() - start
         _remember(self.key, self.compile_seconds)
@@ -182,11 +189,11 @@ class CompiledLoss:
         (where that time is kept) has this graph; else a cold compile (see COLD_COMPILE_SECONDS)."""
         return _recorded().get(self.key, COLD_COMPILE_SECONDS[self.device.type])
 
-    def __call__(self, x: torch.Tensor) -> Any:
+    def __call__(self, x: torch.Tensor, *inputs: torch.Tensor) -> Any:
         """The loss of batch ``x`` (detached) and the gradient of each parameter, or (without
         gradients) the value alone."""
         with torch.no_grad():
-            return self.fn([p.detach() for p in self.parameters], x)
+            return self.fn([p.detach() for p in self.parameters], x, *inputs)
 
 
 @contextmanager

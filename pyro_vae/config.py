@@ -21,13 +21,12 @@ from typing import Any
 
 from . import checks
 from .data import BINARIZATION, DATASETS
-from .elbo import OBJECTIVES
 from .errors import ConfigError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import NETS
 from .priors import PRIORS
-from .train import COMPILE
+from .train import COMPILE, check_objective
 
 try:  # Python 3.11 reads TOML; on 3.10 a .toml config is refused with one line
     import tomllib
@@ -64,6 +63,9 @@ class RunConfig:
     lr: float = 1e-3
     seed: int = 0
     objective: str = "trace"
+    num_particles: int = 1
+    beta: float = 1.0
+    kl_warmup: int = 0
     binarization: str = "dynamic"
     device: str = "auto"
     compile: str = "auto"
@@ -83,11 +85,20 @@ class RunConfig:
             "batch_size": checks.count("batch_size", self.batch_size),
             "lr": checks.positive("lr", self.lr),
             "seed": checks.seed("seed", self.seed),
-            "objective": checks.choice("objective", self.objective, list(OBJECTIVES)),
             "binarization": checks.choice("binarization", self.binarization, BINARIZATION),
             "device": checks.text("device", self.device),
             "compile": checks.choice("compile", self.compile, COMPILE),
         }
+        # the objective's settings are checked together, against the epochs too
+        weighing = check_objective(
+            self.objective,
+            self.num_particles,
+            self.beta,
+            self.kl_warmup,
+            checked["epochs"],
+            checked["guide"],
+        )
+        checked.update(zip(("num_particles", "beta", "kl_warmup"), weighing, strict=True))
         for name in PART_OPTIONS:
             options = getattr(self, name)
             if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
@@ -155,5 +166,5 @@ class RunConfig:
     def train_options(self) -> dict[str, Any]:
         """The settings :func:`pyro_vae.train` takes."""
         names = ("epochs", "batch_size", "lr", "device", "seed", "objective", "binarization")
-        names += ("compile",)
+        names += ("compile", "num_particles", "beta", "kl_warmup")
         return {name: getattr(self, name) for name in names}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import pyro.distributions as dist
@@ -39,10 +40,15 @@ from .device import random_state_kept
 from .errors import ConfigError, PyroVAEError
 from .guides import DiagonalNormal
 from .model import VAE
-from .objectives import SyncFreeTrace_ELBO, SyncFreeTraceMeanField_ELBO
+from .objectives import (
+    SyncFreeIWAE_DReG_ELBO,
+    SyncFreeIWAE_ELBO,
+    SyncFreeTrace_ELBO,
+    SyncFreeTraceMeanField_ELBO,
+)
 from .registry import name_of
 
-LossFn = Callable[[torch.Tensor], torch.Tensor]
+LossFn = Callable[..., torch.Tensor]  # (x, kl_weight=1.0) -> loss
 
 # Test-set estimates are made in chunks of this many examples. It is fixed because the Monte
 # Carlo draws, and so the estimate for a given seed, depend on how the data set is cut.
@@ -88,23 +94,32 @@ def log_weight_terms(
 
 
 def manual_elbo(
-    vae: VAE, x: torch.Tensor, num_particles: int = 1, analytic_kl: bool = False
+    vae: VAE,
+    x: torch.Tensor,
+    num_particles: int = 1,
+    analytic_kl: bool = False,
+    kl_weight: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """The ELBO of the batch ``x``, summed over examples and averaged over particles, in nats.
 
-    With ``analytic_kl=False`` this is ``log p(x|z) + log p(z) - log q(z|x)`` at
-    z = loc + scale * eps, eps ~ N(0, I), drawn with ``torch.randn`` in the order Pyro draws it:
-    ``-manual_elbo(vae, x)`` equals ``Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)``
-    under the same seed. With ``analytic_kl=True`` the term ``log p(z) - log q(z|x)`` becomes
-    ``-KL(q(z|x) || p(z))`` in closed form, as in ``TraceMeanField_ELBO``.
+    With ``analytic_kl=False`` this is ``log p(x|z) + w log p(z) - w log q(z|x)`` at
+    z = loc + scale * eps, eps ~ N(0, I), drawn with ``torch.randn`` in the order Pyro draws it,
+    with w = ``kl_weight`` (1: the ELBO; beta, or a warm-up's weight, otherwise):
+    ``-manual_elbo(vae, x, K, kl_weight=w)`` equals
+    ``Trace_ELBO(num_particles=K, vectorize_particles=True).differentiable_loss(vae.model,
+    vae.guide, x, w)`` under the same seed. With ``analytic_kl=True`` the term
+    ``w (log p(z) - log q(z|x))`` becomes ``-w KL(q(z|x) || p(z))`` in closed form, as in
+    ``TraceMeanField_ELBO``.
 
     :raises ConfigError: if ``analytic_kl`` is asked for and no closed-form KL exists between
         the guide family and the prior.
     """
     log_p_x, log_p_z, log_q, q, p_z = log_weight_terms(vae, x, num_particles)
     if not analytic_kl:
-        return (log_p_z.sum() + log_p_x.sum() - log_q.sum()) / num_particles
-    return log_p_x.sum() / num_particles - closed_form_kl(vae, q, p_z).sum()
+        weighted = (log_p_z * kl_weight).sum() + log_p_x.sum() - (log_q * kl_weight).sum()
+        return weighted / num_particles
+    kl = closed_form_kl(vae, q, p_z)
+    return log_p_x.sum() / num_particles - (kl * kl_weight).sum()
 
 
 def closed_form_kl(vae: VAE, q: dist.Distribution, p_z: dist.Distribution) -> torch.Tensor:
@@ -132,7 +147,6 @@ def iwae_chunk_size(vae: VAE, x: torch.Tensor, k: int) -> int:
     return max(1, min(k, IWAE_CHUNK_ELEMENTS // per_particle))
 
 
-@torch.no_grad()
 def iwae_bound(
     vae: VAE,
     x: torch.Tensor,
@@ -144,8 +158,11 @@ def iwae_bound(
 
     k = 1 is the single-sample ELBO; the bound rises towards log p(x) as k grows. Particles are
     drawn in chunks (:func:`iwae_chunk`), combined with logsumexp, so that k = 5000 fits in
-    memory. ``full_chunk``, if given, computes the chunks of :func:`iwae_chunk_size` particles
-    (a compiled :func:`iwae_chunk`, say).
+    memory. It is differentiable: ``-iwae_bound(vae, x, k).sum()`` is the hand-written twin of
+    Pyro's IWAE objective (:class:`~pyro_vae.objectives.SyncFreeIWAE_ELBO`), the same value and
+    gradients under the same seed; estimates that need no gradient run it under
+    ``torch.no_grad()``. ``full_chunk``, if given, computes the chunks of
+    :func:`iwae_chunk_size` particles (a compiled :func:`iwae_chunk`, say).
     """
     if k < 1:
         raise ConfigError(f"the IWAE bound needs k >= 1 particles, got {k}")
@@ -158,32 +175,100 @@ def iwae_bound(
     return torch.logsumexp(torch.stack(partial_sums), dim=0) - math.log(k)
 
 
+def iwae_dreg_gradients(
+    vae: VAE, x: torch.Tensor, num_particles: int, parameters: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The IWAE bound of the batch ``x`` (summed over examples) and its doubly reparameterized
+    gradient with respect to ``parameters`` (Tucker et al. 2018), written out for the diagonal
+    Gaussian guide: with z_k = loc + scale * eps_k, log w_k = log p(x, z_k) - log q(z_k | x)
+    and the normalized weights w~_k,
+
+        model's path (z held):        sum_k w~_k grad log w_k
+        guide's path (through z_k):   sum_k w~_k^2 (d log w_k / d z_k) (d z_k / d params)
+
+    where log q is scored with loc and scale held fixed. The hand-written twin of
+    :class:`~pyro_vae.objectives.SyncFreeIWAE_DReG_ELBO`: two explicit gradient computations, no
+    hooks; the draws are Pyro's, in Pyro's order.
+    """
+    if not isinstance(vae.posterior, DiagonalNormal):
+        raise ConfigError(
+            "the doubly reparameterized gradient needs the 'diagonal' {param}", "guide"
+        )
+    loc, scale = vae.encode(x)
+    eps = torch.randn(num_particles, *loc.shape, dtype=loc.dtype, device=loc.device)
+    z = loc + eps * scale
+    held = z.detach().requires_grad_()
+    log_p_z = vae.prior(x.shape[0], x).log_prob(held)
+    log_p_x = vae.likelihood_dist(held).log_prob(x)
+    log_w = log_p_x + log_p_z - normal_log_density(held, loc.detach(), scale.detach()).sum(-1)
+    weights = torch.softmax(log_w.detach(), dim=0)
+    *model_path, dz = torch.autograd.grad(
+        (weights * log_w).sum(), [*parameters, held], allow_unused=True
+    )
+    guide_path = torch.autograd.grad(
+        z, parameters, grad_outputs=weights.unsqueeze(-1) * dz, allow_unused=True
+    )
+    grads = [_added(a, b) for a, b in zip(model_path, guide_path, strict=True)]
+    bound = torch.logsumexp(log_w.detach(), dim=0) - math.log(num_particles)
+    return bound.sum(), grads
+
+
+def _added(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return b if a is None else a if b is None else a + b
+
+
 def _pyro_loss(elbo_class: type[ELBO], vae: VAE, num_particles: int) -> LossFn:
     elbo = elbo_class(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     return partial(elbo.differentiable_loss, vae.model, vae.guide)
 
 
 def _manual_loss(vae: VAE, num_particles: int) -> LossFn:
-    return lambda x: -manual_elbo(vae, x, num_particles)
+    return lambda x, kl_weight=1.0: -manual_elbo(vae, x, num_particles, kl_weight=kl_weight)
 
 
-# Pyro's Trace_ELBO and TraceMeanField_ELBO, without their host round trips (pyro_vae.objectives)
-OBJECTIVES: dict[str, Callable[[VAE, int], LossFn]] = {
-    "trace": partial(_pyro_loss, SyncFreeTrace_ELBO),
-    "meanfield": partial(_pyro_loss, SyncFreeTraceMeanField_ELBO),
-    "manual": _manual_loss,
+def _manual_iwae_loss(vae: VAE, num_particles: int) -> LossFn:
+    return lambda x, kl_weight=1.0: -iwae_bound(vae, x, num_particles).sum()
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A training objective: ``make(vae, num_particles)`` gives its loss ``(x, kl_weight) ->
+    -objective``, summed over the batch; ``weighs_kl`` says whether it has a KL term for a beta or
+    a warm-up to weigh; ``elbo`` names the objective whose one-particle value is the ELBO
+    reported for runs trained with this one (the test ELBO)."""
+
+    make: Callable[[VAE, int], LossFn]
+    weighs_kl: bool
+    elbo: str
+    guides: tuple[str, ...] = ()  # the guide families it works with; () for any
+
+
+OBJECTIVES: dict[str, Objective] = {
+    # Pyro's Trace_ELBO, TraceMeanField_ELBO and RenyiELBO(alpha=0) without their host round
+    # trips (pyro_vae.objectives), and their hand-written twins
+    "trace": Objective(partial(_pyro_loss, SyncFreeTrace_ELBO), True, "trace"),
+    "meanfield": Objective(partial(_pyro_loss, SyncFreeTraceMeanField_ELBO), True, "meanfield"),
+    "iwae": Objective(partial(_pyro_loss, SyncFreeIWAE_ELBO), False, "trace"),
+    "iwae-dreg": Objective(
+        partial(_pyro_loss, SyncFreeIWAE_DReG_ELBO), False, "trace", guides=("diagonal",)
+    ),
+    "manual": Objective(_manual_loss, True, "manual"),
+    "manual-iwae": Objective(_manual_iwae_loss, False, "manual"),
 }
 
 
 def make_loss(vae: VAE, objective: str = "trace", num_particles: int = 1) -> LossFn:
-    """``x -> -ELBO(x)`` summed over the batch, differentiable, by objective name:
-    ``trace`` (Pyro's ``Trace_ELBO``), ``meanfield`` (``TraceMeanField_ELBO``) or ``manual``
-    (:func:`manual_elbo`, no ``pyro.infer``)."""
+    """``(x, kl_weight=1) -> -objective(x)`` summed over the batch, differentiable, by objective
+    name: ``trace`` (Pyro's ``Trace_ELBO``), ``meanfield`` (``TraceMeanField_ELBO``), ``iwae``
+    (``RenyiELBO(alpha=0)``, the IWAE bound), ``iwae-dreg`` (the same bound with the doubly
+    reparameterized guide gradient), or their hand-written twins ``manual``
+    (:func:`manual_elbo`, no ``pyro.infer``) and ``manual-iwae`` (:func:`iwae_bound`), each with
+    ``num_particles`` vectorized particles. ``kl_weight`` weighs the KL term of the ELBOs."""
     if objective not in OBJECTIVES:
         raise ConfigError(
             f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}"
         )
-    return OBJECTIVES[objective](vae, num_particles)
+    return OBJECTIVES[objective].make(vae, num_particles)
 
 
 def dataset_elbo(
@@ -195,7 +280,8 @@ def dataset_elbo(
     num_particles: int = 1,
     full_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
-    """The mean ELBO per example of ``x`` in nats, a Monte Carlo estimate with a fixed seed.
+    """The mean ELBO per example of ``x`` in nats, a Monte Carlo estimate with a fixed seed, by
+    the ELBO of ``objective`` (``trace`` for ``iwae``: see :class:`Objective`) with weight 1.
 
     The same ``vae``, ``x`` and ``seed`` give the same number on the same device. The global
     random state is saved and restored, so estimating never changes the course of training.
@@ -203,7 +289,7 @@ def dataset_elbo(
     training step) is a :class:`PyroVAEError`. ``full_batch``, if given, computes the loss of
     the batches shaped like the first (a compiled objective, say).
     """
-    loss = make_loss(vae, objective, num_particles)
+    loss = make_loss(vae, OBJECTIVES[objective].elbo, num_particles)
     shape = x[:EVAL_BATCH_SIZE].shape
     total = 0.0
     # without validation, overflowing outputs give a NaN below instead of a ValueError in Pyro

@@ -123,7 +123,8 @@ def iwae_estimate(
                 )
             start = time.perf_counter()
             full_chunk = compiled if compiled and batch.shape == compiled.shape else None
-            total += float(iwae_bound(vae, batch, k, full_chunk).sum())
+            with torch.no_grad():
+                total += float(iwae_bound(vae, batch, k, full_chunk).sum())
             elapsed = time.perf_counter() - start
     return IWAEEstimate(total / len(x), status, seconds)
 

@@ -12,6 +12,10 @@ and the guide, which proposes a code for each observed x::
 Training maximizes the evidence lower bound
 ``ELBO(x) = E_q[log p(x|z) + log p(z) - log q(z|x)] <= log p(x)``, which ``pyro.infer.Trace_ELBO``
 estimates by running the guide, replaying its z in the model, and differencing the log densities.
+
+Both take a ``kl_weight`` w, the beta of Higgins et al. (2017) or a warm-up's weight (Bowman et al.
+2016): the site z is scaled by w in model and guide (``pyro.poutine.scale``), so the objective
+becomes ``E_q[log p(x|z)] - w * KL(q(z|x) || p(z))``; w = 1 is the ELBO.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from torch import nn
 
 from . import checks
@@ -108,16 +113,19 @@ class VAE(nn.Module):
             **self.options,
         }
 
-    def model(self, x: torch.Tensor) -> None:
-        """p(x, z) = p(z) p(x|z) for a batch ``x`` of shape ``(B, *x_shape)``."""
+    def model(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> None:
+        """p(x, z) = p(z) p(x|z) for a batch ``x`` of shape ``(B, *x_shape)``; log p(z) weighted
+        by ``kl_weight`` (a positive number or 0-dim tensor)."""
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior(x.shape[0], x))
+            with poutine.scale(scale=kl_weight):
+                z = pyro.sample("z", self.prior(x.shape[0], x))
             pyro.sample("x", self.likelihood_dist(z), obs=x)
 
-    def guide(self, x: torch.Tensor) -> None:
-        """q(z|x), amortized: one encoder pass gives the posterior of every example."""
+    def guide(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> None:
+        """q(z|x), amortized: one encoder pass gives the posterior of every example; log q(z|x)
+        weighted by ``kl_weight``, as log p(z) is in the model."""
         pyro.module("vae", self)  # every parameter, the model's too: what SVI optimizes
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate("data", x.shape[0]), poutine.scale(scale=kl_weight):
             pyro.sample("z", self.posterior_dist(x))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

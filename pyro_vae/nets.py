@@ -155,3 +155,21 @@ def make_nets(
         f"the networks with z_dim {z_dim} and hidden_dims {list(hidden_dims)}",
     )
     return build()
+
+
+@torch.no_grad()
+def activation_numbers(net: nn.Module, example: torch.Tensor) -> int:
+    """The numbers ``net``'s layers output for one input ``example`` (with its batch dim of 1):
+    what one more example, or one more particle, adds to a forward pass."""
+    counted = []
+    hooks = [
+        layer.register_forward_hook(lambda _m, _i, out: counted.append(out.numel()))
+        for layer in net.modules()
+        if not list(layer.children())
+    ]
+    try:
+        net(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(counted)

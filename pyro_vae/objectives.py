@@ -20,15 +20,24 @@ losses' finiteness every few steps instead.
 
 from __future__ import annotations
 
+import math
+from functools import partial
 from typing import Any
 
 import torch
 from pyro.distributions.util import is_identically_zero, scale_and_mask
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
-from pyro.infer.util import check_fully_reparametrized, is_validation_enabled
+from pyro.infer.util import (
+    check_fully_reparametrized,
+    get_dependent_plate_dims,
+    is_validation_enabled,
+    torch_sum,
+)
 from pyro.poutine import Trace
-from torch.distributions import kl_divergence
+from torch.distributions import Independent, Normal, kl_divergence
+
+from .errors import ConfigError
 
 
 def _trace_terms(model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,3 +128,124 @@ class SyncFreeTraceMeanField_ELBO(_SyncFree, TraceMeanField_ELBO):
     with no ``.item()``."""
 
     _terms = staticmethod(_mean_field_terms)
+
+
+class SyncFreeIWAE_ELBO(RenyiELBO):
+    r"""``pyro.infer.RenyiELBO(alpha=0)``, the importance-weighted bound of Burda et al. (2015),
+    with a ``differentiable_loss`` that never reads back to the host:
+
+        IWAE(x) = sum_b log (1/K) sum_k p(x_b, z_bk) / q(z_bk | x_b),   z_bk ~ q(z | x_b).
+
+    With vectorized particles, RenyiELBO sums each site's log density over the plates that not
+    every site shares (:func:`pyro.infer.util.get_dependent_plate_dims`); the data plate is shared,
+    so the log weights keep the shape ``(K, B)`` and the log-mean-exp over K is taken per example,
+    as above. The gradient is RenyiELBO's, ``sum_b sum_k w_bk grad log w_bk`` with the normalized
+    weights w_bk held constant; the value is RenyiELBO's to the last bit.
+    """
+
+    def __init__(self, num_particles: int = 1, **kwargs: Any):
+        super().__init__(alpha=0, num_particles=num_particles, **kwargs)
+
+    def differentiable_loss(
+        self, model: Any, guide: Any, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """The negative IWAE bound, summed over the batch: RenyiELBO's value and gradient."""
+        log_weights, surrogates, latents = [], [], []
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            log_weight, surrogate, values = self._terms(model_trace, guide_trace)
+            log_weights.append(log_weight)
+            surrogates.append(surrogate)
+            latents.append(values)
+        if self.vectorize_particles and self.num_particles > 1:
+            log_weights, surrogates = log_weights[0], surrogates[0]
+        else:
+            log_weights, surrogates = torch.stack(log_weights), torch.stack(surrogates)
+        log_mean = torch.logsumexp(log_weights, dim=0, keepdim=True) - math.log(self.num_particles)
+        normalized = (log_weights - log_mean).exp()
+        self._reweigh(latents, normalized / self.num_particles)
+        surrogate_loss = -(normalized * surrogates).sum() / self.num_particles
+        return -log_mean.sum() + (surrogate_loss - surrogate_loss.detach())
+
+    @staticmethod
+    def _terms(model_trace: Trace, guide_trace: Trace) -> tuple[Any, Any, list[torch.Tensor]]:
+        return (*_iwae_terms(model_trace, guide_trace), [])
+
+    def _reweigh(self, latents: list[list[torch.Tensor]], weights: torch.Tensor) -> None:
+        """IWAE's gradient is the surrogate's as it stands (the DReG subclass weighs the
+        latents' gradients here)."""
+
+    def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+        """The negative IWAE bound as a float, as Pyro's ``loss``."""
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+
+def _iwae_terms(model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log_weight, surrogate)`` of RenyiELBO's particle: log p(x, z) - log q(z|x) per example
+    (no gradient), and the same with its gradient (reparameterized sites only: RenyiELBO refuses
+    others)."""
+    sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+    log_weight, surrogate = 0.0, 0.0
+    for sign, trace in ((1, model_trace), (-1, guide_trace)):
+        for site in trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            if sign < 0 and not is_identically_zero(site["score_parts"].score_function):
+                raise ConfigError("the IWAE objective needs a reparameterized guide", "guide")
+            log_prob = torch_sum(site["log_prob"], sum_dims)
+            log_weight = log_weight + sign * log_prob.detach()
+            surrogate = surrogate + sign * log_prob
+    return log_weight, surrogate
+
+
+class SyncFreeIWAE_DReG_ELBO(SyncFreeIWAE_ELBO):
+    r"""The IWAE bound with the doubly reparameterized gradient of Tucker, Lawson, Gu & Maddison
+    (2018, "Doubly Reparameterized Gradient Estimators for Monte Carlo Objectives"): the value of
+    :class:`SyncFreeIWAE_ELBO`, the model's gradient of IWAE, and for the guide
+
+        grad_phi = sum_b sum_k w_bk^2 (d log w_bk / d z_bk) (d z_bk / d phi),
+
+    with w the normalized weights and log w = log p(x, z) - log q(z | x) scored with q's
+    parameters held fixed (``detach``): the score term of IWAE's guide gradient, whose variance
+    does not shrink as K grows, has expectation zero and is left out; what remains flows through
+    the reparameterized z. The extra w is a hook on each latent's gradient. Only diagonal Normal
+    guides (``Normal(...).to_event(1)``), whose parameters can be held fixed.
+    """
+
+    @staticmethod
+    def _terms(model_trace: Trace, guide_trace: Trace) -> tuple[Any, Any, list[torch.Tensor]]:
+        sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+        log_weight, surrogate = _iwae_terms(model_trace, guide_trace)[0], 0.0
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample":
+                surrogate = surrogate + torch_sum(site["log_prob"], sum_dims)
+        latents = []
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample":
+                held = scale_and_mask(
+                    _held_fixed(site["fn"]).log_prob(site["value"]), site["scale"], site["mask"]
+                )
+                surrogate = surrogate - torch_sum(held, sum_dims)
+                latents.append(site["value"])
+        return log_weight, surrogate, latents
+
+    def _reweigh(self, latents: list[list[torch.Tensor]], weights: torch.Tensor) -> None:
+        """Each latent's gradient, w_bk of IWAE's gradient, weighed by w_bk once more."""
+        for k, values in enumerate(latents):
+            weight = weights if self.vectorize_particles and self.num_particles > 1 else weights[k]
+            for value in values:
+                if value.requires_grad:
+                    extra = value.dim() - weight.dim()
+                    value.register_hook(partial(torch.mul, other=weight[(...,) + (None,) * extra]))
+
+
+def _held_fixed(fn: Any) -> Any:
+    """The diagonal Normal ``fn`` with its parameters detached: it scores z, not its own
+    parameters' gradient."""
+    base = fn.base_dist if isinstance(fn, Independent) else fn
+    if not isinstance(base, Normal):
+        raise ConfigError(
+            "the doubly reparameterized gradient needs a diagonal Normal {param}", "guide"
+        )
+    held = Normal(base.loc.detach(), base.scale.detach())
+    return Independent(held, fn.reinterpreted_batch_ndims) if base is not fn else held

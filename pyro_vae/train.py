@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pyro
@@ -34,8 +35,10 @@ from .device import check_fits, resolve_device
 from .elbo import EVAL_BATCH_SIZE, OBJECTIVES, closed_form_kl, dataset_elbo, make_loss
 from .errors import ConfigError, PyroVAEError
 from .model import VAE
+from .nets import activation_numbers
+from .registry import name_of
 
-EPOCH_COLUMNS = ("epoch", "train_elbo", "test_elbo", "seconds")
+EPOCH_COLUMNS = ("epoch", "train_elbo", "test_elbo", "seconds", "kl_weight")
 # Steps between looks at the device's values: the losses' finiteness, the progress bar's loss,
 # and (under torchrun) whether any rank was asked to stop.
 CHECK_EVERY = 10
@@ -46,16 +49,24 @@ AUTO_TIMED_STEPS = 5
 
 @dataclass
 class History:
-    """Per-epoch figures: ELBOs in nats per example, ``seconds`` of training in that epoch; and
-    ``step_loss``, each step's loss (the negative ELBO of its batch, nats per example)."""
+    """Per-epoch figures in nats per example: ``train_elbo``, the training objective over the
+    epoch's batches (the ELBO with the KL term weighed by ``kl_weight``; the IWAE bound for the
+    IWAE objectives); ``test_elbo``, the ELBO itself (weight 1, one particle), comparable across
+    runs; ``seconds`` of training in that epoch; and ``step_loss``, each step's loss (the
+    negative objective of its batch, nats per example)."""
 
     epoch: list[int] = field(default_factory=list)
     train_elbo: list[float] = field(default_factory=list)
     test_elbo: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    kl_weight: list[float] = field(default_factory=list)
     step_loss: list[float] = field(default_factory=list)
     compile: str = "off"  # what became of compiling the step, in one line
     compile_seconds: float = 0.0  # capturing and compiling, all told
+
+    def __post_init__(self) -> None:
+        if self.epoch and not self.kl_weight:  # a history from before the KL was weighed
+            self.kl_weight = [1.0] * len(self.epoch)
 
     def rows(self) -> list[dict[str, float]]:
         """One dict per epoch, keyed like the columns of ``metrics.csv``."""
@@ -112,6 +123,9 @@ def train(
     device: str | torch.device = "auto",
     seed: int = 0,
     objective: str = "trace",
+    num_particles: int = 1,
+    beta: float = 1.0,
+    kl_warmup: int = 0,
     binarization: str = "dynamic",
     compile: str | bool = "off",
     progress: bool = True,
@@ -121,8 +135,18 @@ def train(
 ) -> History:
     """Fit ``vae`` to ``data.x_train`` by SVI; return the per-epoch history.
 
-    :param objective: ``"trace"`` (``Trace_ELBO``), ``"meanfield"`` (``TraceMeanField_ELBO``) or
-        ``"manual"`` (:func:`pyro_vae.elbo.manual_elbo`, plain PyTorch, no ``pyro.infer``).
+    :param objective: ``"trace"`` (``Trace_ELBO``), ``"meanfield"`` (``TraceMeanField_ELBO``),
+        ``"iwae"`` (``RenyiELBO(alpha=0)``: the importance-weighted bound of Burda et al. 2015),
+        or the hand-written twins ``"manual"`` (:func:`pyro_vae.elbo.manual_elbo`, plain
+        PyTorch, no ``pyro.infer``) and ``"manual-iwae"`` (:func:`pyro_vae.elbo.iwae_bound`).
+    :param num_particles: K, the vectorized particles each example's objective averages over
+        (the ELBOs) or log-mean-exps over (the IWAE bound).
+    :param beta: the weight of the KL term, ``E_q[log p(x|z)] - beta KL(q(z|x) || p(z))``
+        (Higgins et al. 2017); 1 is the ELBO. Not for the IWAE objectives, which have no KL term.
+    :param kl_warmup: N > 0: the weight rises linearly over the first N epochs, beta/N in the
+        first, 2 beta/N in the second, ..., beta in the N-th and after (Bowman et al. 2016,
+        Sonderby et al. 2016); 0: beta throughout. ``history.kl_weight`` has each epoch's weight;
+        the test ELBO is always the ELBO itself, weight 1.
     :param binarization: ``"dynamic"``: for a binary likelihood, grey training data is binarized
         afresh in every batch and the test set once with a fixed seed (:mod:`pyro_vae.data`);
         ``"none"``: the data are used as they are.
@@ -152,6 +176,7 @@ def train(
     (:mod:`pyro_vae.distributed`); the history is the same on every rank.
     """
     settings = dict(seed=seed, objective=objective, binarization=binarization, compile=compile)
+    settings.update(num_particles=num_particles, beta=beta, kl_warmup=kl_warmup)
     try:
         trainer = Trainer(vae, data, batch_size=batch_size, lr=lr, device=device, **settings)
         if resume is not None:
@@ -162,6 +187,50 @@ def train(
             f"training ran out of the memory of {resolve_device(device)}; try a smaller "
             "{batch_size} or smaller {hidden_dims} (the last checkpoint is kept)"
         ) from None
+
+
+def kl_weight_at(epoch: int, beta: float, kl_warmup: int) -> float:
+    """The KL term's weight in ``epoch`` (counted from 1): ``beta * epoch / kl_warmup`` during a
+    warm-up of ``kl_warmup`` epochs, ``beta`` after it, or throughout when ``kl_warmup`` is 0."""
+    return beta * min(1.0, epoch / kl_warmup) if kl_warmup else beta
+
+
+def check_objective(
+    objective: str,
+    num_particles: int = 1,
+    beta: float = 1.0,
+    kl_warmup: int = 0,
+    epochs: int | None = None,
+    guide: str | None = None,
+) -> tuple[int, float, int]:
+    """``(num_particles, beta, kl_warmup)``, checked against each other, the objective, the
+    ``epochs`` of training and the ``guide`` family: a warm-up longer than training, a KL weight
+    for an objective with no KL term, or a guide the objective cannot use, is a
+    :class:`ConfigError` naming the setting."""
+    checks.choice("objective", objective, list(OBJECTIVES))
+    families = OBJECTIVES[objective].guides
+    if guide is not None and families and guide not in families:
+        raise ConfigError(
+            f"objective {objective!r} needs the guide {' or '.join(map(repr, families))}, not "
+            f"{{guide}} {guide!r}: it scores z with the guide's parameters held fixed",
+        )
+    num_particles = checks.whole("num_particles", num_particles, high=checks.MAX_PARTICLES)
+    beta = checks.positive("beta", beta)
+    kl_warmup = checks.whole("kl_warmup", kl_warmup, low=0)
+    if epochs is not None and kl_warmup > epochs:
+        raise ConfigError(
+            f"({kl_warmup} epochs) is longer than the training ({{epochs}} {epochs})",
+            "kl_warmup",
+        )
+    if not OBJECTIVES[objective].weighs_kl:
+        for name, value, default in (("beta", beta, 1.0), ("kl_warmup", kl_warmup, 0)):
+            if value != default:
+                raise ConfigError(
+                    f"weighs the KL term of the ELBO, and objective {objective!r}, the IWAE "
+                    "bound, has none: use it with objective 'trace' or 'meanfield'",
+                    name,
+                )
+    return num_particles, beta, kl_warmup
 
 
 class Trainer:
@@ -181,14 +250,19 @@ class Trainer:
         objective: str,
         binarization: str,
         compile: str | bool = "off",
+        num_particles: int = 1,
+        beta: float = 1.0,
+        kl_warmup: int = 0,
     ):
         self.batch_size = checks.count("batch_size", batch_size)
+        self.num_particles, self.beta, self.kl_warmup = check_objective(
+            objective, num_particles, beta, kl_warmup, guide=name_of(vae.posterior)
+        )
         self.compile = checks.choice(
             "compile", {True: "on", False: "off"}.get(compile, compile), COMPILE
         )
         self.lr = checks.positive("lr", lr)
         self.seed = checks.seed("seed", seed)
-        checks.choice("objective", objective, list(OBJECTIVES))
         check_shape(vae.x_shape, data)
         self.rank, self.world = distributed.rank_and_world()
         if self.batch_size < self.world:
@@ -201,10 +275,7 @@ class Trainer:
         self._check_memory(data)
         self.x_train, self.x_test = data.x_train.to(self.device), x_test.to(self.device)
         vae.to(self.device)
-        self.loss_fn = make_loss(vae, objective)
-        if objective == "meanfield":  # Pyro would quietly fall back to the sampled KL instead
-            with torch.no_grad():
-                closed_form_kl(vae, vae.posterior_dist(self.x_test[:1]), vae.prior(1, self.x_test))
+        self._set_up_objective()
         self.parameters = list(vae.parameters())
         # foreach: one call per step for all parameters, bitwise the for-loop Adam's numbers
         self.optimizer = torch.optim.Adam(self.parameters, lr=self.lr, foreach=True)
@@ -224,11 +295,31 @@ class Trainer:
         if self.world > 1:
             distributed.broadcast_parameters(vae)
 
+    def _set_up_objective(self) -> None:
+        """The training loss, with the KL weight bound in or (during a warm-up) as an input, and
+        the test ELBO's loss."""
+        vae, objective = self.vae, self.objective
+        loss = make_loss(vae, objective, self.num_particles)
+        # a weight that changes from epoch to epoch is an input of the (compiled) step
+        self.loss_fn = loss if self.kl_warmup else partial(loss, kl_weight=self.beta)
+        self.weight: tuple[torch.Tensor, ...] = ()  # the warm-up's weight in this epoch
+        self.elbo_fn = make_loss(vae, OBJECTIVES[objective].elbo)
+        if objective == "meanfield":  # Pyro would quietly fall back to the sampled KL instead
+            with torch.no_grad():
+                closed_form_kl(vae, vae.posterior_dist(self.x_test[:1]), vae.prior(1, self.x_test))
+
     def _check_memory(self, data: Dataset) -> None:
         # weights, gradients and Adam's two moments, and the data: activations come on top
         weights = sum(p.numel() * p.element_size() for p in self.vae.parameters())
         data_bytes = sum(x.numel() * x.element_size() for x in (data.x_train, data.x_test))
         check_fits(4 * weights + data_bytes, self.device, "the weights, Adam's state and the data")
+        # each particle of each example runs the decoder and the likelihood; kept for backward
+        z = torch.zeros(1, self.vae.z_dim)
+        per_particle = activation_numbers(self.vae.decoder, z) + 4 * data.x_train[0].numel()
+        shard = -(-min(self.batch_size, len(data.x_train)) // self.world)
+        needed = 2 * self.num_particles * shard * per_particle * data.x_train.element_size()
+        what = f"{{param}} = {self.num_particles}: the activations of {self.num_particles} "
+        check_fits(needed, self.device, f"{what}particles of {shard} examples", "num_particles")
 
     def restore(self, state: TrainState) -> None:
         """Go on from ``state``, handed to ``checkpoint`` earlier, with the VAE holding the
@@ -254,11 +345,12 @@ class Trainer:
         """One SVI step on ``x``, this rank's shard of a batch: the loss and its gradient (summed
         over ranks) and one Adam step. Returns the whole batch's loss, detached, on the device."""
         if self.compiled is not None and len(x) == self.full_shard:
-            loss, grads = self.compiled(x)
+            loss, grads = self.compiled(x, *self.weight)
             for p, g in zip(self.parameters, grads, strict=True):
                 p.grad = g
         else:
-            loss = self.loss_fn(x) if len(x) else torch.zeros((), device=self.device)
+            empty = not len(x)
+            loss = torch.zeros((), device=self.device) if empty else self.loss_fn(x, *self.weight)
             if loss.requires_grad:
                 loss.backward()
         if self.world > 1:
@@ -288,6 +380,7 @@ class Trainer:
     ) -> History:
         """Train until ``epochs`` epochs are done; see :func:`train`."""
         epochs = checks.count("epochs", epochs)
+        check_objective(self.objective, self.num_particles, self.beta, self.kl_warmup, epochs)
         total = epochs * self.steps_per_epoch
         done = self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
         show = progress and self.rank == 0
@@ -310,6 +403,9 @@ class Trainer:
         """Take the steps of ``epoch`` that are left and close it, or stop after a step when
         ``stop`` asks to; returns whether it asked. ``self.state`` is then where training stands."""
         state = self.state
+        if self.kl_warmup:
+            weight = kl_weight_at(epoch, self.beta, self.kl_warmup)
+            self.weight = (torch.tensor(weight, device=self.device),)
         start = time.perf_counter() - state.partial_seconds
         order_state = self.batch_order.get_state()
         losses = [torch.tensor(v, device=self.device) for v in state.partial_losses]
@@ -354,7 +450,7 @@ class Trainer:
         self._decided = True
         self.compiled, message, seconds = compile_when_it_pays(
             "the training step",
-            lambda: CompiledLoss(self.vae, self.loss_fn, x),
+            lambda: CompiledLoss(self.vae, self.loss_fn, x, *self.weight),
             x,
             eager_seconds,
             self.steps_left,
@@ -375,7 +471,7 @@ class Trainer:
             self._eval_decided = True
             compiled, message, seconds = compile_when_it_pays(
                 "the test ELBO",
-                lambda: CompiledLoss(self.vae, self.loss_fn, first, gradients=False),
+                lambda: CompiledLoss(self.vae, self.elbo_fn, first, gradients=False),
                 first,
                 (self._clock() - start) / batches,
                 (self.epochs - epoch) * batches,
@@ -429,6 +525,7 @@ class Trainer:
         history.train_elbo.append(-losses.double().sum().item() / n)
         history.epoch.append(epoch)
         history.seconds.append(seconds)
+        history.kl_weight.append(kl_weight_at(epoch, self.beta, self.kl_warmup))
         test_elbo = self._test_elbo(epoch)
         history.test_elbo.append(test_elbo)
         bar.set_postfix(train_elbo=f"{history.train_elbo[-1]:.2f}", test_elbo=f"{test_elbo:.2f}")

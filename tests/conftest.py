@@ -1,6 +1,7 @@
 import pyro
 import pytest
 import torch
+from pyro.infer import RenyiELBO
 from torch.overrides import TorchFunctionMode
 
 from pyro_vae import VAE, load_dataset
@@ -106,3 +107,16 @@ def make(digits, prior, likelihood, guide, encoder, n=32):
         likelihood_options=DIGITS_OPTIONS.get(likelihood),
     )
     return vae, eval_inputs(vae.likelihood, digits.x_test[:n])
+
+
+def renyi_loss_and_grads(vae, x, num_particles, seed=1):
+    """Pyro's own RenyiELBO(alpha=0) on the VAE, which has no differentiable_loss: the float its
+    loss_and_grads returns, and the gradients it leaves in .grad."""
+    renyi = RenyiELBO(
+        alpha=0, num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1
+    )
+    vae.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    with pyro.validation_enabled(False):
+        loss = renyi.loss_and_grads(vae.model, vae.guide, x)
+    return loss, [p.grad for p in vae.parameters()]

@@ -131,6 +131,8 @@ def test_a_checkpoint_without_a_run_config_is_one_line(run_dir, tmp_path, capsys
         ({"lr": "fast"}, "--lr must be a positive number, got 'fast'"),
         ({"hidden_dims": 400}, "--hidden-dims must be a list of sizes such as [400], got 400"),
         ({"likelihood_options": {"scale": -1}}, "--likelihood-scale must be a positive finite"),
+        ({"kl_warmup": 50}, "--kl-warmup (50 epochs) is longer than the training (--epochs 1)"),
+        ({"num_particles": 0}, "--num-particles must be at least 1, got 0"),
     ],
 )
 def test_a_bad_config_file_is_one_line(run_dir, tmp_path, capsys, change, expected):
@@ -151,7 +153,7 @@ def test_a_bad_config_file_is_one_line(run_dir, tmp_path, capsys, change, expect
         (["train", "--guide", "flowy"], "full-rank"),
         (["train", "--encoder", "resnet"], "conv"),
         (["train", "--dataset", "cifar10"], "fashion-mnist"),
-        (["train", "--objective", "iwae"], "meanfield"),
+        (["train", "--objective", "renyi"], "meanfield"),
         (["train", "--binarize", "static"], "dynamic"),
         (["check-elbo", "--prior", "gamma"], "standard-normal"),
     ],
@@ -175,6 +177,14 @@ BAD_NUMBERS = [
     (["train", "--lr", " inf\n"], "argument --lr: must be a positive finite number, got inf"),
     (["train", "--z-dim", "9" * 60 + "\n"], "--z-dim: must be at most 16777216, got a number of "),
     (["train", "--hidden-dims", "0"], "argument --hidden-dims: expected comma-separated positive"),
+    (["train", "--beta", "0"], "argument --beta: must be a positive finite number, got 0"),
+    (["train", "--beta", "-1"], "argument --beta: must be a positive finite number, got -1"),
+    (["train", "--beta", "inf"], "argument --beta: must be a positive finite number, got inf"),
+    (["train", "--beta", "nan"], "argument --beta: must be a positive finite number, got nan"),
+    (["train", "--kl-warmup", "-1"], "argument --kl-warmup: must be at least 0, got -1"),
+    (["train", "--kl-warmup", "2.5"], "argument --kl-warmup: expected a whole number, got '2.5'"),
+    (["train", "--num-particles", "0"], "argument --num-particles: must be at least 1, got 0"),
+    (["train", "--num-particles", "5000"], "argument --num-particles: must be at most 1000"),
     (["train", "--hidden-dims", "4,,5"], "expected a whole number, got ''"),
     (["train", "--likelihood-scale", "-0.1"], "must be a positive finite number, got -0.1"),
     (["evaluate", "RUN", "--iwae-k", "-1"], "argument --iwae-k: must be at least 0, got -1"),
@@ -217,6 +227,32 @@ def test_an_out_of_range_number_is_one_argparse_line(run_dir, tmp_path, capsys, 
 def test_a_model_that_cannot_be_built_is_one_line(tmp_path, capsys, argv, expected):
     line = one_error_line(capsys, ["train", *DIGITS, "--out", str(tmp_path / "new"), *argv])
     assert expected in line, line
+    assert not (tmp_path / "new" / CHECKPOINT).exists()
+
+
+OBJECTIVE_CLASHES = [
+    (["--kl-warmup", "5"], "--kl-warmup (5 epochs) is longer than the training (--epochs 1)"),
+    (
+        ["--objective", "iwae", "--beta", "2"],
+        "--beta weighs the KL term of the ELBO, and objective 'iwae', the IWAE bound, has none: "
+        "use it with objective 'trace' or 'meanfield'",
+    ),
+    (["--objective", "iwae", "--kl-warmup", "1"], "--kl-warmup weighs the KL term of the ELBO"),
+    (
+        ["--objective", "iwae-dreg", "--guide", "iaf"],
+        "objective 'iwae-dreg' needs the guide 'diagonal', not --guide 'iaf'",
+    ),
+    (
+        ["--num-particles", "1000", "--hidden-dims", "20000", "--batch-size", "2000"],
+        "--num-particles = 1000: the activations of 1000 particles of 1438 examples need 43",
+    ),
+]
+
+
+@pytest.mark.parametrize("argv, expected", OBJECTIVE_CLASHES)
+def test_objective_settings_that_cannot_work_are_one_line(tmp_path, capsys, argv, expected):
+    line = one_error_line(capsys, ["train", *DIGITS, "--out", str(tmp_path / "new"), *argv])
+    assert line.startswith("pyro-vae: error: ") and expected in line, line
     assert not (tmp_path / "new" / CHECKPOINT).exists()
 
 

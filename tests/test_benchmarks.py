@@ -165,3 +165,44 @@ def test_bench_train_refuses_an_unknown_variant(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 2 and "--variants" in result.stderr
+
+
+def test_bench_objectives_writes_a_row_per_objective(tmp_path):
+    rows = ("vae-k1", "iwae-k5", "warmup-10")
+    md = run_script(
+        "bench_objectives.py",
+        *("--data", "digits", "--epochs", "2", "--iwae-k", "3", "--compile", "off"),
+        *("--rows", ",".join(rows), "--out", str(tmp_path)),
+        cwd=tmp_path,
+    )
+    # rows other than the all go into a section of their own
+    record = json.loads(md.with_suffix(".json").read_text())["objectives-" + "-".join(rows)]
+    assert [r["row"] for r in record["rows"]] == list(rows)
+    table = [line for line in md.read_text().splitlines() if line.startswith("| ")][2:]
+    assert len(table) == len(rows)
+    for r, line in zip(record["rows"], table, strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == r["label"]
+        figures = (r["test_log_likelihood"], r["test_elbo"], r["train_seconds"])
+        assert all(finite(v) for v in figures) and len(r["test_elbo_by_epoch"]) == 2
+        gap = float(cells[1]) - float(cells[2])  # the gap column is the table's own difference
+        assert float(cells[3]) == pytest.approx(gap, abs=0.011)
+        assert r["test_log_likelihood"] > r["test_elbo"] - 0.5  # k = 3 is a tighter bound, nearly
+    assert record["rows"][2]["label"] == "KL warm-up over 2 epochs"  # shortened to the budget
+
+
+def test_bench_gradient_snr_writes_both_objectives_for_every_k(tmp_path):
+    md = run_script(
+        "bench_gradient_snr.py",
+        *("--data", "digits", "--ks", "1,4", "--repeats", "5", "--epochs", "1"),
+        *("--out", str(tmp_path)),
+        cwd=tmp_path,
+    )
+    rows = json.loads(md.with_suffix(".json").read_text())["gradient-snr"]["rows"]
+    assert [(r["objective"], r["k"]) for r in rows] == [
+        ("iwae", 1), ("iwae-dreg", 1), ("iwae", 4), ("iwae-dreg", 4)
+    ]  # fmt: skip
+    assert all(finite(r["encoder"]) and finite(r["decoder"]) for r in rows)
+    table = [line for line in md.read_text().splitlines() if line.startswith("| ")][2:]
+    assert [line.split("|")[1].strip() for line in table] == ["1", "4"]
+    assert float(table[1].split("|")[2]) == pytest.approx(rows[2]["encoder"], abs=5e-4)

@@ -27,7 +27,7 @@ def test_train_writes_every_file_of_the_run_folder(run_dir):
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(RUN_FILES)
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["epoch", "train_elbo", "test_elbo", "seconds"]
+    assert list(rows[0]) == ["epoch", "train_elbo", "test_elbo", "seconds", "kl_weight"]
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["device"] == "cpu"

@@ -23,6 +23,7 @@ from pyro_vae.train import TrainingInterrupted
 
 compiled_module = importlib.import_module("pyro_vae.compiled")
 elbo_module = importlib.import_module("pyro_vae.elbo")
+train_module = importlib.import_module("pyro_vae.train")
 
 COMBINATIONS = [pytest.param(*combo, id="-".join(combo)) for combo in covering_combinations()]
 SMALL = dict(z_dim=4, hidden_dims=(32,))  # the one shape the compiling tests share
@@ -34,7 +35,10 @@ def test_the_captured_step_is_the_eager_step_bit_for_bit(
     digits, prior, likelihood, guide, encoder, objective
 ):
     vae, x = make(digits, prior, likelihood, guide, encoder)
-    loss_fn = make_loss(vae, objective)
+    assert_replays_the_eager_step(vae, make_loss(vae, objective), x)
+
+
+def assert_replays_the_eager_step(vae, loss_fn, x):
     rng = torch.get_rng_state()
     captured = CompiledLoss(vae, loss_fn, x)  # the graph, replayed as recorded
     assert torch.equal(torch.get_rng_state(), rng)  # capturing drew nothing a step would draw
@@ -48,6 +52,19 @@ def test_the_captured_step_is_the_eager_step_bit_for_bit(
     assert torch.equal(replayed_loss, loss.detach())
     for eager, replayed in zip(grads, replayed_grads, strict=True):
         assert torch.equal(replayed, torch.zeros_like(replayed) if eager is None else eager)
+
+
+@pytest.mark.parametrize("objective", ["iwae", "iwae-dreg"])
+@pytest.mark.parametrize(
+    "prior,likelihood,guide,encoder",
+    [("standard-normal", "bernoulli", "diagonal", "mlp"), ("vamp", "gaussian", "diagonal", "conv")],
+)
+def test_the_iwae_objectives_are_captured_bit_for_bit_too(
+    digits, prior, likelihood, guide, encoder, objective
+):
+    # iwae-dreg weighs the latents' gradients with a hook: the graph holds that too
+    vae, x = make(digits, prior, likelihood, guide, encoder)
+    assert_replays_the_eager_step(vae, make_loss(vae, objective, 3), x)
 
 
 class PriorThatReadsAValue(StandardNormal):
@@ -106,15 +123,28 @@ def relative(a, b):
     return max(abs(x - y) / abs(y) for x, y in zip(a, b, strict=True))
 
 
-def test_compiled_training_agrees_with_eager_to_float32_rounding(digits):
+@pytest.mark.parametrize(
+    "objective",
+    [{}, {"kl_warmup": 3, "num_particles": 2}],
+    ids=["elbo", "warm-up-with-particles"],
+)
+def test_compiled_training_agrees_with_eager_to_float32_rounding(digits, monkeypatch, objective):
+    captured = []  # the training step is captured once: the warm-up's weight is a graph input
+
+    class Counted(CompiledLoss):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            captured.append(kwargs.get("gradients", True))
+
+    monkeypatch.setattr(train_module, "CompiledLoss", Counted)
     runs = {}
     for mode in ("off", "on"):
         vae = fresh(digits)
-        runs[mode] = (
-            train(vae, digits, epochs=4, lr=3e-3, device="cpu", progress=False, compile=mode),
-            vae,
-        )
+        options = dict(epochs=4, lr=3e-3, device="cpu", progress=False, compile=mode)
+        runs[mode] = (train(vae, digits, **options, **objective), vae)
     (eager, eager_vae), (compiled, compiled_vae) = runs["off"], runs["on"]
+    assert captured.count(True) == 1
+    assert compiled.kl_weight == eager.kl_weight
     assert compiled.compile.startswith("compiled the training step in ")
     assert compiled.compile_seconds > 0 and eager.compile == "off"
     # the same draws, the arithmetic fused and reordered: agreement to float32 rounding

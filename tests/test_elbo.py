@@ -7,18 +7,19 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import covering_combinations, make
+from conftest import covering_combinations, make, renyi_loss_and_grads
 from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE, ConfigError, train
 from pyro_vae.cli import main
 from pyro_vae.data import eval_inputs
-from pyro_vae.elbo import iwae_bound, log_weight_terms, manual_elbo
+from pyro_vae.elbo import iwae_bound, iwae_dreg_gradients, log_weight_terms, make_loss, manual_elbo
 from pyro_vae.guides import DiagonalNormal
 
 COMBINATIONS = [pytest.param(*combo, id="-".join(combo)) for combo in covering_combinations()]
 TOLERANCE = 1e-5
+IWAE_TOLERANCE = 1e-4  # the weights exp(log w - logsumexp) carry the rounding of log w (check.py)
 
 
 def loss_and_grads(vae, loss_fn, x, seed=1):
@@ -39,6 +40,16 @@ def assert_equal_to_float32_rounding(vae, pyro_loss_fn, manual_loss_fn, x, bitwi
         # sums as Python floats (float64), the manual ELBO in float32.
         assert all(torch.equal(a, b) for a, b in zip(pyro_grads, manual_grads, strict=True))
         assert abs(pyro_loss - manual_loss) <= 2 * torch.finfo(torch.float32).eps * abs(pyro_loss)
+
+
+def make_with_closed_form_kl(digits, prior, likelihood, guide, encoder):
+    """``make``'s VAE and batch; the test is skipped where no closed-form KL exists."""
+    vae, x = make(digits, prior, likelihood, guide, encoder)
+    try:
+        manual_elbo(vae, x, analytic_kl=True)
+    except ConfigError:
+        pytest.skip(f"no closed-form KL between guide {guide} and prior {prior}")
+    return vae, x
 
 
 @pytest.mark.parametrize("num_particles", [1, 3])
@@ -62,11 +73,7 @@ def test_trace_elbo_equals_the_manual_elbo(
 def test_meanfield_elbo_equals_the_analytic_kl_elbo(
     digits, prior, likelihood, guide, encoder, num_particles
 ):
-    vae, x = make(digits, prior, likelihood, guide, encoder)
-    try:
-        manual_elbo(vae, x, analytic_kl=True)
-    except ConfigError:
-        pytest.skip(f"no closed-form KL between guide {guide} and prior {prior}")
+    vae, x = make_with_closed_form_kl(digits, prior, likelihood, guide, encoder)
     elbo = TraceMeanField_ELBO(
         num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1
     )
@@ -77,6 +84,104 @@ def test_meanfield_elbo_equals_the_analytic_kl_elbo(
         x,
         bitwise=num_particles == 1 and isinstance(vae.posterior, DiagonalNormal),
     )
+
+
+# A beta, and a warm-up's weight as the trainer passes it: a 0-dim tensor, an input of the graph
+KL_WEIGHTS = [pytest.param(0.5, id="beta-0.5"), pytest.param(torch.tensor(0.3), id="tensor-0.3")]
+
+
+@pytest.mark.parametrize("kl_weight", KL_WEIGHTS)
+@pytest.mark.parametrize("num_particles", [1, 3])
+@pytest.mark.parametrize("prior,likelihood,guide,encoder", COMBINATIONS)
+def test_weighted_trace_elbo_equals_the_weighted_manual_elbo(
+    digits, prior, likelihood, guide, encoder, num_particles, kl_weight
+):
+    # Pyro's own Trace_ELBO on the model and guide whose z site poutine.scale weighs
+    vae, x = make(digits, prior, likelihood, guide, encoder)
+    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    assert_equal_to_float32_rounding(
+        vae,
+        lambda b: elbo.differentiable_loss(vae.model, vae.guide, b, kl_weight),
+        lambda b: -manual_elbo(vae, b, num_particles, kl_weight=kl_weight),
+        x,
+        bitwise=False,
+    )
+
+
+@pytest.mark.parametrize("kl_weight", KL_WEIGHTS)
+@pytest.mark.parametrize("prior,likelihood,guide,encoder", COMBINATIONS)
+def test_weighted_meanfield_elbo_equals_the_weighted_analytic_kl_elbo(
+    digits, prior, likelihood, guide, encoder, kl_weight
+):
+    vae, x = make_with_closed_form_kl(digits, prior, likelihood, guide, encoder)
+    elbo = TraceMeanField_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1)
+    assert_equal_to_float32_rounding(
+        vae,
+        lambda b: elbo.differentiable_loss(vae.model, vae.guide, b, kl_weight),
+        lambda b: -manual_elbo(vae, b, 2, analytic_kl=True, kl_weight=kl_weight),
+        x,
+        bitwise=False,
+    )
+
+
+def test_beta_weighs_exactly_the_kl_term(digits):
+    # By hand: KL(N(mu, sigma^2) || N(0, 1)) = (mu^2 + sigma^2 - 1) / 2 - log sigma per dimension.
+    # With the same draw, ELBO_beta - ELBO_1 = (1 - beta) KL, whatever log p(x|z) is.
+    vae, x = make(digits, "standard-normal", "bernoulli", "diagonal", "mlp")
+    with torch.no_grad():
+        mu, sigma = vae.encode(x)
+        kl = ((mu**2 + sigma**2 - 1) / 2 - sigma.log()).sum()
+        values = {}
+        for beta in (1.0, 0.25, 3.0):
+            torch.manual_seed(0)
+            values[beta] = manual_elbo(vae, x, analytic_kl=True, kl_weight=beta)
+    for beta in (0.25, 3.0):
+        assert float(values[beta] - values[1.0]) == pytest.approx((1 - beta) * float(kl), rel=1e-5)
+    assert float(kl) > 1.0  # a KL term that matters, so the check above can fail
+
+
+@pytest.mark.parametrize("num_particles", [2, 5])
+@pytest.mark.parametrize("prior,likelihood,guide,encoder", COMBINATIONS)
+def test_pyros_iwae_objective_equals_the_iwae_bound(
+    digits, prior, likelihood, guide, encoder, num_particles
+):
+    vae, x = make(digits, prior, likelihood, guide, encoder)
+    pyro_loss, pyro_grads = renyi_loss_and_grads(vae, x, num_particles)
+    manual_loss, manual_grads = loss_and_grads(
+        vae, lambda b: -iwae_bound(vae, b, num_particles).sum(), x
+    )
+    assert float(manual_loss) == pytest.approx(pyro_loss, rel=TOLERANCE)
+    for a, b in zip(pyro_grads, manual_grads, strict=True):
+        assert (a - b).abs().max() <= IWAE_TOLERANCE * max(1.0, float(a.abs().max()))
+
+
+@pytest.mark.parametrize("num_particles", [1, 5])
+@pytest.mark.parametrize("prior,likelihood,guide,encoder", COMBINATIONS)
+def test_pyros_dreg_gradient_equals_the_hand_written_estimator(
+    digits, prior, likelihood, guide, encoder, num_particles
+):
+    if guide != "diagonal":
+        pytest.skip("the doubly reparameterized gradient is for the diagonal guide")
+    vae, x = make(digits, prior, likelihood, guide, encoder)
+    pyro_loss, pyro_grads = loss_and_grads(vae, make_loss(vae, "iwae-dreg", num_particles), x)
+    torch.manual_seed(1)
+    bound, grads = iwae_dreg_gradients(vae, x, num_particles, list(vae.parameters()))
+    assert float(pyro_loss) == pytest.approx(-float(bound), rel=TOLERANCE)
+    for a, b in zip(pyro_grads, grads, strict=True):
+        assert (a + b).abs().max() <= IWAE_TOLERANCE * max(1.0, float(a.abs().max()))
+
+
+def test_dreg_changes_the_guides_gradient_and_keeps_the_models(digits):
+    # The decoder's gradient is IWAE's; the encoder's drops the score term, which IWAE has.
+    vae, x = make(digits, "standard-normal", "bernoulli", "diagonal", "mlp")
+    _, iwae = loss_and_grads(vae, make_loss(vae, "iwae", 5), x)
+    _, dreg = loss_and_grads(vae, make_loss(vae, "iwae-dreg", 5), x)
+    names = [name for name, _ in vae.named_parameters()]
+    for name, a, b in zip(names, iwae, dreg, strict=True):
+        if name.startswith("decoder"):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+        else:
+            assert (a - b).abs().max() > 0.01 * a.abs().max(), name
 
 
 def pyro_single_sample_elbos(vae, x, n):
@@ -183,14 +288,21 @@ def test_iwae_bound_is_chunked_over_particles(trained_digits_vae, monkeypatch):
 
 @pytest.mark.parametrize("k", [1, 10, 100])
 def test_iwae_bound_matches_pyros_renyi_elbo_with_alpha_zero(trained_digits_vae, k):
-    # For a batch of one example, RenyiELBO(alpha=0) is exactly the IWAE bound.
+    # RenyiELBO(alpha=0) log-mean-exps over the particles of each example (the data plate is
+    # shared by every site, so it is not summed first): the IWAE bound, summed over the batch.
     vae, x = trained_digits_vae
     renyi = RenyiELBO(alpha=0, num_particles=k, vectorize_particles=True, max_plate_nesting=1)
     for i in range(3):
         torch.manual_seed(i)
-        pyro_bound = -renyi.loss(vae.model, vae.guide, x[i : i + 1])
+        pyro_bound = -renyi.loss(vae.model, vae.guide, x)
         torch.manual_seed(i)
-        assert float(iwae_bound(vae, x[i : i + 1], k)) == pytest.approx(pyro_bound, abs=1e-4)
+        assert float(iwae_bound(vae, x, k).sum()) == pytest.approx(pyro_bound, rel=1e-6)
+        # were the batch one joint example, the log-mean-exp of the summed weights: lower
+        torch.manual_seed(i)
+        with torch.no_grad():
+            log_p_x, log_p_z, log_q, _, _ = log_weight_terms(vae, x, k)
+        joint = torch.logsumexp((log_p_x + log_p_z - log_q).sum(1), 0) - math.log(k)
+        assert k == 1 or float(joint) < pyro_bound - 1.0
 
 
 class StudentTPrior(torch.nn.Module):
@@ -239,22 +351,40 @@ def test_svi_and_manual_trainers_take_the_same_steps(digits):
 def test_check_elbo_command(capsys, monkeypatch):
     assert main(["check-elbo", "--dataset", "digits", "--batch-size", "16"]) == 0
     out = capsys.readouterr().out
-    assert "Trace_ELBO vs manual (1 particle)" in out and "all equalities hold" in out
+    rows = ["Trace_ELBO vs manual (K=1)", "TraceMeanField vs analytic KL (K=1, KL weight 0.5)"]
+    rows += ["IWAE (RenyiELBO a=0) vs iwae_bound (K=5)", "IWAE-DReG vs iwae_dreg_gradients (K=5)"]
+    assert all(row in out for row in rows) and "all equalities hold" in out
     assert "k=100" in out
 
     import pyro_vae.check
 
-    def off_by_a_little(vae, x, num_particles=1, analytic_kl=False):
-        return manual_elbo(vae, x, num_particles, analytic_kl) * 1.001
+    def off_by_a_little(vae, x, num_particles=1, analytic_kl=False, kl_weight=1.0):
+        return manual_elbo(vae, x, num_particles, analytic_kl, kl_weight=kl_weight) * 1.001
 
-    monkeypatch.setattr(pyro_vae.check, "manual_elbo", off_by_a_little)
+    def deaf_to_the_weight(vae, x, num_particles=1, analytic_kl=False, kl_weight=1.0):
+        return manual_elbo(vae, x, num_particles, analytic_kl)
+
+    for fake, row in [
+        (off_by_a_little, "Trace_ELBO vs manual (K=1)"),
+        (deaf_to_the_weight, "Trace_ELBO vs manual (K=1, KL weight 0.5)"),
+    ]:
+        monkeypatch.setattr(pyro_vae.check, "manual_elbo", fake)
+        assert main(["check-elbo", "--batch-size", "16"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"pyro-vae: check failed: {row}:"), err
+        monkeypatch.undo()
+
+    def shifted_when_k_is_five(vae, x, k, full_chunk=None):
+        return iwae_bound(vae, x, k) + (1e-2 if k == 5 else 0.0)
+
+    monkeypatch.setattr(pyro_vae.check, "iwae_bound", shifted_when_k_is_five)
     assert main(["check-elbo", "--batch-size", "16"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("pyro-vae: check failed: Trace_ELBO vs manual")
+    err = capsys.readouterr().err
+    assert err.startswith("pyro-vae: check failed: IWAE (RenyiELBO a=0) vs iwae_bound (K=5)")
     monkeypatch.undo()
 
     # The k = 1 line compares iwae_bound with Pyro's own traces: shifting the one fails it.
-    def shifted_when_k_is_one(vae, x, k):
+    def shifted_when_k_is_one(vae, x, k, full_chunk=None):
         return iwae_bound(vae, x, k) + (1e-3 if k == 1 else 0.0)
 
     monkeypatch.setattr(pyro_vae.check, "iwae_bound", shifted_when_k_is_one)

@@ -1,14 +1,15 @@
-"""The sync-free objectives against Pyro's own Trace_ELBO and TraceMeanField_ELBO: the same value
-and the same gradients, bit for bit, with no read of a tensor into Python."""
+"""The sync-free objectives against Pyro's own Trace_ELBO, TraceMeanField_ELBO and
+RenyiELBO(alpha=0): the same value and the same gradients, bit for bit, with no read of a tensor
+into Python."""
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import HostReads, covering_combinations, make
+from conftest import HostReads, covering_combinations, make, renyi_loss_and_grads
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_vae.objectives import SyncFreeTrace_ELBO, SyncFreeTraceMeanField_ELBO
+from pyro_vae.objectives import SyncFreeIWAE_ELBO, SyncFreeTrace_ELBO, SyncFreeTraceMeanField_ELBO
 
 COMBINATIONS = [pytest.param(*combo, id="-".join(combo)) for combo in covering_combinations()]
 PAIRS = {"trace": (Trace_ELBO, SyncFreeTrace_ELBO)}
@@ -74,3 +75,27 @@ def test_no_value_goes_to_the_host(digits, objective):
     with pyro.validation_enabled(False), HostReads() as reads:
         stock.differentiable_loss(vae.model, vae.guide, x)
     assert "item" in reads.reads  # what the test would see, were the objective Pyro's own
+
+
+@pytest.mark.parametrize("num_particles", [1, 4])
+@pytest.mark.parametrize("prior,likelihood,guide,encoder", COMBINATIONS)
+def test_iwae_is_renyi_elbo_with_alpha_zero_bit_for_bit(
+    digits, prior, likelihood, guide, encoder, num_particles
+):
+    vae, x = make(digits, prior, likelihood, guide, encoder)
+    expected, expected_grads = renyi_loss_and_grads(vae, x, num_particles)
+    options = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    with pyro.validation_enabled(False):
+        loss, grads = loss_and_grads(
+            SyncFreeIWAE_ELBO(**options), vae.model, vae.guide, list(vae.parameters()), x
+        )
+    assert loss.dtype == torch.float32 and float(loss) == expected
+    assert all(torch.equal(a, b) for a, b in zip(grads, expected_grads, strict=True))
+
+
+def test_iwae_sends_no_value_to_the_host(digits):
+    vae, x = make(digits, "vamp", "gaussian-learned", "iaf", "mlp")
+    elbo = SyncFreeIWAE_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    with pyro.validation_enabled(False), HostReads() as reads:
+        elbo.differentiable_loss(vae.model, vae.guide, x).backward()
+    assert reads.reads == []

@@ -45,9 +45,18 @@ def round_trip(state, vae, path):
     return train_state(load_checkpoint(path))
 
 
-@pytest.mark.parametrize("stop_after", [36, 29], ids=["epoch-boundary", "mid-epoch"])
-def test_resumed_training_takes_the_very_same_steps(digits, tmp_path, stop_after):
+@pytest.mark.parametrize(
+    "stop_after, objective",
+    [
+        (36, {}),
+        (29, {}),
+        (29, {"kl_warmup": 5, "beta": 0.8, "num_particles": 2}),  # the warm-up goes on from 0.48
+    ],
+    ids=["epoch-boundary", "mid-epoch", "mid-warm-up"],
+)
+def test_resumed_training_takes_the_very_same_steps(digits, tmp_path, stop_after, objective):
     options = dict(epochs=6, batch_size=128, lr=3e-3, device="cpu", progress=False, seed=3)
+    options.update(objective)
     straight = fresh_vae(digits)
     expected = train(straight, digits, **options)
 
@@ -74,6 +83,7 @@ def test_resumed_training_takes_the_very_same_steps(digits, tmp_path, stop_after
     assert history.train_elbo == expected.train_elbo
     assert history.test_elbo == expected.test_elbo
     assert history.step_loss == expected.step_loss
+    assert history.kl_weight == expected.kl_weight
 
 
 def read_metrics(run_dir):
@@ -157,12 +167,12 @@ def test_a_signal_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, signu
 def failing_loss_from(step):
     make_loss = trainer.make_loss
 
-    def make(vae, objective):
-        loss_fn = make_loss(vae, objective)
+    def make(vae, objective, num_particles=1):
+        loss_fn = make_loss(vae, objective, num_particles)
         calls = iter(range(1, 10**6))
 
-        def loss(x):
-            value = loss_fn(x)
+        def loss(x, **weight):
+            value = loss_fn(x, **weight)
             return value * float("nan") if next(calls) >= step else value
 
         return loss

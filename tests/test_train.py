@@ -40,7 +40,7 @@ def test_fixed_seed_gives_the_same_numbers(digits):
         torch.equal(a, b) for a, b in zip(vae_a.parameters(), vae_b.parameters(), strict=True)
     )
     assert first.train_elbo != other.train_elbo
-    assert first.rows()[0].keys() == {"epoch", "train_elbo", "test_elbo", "seconds"}
+    assert first.rows()[0].keys() == {"epoch", "train_elbo", "test_elbo", "seconds", "kl_weight"}
     assert [row["epoch"] for row in first.rows()] == [1, 2, 3]
 
 
@@ -59,10 +59,10 @@ def test_grey_data_is_binarized_afresh_in_every_batch(digits, small_vae):
     steps = []  # what the model scores in training steps; the test ELBO runs without gradients
     model = small_vae.model
 
-    def spy(x):
+    def spy(x, kl_weight=1.0):
         if torch.is_grad_enabled():
             steps.append(x)
-        return model(x)
+        return model(x, kl_weight)
 
     small_vae.model = spy
     train(small_vae, digits, epochs=2, batch_size=2000, device="cpu", progress=False)
@@ -108,7 +108,14 @@ def test_validation_is_on_for_the_first_step(digits):
         ({"lr": -1.0}, "lr must be a positive finite number, got -1"),
         ({"lr": float("nan")}, "lr must be a positive finite number, got nan"),
         ({"lr": 1e300}, "lr must be at most 1e"),
-        ({"objective": "renyi"}, "objective 'renyi' is not one of: trace, meanfield, manual"),
+        ({"objective": "renyi"}, "objective 'renyi' is not one of: trace, meanfield, iwae"),
+        ({"beta": 0.0}, "beta must be a positive finite number, got 0"),
+        ({"beta": float("inf")}, "beta must be a positive finite number, got inf"),
+        ({"num_particles": 0}, "num_particles must be at least 1, got 0"),
+        ({"kl_warmup": -1}, "kl_warmup must be at least 0, got -1"),
+        ({"kl_warmup": 11}, r"kl_warmup \(11 epochs\) is longer than the training \(epochs 10\)"),
+        ({"objective": "iwae", "beta": 2.0}, "^beta weighs the KL term of the ELBO, and objective"),
+        ({"objective": "manual-iwae", "kl_warmup": 2}, "kl_warmup weighs the KL term of the"),
     ],
 )
 def test_bad_settings_raise_clear_errors(digits, small_vae, setting, message):
