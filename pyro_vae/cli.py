@@ -536,7 +536,7 @@ def _add_check_elbo_parser(commands: Any) -> None:
         "--iwae-particles",
         default=5,
         type=whole(lambda p, v: checks.whole(p, v, high=checks.MAX_PARTICLES), "iwae_particles"),
-        help="particles of the IWAE row",
+        help="particles of the IWAE and DReG rows",
     )
     p.add_argument(
         "--seed",
