@@ -87,7 +87,8 @@ def compare(
     num_particles: int = 1,
     kl_weight: float = 1.0,
 ) -> Comparison:
-    """Pyro's ``objective`` (``trace``, ``meanfield`` or ``iwae``) against its hand-written twin
+    """Pyro's ``objective`` (``trace``, ``meanfield``, ``iwae`` or ``iwae-dreg``) against its
+    hand-written twin
     on batch ``x``, with ``num_particles`` particles and the KL term weighed by ``kl_weight``."""
     pyro_fn = partial(OBJECTIVES[objective].make(vae, num_particles), kl_weight=kl_weight)
 

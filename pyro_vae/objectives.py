@@ -130,6 +130,44 @@ class SyncFreeTraceMeanField_ELBO(_SyncFree, TraceMeanField_ELBO):
     _terms = staticmethod(_mean_field_terms)
 
 
+def _iwae_terms(
+    model_trace: Trace, guide_trace: Trace, held_fixed: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """``(log_weight, surrogate, latents)`` of RenyiELBO's particle: log p(x, z) - log q(z|x) per
+    example (no gradient), the same with its gradient (reparameterized sites only: RenyiELBO
+    refuses others), and the guide's sample values. With ``held_fixed`` the surrogate scores
+    log q with the guide's parameters detached (the doubly reparameterized gradient)."""
+    sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+    log_weight, surrogate, latents = 0.0, 0.0, []
+    for sign, trace in ((1, model_trace), (-1, guide_trace)):
+        for site in trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            scored = site["log_prob"]
+            if sign < 0:
+                if not is_identically_zero(site["score_parts"].score_function):
+                    raise ConfigError("the IWAE objective needs a reparameterized guide", "guide")
+                latents.append(site["value"])
+                if held_fixed:
+                    held = _held_fixed(site["fn"]).log_prob(site["value"])
+                    scored = scale_and_mask(held, site["scale"], site["mask"])
+            log_weight = log_weight + sign * torch_sum(site["log_prob"], sum_dims).detach()
+            surrogate = surrogate + sign * torch_sum(scored, sum_dims)
+    return log_weight, surrogate, latents
+
+
+def _held_fixed(fn: Any) -> Any:
+    """The diagonal Normal ``fn`` with its parameters detached: it scores z, not its own
+    parameters' gradient."""
+    base = fn.base_dist if isinstance(fn, Independent) else fn
+    if not isinstance(base, Normal):
+        raise ConfigError(
+            "the doubly reparameterized gradient needs a diagonal Normal {param}", "guide"
+        )
+    held = Normal(base.loc.detach(), base.scale.detach())
+    return Independent(held, fn.reinterpreted_batch_ndims) if base is not fn else held
+
+
 class SyncFreeIWAE_ELBO(RenyiELBO):
     r"""``pyro.infer.RenyiELBO(alpha=0)``, the importance-weighted bound of Burda et al. (2015),
     with a ``differentiable_loss`` that never reads back to the host:
@@ -166,9 +204,7 @@ class SyncFreeIWAE_ELBO(RenyiELBO):
         surrogate_loss = -(normalized * surrogates).sum() / self.num_particles
         return -log_mean.sum() + (surrogate_loss - surrogate_loss.detach())
 
-    @staticmethod
-    def _terms(model_trace: Trace, guide_trace: Trace) -> tuple[Any, Any, list[torch.Tensor]]:
-        return (*_iwae_terms(model_trace, guide_trace), [])
+    _terms = staticmethod(_iwae_terms)
 
     def _reweigh(self, latents: list[list[torch.Tensor]], weights: torch.Tensor) -> None:
         """IWAE's gradient is the surrogate's as it stands (the DReG subclass weighs the
@@ -178,24 +214,6 @@ class SyncFreeIWAE_ELBO(RenyiELBO):
         """The negative IWAE bound as a float, as Pyro's ``loss``."""
         with torch.no_grad():
             return float(self.differentiable_loss(model, guide, *args, **kwargs))
-
-
-def _iwae_terms(model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log_weight, surrogate)`` of RenyiELBO's particle: log p(x, z) - log q(z|x) per example
-    (no gradient), and the same with its gradient (reparameterized sites only: RenyiELBO refuses
-    others)."""
-    sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-    log_weight, surrogate = 0.0, 0.0
-    for sign, trace in ((1, model_trace), (-1, guide_trace)):
-        for site in trace.nodes.values():
-            if site["type"] != "sample":
-                continue
-            if sign < 0 and not is_identically_zero(site["score_parts"].score_function):
-                raise ConfigError("the IWAE objective needs a reparameterized guide", "guide")
-            log_prob = torch_sum(site["log_prob"], sum_dims)
-            log_weight = log_weight + sign * log_prob.detach()
-            surrogate = surrogate + sign * log_prob
-    return log_weight, surrogate
 
 
 class SyncFreeIWAE_DReG_ELBO(SyncFreeIWAE_ELBO):
@@ -212,22 +230,7 @@ class SyncFreeIWAE_DReG_ELBO(SyncFreeIWAE_ELBO):
     guides (``Normal(...).to_event(1)``), whose parameters can be held fixed.
     """
 
-    @staticmethod
-    def _terms(model_trace: Trace, guide_trace: Trace) -> tuple[Any, Any, list[torch.Tensor]]:
-        sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-        log_weight, surrogate = _iwae_terms(model_trace, guide_trace)[0], 0.0
-        for site in model_trace.nodes.values():
-            if site["type"] == "sample":
-                surrogate = surrogate + torch_sum(site["log_prob"], sum_dims)
-        latents = []
-        for site in guide_trace.nodes.values():
-            if site["type"] == "sample":
-                held = scale_and_mask(
-                    _held_fixed(site["fn"]).log_prob(site["value"]), site["scale"], site["mask"]
-                )
-                surrogate = surrogate - torch_sum(held, sum_dims)
-                latents.append(site["value"])
-        return log_weight, surrogate, latents
+    _terms = staticmethod(partial(_iwae_terms, held_fixed=True))
 
     def _reweigh(self, latents: list[list[torch.Tensor]], weights: torch.Tensor) -> None:
         """Each latent's gradient, w_bk of IWAE's gradient, weighed by w_bk once more."""
@@ -237,15 +240,3 @@ class SyncFreeIWAE_DReG_ELBO(SyncFreeIWAE_ELBO):
                 if value.requires_grad:
                     extra = value.dim() - weight.dim()
                     value.register_hook(partial(torch.mul, other=weight[(...,) + (None,) * extra]))
-
-
-def _held_fixed(fn: Any) -> Any:
-    """The diagonal Normal ``fn`` with its parameters detached: it scores z, not its own
-    parameters' gradient."""
-    base = fn.base_dist if isinstance(fn, Independent) else fn
-    if not isinstance(base, Normal):
-        raise ConfigError(
-            "the doubly reparameterized gradient needs a diagonal Normal {param}", "guide"
-        )
-    held = Normal(base.loc.detach(), base.scale.detach())
-    return Independent(held, fn.reinterpreted_batch_ndims) if base is not fn else held
