@@ -82,6 +82,15 @@ def positive(param: str, value: Any, high: float = MAX_FLOAT) -> float:
     return float(value)
 
 
+def non_negative(param: str, value: Any) -> float:
+    """A finite real number, 0 or more: a weight that may switch its term off."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"must be a number, got {value!r}", param)
+    if not 0 <= value < math.inf:
+        raise ConfigError(f"must be a finite number, 0 or more, got {value:g}", param)
+    return positive(param, value) if value else 0.0
+
+
 def choice(param: str, value: Any, choices: Sequence[str]) -> str:
     """One of ``choices`` (the names of a registry, say)."""
     if not isinstance(value, str) or value not in choices:

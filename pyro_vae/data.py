@@ -120,6 +120,71 @@ def check_shape(x_shape: tuple[int, ...], data: Dataset, where: str = "") -> Non
         )
 
 
+def num_classes(data: Dataset, what: str = "this model") -> int:
+    """K, the number of classes of ``data``'s labels 0 .. K-1 (the largest label, plus one), or
+    a :class:`DataError` for data without labels or with negative ones."""
+    if data.y_train is None or data.y_test is None:
+        raise DataError(
+            f"{what} needs labelled data, and data set {data.name!r} has no labels; use one with "
+            "labels (digits, the MNIST family, or an npz with y_train and y_test)"
+        )
+    low = int(min(data.y_train.min(), data.y_test.min()))
+    if low < 0:
+        raise DataError(f"the labels of data set {data.name!r} must be 0 or more, found {low}")
+    return int(max(data.y_train.max(), data.y_test.max())) + 1
+
+
+def check_labels(data: Dataset, classes: int) -> None:
+    """Raise :class:`DataError` unless every label of ``data`` is one of 0 .. ``classes``-1."""
+    found = num_classes(data)
+    if found > classes:
+        raise DataError(
+            f"data set {data.name!r} has label {found - 1}, out of range for a model of {classes} "
+            f"classes (0 to {classes - 1})"
+        )
+
+
+def labeled_split(
+    y: torch.Tensor, labeled: int, classes: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labeled_index, unlabeled_index)``: ``labeled`` examples of the labels ``y`` chosen at
+    random with ``seed``, balanced over the ``classes`` (``labeled // classes`` of each, and one
+    more of ``labeled % classes`` classes drawn at random), and the rest, each sorted.
+
+    :raises ConfigError: if ``labeled`` is below ``classes`` or above ``len(y)`` - 1 (at least one
+        example must stay unlabelled), or a class has too few examples.
+    """
+    labeled = checks.whole("labeled", labeled)
+    if labeled < classes:
+        raise ConfigError(
+            f"({labeled}) is smaller than the number of classes ({classes}): at least one "
+            "labelled example of each is needed",
+            "labeled",
+        )
+    if labeled >= len(y):
+        raise ConfigError(
+            f"({labeled}) must be smaller than the training set ({len(y)} examples): the rest "
+            "are the unlabelled examples",
+            "labeled",
+        )
+    generator = torch.Generator().manual_seed(seed)
+    extra = torch.randperm(classes, generator=generator)[: labeled % classes]
+    chosen = []
+    for k in range(classes):
+        members = (y == k).nonzero().flatten()
+        wanted = labeled // classes + int((extra == k).any())
+        if len(members) < wanted:
+            raise ConfigError(
+                f"asks for {wanted} labelled examples of class {k}, which has {len(members)}",
+                "labeled",
+            )
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:wanted]])
+    index = torch.cat(chosen).sort().values
+    rest = torch.ones(len(y), dtype=torch.bool)
+    rest[index] = False
+    return index, rest.nonzero().flatten()
+
+
 def needs_binarization(likelihood: Scores, x: torch.Tensor, binarization: str) -> bool:
     """Whether ``x`` must be binarized for ``likelihood``; checks ``x`` fits it otherwise."""
     checks.choice("binarization", binarization, BINARIZATION)

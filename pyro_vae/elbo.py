@@ -36,6 +36,8 @@ from pyro import validation_enabled
 from pyro.infer import ELBO
 from torch.distributions import kl_divergence
 
+from .checks import MAX_PARTICLES
+from .conditional import CVAE, M2
 from .device import random_state_kept
 from .errors import ConfigError, PyroVAEError
 from .guides import DiagonalNormal
@@ -44,6 +46,7 @@ from .objectives import (
     SyncFreeIWAE_DReG_ELBO,
     SyncFreeIWAE_ELBO,
     SyncFreeTrace_ELBO,
+    SyncFreeTraceEnum_ELBO,
     SyncFreeTraceMeanField_ELBO,
 )
 from .registry import name_of
@@ -64,26 +67,28 @@ def normal_log_density(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) 
 
 
 def log_weight_terms(
-    vae: VAE, x: torch.Tensor, num_particles: int = 1
+    vae: VAE, x: torch.Tensor, num_particles: int = 1, cond: tuple[torch.Tensor, ...] = ()
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dist.Distribution, dist.Distribution]:
     """One reparameterized draw of z per particle and example, and the three log densities.
 
     Returns ``(log p(x|z), log p(z), log q(z|x), q, p(z))``, each density of shape
-    ``(num_particles, B)``. The operations run in the order Pyro runs them (guide, then model,
-    then the model's log densities, then the guide's), so that the random draws and even the
-    rounding of the gradients are the same as ``Trace_ELBO``'s with vectorized particles.
+    ``(num_particles, B)``; ``cond`` is what a label-conditioned model's networks also take
+    (``(y,)``, one-hot: ``(B, K)``, or ``(K, 1, K)`` for every label at once, which gives
+    densities of shape ``(num_particles, K, B)``). The operations run in the order Pyro runs
+    them (guide, then model, then the model's log densities, then the guide's), so that the
+    random draws and even the rounding of the gradients are the same as ``Trace_ELBO``'s with
+    vectorized particles.
     """
-    batch_shape = (num_particles, x.shape[0])
     if isinstance(vae.posterior, DiagonalNormal):
-        loc, scale = vae.encode(x)
+        loc, scale = vae.encode(x, *cond)
         eps = torch.randn(num_particles, *loc.shape, dtype=loc.dtype, device=loc.device)
         z = loc + eps * scale  # the reparameterization trick
         q = dist.Normal(loc, scale).to_event(1)
     else:  # other guide families bring their own reparameterized sample
-        q = vae.posterior(vae.encoder(x))
-        z = q.expand(batch_shape).rsample()
+        q = vae.posterior(vae.encoder(x, *cond))
+        z = q.expand((num_particles, *q.batch_shape)).rsample()
     p_z = vae.prior(x.shape[0], x)
-    p_x = vae.likelihood_dist(z)
+    p_x = vae.likelihood_dist(z, *cond)
     log_p_z = p_z.log_prob(z)
     log_p_x = p_x.log_prob(x)
     if isinstance(vae.posterior, DiagonalNormal):
@@ -99,8 +104,10 @@ def manual_elbo(
     num_particles: int = 1,
     analytic_kl: bool = False,
     kl_weight: float | torch.Tensor = 1.0,
+    cond: tuple[torch.Tensor, ...] = (),
 ) -> torch.Tensor:
-    """The ELBO of the batch ``x``, summed over examples and averaged over particles, in nats.
+    """The ELBO of the batch ``x``, summed over examples and averaged over particles, in nats
+    (given the one-hot labels ``cond = (y,)`` for the conditional VAE).
 
     With ``analytic_kl=False`` this is ``log p(x|z) + w log p(z) - w log q(z|x)`` at
     z = loc + scale * eps, eps ~ N(0, I), drawn with ``torch.randn`` in the order Pyro draws it,
@@ -114,7 +121,7 @@ def manual_elbo(
     :raises ConfigError: if ``analytic_kl`` is asked for and no closed-form KL exists between
         the guide family and the prior.
     """
-    log_p_x, log_p_z, log_q, q, p_z = log_weight_terms(vae, x, num_particles)
+    log_p_x, log_p_z, log_q, q, p_z = log_weight_terms(vae, x, num_particles, cond)
     if not analytic_kl:
         weighted = (log_p_z * kl_weight).sum() + log_p_x.sum() - (log_q * kl_weight).sum()
         return weighted / num_particles
@@ -217,6 +224,38 @@ def _added(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | Non
     return b if a is None else a if b is None else a + b
 
 
+def m2_elbo(
+    m2: M2,
+    x: torch.Tensor,
+    x_labeled: torch.Tensor | None = None,
+    y_labeled: torch.Tensor | None = None,
+    kl_weight: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """M2's objective for one step, written out with no ``pyro.infer``: for the unlabelled batch
+    ``x`` (summed over examples, y summed out under q(y|x))
+
+        sum_y q(y|x) [ log p(y) + log p(x|y,z_y) + w log p(z_y) - w log q(z_y|x,y) ] + H(q(y|x)),
+
+    z_y = loc(x, y) + scale(x, y) * eps drawn for all K labels at once, and for the labelled
+    batch ``(x_labeled, y_labeled)`` (one-hot) the ELBO at the observed y plus
+    ``aux_weight * log q(y|x)``; w is ``kl_weight``. Its negative equals the ``trace`` objective
+    of M2 (``TraceEnum_ELBO`` on ``m2.model``/``m2.guide``, then the labelled programs) in value
+    and gradients under the same seed. Without a labelled batch it is the ELBO of log p(x).
+    """
+    log_q_y = torch.log_softmax(m2.classifier(x), dim=-1).T  # (K, B)
+    every_label = torch.eye(m2.num_classes, dtype=x.dtype, device=x.device).unsqueeze(1)
+    log_p_x, log_p_z, log_q_z, _, _ = log_weight_terms(m2, x, 1, (every_label,))  # (1, K, B)
+    log_p_y = -math.log(m2.num_classes)
+    per_label = log_p_y + log_p_x[0] + kl_weight * (log_p_z[0] - log_q_z[0])
+    elbo = (log_q_y.exp() * (per_label - log_q_y)).sum()
+    if x_labeled is None:
+        return elbo
+    log_p_x, log_p_z, log_q_z, _, _ = log_weight_terms(m2, x_labeled, 1, (y_labeled,))
+    labeled = log_p_y + log_p_x + kl_weight * (log_p_z - log_q_z)
+    log_q_label = (torch.log_softmax(m2.classifier(x_labeled), dim=-1) * y_labeled).sum(-1)
+    return elbo + labeled.sum() + m2.aux_weight * log_q_label.sum()
+
+
 def _pyro_loss(elbo_class: type[ELBO], vae: VAE, num_particles: int) -> LossFn:
     elbo = elbo_class(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     return partial(elbo.differentiable_loss, vae.model, vae.guide)
@@ -230,6 +269,38 @@ def _manual_iwae_loss(vae: VAE, num_particles: int) -> LossFn:
     return lambda x, kl_weight=1.0: -iwae_bound(vae, x, num_particles).sum()
 
 
+def _manual_cvae_loss(cvae: CVAE, num_particles: int) -> LossFn:
+    def loss(x: torch.Tensor, y: torch.Tensor, kl_weight: float | torch.Tensor = 1.0):
+        return -manual_elbo(cvae, x, num_particles, kl_weight=kl_weight, cond=(y,))
+
+    return loss
+
+
+def _m2_loss(m2: M2, num_particles: int) -> LossFn:
+    """``(x, x_labeled=None, y_labeled=None, kl_weight=1)``: Pyro's M2 objective. The unlabelled
+    program under ``TraceEnum_ELBO`` (y enumerated), the labelled one and the auxiliary term
+    under ``Trace_ELBO`` (no site to enumerate: the same value, without TraceEnum's warning)."""
+    enum = SyncFreeTraceEnum_ELBO(max_plate_nesting=1)
+    trace = SyncFreeTrace_ELBO(max_plate_nesting=1)
+
+    def loss(x, x_labeled=None, y_labeled=None, kl_weight=1.0):
+        value = enum.differentiable_loss(m2.model, m2.guide, x, None, kl_weight)
+        if x_labeled is None:
+            return value
+        value = value + trace.differentiable_loss(
+            m2.model, m2.guide, x_labeled, y_labeled, kl_weight
+        )
+        return value + trace.differentiable_loss(
+            m2.classify_model, m2.classify_guide, x_labeled, y_labeled
+        )
+
+    return loss
+
+
+def _manual_m2_loss(m2: M2, num_particles: int) -> LossFn:
+    return lambda *batch: -m2_elbo(m2, *batch)
+
+
 @dataclass(frozen=True)
 class Objective:
     """A training objective: ``make(vae, num_particles)`` gives its loss ``(x, kl_weight) ->
@@ -241,6 +312,7 @@ class Objective:
     weighs_kl: bool
     elbo: str
     guides: tuple[str, ...] = ()  # the guide families it works with; () for any
+    max_particles: int = MAX_PARTICLES
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -257,6 +329,23 @@ OBJECTIVES: dict[str, Objective] = {
 }
 
 
+# The objectives of the label-conditioned models. For M2, "trace" is TraceEnum_ELBO: y is summed
+# out exactly, and one particle of z per label is drawn (see m2_elbo).
+CVAE_OBJECTIVES: dict[str, Objective] = {
+    name: OBJECTIVES[name] for name in ("trace", "meanfield")
+} | {"manual": Objective(_manual_cvae_loss, True, "manual")}
+M2_OBJECTIVES: dict[str, Objective] = {
+    "trace": Objective(_m2_loss, True, "trace", max_particles=1),
+    "manual": Objective(_manual_m2_loss, True, "manual", max_particles=1),
+}
+# each model kind (pyro_vae.models.MODELS) and the objectives it trains with
+MODEL_OBJECTIVES: dict[str, dict[str, Objective]] = {
+    "vae": OBJECTIVES,
+    "cvae": CVAE_OBJECTIVES,
+    "m2": M2_OBJECTIVES,
+}
+
+
 def make_loss(vae: VAE, objective: str = "trace", num_particles: int = 1) -> LossFn:
     """``(x, kl_weight=1) -> -objective(x)`` summed over the batch, differentiable, by objective
     name: ``trace`` (Pyro's ``Trace_ELBO``), ``meanfield`` (``TraceMeanField_ELBO``), ``iwae``
@@ -264,11 +353,13 @@ def make_loss(vae: VAE, objective: str = "trace", num_particles: int = 1) -> Los
     reparameterized guide gradient), or their hand-written twins ``manual``
     (:func:`manual_elbo`, no ``pyro.infer``) and ``manual-iwae`` (:func:`iwae_bound`), each with
     ``num_particles`` vectorized particles. ``kl_weight`` weighs the KL term of the ELBOs."""
-    if objective not in OBJECTIVES:
+    objectives = MODEL_OBJECTIVES[vae.kind]
+    if objective not in objectives:
         raise ConfigError(
-            f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}"
+            f"unknown objective {objective!r} for model {vae.kind!r}; choose one of: "
+            f"{', '.join(objectives)}"
         )
-    return OBJECTIVES[objective].make(vae, num_particles)
+    return objectives[objective].make(vae, num_particles)
 
 
 def dataset_elbo(
@@ -278,10 +369,13 @@ def dataset_elbo(
     seed: int,
     objective: str = "trace",
     num_particles: int = 1,
-    full_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    full_batch: Callable[..., torch.Tensor] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> float:
     """The mean ELBO per example of ``x`` in nats, a Monte Carlo estimate with a fixed seed, by
-    the ELBO of ``objective`` (``trace`` for ``iwae``: see :class:`Objective`) with weight 1.
+    the ELBO of ``objective`` (``trace`` for ``iwae``: see :class:`Objective`) with weight 1;
+    ``labels`` (one-hot, one row per example) for a model whose programs take them (the CVAE).
+    M2's is the ELBO of log p(x), its labels summed out.
 
     The same ``vae``, ``x`` and ``seed`` give the same number on the same device. The global
     random state is saved and restored, so estimating never changes the course of training.
@@ -289,15 +383,18 @@ def dataset_elbo(
     training step) is a :class:`PyroVAEError`. ``full_batch``, if given, computes the loss of
     the batches shaped like the first (a compiled objective, say).
     """
-    loss = make_loss(vae, OBJECTIVES[objective].elbo, num_particles)
+    loss = make_loss(vae, MODEL_OBJECTIVES[vae.kind][objective].elbo, num_particles)
     shape = x[:EVAL_BATCH_SIZE].shape
+    conds = [()] * -(-len(x) // EVAL_BATCH_SIZE)
+    if labels is not None:
+        conds = [(y,) for y in labels.split(EVAL_BATCH_SIZE)]
     total = 0.0
     # without validation, overflowing outputs give a NaN below instead of a ValueError in Pyro
     with random_state_kept(x.device), torch.no_grad(), validation_enabled(False):
         torch.manual_seed(seed)
-        for batch in x.split(EVAL_BATCH_SIZE):
+        for batch, cond in zip(x.split(EVAL_BATCH_SIZE), conds, strict=True):
             compute = full_batch if full_batch is not None and batch.shape == shape else loss
-            total += float(compute(batch))
+            total += float(compute(batch, *cond))
     if not math.isfinite(total):
         raise PyroVAEError(
             f"the ELBO is {-total} on these data: the model's weights or outputs overflow, as "

@@ -60,6 +60,11 @@ class VAE(nn.Module):
     can be trained in one process.
     """
 
+    kind = "vae"  # the name in pyro_vae.models.MODELS
+    # the labels the programs take: "none", "all" (every example's, observed) or "some" (M2)
+    labels = "none"
+    num_classes = 0  # the models that learn from labels (pyro_vae.conditional) set theirs
+
     def __init__(
         self,
         x_shape: Sequence[int],
@@ -94,7 +99,11 @@ class VAE(nn.Module):
             self.hidden_dims,
             self.posterior.encoder_outputs,
             self.likelihood.params_per_pixel,
+            self.num_classes,
         )
+        self._attach_prior()
+
+    def _attach_prior(self) -> None:
         # A prior built from the guide itself (the VampPrior) is handed this VAE once.
         if hasattr(self.prior, "attach"):
             self.prior.attach(self)

@@ -133,18 +133,29 @@ def make_nets(
     hidden_dims: Sequence[int],
     encoder_outputs: int,
     params_per_pixel: int,
+    num_classes: int = 0,
 ) -> tuple[nn.Module, nn.Module]:
-    """The (encoder, decoder) pair of family ``kind``, one of :data:`NETS`.
+    """The (encoder, decoder) pair of family ``kind``, one of :data:`NETS`; with ``num_classes``
+    K > 0, the pair of a label-conditioned model, :class:`ConditionalEncoder` and
+    :class:`ConditionalDecoder`.
 
-    The pair is first built on the meta device, which allocates nothing, to count its weights:
-    a pair too large for this machine's memory is a :class:`ConfigError` before any allocation.
+    The nets are first built on the meta device, which allocates nothing, to count their weights:
+    nets too large for this machine's memory are a :class:`ConfigError` before any allocation.
     """
     encoder_cls, decoder_cls = NETS[checks.choice("encoder", kind, list(NETS))]
 
     def build() -> tuple[nn.Module, nn.Module]:
+        if not num_classes:
+            return (
+                encoder_cls(x_shape, hidden_dims, encoder_outputs),
+                decoder_cls(z_dim, hidden_dims, x_shape, params_per_pixel),
+            )
+        width = hidden_dims[-1]
+        features = encoder_cls(x_shape, hidden_dims, width)
+        decoder = decoder_cls(z_dim + num_classes, hidden_dims, x_shape, params_per_pixel)
         return (
-            encoder_cls(x_shape, hidden_dims, encoder_outputs),
-            decoder_cls(z_dim, hidden_dims, x_shape, params_per_pixel),
+            ConditionalEncoder(features, num_classes, width, encoder_outputs),
+            ConditionalDecoder(decoder),
         )
 
     with torch.device("meta"):
@@ -157,10 +168,53 @@ def make_nets(
     return build()
 
 
+def make_classifier(
+    kind: str, x_shape: Sequence[int], hidden_dims: Sequence[int], num_classes: int
+) -> nn.Module:
+    """x -> ``num_classes`` logits, an encoder of family ``kind``: q(y|x) of the M2 model and the
+    supervised baseline it is measured against."""
+    encoder_cls, _ = NETS[checks.choice("encoder", kind, list(NETS))]
+    return encoder_cls(x_shape, hidden_dims, num_classes)
+
+
+class ConditionalEncoder(nn.Module):
+    """(x, y) -> ReLU(features(x) + W y) -> Linear(out_dim): the encoder of q(z | x, y), with y
+    one-hot of shape ``(..., K)`` broadcasting against x's batch.
+
+    x's features are computed once per example and the label joins them in a hidden layer, so
+    that summing over K labels (M2's enumeration, y of shape ``(K, 1, K)``) repeats only the last
+    two layers, not the whole encoder, K times.
+    """
+
+    def __init__(self, features: nn.Module, num_classes: int, width: int, out_dim: int):
+        super().__init__()
+        self.features = features
+        self.label = nn.Linear(num_classes, width, bias=False)
+        self.head = nn.Linear(width, out_dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.features(x) + self.label(y)))
+
+
+class ConditionalDecoder(nn.Module):
+    """(z, y) -> decoder([z, y]): the decoder of p(x | y, z), the one-hot y broadcast over z's
+    leading dims (particles, enumerated labels) and appended to the code."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shape = torch.broadcast_shapes(z.shape[:-1], y.shape[:-1])
+        zy = torch.cat([z.expand(*shape, z.shape[-1]), y.expand(*shape, y.shape[-1])], -1)
+        return self.net(zy)
+
+
 @torch.no_grad()
-def activation_numbers(net: nn.Module, example: torch.Tensor) -> int:
-    """The numbers ``net``'s layers output for one input ``example`` (with its batch dim of 1):
-    what one more example, or one more particle, adds to a forward pass."""
+def activation_numbers(net: nn.Module, *example: torch.Tensor) -> int:
+    """The numbers ``net``'s layers output for one input ``example`` (with its batch dim of 1;
+    several tensors for a net of several inputs): what one more example, or one more particle,
+    adds to a forward pass."""
     counted = []
     hooks = [
         layer.register_forward_hook(lambda _m, _i, out: counted.append(out.numel()))
@@ -168,7 +222,7 @@ def activation_numbers(net: nn.Module, example: torch.Tensor) -> int:
         if not list(layer.children())
     ]
     try:
-        net(example)
+        net(*example)
     finally:
         for hook in hooks:
             hook.remove()

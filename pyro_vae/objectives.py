@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from pyro.distributions.util import is_identically_zero, scale_and_mask
-from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
 from pyro.infer.util import (
     check_fully_reparametrized,
@@ -128,6 +128,47 @@ class SyncFreeTraceMeanField_ELBO(_SyncFree, TraceMeanField_ELBO):
     with no ``.item()``."""
 
     _terms = staticmethod(_mean_field_terms)
+
+
+def _enum_terms(model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(elbo, elbo)`` of one particle as ``TraceEnum_ELBO`` computes it for a program whose
+    guide enumerates one site y in parallel (M2's label) and reparameterizes the others: each
+    log density that depends on y is weighed by q(y) (terms of zero probability dropped, as
+    Pyro's Dice does), the others summed, so the expectation over y is exact."""
+    enumerated = [
+        site
+        for site in guide_trace.nodes.values()
+        if site["type"] == "sample" and site["infer"].get("enumerate")
+    ]
+    if len(enumerated) > 1 or any(
+        site["type"] == "sample" and site["infer"].get("enumerate") and name not in guide_trace
+        for name, site in model_trace.nodes.items()
+    ):
+        raise ConfigError("the enumerating objective sums over one label site of the guide")
+    q = enumerated[0]["log_prob"].exp() if enumerated else None
+    enum_dim = enumerated[0]["infer"]["_enumerate_dim"] if enumerated else 0
+    elbo = 0.0
+    for sign, trace in ((1, model_trace), (-1, guide_trace)):
+        for site in trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            if sign < 0 and not site["infer"].get("enumerate"):
+                if not is_identically_zero(site["score_parts"].score_function):
+                    raise ConfigError("the enumerating objective needs a reparameterized guide")
+            term = site["log_prob"]
+            if q is not None and term.dim() >= -enum_dim and term.shape[enum_dim] > 1:
+                term = torch.where(q > 0, q * term, 0.0)
+            elbo = elbo + sign * term.sum()
+    return elbo.detach().double(), elbo
+
+
+class SyncFreeTraceEnum_ELBO(_SyncFree, TraceEnum_ELBO):
+    """``pyro.infer.TraceEnum_ELBO`` whose loss is a tensor, for programs whose guide enumerates
+    one site (:func:`_enum_terms`): Pyro's value and gradient to float32 rounding (its tensor
+    contractions sum in another order), with no ``.item()`` and no ``masked_select``, whose
+    output's size depends on values, so that the step can be captured as one graph."""
+
+    _terms = staticmethod(_enum_terms)
 
 
 def _iwae_terms(

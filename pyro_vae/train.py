@@ -30,11 +30,21 @@ from tqdm.auto import tqdm
 
 from . import checks, distributed
 from .compiled import CompiledLoss, compile_when_it_pays
-from .data import Dataset, binarize_afresh, check_shape, eval_inputs, needs_binarization
+from .conditional import one_hot
+from .data import (
+    Dataset,
+    binarize_afresh,
+    check_labels,
+    check_shape,
+    eval_inputs,
+    labeled_split,
+    needs_binarization,
+)
 from .device import check_fits, resolve_device
-from .elbo import EVAL_BATCH_SIZE, OBJECTIVES, closed_form_kl, dataset_elbo, make_loss
+from .elbo import EVAL_BATCH_SIZE, MODEL_OBJECTIVES, closed_form_kl, dataset_elbo, make_loss
 from .errors import ConfigError, PyroVAEError
 from .model import VAE
+from .models import MODELS
 from .nets import activation_numbers
 from .registry import name_of
 
@@ -126,6 +136,7 @@ def train(
     num_particles: int = 1,
     beta: float = 1.0,
     kl_warmup: int = 0,
+    labeled: int | None = None,
     binarization: str = "dynamic",
     compile: str | bool = "off",
     progress: bool = True,
@@ -147,6 +158,14 @@ def train(
         first, 2 beta/N in the second, ..., beta in the N-th and after (Bowman et al. 2016,
         Sonderby et al. 2016); 0: beta throughout. ``history.kl_weight`` has each epoch's weight;
         the test ELBO is always the ELBO itself, weight 1.
+    :param labeled: for M2 (``vae.labels == "some"``), the number of training examples whose
+        labels it sees, chosen with ``seed`` and balanced over the classes
+        (:func:`pyro_vae.data.labeled_split`); the others are its unlabelled examples. An epoch
+        is one pass over the unlabelled ones, ``batch_size`` a step; each step also takes the
+        next ``ceil(batch_size * labeled / unlabelled)`` labelled examples (at least one) from
+        an endless stream of seeded permutations of them, so the labelled set is passed over
+        about once an epoch, and every step's batch mixes both (one shape, one compiled graph).
+        The CVAE (``"all"``) takes every example's label; both need ``data``'s labels.
     :param binarization: ``"dynamic"``: for a binary likelihood, grey training data is binarized
         afresh in every batch and the test set once with a fixed seed (:mod:`pyro_vae.data`);
         ``"none"``: the data are used as they are.
@@ -176,7 +195,7 @@ def train(
     (:mod:`pyro_vae.distributed`); the history is the same on every rank.
     """
     settings = dict(seed=seed, objective=objective, binarization=binarization, compile=compile)
-    settings.update(num_particles=num_particles, beta=beta, kl_warmup=kl_warmup)
+    settings.update(num_particles=num_particles, beta=beta, kl_warmup=kl_warmup, labeled=labeled)
     try:
         trainer = Trainer(vae, data, batch_size=batch_size, lr=lr, device=device, **settings)
         if resume is not None:
@@ -202,19 +221,34 @@ def check_objective(
     kl_warmup: int = 0,
     epochs: int | None = None,
     guide: str | None = None,
+    model: str = "vae",
 ) -> tuple[int, float, int]:
     """``(num_particles, beta, kl_warmup)``, checked against each other, the objective, the
-    ``epochs`` of training and the ``guide`` family: a warm-up longer than training, a KL weight
-    for an objective with no KL term, or a guide the objective cannot use, is a
-    :class:`ConfigError` naming the setting."""
-    checks.choice("objective", objective, list(OBJECTIVES))
-    families = OBJECTIVES[objective].guides
+    ``epochs`` of training, the ``guide`` family and the ``model``: a warm-up longer than
+    training, a KL weight for an objective with no KL term, more particles than the objective
+    draws, or a guide or model the objective cannot use, is a :class:`ConfigError` naming the
+    setting."""
+    objectives = MODEL_OBJECTIVES[model]
+    if objective not in objectives:
+        raise ConfigError(
+            f"{objective!r} is not one of: {', '.join(objectives)} (the objectives of {{model}} "
+            f"{model!r})",
+            "objective",
+        )
+    families = objectives[objective].guides
     if guide is not None and families and guide not in families:
         raise ConfigError(
             f"objective {objective!r} needs the guide {' or '.join(map(repr, families))}, not "
             f"{{guide}} {guide!r}: it scores z with the guide's parameters held fixed",
         )
-    num_particles = checks.whole("num_particles", num_particles, high=checks.MAX_PARTICLES)
+    most = objectives[objective].max_particles
+    if most == 1 and num_particles != 1:
+        raise ConfigError(
+            f"must be 1 for {{model}} {model!r}, which sums over the labels exactly and draws "
+            "one z per label",
+            "num_particles",
+        )
+    num_particles = checks.whole("num_particles", num_particles, high=most)
     beta = checks.positive("beta", beta)
     kl_warmup = checks.whole("kl_warmup", kl_warmup, low=0)
     if epochs is not None and kl_warmup > epochs:
@@ -222,7 +256,7 @@ def check_objective(
             f"({kl_warmup} epochs) is longer than the training ({{epochs}} {epochs})",
             "kl_warmup",
         )
-    if not OBJECTIVES[objective].weighs_kl:
+    if not objectives[objective].weighs_kl:
         for name, value, default in (("beta", beta, 1.0), ("kl_warmup", kl_warmup, 0)):
             if value != default:
                 raise ConfigError(
@@ -231,6 +265,17 @@ def check_objective(
                     name,
                 )
     return num_particles, beta, kl_warmup
+
+
+def check_labeled(model: str, labeled: int | None) -> int | None:
+    """``labeled``, the labelled examples of a semi-supervised ``model`` (M2), checked: M2 needs
+    it and the other models take none."""
+    semi_supervised = MODELS[checks.choice("model", model, list(MODELS))].labels == "some"
+    if semi_supervised and labeled is None:
+        raise ConfigError(f"{{model}} {model!r} needs the number of labelled examples", "labeled")
+    if not semi_supervised and labeled is not None:
+        raise ConfigError(f"is for {{model}} 'm2', not {model!r}", "labeled")
+    return None if labeled is None else checks.count("labeled", labeled)
 
 
 class Trainer:
@@ -253,10 +298,11 @@ class Trainer:
         num_particles: int = 1,
         beta: float = 1.0,
         kl_warmup: int = 0,
+        labeled: int | None = None,
     ):
         self.batch_size = checks.count("batch_size", batch_size)
         self.num_particles, self.beta, self.kl_warmup = check_objective(
-            objective, num_particles, beta, kl_warmup, guide=name_of(vae.posterior)
+            objective, num_particles, beta, kl_warmup, guide=name_of(vae.posterior), model=vae.kind
         )
         self.compile = checks.choice(
             "compile", {True: "on", False: "off"}.get(compile, compile), COMPILE
@@ -272,14 +318,20 @@ class Trainer:
         self.vae, self.objective, self.device = vae, objective, resolve_device(device)
         self.dynamic = needs_binarization(vae.likelihood, data.x_train, binarization)
         x_test = eval_inputs(vae.likelihood, data.x_test, binarization)
+        self._set_up_labels(data, labeled)
         self._check_memory(data)
-        self.x_train, self.x_test = data.x_train.to(self.device), x_test.to(self.device)
+        self.x_test = x_test.to(self.device)
         vae.to(self.device)
         self._set_up_objective()
         self.parameters = list(vae.parameters())
         # foreach: one call per step for all parameters, bitwise the for-loop Adam's numbers
         self.optimizer = torch.optim.Adam(self.parameters, lr=self.lr, foreach=True)
         self.steps_per_epoch = math.ceil(len(self.x_train) / self.batch_size)
+        self.labeled_per_step = 0  # M2: the labelled examples each step takes
+        if self.x_labeled is not None:
+            share = self.batch_size * len(self.x_labeled) / len(self.x_train)
+            self.labeled_per_step = min(len(self.x_labeled), max(1, math.ceil(share)))
+        self._labeled_order: tuple[int, torch.Generator, torch.Tensor] | None = None
         self.steps_taken, self.resumed = 0, False
         self.compiled: CompiledLoss | None = None
         self._decided, self._timer, self._say = self.compile == "off", None, False
@@ -295,6 +347,27 @@ class Trainer:
         if self.world > 1:
             distributed.broadcast_parameters(vae)
 
+    def _set_up_labels(self, data: Dataset, labeled: int | None) -> None:
+        """What the steps draw from: ``x_train`` (for M2, its unlabelled part), and the labels
+        the programs take: every example's for the CVAE (``y_train``, and ``test_cond`` for the
+        test ELBO), the ``labeled`` examples' for M2 (``x_labeled``, ``y_labeled``); one-hot."""
+        vae, device = self.vae, self.device
+        check_labeled(vae.kind, labeled)
+        self.x_labeled = self.y_labeled = self.y_train = None
+        self.test_cond: tuple[torch.Tensor, ...] = ()
+        x_train = data.x_train
+        if vae.labels != "none":
+            check_labels(data, vae.num_classes)
+            y_train = one_hot(data.y_train, vae.num_classes, x_train)
+        if vae.labels == "all":
+            self.y_train = y_train.to(device)
+            self.test_cond = (one_hot(data.y_test, vae.num_classes, x_train).to(device),)
+        if vae.labels == "some":
+            index, rest = labeled_split(data.y_train, labeled, vae.num_classes, self.seed)
+            self.x_labeled, self.y_labeled = x_train[index].to(device), y_train[index].to(device)
+            x_train = x_train[rest]
+        self.x_train = x_train.to(device)
+
     def _set_up_objective(self) -> None:
         """The training loss, with the KL weight bound in or (during a warm-up) as an input, and
         the test ELBO's loss."""
@@ -303,19 +376,25 @@ class Trainer:
         # a weight that changes from epoch to epoch is an input of the (compiled) step
         self.loss_fn = loss if self.kl_warmup else partial(loss, kl_weight=self.beta)
         self.weight: tuple[torch.Tensor, ...] = ()  # the warm-up's weight in this epoch
-        self.elbo_fn = make_loss(vae, OBJECTIVES[objective].elbo)
+        self.elbo_fn = make_loss(vae, MODEL_OBJECTIVES[vae.kind][objective].elbo)
         if objective == "meanfield":  # Pyro would quietly fall back to the sampled KL instead
             with torch.no_grad():
-                closed_form_kl(vae, vae.posterior_dist(self.x_test[:1]), vae.prior(1, self.x_test))
+                q = vae.posterior_dist(self.x_test[:1], *(y[:1] for y in self.test_cond))
+                closed_form_kl(vae, q, vae.prior(1, self.x_test))
 
     def _check_memory(self, data: Dataset) -> None:
         # weights, gradients and Adam's two moments, and the data: activations come on top
         weights = sum(p.numel() * p.element_size() for p in self.vae.parameters())
         data_bytes = sum(x.numel() * x.element_size() for x in (data.x_train, data.x_test))
         check_fits(4 * weights + data_bytes, self.device, "the weights, Adam's state and the data")
-        # each particle of each example runs the decoder and the likelihood; kept for backward
-        z = torch.zeros(1, self.vae.z_dim)
-        per_particle = activation_numbers(self.vae.decoder, z) + 4 * data.x_train[0].numel()
+        # each particle of each example runs the decoder and the likelihoods (M2's, once for
+        # every label it sums over); kept for backward
+        vae = self.vae
+        z, cond = torch.zeros(1, vae.z_dim), (torch.zeros(1, vae.num_classes),)
+        decoded = activation_numbers(vae.decoder, z, *cond[: bool(vae.num_classes)])
+        per_particle = decoded + 4 * data.x_train[0].numel()
+        if vae.labels == "some":
+            per_particle *= vae.num_classes
         shard = -(-min(self.batch_size, len(data.x_train)) // self.world)
         needed = 2 * self.num_particles * shard * per_particle * data.x_train.element_size()
         what = f"{{param}} = {self.num_particles}: the activations of {self.num_particles} "
@@ -341,16 +420,19 @@ class Trainer:
         self.batch_order.set_state(rng["batch_order"].cpu())
         self.state, self.resumed = state, True
 
-    def step(self, x: torch.Tensor) -> torch.Tensor:
-        """One SVI step on ``x``, this rank's shard of a batch: the loss and its gradient (summed
-        over ranks) and one Adam step. Returns the whole batch's loss, detached, on the device."""
-        if self.compiled is not None and len(x) == self.full_shard:
-            loss, grads = self.compiled(x, *self.weight)
+    def step(self, *batch: torch.Tensor) -> torch.Tensor:
+        """One SVI step on ``batch``, this rank's shard of a batch (``x``, then the labels or
+        labelled examples of the models that take them: see :meth:`batches`): the loss and its
+        gradient (summed over ranks) and one Adam step. Returns the whole batch's loss,
+        detached, on the device."""
+        if self.compiled is not None and len(batch[0]) == self.full_shard:
+            loss, grads = self.compiled(*batch, *self.weight)
             for p, g in zip(self.parameters, grads, strict=True):
                 p.grad = g
         else:
-            empty = not len(x)
-            loss = torch.zeros((), device=self.device) if empty else self.loss_fn(x, *self.weight)
+            empty = not len(batch[0])
+            zero = torch.zeros((), device=self.device)
+            loss = zero if empty else self.loss_fn(*batch, *self.weight)
             if loss.requires_grad:
                 loss.backward()
         if self.world > 1:
@@ -359,16 +441,52 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    def batches(self, start: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(i, x)`` for each batch ``i`` of a new epoch from ``start`` on: this rank's shard,
-        binarized afresh if the likelihood needs it."""
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[int, tuple[torch.Tensor, ...]]]:
+        """``(i, batch)`` for each batch ``i`` of ``epoch`` from ``start`` on, this rank's shard,
+        binarized afresh if the likelihood needs it: ``(x,)``; ``(x, y)`` for the CVAE; for M2
+        ``(x, x_labeled, y_labeled)``, the unlabelled batch and the step's labelled examples."""
         order = torch.randperm(len(self.x_train), generator=self.batch_order)
         indices = order.to(self.device).split(self.batch_size)
         for i, index in enumerate(indices[start:], start=start):
             if self.world > 1:
                 index = index.tensor_split(self.world)[self.rank]
-            x = self.x_train[index]
-            yield i, binarize_afresh(x) if self.dynamic else x
+            x = self._binarized(self.x_train[index])
+            if self.y_train is not None:
+                yield i, (x, self.y_train[index])
+            elif self.x_labeled is not None:
+                labeled = self._labeled_index((epoch - 1) * self.steps_per_epoch + i)
+                if self.world > 1:
+                    labeled = labeled.tensor_split(self.world)[self.rank]
+                yield i, (x, self._binarized(self.x_labeled[labeled]), self.y_labeled[labeled])
+            else:
+                yield i, (x,)
+
+    def _binarized(self, x: torch.Tensor) -> torch.Tensor:
+        return binarize_afresh(x) if self.dynamic else x
+
+    def _labeled_index(self, step: int) -> torch.Tensor:
+        """The labelled examples of training step ``step`` (counted from 0 over the whole run):
+        the next :attr:`labeled_per_step` of the endless stream of permutations of them, a
+        function of the step alone, so a resumed run takes the very same ones."""
+        n, size = len(self.x_labeled), self.labeled_per_step
+        start, parts = step * size, []
+        while size:
+            permutation, offset = divmod(start, n)
+            take = min(size, n - offset)
+            parts.append(self._labeled_permutation(permutation)[offset : offset + take])
+            start, size = start + take, size - take
+        return torch.cat(parts)
+
+    def _labeled_permutation(self, j: int) -> torch.Tensor:
+        """The ``j``-th draw of ``randperm`` from a generator seeded with the run's seed (drawn
+        again from the start when a resumed run asks for an earlier one)."""
+        if self._labeled_order is None or self._labeled_order[0] > j:
+            self._labeled_order = (-1, torch.Generator().manual_seed(self.seed), torch.empty(0))
+        drawn, generator, permutation = self._labeled_order
+        while drawn < j:
+            permutation, drawn = torch.randperm(len(self.x_labeled), generator=generator), drawn + 1
+        self._labeled_order = (drawn, generator, permutation)
+        return permutation.to(self.device)
 
     def fit(
         self,
@@ -410,14 +528,14 @@ class Trainer:
         order_state = self.batch_order.get_state()
         losses = [torch.tensor(v, device=self.device) for v in state.partial_losses]
         checked, asked = 0, False
-        for i, x in self.batches(state.step_in_epoch):
+        for i, batch in self.batches(epoch, state.step_in_epoch):
             # Pyro's validation on a new run's first step makes a malformed model fail loudly;
             # after that it costs a tenth of a small step (benchmarks/results/svi-overhead-*.md).
             validate = self.steps_taken == 0 and not self.resumed
-            if not (validate or self._decided) and len(x) == self.full_shard:
-                self._consider_compiling(x, epoch)
+            if not (validate or self._decided) and len(batch[0]) == self.full_shard:
+                self._consider_compiling(batch, epoch)
             with pyro.validation_enabled(validate):
-                losses.append(self.step(x))
+                losses.append(self.step(*batch))
             self.steps_taken += 1
             self.steps_left -= 1
             bar.update()
@@ -434,7 +552,7 @@ class Trainer:
         self._end_epoch(epoch, torch.stack(losses), time.perf_counter() - start, bar)
         return self._agree_to_stop(asked, self.steps_per_epoch - 1)
 
-    def _consider_compiling(self, x: torch.Tensor, epoch: int) -> None:
+    def _consider_compiling(self, batch: tuple[torch.Tensor, ...], epoch: int) -> None:
         """Before a step on a full batch (not a new run's first, eager and validated), capture
         the step and compile it: at once (``"on"``), or (``"auto"``) once AUTO_TIMED_STEPS eager
         steps of one epoch are timed, if the steps ahead repay the compile time."""
@@ -450,8 +568,8 @@ class Trainer:
         self._decided = True
         self.compiled, message, seconds = compile_when_it_pays(
             "the training step",
-            lambda: CompiledLoss(self.vae, self.loss_fn, x, *self.weight),
-            x,
+            lambda: CompiledLoss(self.vae, self.loss_fn, *batch, *self.weight),
+            batch[0],
             eager_seconds,
             self.steps_left,
             lambda worth: distributed.any_rank(worth, self.device),
@@ -462,16 +580,22 @@ class Trainer:
         """The test ELBO with the run's seed; with ``compile`` on or auto, its batches compiled
         once they are timed (at the first epoch's end) and the epochs ahead repay it."""
         first = self.x_test[:EVAL_BATCH_SIZE]
+        first_cond = tuple(y[:EVAL_BATCH_SIZE] for y in self.test_cond)
         batches = max(1, len(self.x_test) // len(first))  # those shaped like the first
         start = self._clock() if not self._eval_decided else 0.0  # timed once, to decide
         value = dataset_elbo(
-            self.vae, self.x_test, seed=self.seed, objective=self.objective, full_batch=self.eval
+            self.vae,
+            self.x_test,
+            seed=self.seed,
+            objective=self.objective,
+            full_batch=self.eval,
+            labels=self.test_cond[0] if self.test_cond else None,
         )
         if not self._eval_decided:
             self._eval_decided = True
             compiled, message, seconds = compile_when_it_pays(
                 "the test ELBO",
-                lambda: CompiledLoss(self.vae, self.elbo_fn, first, gradients=False),
+                lambda: CompiledLoss(self.vae, self.elbo_fn, first, *first_cond, gradients=False),
                 first,
                 (self._clock() - start) / batches,
                 (self.epochs - epoch) * batches,

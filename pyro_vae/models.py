@@ -1,0 +1,22 @@
+"""The models by name: ``vae`` (:class:`~pyro_vae.model.VAE`), ``cvae`` and ``m2``
+(:mod:`pyro_vae.conditional`). Adding one is one class and one line in :data:`MODELS`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from . import checks
+from .conditional import CVAE, M2
+from .model import VAE
+
+MODELS: dict[str, type[VAE]] = {"vae": VAE, "cvae": CVAE, "m2": M2}
+
+
+def build_model(name: str, x_shape: Sequence[int], num_classes: int = 0, **options: Any) -> VAE:
+    """The model ``name`` over examples of shape ``x_shape``; one that learns from labels gets
+    ``num_classes``, the others ignore it."""
+    cls = MODELS[checks.choice("model", name, list(MODELS))]
+    if cls.labels == "none":
+        return cls(x_shape, **options)
+    return cls(x_shape, num_classes, **options)
