@@ -63,6 +63,7 @@ def save_checkpoint(
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "x_shape": list(vae.x_shape),
+        "num_classes": vae.num_classes,
         "device": str(device),
         "model": vae.state_dict(),
         "epoch": state.epoch,

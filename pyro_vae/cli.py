@@ -1,4 +1,5 @@
-"""The ``pyro-vae`` command line: train, evaluate, check-elbo, sample, reconstruct and list.
+"""The ``pyro-vae`` command line: train, evaluate, check-elbo, sample, reconstruct, classify and
+list.
 
 It parses flags and calls the library. Flags map onto :class:`~pyro_vae.config.RunConfig`'s
 fields; the library's errors name parameters (``z_dim``), and are printed here with the flags
@@ -22,17 +23,18 @@ import torch
 from matplotlib.backend_bases import FigureCanvasBase
 
 from . import checks, distributed
-from .check import check_elbo, format_check
+from .check import check_elbo, check_label_model, format_check
+from .conditional import one_hot
 from .config import RESUMABLE, RunConfig
-from .data import BINARIZATION, DATASETS, eval_inputs, load_dataset
+from .data import BINARIZATION, DATASETS, check_labels, eval_inputs, load_dataset, num_classes
 from .device import resolve_device
 from .elbo import OBJECTIVES
 from .errors import ConfigError, PyroVAEError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
-from .model import VAE
+from .models import MODELS, build_model
 from .nets import NETS
-from .plots import plot_reconstructions, plot_samples
+from .plots import plot_confusion, plot_reconstructions, plot_samples
 from .priors import PRIORS
 from .registry import describe, option_names
 from .run import CHECKPOINT, RUN_FILES, Run, RunExists
@@ -70,6 +72,19 @@ def number(param: str) -> Callable[[str], float]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
         return _checked(checks.positive, param, value)
+
+    return parse
+
+
+def weight(param: str) -> Callable[[str], float]:
+    """An argparse type: a finite number, 0 or more (``checks.non_negative``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+        return _checked(checks.non_negative, param, value)
 
     return parse
 
@@ -113,6 +128,12 @@ DATA_FLAGS = {
     ),
 }
 MODEL_FLAGS = {
+    "--model": (
+        list(MODELS),
+        "vae: p(x|z) p(z); cvae: conditional on the label, p(x|y,z) p(z) with y observed; m2: "
+        "semi-supervised (Kingma et al. 2014), y observed for --labeled examples and summed out "
+        "(enumerated) for the rest",
+    ),
     "--z-dim": (whole(checks.size, "z_dim"), "size of the latent code z"),
     "--hidden-dims": (
         layer_sizes,
@@ -123,6 +144,10 @@ MODEL_FLAGS = {
     "--prior": (list(PRIORS), "prior p(z)"),
     "--likelihood": (list(LIKELIHOODS), "likelihood p(x|z)"),
     "--guide": (list(GUIDES), "guide family q(z|x)"),
+    "--aux-weight": (
+        weight("aux_weight"),
+        "m2: alpha, the weight of the classifier's log q(y|x) on labelled examples (0: none)",
+    ),
     "--binarize": (
         BINARIZATION,
         "dynamic: for a binary likelihood, binarize grey training data "
@@ -153,6 +178,11 @@ TRAINING_FLAGS = {
         whole(lambda p, v: checks.whole(p, v, low=0), "kl_warmup"),
         "N epochs over which the KL weight rises linearly, beta/N, 2 beta/N, ..., beta; "
         "0: none. The test ELBO is always the ELBO, weight 1",
+    ),
+    "--labeled": (
+        whole(checks.count, "labeled"),
+        "m2: the number of training examples whose labels it sees, picked with --seed, "
+        "balanced over the classes; the rest are used without labels",
     ),
     "--seed": (whole(checks.seed, "seed"), "seeds weights, batch order and noise"),
     "--device": (str, "auto, cpu, cuda or cuda:N"),
@@ -263,6 +293,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         baseline = run.summary["baseline_log_likelihood"]
         against = "" if baseline is None else f" (independent-pixel baseline: {baseline:.2f})"
         print(f"test ELBO: {run.summary['test_elbo']:.2f} nats per example{against}")
+        if "test_accuracy" in run.summary:
+            print(f"test accuracy: {run.summary['test_accuracy']:.4f}")
     return 0
 
 
@@ -335,19 +367,33 @@ def save_picture(plot: Any, *args: Any, path: Path) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     run = Run.open(args.run_dir, device=args.device)
-    out = picture_path(args.out, run.path / "samples.png")
+    name = "samples.png" if args.label is None else f"samples-{args.label}.png"
+    out = picture_path(args.out, run.path / name)
     pyro.set_rng_seed(args.seed)
-    save_picture(plot_samples, run.vae.sample(args.num), path=out)
-    print(f"wrote {args.num} samples to {out}")
+    save_picture(plot_samples, run.vae.sample(args.num, label=args.label), path=out)
+    of = "" if args.label is None else f" of class {args.label}"
+    print(f"wrote {args.num} samples{of} to {out}")
     return 0
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     run = Run.open(args.run_dir, device=args.device)
     out = picture_path(args.out, run.path / "reconstructions.png")
-    x = run.data.x_test[: args.num].to(resolve_device(args.device))
-    save_picture(plot_reconstructions, x, run.vae.reconstruct(x), path=out)
+    x, reconstructions = run.reconstructions(args.num, args.device)
+    save_picture(plot_reconstructions, x, reconstructions, path=out)
     print(f"wrote {len(x)} test images and their reconstructions to {out}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    run = Run.open(args.run_dir, device=args.device)
+    out = picture_path(args.out, run.path / "confusion.png")
+    result = run.classify(args.device)
+    accuracy, n = result["test_accuracy"], len(run.data.x_test)
+    title = f"{run.path.name}: test accuracy {accuracy:.4f} ({n} images)"
+    save_picture(plot_confusion, result["confusion"], title, path=out)
+    print(f"test accuracy: {accuracy:.4f} ({n} test images)")
+    print(f"wrote the confusion matrix to {out}")
     return 0
 
 
@@ -366,18 +412,25 @@ def cmd_check_elbo(args: argparse.Namespace) -> int:
     else:
         config = overlay(RunConfig(), args)
         data = load_dataset(config.dataset, data_dir=config.data_dir, data_path=config.data_path)
+        labels = MODELS[config.model].labels != "none"
+        classes = num_classes(data, f"model {config.model!r}") if labels else 0
         pyro.set_rng_seed(args.seed)
-        vae = VAE(data.x_shape, **config.vae_options())
+        vae = build_model(config.model, data.x_shape, classes, **config.vae_options())
         binarization = config.binarization
     x = eval_inputs(vae.likelihood, data.x_test[: args.batch_size], binarization)
-    report = check_elbo(
-        vae,
-        x,
-        seed=args.seed,
-        num_particles=args.num_particles,
-        kl_weight=args.kl_weight,
-        iwae_particles=args.iwae_particles,
-    )
+    if vae.num_classes:
+        check_labels(data, vae.num_classes)
+        y = one_hot(data.y_test[: args.batch_size], vae.num_classes, x)
+        report = check_label_model(vae, x, y, seed=args.seed, kl_weight=args.kl_weight)
+    else:
+        report = check_elbo(
+            vae,
+            x,
+            seed=args.seed,
+            num_particles=args.num_particles,
+            kl_weight=args.kl_weight,
+            iwae_particles=args.iwae_particles,
+        )
     print(format_check(report, len(x)))
     if report.failures:
         print(f"pyro-vae: check failed: {report.failures[0]}", file=sys.stderr)
@@ -483,10 +536,27 @@ def _add_run_commands(commands: Any) -> None:
         help=f"number of images (at most {checks.MAX_IMAGES})",
         type=whole(lambda p, v: checks.whole(p, v, high=checks.MAX_IMAGES), "num"),
     )
-    p.add_argument("--out", help="PNG file to write (default: RUN_DIR/samples.png)")
+    p.add_argument(
+        "--label",
+        type=whole(lambda p, v: checks.whole(p, v, low=0), "label"),
+        help="cvae, m2: draw images of this class only (default: the classes in turn)",
+    )
+    p.add_argument(
+        "--out", help="PNG file to write (default: RUN_DIR/samples.png, or samples-K.png)"
+    )
     p.add_argument("--seed", type=seed, default=0, help="seed of the draws")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_sample)
+
+    p = commands.add_parser(
+        "classify",
+        formatter_class=fmt,
+        help="test accuracy of an m2 run's classifier; writes a confusion-matrix picture",
+    )
+    p.add_argument("run_dir", **run_dir)
+    p.add_argument("--out", help="PNG file to write (default: RUN_DIR/confusion.png)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_classify)
 
     p = commands.add_parser(
         "reconstruct", formatter_class=fmt, help="reconstruct test images with a trained model"

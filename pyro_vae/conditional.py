@@ -45,6 +45,10 @@ from .model import VAE
 from .nets import make_classifier
 from .registry import name_of
 
+PREDICT_BATCH_SIZE = 1000  # examples classified at once
+# M2's alpha: near the 46 of Pyro's ss-vae tutorial, whose steps also weigh each example once
+DEFAULT_AUX_WEIGHT = 50.0
+
 
 def one_hot(labels: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:
     """Integer ``labels`` of shape ``(B,)`` as one-hot rows ``(B, num_classes)`` in ``like``'s
@@ -154,7 +158,7 @@ class M2(CVAE):
         self,
         x_shape: Sequence[int],
         num_classes: int = 10,
-        aux_weight: float = 50.0,
+        aux_weight: float = DEFAULT_AUX_WEIGHT,
         **options: Any,
     ):
         super().__init__(x_shape, num_classes, **options)
@@ -214,6 +218,25 @@ class M2(CVAE):
         """The auxiliary program has no latent site: an empty guide."""
 
     @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x | y, z = the posterior code of q(z | x, y)], with y the given one-hot labels or
+        (``None``) the classifier's most probable ones."""
+        if y is None:
+            y = F.one_hot(self.classifier(x).argmax(-1), self.num_classes).to(x.dtype)
+        return super().reconstruct(x, y)
+
+    @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """q(y | x) for each example: ``(B, K)`` class probabilities."""
         return torch.softmax(self.classifier(x), dim=-1)
+
+
+@torch.no_grad()
+def predict(model: M2, x: torch.Tensor) -> torch.Tensor:
+    """The most probable class under ``model``'s classifier q(y|x) for each example, ``(B,)``."""
+    return torch.cat([model.classify(batch).argmax(-1) for batch in x.split(PREDICT_BATCH_SIZE)])
+
+
+def accuracy(model: M2, x: torch.Tensor, labels: torch.Tensor) -> float:
+    """The fraction of ``x`` whose most probable class under q(y|x) is its label."""
+    return float((predict(model, x) == labels.to(x.device)).double().mean())

@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from . import checks
+from .conditional import DEFAULT_AUX_WEIGHT
 from .data import BINARIZATION, DATASETS
 from .errors import ConfigError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
+from .models import MODELS
 from .nets import NETS
 from .priors import PRIORS
-from .train import COMPILE, check_objective
+from .train import COMPILE, check_labeled, check_objective
 
 try:  # Python 3.11 reads TOML; on 3.10 a .toml config is refused with one line
     import tomllib
@@ -47,7 +49,8 @@ class RunConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     data_path: str | None = None
-    # the model (pyro_vae.VAE)
+    # the model (pyro_vae.VAE, or by name from pyro_vae.models.MODELS)
+    model: str = "vae"
     z_dim: int = 16
     hidden_dims: tuple[int, ...] = (400,)
     encoder: str = "mlp"
@@ -57,6 +60,7 @@ class RunConfig:
     prior_options: dict[str, Any] = field(default_factory=dict)
     likelihood_options: dict[str, Any] = field(default_factory=dict)
     guide_options: dict[str, Any] = field(default_factory=dict)
+    aux_weight: float = DEFAULT_AUX_WEIGHT  # M2's alpha (pyro_vae.conditional.M2)
     # the training (pyro_vae.train)
     epochs: int = 20
     batch_size: int = 128
@@ -66,6 +70,7 @@ class RunConfig:
     num_particles: int = 1
     beta: float = 1.0
     kl_warmup: int = 0
+    labeled: int | None = None  # M2's labelled examples
     binarization: str = "dynamic"
     device: str = "auto"
     compile: str = "auto"
@@ -73,6 +78,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         checked = {
             "dataset": checks.choice("dataset", self.dataset, DATASETS),
+            "model": checks.choice("model", self.model, list(MODELS)),
             "data_dir": checks.path("data_dir", self.data_dir),
             "data_path": checks.path("data_path", self.data_path),
             "z_dim": checks.size("z_dim", self.z_dim),
@@ -97,7 +103,12 @@ class RunConfig:
             self.kl_warmup,
             checked["epochs"],
             checked["guide"],
+            checked["model"],
         )
+        checked["labeled"] = check_labeled(checked["model"], self.labeled)
+        checked["aux_weight"] = checks.non_negative("aux_weight", self.aux_weight)
+        if checked["aux_weight"] != DEFAULT_AUX_WEIGHT and checked["model"] != "m2":
+            raise ConfigError(f"is for {{model}} 'm2', not {checked['model']!r}", "aux_weight")
         checked.update(zip(("num_particles", "beta", "kl_warmup"), weighing, strict=True))
         for name in PART_OPTIONS:
             options = getattr(self, name)
@@ -159,12 +170,14 @@ class RunConfig:
         ]
 
     def vae_options(self) -> dict[str, Any]:
-        """The keyword arguments of :class:`pyro_vae.VAE` besides ``x_shape``."""
+        """The keyword arguments of the model's class besides ``x_shape`` and ``num_classes``:
+        :class:`pyro_vae.VAE`'s, and ``aux_weight`` for M2."""
         names = ("z_dim", "hidden_dims", "encoder", "prior", "likelihood", "guide")
-        return {name: getattr(self, name) for name in (*names, *PART_OPTIONS)}
+        options = {name: getattr(self, name) for name in (*names, *PART_OPTIONS)}
+        return options | ({"aux_weight": self.aux_weight} if self.model == "m2" else {})
 
     def train_options(self) -> dict[str, Any]:
         """The settings :func:`pyro_vae.train` takes."""
         names = ("epochs", "batch_size", "lr", "device", "seed", "objective", "binarization")
-        names += ("compile", "num_particles", "beta", "kl_warmup")
+        names += ("compile", "num_particles", "beta", "kl_warmup", "labeled")
         return {name: getattr(self, name) for name in names}

@@ -141,16 +141,18 @@ def closed_form_kl(vae: VAE, q: dist.Distribution, p_z: dist.Distribution) -> to
         ) from None
 
 
-def iwae_chunk(vae: VAE, x: torch.Tensor, particles: int) -> torch.Tensor:
+def iwae_chunk(vae: VAE, x: torch.Tensor, particles: int, *cond: torch.Tensor) -> torch.Tensor:
     """log sum_i p(x, z_i) / q(z_i|x) over ``particles`` draws z_i ~ q(z|x), per example: one
-    chunk of :func:`iwae_bound`."""
-    log_p_x, log_p_z, log_q, _, _ = log_weight_terms(vae, x, particles)
+    chunk of :func:`iwae_bound` (given the labels ``cond``, for the label models)."""
+    log_p_x, log_p_z, log_q, _, _ = log_weight_terms(vae, x, particles, cond)
     return torch.logsumexp(log_p_x + log_p_z - log_q, dim=0)
 
 
-def iwae_chunk_size(vae: VAE, x: torch.Tensor, k: int) -> int:
-    """The particles :func:`iwae_bound` draws at once for the batch ``x``."""
-    per_particle = x.shape[0] * max(x[0].numel(), vae.z_dim)
+def iwae_chunk_size(vae: VAE, x: torch.Tensor, k: int, *cond: torch.Tensor) -> int:
+    """The particles :func:`iwae_bound` draws at once for the batch ``x`` (and labels ``cond``:
+    every label at once multiplies the decoder's outputs)."""
+    copies = math.prod(cond[0].shape[:-2]) if cond else 1
+    per_particle = copies * x.shape[0] * max(x[0].numel(), vae.z_dim)
     return max(1, min(k, IWAE_CHUNK_ELEMENTS // per_particle))
 
 
@@ -158,10 +160,12 @@ def iwae_bound(
     vae: VAE,
     x: torch.Tensor,
     k: int,
-    full_chunk: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    full_chunk: Callable[..., torch.Tensor] | None = None,
+    cond: tuple[torch.Tensor, ...] = (),
 ) -> torch.Tensor:
     """The importance-weighted bound log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), per
-    example of ``x`` (shape ``(B,)``, nats).
+    example of ``x`` (shape ``(B,)``, nats); with a label model's ``cond = (y,)``, the bound on
+    log p(x | y) (``(K, B)`` for y of shape ``(K, 1, K)``, every label at once).
 
     k = 1 is the single-sample ELBO; the bound rises towards log p(x) as k grows. Particles are
     drawn in chunks (:func:`iwae_chunk`), combined with logsumexp, so that k = 5000 fits in
@@ -173,13 +177,24 @@ def iwae_bound(
     """
     if k < 1:
         raise ConfigError(f"the IWAE bound needs k >= 1 particles, got {k}")
-    chunk = iwae_chunk_size(vae, x, k)
+    chunk = iwae_chunk_size(vae, x, k, *cond)
     partial_sums = []
     for start in range(0, k, chunk):
         size = min(chunk, k - start)
         compute = full_chunk if full_chunk is not None and size == chunk else None
-        partial_sums.append(compute(x) if compute else iwae_chunk(vae, x, size))
+        partial_sums.append(compute(x, *cond) if compute else iwae_chunk(vae, x, size, *cond))
     return torch.logsumexp(torch.stack(partial_sums), dim=0) - math.log(k)
+
+
+def m2_iwae_bound(
+    m2: M2, x: torch.Tensor, k: int, full_chunk: Callable[..., torch.Tensor] | None = None
+) -> torch.Tensor:
+    """M2's bound on log p(x) = log sum_y p(y) p(x | y), per example: the labels summed out
+    exactly over the IWAE bounds on each log p(x | y), with ``k`` particles each. It is the log
+    of an unbiased estimate of p(x), so it is a lower bound in expectation, like IWAE's."""
+    every_label = torch.eye(m2.num_classes, dtype=x.dtype, device=x.device).unsqueeze(1)
+    per_label = iwae_bound(m2, x, k, full_chunk, (every_label,))  # (K, B)
+    return torch.logsumexp(per_label, dim=0) - math.log(m2.num_classes)
 
 
 def iwae_dreg_gradients(
@@ -227,33 +242,52 @@ def _added(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | Non
 def m2_elbo(
     m2: M2,
     x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    kl_weight: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """M2's ELBO of the batch ``x``, summed over examples, written out with no ``pyro.infer``.
+    Unlabelled (``y`` None), y is summed out under q(y|x):
+
+        sum_y q(y|x) [ log p(y) + log p(x|y,z_y) + w log p(z_y) - w log q(z_y|x,y) ] + H(q(y|x)),
+
+    z_y = loc(x, y) + scale(x, y) * eps, drawn for all K labels at once; labelled (``y``
+    one-hot), the ELBO at the observed y plus log p(y). w is ``kl_weight``. Its negative equals
+    ``TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(m2.model, m2.guide, x, y, w)`` in
+    value and gradients under the same seed.
+    """
+    log_p_y = -math.log(m2.num_classes)
+    if y is not None:
+        log_p_x, log_p_z, log_q_z, _, _ = log_weight_terms(m2, x, 1, (y,))
+        return (log_p_y + log_p_x + kl_weight * (log_p_z - log_q_z)).sum()
+    log_q_y = torch.log_softmax(m2.classifier(x), dim=-1).T  # (K, B)
+    every_label = torch.eye(m2.num_classes, dtype=x.dtype, device=x.device).unsqueeze(1)
+    log_p_x, log_p_z, log_q_z, _, _ = log_weight_terms(m2, x, 1, (every_label,))  # (1, K, B)
+    per_label = log_p_y + log_p_x[0] + kl_weight * (log_p_z[0] - log_q_z[0])
+    return (log_q_y.exp() * (per_label - log_q_y)).sum()
+
+
+def m2_aux_term(m2: M2, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``aux_weight * sum log q(y|x)`` over the labelled batch: the twin of the program
+    :meth:`~pyro_vae.conditional.M2.classify_model` (an observed site, no latent one)."""
+    log_q = (torch.log_softmax(m2.classifier(x), dim=-1) * y).sum(-1)
+    return m2.aux_weight * log_q.sum()
+
+
+def m2_objective(
+    m2: M2,
+    x: torch.Tensor,
     x_labeled: torch.Tensor | None = None,
     y_labeled: torch.Tensor | None = None,
     kl_weight: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
-    """M2's objective for one step, written out with no ``pyro.infer``: for the unlabelled batch
-    ``x`` (summed over examples, y summed out under q(y|x))
-
-        sum_y q(y|x) [ log p(y) + log p(x|y,z_y) + w log p(z_y) - w log q(z_y|x,y) ] + H(q(y|x)),
-
-    z_y = loc(x, y) + scale(x, y) * eps drawn for all K labels at once, and for the labelled
-    batch ``(x_labeled, y_labeled)`` (one-hot) the ELBO at the observed y plus
-    ``aux_weight * log q(y|x)``; w is ``kl_weight``. Its negative equals the ``trace`` objective
-    of M2 (``TraceEnum_ELBO`` on ``m2.model``/``m2.guide``, then the labelled programs) in value
-    and gradients under the same seed. Without a labelled batch it is the ELBO of log p(x).
-    """
-    log_q_y = torch.log_softmax(m2.classifier(x), dim=-1).T  # (K, B)
-    every_label = torch.eye(m2.num_classes, dtype=x.dtype, device=x.device).unsqueeze(1)
-    log_p_x, log_p_z, log_q_z, _, _ = log_weight_terms(m2, x, 1, (every_label,))  # (1, K, B)
-    log_p_y = -math.log(m2.num_classes)
-    per_label = log_p_y + log_p_x[0] + kl_weight * (log_p_z[0] - log_q_z[0])
-    elbo = (log_q_y.exp() * (per_label - log_q_y)).sum()
+    """What one M2 training step maximizes, by hand: the unlabelled batch's ELBO, the labelled
+    batch's ELBO and its auxiliary term (:func:`m2_elbo`, :func:`m2_aux_term`), in the order
+    Pyro's objective draws them. Without a labelled batch, the ELBO of log p(x)."""
+    objective = m2_elbo(m2, x, kl_weight=kl_weight)
     if x_labeled is None:
-        return elbo
-    log_p_x, log_p_z, log_q_z, _, _ = log_weight_terms(m2, x_labeled, 1, (y_labeled,))
-    labeled = log_p_y + log_p_x + kl_weight * (log_p_z - log_q_z)
-    log_q_label = (torch.log_softmax(m2.classifier(x_labeled), dim=-1) * y_labeled).sum(-1)
-    return elbo + labeled.sum() + m2.aux_weight * log_q_label.sum()
+        return objective
+    objective = objective + m2_elbo(m2, x_labeled, y_labeled, kl_weight)
+    return objective + m2_aux_term(m2, x_labeled, y_labeled)
 
 
 def _pyro_loss(elbo_class: type[ELBO], vae: VAE, num_particles: int) -> LossFn:
@@ -298,7 +332,7 @@ def _m2_loss(m2: M2, num_particles: int) -> LossFn:
 
 
 def _manual_m2_loss(m2: M2, num_particles: int) -> LossFn:
-    return lambda *batch: -m2_elbo(m2, *batch)
+    return lambda *batch: -m2_objective(m2, *batch)
 
 
 @dataclass(frozen=True)

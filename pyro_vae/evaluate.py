@@ -9,6 +9,11 @@
 - ``baseline_log_likelihood`` (binary likelihoods): the *independent-pixel* model, every pixel an
   independent Bernoulli with the training set's pixel mean (smoothed by half a count, so an unseen
   value costs finite nats). A VAE that has learned anything about shapes beats it widely.
+
+For the label models (:mod:`pyro_vae.conditional`): the conditional VAE's ELBO and IWAE figures
+are of log p(x | y) given the test labels; M2's of log p(x), its labels summed out
+(:func:`~pyro_vae.elbo.m2_iwae_bound`), and ``test_accuracy`` is its classifier's, argmax q(y|x).
+Both models' ``kl_per_dim`` and ``active_units`` are of q(z | x, y) at the true test labels.
 """
 
 from __future__ import annotations
@@ -23,9 +28,17 @@ from tqdm.auto import tqdm
 
 from . import checks
 from .compiled import CompiledLoss, compile_when_it_pays
+from .conditional import accuracy, one_hot
 from .data import Dataset, check_shape, eval_inputs
 from .device import random_state_kept
-from .elbo import EVAL_BATCH_SIZE, dataset_elbo, iwae_bound, iwae_chunk, iwae_chunk_size
+from .elbo import (
+    EVAL_BATCH_SIZE,
+    dataset_elbo,
+    iwae_bound,
+    iwae_chunk,
+    iwae_chunk_size,
+    m2_iwae_bound,
+)
 from .model import VAE
 
 
@@ -38,13 +51,26 @@ def independent_pixel_log_likelihood(x_train: torch.Tensor, x_test: torch.Tensor
     return float(log_lik.flatten(1).sum(1).mean())
 
 
+def label_batches(x: torch.Tensor, y: torch.Tensor | None, classes: int) -> list[tuple]:
+    """``x`` in batches of EVAL_BATCH_SIZE, each with its one-hot labels ``(y,)`` from the
+    integer labels ``y``, or ``()`` without labels (``y`` or ``classes`` None or 0)."""
+    batches = x.split(EVAL_BATCH_SIZE)
+    if y is None or not classes:
+        return [(batch,) for batch in batches]
+    labels = y.split(EVAL_BATCH_SIZE)
+    return [(b, one_hot(t, classes, b)) for b, t in zip(batches, labels, strict=True)]
+
+
 @torch.no_grad()
-def posterior_means(vae: VAE, x: torch.Tensor, num_samples: int = 256) -> torch.Tensor:
+def posterior_means(
+    vae: VAE, x: torch.Tensor, num_samples: int = 256, labels: torch.Tensor | None = None
+) -> torch.Tensor:
     """E_q[z|x] for each example, ``(B, z_dim)``: exact where the guide has a mean, else the
-    average of ``num_samples`` draws (flows)."""
+    average of ``num_samples`` draws (flows); q(z|x,y) at the integer ``labels`` for the label
+    models."""
     means = []
-    for batch in x.split(EVAL_BATCH_SIZE):
-        q = vae.posterior_dist(batch)
+    for batch, *cond in label_batches(x, labels, vae.num_classes):
+        q = vae.posterior_dist(batch, *cond)
         try:
             means.append(q.mean)
         except NotImplementedError:
@@ -52,16 +78,23 @@ def posterior_means(vae: VAE, x: torch.Tensor, num_samples: int = 256) -> torch.
     return torch.cat(means)
 
 
-def active_units(vae: VAE, x: torch.Tensor, threshold: float = 0.01) -> tuple[int, torch.Tensor]:
-    """The number of active latent units and each unit's activity Cov_x(E_q[z_d|x]).
+def active_units(
+    vae: VAE, x: torch.Tensor, threshold: float = 0.01, labels: torch.Tensor | None = None
+) -> tuple[int, torch.Tensor]:
+    """The number of active latent units and each unit's activity Cov_x(E_q[z_d|x]) (of
+    q(z|x,y) at the integer ``labels``, for the label models).
 
     A unit is active when its posterior mean varies across inputs by more than ``threshold``
     (Burda, Grosse & Salakhutdinov 2015, "Importance Weighted Autoencoders", arXiv:1509.00519).
     """
-    means = posterior_means(vae, x).double()
+    means = posterior_means(vae, x, labels=labels).double()
     # one example does not vary: no unit is active (var() would warn and give NaN)
     activity = means.var(0) if len(means) > 1 else torch.zeros(means.shape[1:], dtype=means.dtype)
     return int((activity > threshold).sum()), activity
+
+
+def _chunk(vae: VAE, particles: int, x: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+    return iwae_chunk(vae, x, particles, *cond)
 
 
 def iwae_log_likelihood(
@@ -89,9 +122,11 @@ def iwae_estimate(
     seed: int = 0,
     progress: bool = False,
     compile: str = "off",
+    labels: torch.Tensor | None = None,
 ) -> IWAEEstimate:
     """Mean IWAE estimate of log p(x), nats per example, with ``k`` particles and a fixed seed,
-    and one line on whether its chunks were compiled.
+    and one line on whether its chunks were compiled: of log p(x | y) at the integer ``labels``
+    for the conditional VAE, of log p(x) (:func:`~pyro_vae.elbo.m2_iwae_bound`) for M2.
 
     The data go through in batches and each batch's particles in chunks (see
     :func:`pyro_vae.elbo.iwae_bound`), so that k = 5000 on 10,000 images fits in a few GB; the
@@ -101,21 +136,25 @@ def iwae_estimate(
     and agree with eager ones to float32 rounding.
     """
     checks.choice("compile", compile, ("auto", "on", "off"))
-    batches = x.split(EVAL_BATCH_SIZE)
-    chunk = iwae_chunk_size(vae, batches[0], k)
+    batches = label_batches(x, labels if vae.labels == "all" else None, vae.num_classes)
+    every_label = torch.eye(vae.num_classes, dtype=x.dtype, device=x.device).unsqueeze(1)
+    summed = vae.labels == "some"  # M2: every label at once, then summed out
+    first = (*batches[0], every_label) if summed else batches[0]
+    chunk = iwae_chunk_size(vae, first[0], k, *first[1:])
     per_batch = k // chunk  # full chunks per batch
-    full_chunks = sum(1 for b in batches if b.shape == batches[0].shape) * per_batch
+    full_chunks = sum(1 for b in batches if b[0].shape == batches[0][0].shape) * per_batch
     decide_at = 0 if compile == "on" else 1  # "auto" first times a batch
     status = "off" if compile == "off" else "the IWAE bound stayed eager: too few batches to decide"
     compiled, total, elapsed, seconds = None, 0.0, 0.0, 0.0
     with random_state_kept(x.device):
         torch.manual_seed(seed)
-        for i, batch in enumerate(tqdm(batches, desc=f"IWAE k={k}", disable=not progress)):
-            if compile != "off" and i == decide_at and batch.shape == batches[0].shape:
+        for i, (batch, *cond) in enumerate(tqdm(batches, desc=f"IWAE k={k}", disable=not progress)):
+            cond = [every_label] if summed else cond
+            if compile != "off" and i == decide_at and batch.shape == batches[0][0].shape:
                 compiled, status, seconds = compile_when_it_pays(
                     "the IWAE bound",
-                    lambda b=batch: CompiledLoss(
-                        vae, partial(iwae_chunk, vae, particles=chunk), b, gradients=False
+                    lambda b=batch, c=cond: CompiledLoss(
+                        vae, partial(_chunk, vae, chunk), b, *c, gradients=False
                     ),
                     batch,
                     None if compile == "on" else elapsed / max(1, per_batch),
@@ -124,27 +163,36 @@ def iwae_estimate(
             start = time.perf_counter()
             full_chunk = compiled if compiled and batch.shape == compiled.shape else None
             with torch.no_grad():
-                total += float(iwae_bound(vae, batch, k, full_chunk).sum())
+                if summed:
+                    bound = m2_iwae_bound(vae, batch, k, full_chunk)
+                else:
+                    bound = iwae_bound(vae, batch, k, full_chunk, tuple(cond))
+                total += float(bound.sum())
             elapsed = time.perf_counter() - start
     return IWAEEstimate(total / len(x), status, seconds)
 
 
 @torch.no_grad()
 def kl_per_dim(
-    vae: VAE, x: torch.Tensor, *, seed: int = 0, num_samples: int = 64
+    vae: VAE,
+    x: torch.Tensor,
+    *,
+    seed: int = 0,
+    num_samples: int = 64,
+    labels: torch.Tensor | None = None,
 ) -> list[float] | None:
     """E_x KL(q(z_d|x) || p(z_d)) for each latent dimension d, nats, or ``None`` where the guide or
     the prior does not factorize over dimensions (full-rank, flows, mixtures).
 
     In closed form where torch has it (a diagonal Gaussian guide against a Gaussian or Laplace
     prior), else by ``num_samples`` draws of z per input. The per-dimension KLs add up to the KL
-    term of the ELBO.
+    term of the ELBO. For the label models, of q(z|x,y) at the integer ``labels``.
     """
     totals = None
     with random_state_kept(x.device):
         torch.manual_seed(seed)
-        for batch in x.split(EVAL_BATCH_SIZE):
-            q, p = vae.posterior_dist(batch), vae.prior(len(batch), batch)
+        for batch, *cond in label_batches(x, labels, vae.num_classes):
+            q, p = vae.posterior_dist(batch, *cond), vae.prior(len(batch), batch)
             if not (_factorizes(q) and _factorizes(p)):
                 return None
             try:
@@ -164,6 +212,12 @@ def _factorizes(d: Any) -> bool:
         and d.reinterpreted_batch_ndims == 1
         and not d.base_dist.event_shape
     )
+
+
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """``(classes, classes)`` counts: row = true label, column = predicted label."""
+    index = labels.to(predicted.device) * classes + predicted
+    return torch.bincount(index, minlength=classes * classes).reshape(classes, classes).cpu()
 
 
 def baseline_log_likelihood(vae: VAE, x_train: torch.Tensor, x_test: torch.Tensor) -> float | None:
@@ -188,24 +242,36 @@ def evaluate(
 ) -> dict[str, Any]:
     """Test-set figures of ``vae`` on ``data`` (see the module doc): ``test_elbo``,
     ``iwae_log_likelihood`` with ``iwae_k`` particles (0: skip it), ``kl_per_dim``,
-    ``active_units``, ``baseline_log_likelihood`` for binary likelihoods, and ``seed``. The same
-    seed gives the same numbers on the same device. ``compile`` is :func:`iwae_estimate`'s, and
-    ``iwae_compile`` says what came of it."""
+    ``active_units``, ``baseline_log_likelihood`` for binary likelihoods, ``test_accuracy`` for
+    M2, and ``seed``. The same seed gives the same numbers on the same device. ``compile`` is
+    :func:`iwae_estimate`'s, and ``iwae_compile`` says what came of it."""
     check_shape(vae.x_shape, data)
     iwae_k = checks.whole("iwae_k", iwae_k, low=0)
     device = next(vae.parameters()).device
     x_test = eval_inputs(vae.likelihood, data.x_test, binarization).to(device)
+    labels = data.y_test.to(device) if vae.num_classes else None
+    given = labels if vae.labels == "all" else None
     result: dict[str, Any] = {
-        "test_elbo": dataset_elbo(vae, x_test, seed=seed, objective=objective),
+        "test_elbo": dataset_elbo(
+            vae,
+            x_test,
+            seed=seed,
+            objective=objective,
+            labels=None if given is None else one_hot(given, vae.num_classes, x_test),
+        ),
         "iwae_log_likelihood": None,
         "iwae_k": iwae_k,
-        "kl_per_dim": kl_per_dim(vae, x_test, seed=seed),
-        "active_units": active_units(vae, x_test)[0],
+        "kl_per_dim": kl_per_dim(vae, x_test, seed=seed, labels=labels),
+        "active_units": active_units(vae, x_test, labels=labels)[0],
         "seed": seed,
         "num_test": len(x_test),
     }
+    if vae.labels == "some":
+        result["test_accuracy"] = accuracy(vae, x_test, labels)
     if iwae_k > 0:
-        estimate = iwae_estimate(vae, x_test, iwae_k, seed=seed, progress=progress, compile=compile)
+        estimate = iwae_estimate(
+            vae, x_test, iwae_k, seed=seed, progress=progress, compile=compile, labels=labels
+        )
         result["iwae_log_likelihood"], result["iwae_compile"] = estimate.value, estimate.compile
     if vae.likelihood.binary:
         result["baseline_log_likelihood"] = baseline_log_likelihood(vae, data.x_train, x_test)

@@ -30,6 +30,7 @@ from pyro import poutine
 from torch import nn
 
 from . import checks
+from .errors import ConfigError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import make_nets
@@ -162,8 +163,13 @@ class VAE(nn.Module):
         return self.likelihood.mean(self.decoder(code))
 
     @torch.no_grad()
-    def sample(self, n: int, mean: bool = True) -> torch.Tensor:
-        """``n`` images from the model: z ~ p(z), then E[x|z] (``mean=True``) or x ~ p(x|z)."""
+    def sample(self, n: int, mean: bool = True, label: int | None = None) -> torch.Tensor:
+        """``n`` images from the model: z ~ p(z), then E[x|z] (``mean=True``) or x ~ p(x|z).
+        ``label`` is for the models of :mod:`pyro_vae.conditional`; this one has no labels."""
+        if label is not None:
+            raise ConfigError(
+                f"{{label}} is for the models that know labels (cvae, m2), not {self.kind!r}"
+            )
         z = self.prior_dist(n).sample()
         return self.likelihood.mean(self.decoder(z)) if mean else self.likelihood_dist(z).sample()
 

@@ -95,6 +95,35 @@ def plot_samples(images: torch.Tensor, path: str | Path | None = None, nrow: int
     return plot_grid(images, nrow=nrow, title="samples from the model", path=path)
 
 
+def plot_class_samples(model: Any, path: str | Path | None = None, per_class: int = 8) -> Figure:
+    """``per_class`` samples of each class of a label model (E[x | y, z], z ~ p(z)), a column
+    per class, labelled 0 .. K-1 from left to right."""
+    k = model.num_classes
+    images = model.sample(per_class * k)  # the labels 0, 1, ..., K-1 in turn: a column each
+    title = f"samples of each class, columns 0 to {k - 1}"
+    return plot_grid(images, nrow=k, title=title, path=path)
+
+
+def plot_confusion(
+    confusion: torch.Tensor, title: str = "", path: str | Path | None = None
+) -> Figure:
+    """A confusion matrix of counts, rows the true labels and columns the predicted ones, each
+    cell shaded by its share of the row and written out."""
+    counts = _array(confusion)
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    k = len(counts)
+    fig = Figure(figsize=(1.2 + 0.45 * k, 1.0 + 0.45 * k))
+    ax = fig.subplots()
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            colour = "white" if share[i, j] > 0.5 else "black"
+            ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7, color=colour)
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted label", ylabel="true label")
+    ax.set_title(title or "confusion matrix", fontsize=9)
+    return _finish(fig, path)
+
+
 def plot_elbo(history: Mapping[str, Sequence[float]], path: str | Path | None = None) -> Figure:
     """Train and test ELBO (nats per example) by epoch, from a history's columns."""
     fig = Figure(figsize=(6, 4))

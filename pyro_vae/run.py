@@ -5,7 +5,8 @@
 | ``checkpoint.pt``    | weights, example shape, training state; after every epoch and on a stop  |
 | ``metrics.csv``      | ``epoch,train_elbo,test_elbo,seconds``, rewritten with the checkpoint     |
 | ``summary.json``     | the final figures, the device and the versions, when training ends       |
-| ``*.png``            | test images over their reconstructions, samples, ELBO curves            |
+| ``*.png``            | test images over their reconstructions, samples, ELBO curves, and for    |
+|                      | the label models a column of samples per class (``classes.png``)         |
 | ``evaluation.json``  | :meth:`Run.evaluate`'s figures                                           |
 +----------------------+--------------------------------------------------------------------------+
 
@@ -41,20 +42,36 @@ from .checkpoint import (
     train_state,
     write_json,
 )
+from .conditional import accuracy, one_hot, predict
 from .config import RunConfig
-from .data import Dataset, check_shape, eval_inputs, load_dataset
+from .data import (
+    Dataset,
+    check_labels,
+    check_shape,
+    eval_inputs,
+    labeled_split,
+    load_dataset,
+    num_classes,
+)
 from .device import resolve_device
 from .errors import ConfigError, PyroVAEError
-from .evaluate import active_units, baseline_log_likelihood, evaluate
+from .evaluate import (
+    active_units,
+    baseline_log_likelihood,
+    confusion_matrix,
+    evaluate,
+)
 from .model import VAE
-from .plots import plot_elbo, plot_reconstructions, plot_samples
-from .train import EPOCH_COLUMNS, History, TrainState, train
+from .models import MODELS, build_model
+from .plots import plot_class_samples, plot_elbo, plot_reconstructions, plot_samples
+from .train import History, TrainState, train
 from .version import __version__
 
 CONFIG, CHECKPOINT, METRICS, SUMMARY = "config.json", "checkpoint.pt", "metrics.csv", "summary.json"
 PICTURES = ("reconstructions.png", "samples.png", "elbo.png")
 RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT, *PICTURES)
 EVALUATION = "evaluation.json"
+CLASS_PICTURE = "classes.png"  # the label models' samples, a column per class
 
 
 class RunExists(ConfigError):
@@ -83,8 +100,15 @@ class Run:
         if (path / CHECKPOINT).exists() and not overwrite:
             raise RunExists(f"{path} already holds a trained run; open it to go on training it")
         data = _load_data(config)
+        classes = (
+            0
+            if MODELS[config.model].labels == "none"
+            else num_classes(data, f"model {config.model!r}")
+        )
+        if config.labeled is not None:  # refused before the folder is written, not after
+            labeled_split(data.y_train, config.labeled, classes, config.seed)
         pyro.set_rng_seed(config.seed)
-        vae = VAE(data.x_shape, **config.vae_options())
+        vae = build_model(config.model, data.x_shape, classes, **config.vae_options())
         if distributed.is_main_process():
             path.mkdir(parents=True, exist_ok=True)
             write_json(path / CONFIG, config.to_dict())
@@ -103,7 +127,8 @@ class Run:
         config = RunConfig.load(path / CONFIG)
         checkpoint = load_checkpoint(path / CHECKPOINT)
         try:
-            vae = VAE(checkpoint["x_shape"], **config.vae_options())
+            shape, classes = checkpoint["x_shape"], checkpoint.get("num_classes", 0)
+            vae = build_model(config.model, shape, classes, **config.vae_options())
         except (KeyError, PyroVAEError) as e:
             raise PyroVAEError(f"{path / CHECKPOINT} does not fit {path / CONFIG} ({e})") from None
         load_weights(vae, checkpoint, path / CHECKPOINT)
@@ -119,6 +144,8 @@ class Run:
             check_shape(
                 self.vae.x_shape, data, f"the data set of {self.path}, {source or config.dataset},"
             )
+            if self.vae.num_classes:
+                check_labels(data, self.vae.num_classes)
             self._data = data
         return self._data
 
@@ -176,6 +203,7 @@ class Run:
             return
         history, data, binarization = self.state.history, self.data, self.config.binarization
         x_test = eval_inputs(self.vae.likelihood, data.x_test, binarization).to(self.device)
+        labels = data.y_test.to(self.device) if self.vae.num_classes else None
         self.summary = {
             "test_elbo": history.test_elbo[-1],
             "train_elbo": history.train_elbo[-1],
@@ -185,16 +213,48 @@ class Run:
             "compile": history.compile,
             "compile_seconds": history.compile_seconds,
             "baseline_log_likelihood": baseline_log_likelihood(self.vae, data.x_train, x_test),
-            "active_units": active_units(self.vae, x_test)[0],
+            "active_units": active_units(self.vae, x_test, labels=labels)[0],
             "num_train": len(data.x_train),
             "num_test": len(data.x_test),
             "versions": versions(),
         }
+        if self.vae.labels == "some":
+            self.summary["test_accuracy"] = accuracy(self.vae, x_test, labels)
         write_json(self.path / SUMMARY, self.summary)
-        x = data.x_test[:32].to(self.device)
-        plot_reconstructions(x, self.vae.reconstruct(x), self.path / PICTURES[0])
-        plot_samples(self.vae.sample(64), self.path / PICTURES[1])
+        vae = self.vae
+        plot_reconstructions(*self.reconstructions(32, self.device), self.path / PICTURES[0])
+        plot_samples(vae.sample(64), self.path / PICTURES[1])
         plot_elbo(history.__dict__, self.path / PICTURES[2])
+        if vae.num_classes:
+            plot_class_samples(vae, self.path / CLASS_PICTURE)
+
+    def reconstructions(
+        self, n: int, device: str | torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` test images on ``device`` and their reconstructions: given their
+        labels for the conditional VAE, M2's most probable ones for M2."""
+        vae, data = self.vae, self.data
+        x = data.x_test[:n].to(resolve_device(device))
+        given = (one_hot(data.y_test[:n], vae.num_classes, x),) if vae.labels == "all" else ()
+        return x, vae.reconstruct(x, *given)
+
+    def classify(self, device: str | torch.device = "cpu") -> dict[str, Any]:
+        """The test accuracy of M2's classifier, argmax q(y|x) (``test_accuracy``), and the
+        ``confusion`` matrix, rows the true labels and columns the predicted ones."""
+        vae = self.vae
+        if not hasattr(vae, "classify"):
+            raise ConfigError(
+                f"{self.path} holds model {vae.kind!r}, which has no classifier; train one with "
+                "{model} m2"
+            )
+        vae.to(resolve_device(device))
+        x = eval_inputs(vae.likelihood, self.data.x_test, self.config.binarization)
+        x, labels = x.to(resolve_device(device)), self.data.y_test
+        predicted = predict(vae, x)
+        return {
+            "test_accuracy": float((predicted.cpu() == labels).double().mean()),
+            "confusion": confusion_matrix(predicted, labels, vae.num_classes),
+        }
 
     def evaluate(
         self,
@@ -232,7 +292,7 @@ def _load_data(config: RunConfig) -> Dataset:
 
 def _metrics_csv(history: History) -> bytes:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(EPOCH_COLUMNS))
+    writer = csv.DictWriter(buffer, fieldnames=list(history.columns))
     writer.writeheader()
     writer.writerows(history.rows())
     return buffer.getvalue().encode()

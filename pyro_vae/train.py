@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import checks, distributed
 from .compiled import CompiledLoss, compile_when_it_pays
-from .conditional import one_hot
+from .conditional import accuracy, one_hot
 from .data import (
     Dataset,
     binarize_afresh,
@@ -49,6 +49,7 @@ from .nets import activation_numbers
 from .registry import name_of
 
 EPOCH_COLUMNS = ("epoch", "train_elbo", "test_elbo", "seconds", "kl_weight")
+ACCURACY_COLUMN = "test_accuracy"  # M2's, after EPOCH_COLUMNS
 # Steps between looks at the device's values: the losses' finiteness, the progress bar's loss,
 # and (under torchrun) whether any rank was asked to stop.
 CHECK_EVERY = 10
@@ -63,13 +64,15 @@ class History:
     epoch's batches (the ELBO with the KL term weighed by ``kl_weight``; the IWAE bound for the
     IWAE objectives); ``test_elbo``, the ELBO itself (weight 1, one particle), comparable across
     runs; ``seconds`` of training in that epoch; and ``step_loss``, each step's loss (the
-    negative objective of its batch, nats per example)."""
+    negative objective of its batch, nats per example); for M2, ``test_accuracy``, its
+    classifier's on the test set after each epoch."""
 
     epoch: list[int] = field(default_factory=list)
     train_elbo: list[float] = field(default_factory=list)
     test_elbo: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     kl_weight: list[float] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
     step_loss: list[float] = field(default_factory=list)
     compile: str = "off"  # what became of compiling the step, in one line
     compile_seconds: float = 0.0  # capturing and compiling, all told
@@ -78,10 +81,16 @@ class History:
         if self.epoch and not self.kl_weight:  # a history from before the KL was weighed
             self.kl_weight = [1.0] * len(self.epoch)
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns of ``metrics.csv``: EPOCH_COLUMNS, and M2's test accuracy."""
+        return EPOCH_COLUMNS + ((ACCURACY_COLUMN,) if self.test_accuracy else ())
+
     def rows(self) -> list[dict[str, float]]:
         """One dict per epoch, keyed like the columns of ``metrics.csv``."""
-        columns = [getattr(self, name) for name in EPOCH_COLUMNS]
-        return [dict(zip(EPOCH_COLUMNS, row, strict=True)) for row in zip(*columns, strict=True)]
+        names = self.columns
+        columns = [getattr(self, name) for name in names]
+        return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
 @dataclass
@@ -272,7 +281,11 @@ def check_labeled(model: str, labeled: int | None) -> int | None:
     it and the other models take none."""
     semi_supervised = MODELS[checks.choice("model", model, list(MODELS))].labels == "some"
     if semi_supervised and labeled is None:
-        raise ConfigError(f"{{model}} {model!r} needs the number of labelled examples", "labeled")
+        raise ConfigError(
+            f"is needed by {{model}} {model!r}: the number of training examples whose labels it "
+            "sees",
+            "labeled",
+        )
     if not semi_supervised and labeled is not None:
         raise ConfigError(f"is for {{model}} 'm2', not {model!r}", "labeled")
     return None if labeled is None else checks.count("labeled", labeled)
@@ -363,6 +376,7 @@ class Trainer:
             self.y_train = y_train.to(device)
             self.test_cond = (one_hot(data.y_test, vae.num_classes, x_train).to(device),)
         if vae.labels == "some":
+            self.y_test = data.y_test.to(device)
             index, rest = labeled_split(data.y_train, labeled, vae.num_classes, self.seed)
             self.x_labeled, self.y_labeled = x_train[index].to(device), y_train[index].to(device)
             x_train = x_train[rest]
@@ -652,7 +666,11 @@ class Trainer:
         history.kl_weight.append(kl_weight_at(epoch, self.beta, self.kl_warmup))
         test_elbo = self._test_elbo(epoch)
         history.test_elbo.append(test_elbo)
-        bar.set_postfix(train_elbo=f"{history.train_elbo[-1]:.2f}", test_elbo=f"{test_elbo:.2f}")
+        shown = {"train_elbo": f"{history.train_elbo[-1]:.2f}", "test_elbo": f"{test_elbo:.2f}"}
+        if self.vae.labels == "some":
+            history.test_accuracy.append(accuracy(self.vae, self.x_test, self.y_test))
+            shown["test_accuracy"] = f"{history.test_accuracy[-1]:.4f}"
+        bar.set_postfix(shown)
         self.state = self.snapshot(epoch, 0, self.batch_order.get_state(), [], 0.0)
 
     def snapshot(

@@ -8,6 +8,7 @@ from pyro_vae import VAE, load_dataset
 from pyro_vae.data import eval_inputs
 from pyro_vae.guides import GUIDES
 from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.models import build_model
 from pyro_vae.priors import PRIORS
 
 
@@ -94,10 +95,12 @@ def covering_combinations() -> list[tuple[str, str, str, str]]:
 DIGITS_OPTIONS = {"discretized-logistic": {"bins": 17}}
 
 
-def make(digits, prior, likelihood, guide, encoder, n=32):
+def make(digits, prior, likelihood, guide, encoder, n=32, model="vae"):
     pyro.set_rng_seed(0)
-    vae = VAE(
+    vae = build_model(
+        model,
         digits.x_shape,
+        10,
         z_dim=3,
         hidden_dims=(16, 8),
         encoder=encoder,

@@ -362,3 +362,89 @@ def test_a_gpu_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(pyro_vae.run, "evaluate", out_of_memory)
     line = one_error_line(capsys, ["evaluate", str(run_dir), "--quiet"])
     assert line == "pyro-vae: error: the GPU ran out of memory; try --device cpu"
+
+
+LABEL_MODEL_CLASHES = [
+    (["--labeled", "10"], "pyro-vae: error: --labeled is for --model 'm2', not 'vae'"),
+    (["--model", "m2"], "pyro-vae: error: --labeled is needed by --model 'm2'"),
+    (
+        ["--model", "m2", "--labeled", "5"],
+        "pyro-vae: error: --labeled (5) is smaller than the number of classes (10)",
+    ),
+    (
+        ["--model", "m2", "--labeled", "1438"],
+        "--labeled (1438) must be smaller than the training set (1438 examples)",
+    ),
+    (
+        ["--model", "m2", "--labeled", "50", "--objective", "iwae"],
+        "--objective 'iwae' is not one of: trace, manual (the objectives of --model 'm2')",
+    ),
+    (["--model", "m2", "--labeled", "50", "--num-particles", "2"], "--num-particles must be 1"),
+    (["--aux-weight", "2"], "pyro-vae: error: --aux-weight is for --model 'm2', not 'vae'"),
+    (["--model", "m2", "--labeled", "50", "--aux-weight", "-1"], "0 or more, got -1"),
+    (["--model", "cvae", "--prior", "vamp"], "the 'vamp' --prior scores its pseudo-inputs"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", LABEL_MODEL_CLASHES)
+def test_label_model_settings_that_cannot_work_are_one_line(tmp_path, capsys, argv, expected):
+    line = one_error_line(capsys, ["train", *DIGITS, "--out", str(tmp_path / "new"), *argv])
+    assert expected in line, line
+    assert not (tmp_path / "new").exists()  # refused before the run folder is written
+
+
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        (None, "model 'cvae' needs labelled data, and data set 'npz' has no labels"),
+        (-1, "the labels of data set 'npz' must be 0 or more, found -1"),
+    ],
+)
+def test_data_without_usable_labels_is_one_line(tmp_path, capsys, labels, expected):
+    arrays = {"x_train": images(40), "x_test": images(10, seed=1)}
+    if labels is not None:
+        arrays |= {"y_train": np.full(40, labels), "y_test": np.zeros(10, np.int64)}
+    path = npz(tmp_path / "d.npz", **arrays)
+    argv = ["train", "--dataset", "npz", "--data-path", path, *FAST, "--model", "cvae"]
+    line = one_error_line(capsys, [*argv, "--out", str(tmp_path / "r")])
+    assert line.startswith(f"pyro-vae: error: {expected}"), line
+
+
+@pytest.fixture(scope="module")
+def cvae_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cvae")
+    data = {"x_train": images(40), "x_test": images(10, seed=1)}
+    data |= {"y_train": np.arange(40) % 10, "y_test": np.arange(10)}
+    path = npz(folder / "d.npz", **data)
+    argv = ["train", "--dataset", "npz", "--data-path", path, *FAST, "--model", "cvae"]
+    assert main([*argv, "--out", str(folder / "run")]) == 0
+    return folder / "run", folder / "d.npz", data
+
+
+def test_labels_out_of_the_runs_range_are_one_line(cvae_run, capsys):
+    run, path, data = cvae_run
+    np.savez(path, **(data | {"y_test": np.full(10, 12)}))
+    try:
+        line = one_error_line(capsys, ["evaluate", str(run), "--iwae-k", "2", "--quiet"])
+    finally:
+        np.savez(path, **data)
+    assert line.endswith("has label 12, out of range for a model of 10 classes (0 to 9)"), line
+
+
+@pytest.mark.parametrize(
+    "run, argv, expected",
+    [
+        ("vae", ["sample", "--label", "3"], "--label is for the models that know labels"),
+        ("cvae", ["sample", "--label", "12"], "--label must be at most 9, got 12"),
+        ("vae", ["classify"], "which has no classifier; train one with --model m2"),
+        ("cvae", ["classify"], "holds model 'cvae', which has no classifier"),
+    ],
+)
+def test_labels_asked_of_a_model_without_them_are_one_line(
+    run_dir, cvae_run, tmp_path, capsys, run, argv, expected
+):
+    folder = run_dir if run == "vae" else cvae_run[0]
+    line = one_error_line(
+        capsys, [argv[0], str(folder), *argv[1:], "--out", str(tmp_path / "a.png")]
+    )
+    assert expected in line, line
