@@ -12,17 +12,22 @@ or, with a run folder (what ``pyro-vae train`` writes):
 >>> history = run.train()
 """
 
+from .conditional import CVAE, M2
 from .config import RunConfig
 from .data import Dataset, load_dataset
 from .elbo import dataset_elbo
 from .errors import ConfigError, DataError, PyroVAEError
 from .evaluate import evaluate
 from .model import VAE
+from .models import MODELS, build_model
 from .run import Run
 from .train import History, train
 from .version import __version__
 
 __all__ = [
+    "CVAE",
+    "M2",
+    "MODELS",
     "VAE",
     "ConfigError",
     "DataError",
@@ -32,6 +37,7 @@ __all__ = [
     "Run",
     "RunConfig",
     "__version__",
+    "build_model",
     "dataset_elbo",
     "evaluate",
     "load_dataset",

@@ -398,6 +398,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    print("models (--model):")
+    for name, cls in MODELS.items():
+        print(f"  {name:<22}{cls.description}")
     for kind, registry in REGISTRIES.items():
         print(f"{kind}s (--{kind}):")
         for name, options, description in describe(registry):
@@ -625,7 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train_parser(commands)
     _add_run_commands(commands)
-    p = commands.add_parser("list", help="the registered priors, likelihoods and guides")
+    p = commands.add_parser(
+        "list", help="the models and the registered priors, likelihoods and guides"
+    )
     p.set_defaults(func=cmd_list)
     _add_check_elbo_parser(commands)
     return parser

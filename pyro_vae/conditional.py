@@ -67,6 +67,7 @@ class CVAE(VAE):
     """
 
     kind = "cvae"
+    description = "p(x|y,z) p(z) and q(z|x,y), the label y observed: draws images of a class"
     labels = "all"
 
     def __init__(self, x_shape: Sequence[int], num_classes: int = 10, **options: Any):
@@ -152,6 +153,7 @@ class M2(CVAE):
     """
 
     kind = "m2"
+    description = "semi-supervised: y observed for --labeled examples, summed out for the rest"
     labels = "some"
 
     def __init__(

@@ -62,6 +62,7 @@ class VAE(nn.Module):
     """
 
     kind = "vae"  # the name in pyro_vae.models.MODELS
+    description = "p(x|z) p(z) and q(z|x): the VAE (default)"
     # the labels the programs take: "none", "all" (every example's, observed) or "some" (M2)
     labels = "none"
     num_classes = 0  # the models that learn from labels (pyro_vae.conditional) set theirs

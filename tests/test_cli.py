@@ -117,7 +117,8 @@ def test_flags_override_a_toml_config_file(tmp_path):
 def test_help_documents_every_flag(capsys):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"train", "evaluate", "check-elbo", "sample", "reconstruct", "list"}
+    expected = {"train", "evaluate", "check-elbo", "sample", "reconstruct", "classify", "list"}
+    assert set(commands) == expected
     for name, sub in commands.items():
         with pytest.raises(SystemExit):
             main([name, "--help"])

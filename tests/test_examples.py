@@ -104,3 +104,10 @@ def test_inspect_posterior_example(tmp_path):
     )
     assert "NUTS r-hat <=" in out and "amortization gap" in out
     assert {p.name for p in tmp_path.iterdir()} == {"latent.png", "khat.png", "guide-vs-nuts.png"}
+
+
+def test_semi_supervised_example_learns_the_classes():
+    # the textbook SVI loop, TraceEnum_ELBO and the auxiliary SVI, on the digits' 50 labels
+    out = run("semi_supervised.py", "--epochs", "10")
+    accuracies = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "accuracy" in line]
+    assert len(accuracies) == 5 and accuracies[-1] > 0.5  # chance: 0.1

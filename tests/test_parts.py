@@ -16,6 +16,7 @@ from pyro_vae.cli import build_parser, main, overlay
 from pyro_vae.evaluate import active_units
 from pyro_vae.guides import GUIDES
 from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.models import MODELS
 from pyro_vae.priors import PRIORS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -26,7 +27,7 @@ DIGITS_OPTIONS = {"discretized-logistic": {"bins": 17}}
 def test_list_prints_every_part_with_its_description(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for registry in (PRIORS, LIKELIHOODS, GUIDES):
+    for registry in (MODELS, PRIORS, LIKELIHOODS, GUIDES):
         for name, cls in registry.items():
             assert f"  {name} " in out and cls.description in out
 
@@ -35,7 +36,7 @@ def test_train_help_lists_every_name(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    for name in [*PRIORS, *LIKELIHOODS, *GUIDES]:
+    for name in [*MODELS, *PRIORS, *LIKELIHOODS, *GUIDES]:
         assert name in help_text
 
 
