@@ -97,6 +97,14 @@ def baseline_row(data, device: torch.device, labels: int, seed: int, args) -> di
     return {"accuracy": accuracies[-1], "best_accuracy": max(accuracies), "steps": step}
 
 
+def seed_list(text: str) -> list[int]:
+    """``"0,1"`` -> ``[0, 1]``: seeds, 0 or more."""
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) < 0:
+        raise ValueError(text)
+    return values
+
+
 def _sizes(args) -> tuple[tuple[int, ...], int]:
     return ((500,), 50) if args.data != "digits" else ((128,), 8)
 
@@ -130,7 +138,7 @@ def main() -> None:
     p = C.parser(__doc__.split("\n\n")[0], "unused: see --seeds")
     p.set_defaults(data="fashion-mnist")
     p.add_argument("--labels", type=C.int_list, default=[100, 600, 1000, 3000], help="rows")
-    p.add_argument("--seeds", type=C.int_list, default=[0], help="seeds of each row, averaged")
+    p.add_argument("--seeds", type=seed_list, default=[0], help="seeds of each row, averaged")
     p.add_argument("--epochs", type=C.positive, default=15, help="M2's epochs")
     p.add_argument("--batch-size", type=C.positive, default=200, help="M2's unlabelled batch")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate, both models")

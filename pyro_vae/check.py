@@ -116,7 +116,7 @@ def compare(
     if objective != "iwae-dreg":
         return _compared(name, vae, pyro_fn, manual_fn, (x,), seed, tolerance)
     # DReG: a gradient estimator written out, not a loss to differentiate
-    pyro_loss, pyro_grads = _loss_and_grads(vae, pyro_fn, x, seed)
+    pyro_loss, pyro_grads = _loss_and_grads(vae, pyro_fn, (x,), seed)
     torch.manual_seed(seed)
     bound, grads = iwae_dreg_gradients(vae, x, num_particles, list(vae.parameters()))
     manual_grads = [None if g is None else -g for g in grads]

@@ -206,3 +206,31 @@ def test_bench_gradient_snr_writes_both_objectives_for_every_k(tmp_path):
     table = [line for line in md.read_text().splitlines() if line.startswith("| ")][2:]
     assert [line.split("|")[1].strip() for line in table] == ["1", "4"]
     assert float(table[1].split("|")[2]) == pytest.approx(rows[2]["encoder"], abs=5e-4)
+
+
+def test_bench_semi_supervised_writes_m2_and_the_baseline_for_every_label_count(tmp_path):
+    md = run_script(
+        "bench_semi_supervised.py",
+        *("--data", "digits", "--labels", "20,40", "--seeds", "0,1", "--epochs", "1"),
+        *(
+            "--baseline-steps",
+            "20",
+            "--eval-every",
+            "10",
+            "--compile",
+            "off",
+            "--out",
+            str(tmp_path),
+        ),
+        cwd=tmp_path,
+    )
+    record = json.loads(md.with_suffix(".json").read_text())["semi-supervised-20-40-e1"]
+    assert [r["labels"] for r in record["rows"]] == [20, 40]
+    table = [line for line in md.read_text().splitlines() if line.startswith("| ")][2:]
+    for r, line in zip(record["rows"], table, strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        m2 = [s["m2"]["accuracy"] for s in r["seeds"]]
+        baseline = [s["baseline"]["accuracy"] for s in r["seeds"]]
+        assert len(m2) == 2 and all(0 <= a <= 1 for a in m2 + baseline)
+        assert float(cells[4]) == pytest.approx(sum(m2) / 2 - sum(baseline) / 2, abs=6e-5)
+        assert all(s["baseline"]["best_accuracy"] >= s["baseline"]["accuracy"] for s in r["seeds"])

@@ -11,7 +11,7 @@ from conftest import HostReads, covering_combinations, make
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.cli import main
-from pyro_vae.conditional import M2, one_hot
+from pyro_vae.conditional import M2, accuracy, one_hot
 from pyro_vae.data import labeled_split
 from pyro_vae.elbo import m2_aux_term, m2_elbo, m2_iwae_bound, make_loss, manual_elbo
 from pyro_vae.models import build_model
@@ -131,32 +131,38 @@ def test_labelled_examples_are_balanced_seeded_and_apart_from_the_rest(digits):
     assert not torch.equal(labeled_split(y, 53, 10, seed=5)[0], labeled)
 
 
-def test_each_m2_step_takes_its_share_of_the_labelled_stream(digits):
+def test_each_m2_step_takes_the_next_labelled_examples_of_the_stream(digits):
     pyro.set_rng_seed(0)
     m2 = build_model("m2", digits.x_shape, 10, z_dim=2, hidden_dims=(8,))
     settings = dict(batch_size=100, lr=1e-3, device="cpu", seed=0, objective="trace")
-    trainer = Trainer(m2, digits, binarization="dynamic", labeled=30, **settings)
-    assert len(trainer.x_train) == len(digits.x_train) - 30
-    assert trainer.labeled_per_step == math.ceil(100 * 30 / (len(digits.x_train) - 30)) == 3
-    stream = torch.cat([trainer._labeled_index(step) for step in range(25)])
-    # the stream is one permutation of the 30 labelled examples after another
-    for start in (0, 30):
-        assert sorted(stream[start : start + 30].tolist()) == list(range(30))
-    assert not torch.equal(stream[:30], stream[30:60])  # each a fresh draw
+    trainer = Trainer(m2, digits, binarization="dynamic", labeled=150, **settings)
+    assert len(trainer.x_train) == len(digits.x_train) - 150
+    assert trainer.labeled_per_step == 100  # as many as unlabelled ones
+    stream = torch.cat([trainer._labeled_index(step) for step in range(6)])
+    # one permutation of the 150 labelled examples after another, steps crossing from one to
+    # the next (step 1 ends the first and begins the second)
+    for start in (0, 150, 300):
+        assert sorted(stream[start : start + 150].tolist()) == list(range(150))
+    assert not torch.equal(stream[:150], stream[150:300])  # each a fresh draw
     # a function of the step alone: asked again in another order, the same examples
-    assert torch.equal(trainer._labeled_index(3), stream[9:12])
+    assert torch.equal(trainer._labeled_index(4), stream[400:500])
+    assert torch.equal(trainer._labeled_index(1), stream[100:200])
     batch = next(trainer.batches(epoch=1, start=0))[1]
-    assert [len(t) for t in batch] == [100, 3, 3]
-    assert torch.equal(batch[2].argmax(-1), trainer.y_labeled[stream[:3]].argmax(-1))
+    assert [len(t) for t in batch] == [100, 100, 100]
+    assert torch.equal(batch[2].argmax(-1), trainer.y_labeled[stream[:100]].argmax(-1))
+    # epoch 2 goes on where epoch 1 (13 steps) left the stream
+    second = next(trainer.batches(epoch=2, start=0))[1]
+    assert torch.equal(second[2], trainer.y_labeled[trainer._labeled_index(13)])
 
 
 def test_m2_learns_to_classify_the_digits_from_fifty_labels(digits):
     pyro.set_rng_seed(0)
     m2 = build_model("m2", digits.x_shape, 10, z_dim=8, hidden_dims=(128,))
-    history = train(m2, digits, epochs=25, lr=3e-3, labeled=50, progress=False)
-    assert len(history.test_accuracy) == 25
-    assert history.test_accuracy[-1] > 0.6  # chance: 0.1
-    assert history.test_accuracy[-1] > history.test_accuracy[0] + 0.2
+    x_test = (digits.x_test > 0.5).float()
+    untrained = accuracy(m2, x_test, digits.y_test)
+    history = train(m2, digits, epochs=15, lr=3e-3, labeled=50, progress=False)
+    assert len(history.test_accuracy) == 15
+    assert untrained < 0.25 and history.test_accuracy[-1] > 0.6  # chance: 0.1
 
 
 def test_the_cvae_uses_the_label(digits):
@@ -241,3 +247,13 @@ def test_a_cvae_draws_each_class_from_the_command_line(tmp_path, capsys):
     assert main(["sample", str(out), "--label", "7", "-n", "8"]) == 0
     assert "wrote 8 samples of class 7" in capsys.readouterr().out
     assert (out / "samples-7.png").stat().st_size > 0
+
+
+def test_posterior_inspection_refuses_a_label_model_in_one_line(digits):
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.inspect import log_importance_weights, posterior_samples
+
+    cvae = build_model("cvae", digits.x_shape, 10, z_dim=2, hidden_dims=(8,))
+    for inspect in (posterior_samples, log_importance_weights):
+        with pytest.raises(ConfigError, match="model 'cvae' conditions them on a label"):
+            inspect(cvae, digits.x_test[:4])
