@@ -542,7 +542,7 @@ def _add_run_commands(commands: Any) -> None:
     p.add_argument(
         "--label",
         type=whole(lambda p, v: checks.whole(p, v, low=0), "label"),
-        help="cvae, m2: draw images of this class only (default: the classes in turn)",
+        help="cvae, m2: draw images of this class only; without it, the classes in turn",
     )
     p.add_argument(
         "--out", help="PNG file to write (default: RUN_DIR/samples.png, or samples-K.png)"

@@ -512,7 +512,15 @@ class Trainer:
     ) -> History:
         """Train until ``epochs`` epochs are done; see :func:`train`."""
         epochs = checks.count("epochs", epochs)
-        check_objective(self.objective, self.num_particles, self.beta, self.kl_warmup, epochs)
+        check_objective(
+            self.objective,
+            self.num_particles,
+            self.beta,
+            self.kl_warmup,
+            epochs,
+            None,
+            self.vae.kind,
+        )
         total = epochs * self.steps_per_epoch
         done = self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
         show = progress and self.rank == 0
