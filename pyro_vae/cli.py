@@ -37,7 +37,7 @@ from .nets import NETS
 from .plots import plot_confusion, plot_reconstructions, plot_samples
 from .priors import PRIORS
 from .registry import describe, option_names
-from .run import CHECKPOINT, RUN_FILES, Run, RunExists
+from .run import CHECKPOINT, CLASS_PICTURE, RUN_FILES, Run, RunExists
 from .signals import StopOnSignals
 from .train import COMPILE, TrainingInterrupted
 from .version import __version__
@@ -289,7 +289,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 )
             return 128 + signum
     if writer:
-        print(f"run folder: {run.path}  ({', '.join(RUN_FILES)})")
+        files = (*RUN_FILES, CLASS_PICTURE) if run.vae.num_classes else RUN_FILES
+        print(f"run folder: {run.path}  ({', '.join(files)})")
         baseline = run.summary["baseline_log_likelihood"]
         against = "" if baseline is None else f" (independent-pixel baseline: {baseline:.2f})"
         print(f"test ELBO: {run.summary['test_elbo']:.2f} nats per example{against}")

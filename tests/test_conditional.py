@@ -14,6 +14,8 @@ from pyro_vae.cli import main
 from pyro_vae.conditional import M2, accuracy, one_hot
 from pyro_vae.data import labeled_split
 from pyro_vae.elbo import m2_aux_term, m2_elbo, m2_iwae_bound, make_loss, manual_elbo
+from pyro_vae.errors import ConfigError
+from pyro_vae.inspect import log_importance_weights, posterior_samples
 from pyro_vae.models import build_model
 from pyro_vae.objectives import SyncFreeTraceEnum_ELBO
 from pyro_vae.run import Run
@@ -181,8 +183,6 @@ def test_the_cvae_uses_the_label(digits):
 
 
 def test_m2_refuses_particles_and_objectives_it_does_not_have(digits):
-    from pyro_vae.errors import ConfigError
-
     m2 = M2(digits.x_shape, 10, z_dim=2, hidden_dims=(8,))
     with pytest.raises(ConfigError, match="num_particles must be 1"):
         train(m2, digits, epochs=1, labeled=20, num_particles=2, progress=False)
@@ -250,9 +250,6 @@ def test_a_cvae_draws_each_class_from_the_command_line(tmp_path, capsys):
 
 
 def test_posterior_inspection_refuses_a_label_model_in_one_line(digits):
-    from pyro_vae.errors import ConfigError
-    from pyro_vae.inspect import log_importance_weights, posterior_samples
-
     cvae = build_model("cvae", digits.x_shape, 10, z_dim=2, hidden_dims=(8,))
     for inspect in (posterior_samples, log_importance_weights):
         with pytest.raises(ConfigError, match="model 'cvae' conditions them on a label"):
