@@ -63,28 +63,18 @@ def whole(check: Callable[[str, Any], int], param: str) -> Callable[[str], int]:
     return parse
 
 
-def number(param: str) -> Callable[[str], float]:
-    """An argparse type: a positive finite number (``checks.positive``)."""
+def number(
+    param: str, check: Callable[[str, Any], float] = checks.positive
+) -> Callable[[str], float]:
+    """An argparse type: a number that ``check`` accepts (a positive finite one by default;
+    ``checks.non_negative`` for a weight that may be 0)."""
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
-        return _checked(checks.positive, param, value)
-
-    return parse
-
-
-def weight(param: str) -> Callable[[str], float]:
-    """An argparse type: a finite number, 0 or more (``checks.non_negative``)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
-        return _checked(checks.non_negative, param, value)
+        return _checked(check, param, value)
 
     return parse
 
@@ -145,7 +135,7 @@ MODEL_FLAGS = {
     "--likelihood": (list(LIKELIHOODS), "likelihood p(x|z)"),
     "--guide": (list(GUIDES), "guide family q(z|x)"),
     "--aux-weight": (
-        weight("aux_weight"),
+        number("aux_weight", checks.non_negative),
         "m2: alpha, the weight of the classifier's log q(y|x) on labelled examples (0: none)",
     ),
     "--binarize": (
@@ -553,16 +543,6 @@ def _add_run_commands(commands: Any) -> None:
     p.set_defaults(func=cmd_sample)
 
     p = commands.add_parser(
-        "classify",
-        formatter_class=fmt,
-        help="test accuracy of an m2 run's classifier; writes a confusion-matrix picture",
-    )
-    p.add_argument("run_dir", **run_dir)
-    p.add_argument("--out", help="PNG file to write (default: RUN_DIR/confusion.png)")
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
-    p.set_defaults(func=cmd_classify)
-
-    p = commands.add_parser(
         "reconstruct", formatter_class=fmt, help="reconstruct test images with a trained model"
     )
     p.add_argument("run_dir", **run_dir)
@@ -572,6 +552,20 @@ def _add_run_commands(commands: Any) -> None:
     p.add_argument("--out", help="PNG file to write (default: RUN_DIR/reconstructions.png)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_reconstruct)
+
+
+def _add_classify_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "classify",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="test accuracy of an m2 run's classifier; writes a confusion-matrix picture",
+    )
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a folder written by pyro-vae train --model m2"
+    )
+    p.add_argument("--out", help="PNG file to write (default: RUN_DIR/confusion.png)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_classify)
 
 
 def _add_check_elbo_parser(commands: Any) -> None:
@@ -629,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train_parser(commands)
     _add_run_commands(commands)
+    _add_classify_parser(commands)
     p = commands.add_parser(
         "list", help="the models and the registered priors, likelihoods and guides"
     )

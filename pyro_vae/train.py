@@ -341,10 +341,6 @@ class Trainer:
         # foreach: one call per step for all parameters, bitwise the for-loop Adam's numbers
         self.optimizer = torch.optim.Adam(self.parameters, lr=self.lr, foreach=True)
         self.steps_per_epoch = math.ceil(len(self.x_train) / self.batch_size)
-        # M2: the labelled examples each step takes, as many as unlabelled ones (all, if fewer)
-        labeled_count = 0 if self.x_labeled is None else len(self.x_labeled)
-        self.labeled_per_step = min(labeled_count, self.batch_size)
-        self._labeled_order: tuple[int, torch.Generator, torch.Tensor] | None = None
         self.steps_taken, self.resumed = 0, False
         self.compiled: CompiledLoss | None = None
         self._decided, self._timer, self._say = self.compile == "off", None, False
@@ -381,6 +377,10 @@ class Trainer:
             self.x_labeled, self.y_labeled = x_train[index].to(device), y_train[index].to(device)
             x_train = x_train[rest]
         self.x_train = x_train.to(device)
+        # M2: the labelled examples each step takes, as many as unlabelled ones (all, if fewer)
+        labeled_count = 0 if self.x_labeled is None else len(self.x_labeled)
+        self.labeled_per_step = min(labeled_count, self.batch_size)
+        self._labeled_order: tuple[int, torch.Generator, torch.Tensor] | None = None
 
     def _set_up_objective(self) -> None:
         """The training loss, with the KL weight bound in or (during a warm-up) as an input, and
