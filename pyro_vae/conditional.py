@@ -56,6 +56,12 @@ def one_hot(labels: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch
     return F.one_hot(labels.to(like.device), num_classes).to(like.dtype)
 
 
+def every_label(num_classes: int, like: torch.Tensor) -> torch.Tensor:
+    """All ``num_classes`` one-hot labels at once, ``(K, 1, K)``: the shape Pyro's parallel
+    enumeration gives M2's y, broadcasting against a batch of B examples to ``(K, B, ...)``."""
+    return torch.eye(num_classes, dtype=like.dtype, device=like.device).unsqueeze(1)
+
+
 class CVAE(VAE):
     """The class-conditional VAE: p(x | y, z) p(z) with y observed, and q(z | x, y).
 
@@ -224,7 +230,7 @@ class M2(CVAE):
         """E[x | y, z = the posterior code of q(z | x, y)], with y the given one-hot labels or
         (``None``) the classifier's most probable ones."""
         if y is None:
-            y = F.one_hot(self.classifier(x).argmax(-1), self.num_classes).to(x.dtype)
+            y = one_hot(self.classifier(x).argmax(-1), self.num_classes, x)
         return super().reconstruct(x, y)
 
     @torch.no_grad()

@@ -37,7 +37,7 @@ from pyro.infer import ELBO
 from torch.distributions import kl_divergence
 
 from .checks import MAX_PARTICLES
-from .conditional import CVAE, M2
+from .conditional import CVAE, M2, every_label
 from .device import random_state_kept
 from .errors import ConfigError, PyroVAEError
 from .guides import DiagonalNormal
@@ -192,8 +192,7 @@ def m2_iwae_bound(
     """M2's bound on log p(x) = log sum_y p(y) p(x | y), per example: the labels summed out
     exactly over the IWAE bounds on each log p(x | y), with ``k`` particles each. It is the log
     of an unbiased estimate of p(x), so it is a lower bound in expectation, like IWAE's."""
-    every_label = torch.eye(m2.num_classes, dtype=x.dtype, device=x.device).unsqueeze(1)
-    per_label = iwae_bound(m2, x, k, full_chunk, (every_label,))  # (K, B)
+    per_label = iwae_bound(m2, x, k, full_chunk, (every_label(m2.num_classes, x),))  # (K, B)
     return torch.logsumexp(per_label, dim=0) - math.log(m2.num_classes)
 
 
@@ -260,8 +259,8 @@ def m2_elbo(
         log_p_x, log_p_z, log_q_z, _, _ = log_weight_terms(m2, x, 1, (y,))
         return (log_p_y + log_p_x + kl_weight * (log_p_z - log_q_z)).sum()
     log_q_y = torch.log_softmax(m2.classifier(x), dim=-1).T  # (K, B)
-    every_label = torch.eye(m2.num_classes, dtype=x.dtype, device=x.device).unsqueeze(1)
-    log_p_x, log_p_z, log_q_z, _, _ = log_weight_terms(m2, x, 1, (every_label,))  # (1, K, B)
+    labels = every_label(m2.num_classes, x)
+    log_p_x, log_p_z, log_q_z, _, _ = log_weight_terms(m2, x, 1, (labels,))  # (1, K, B)
     per_label = log_p_y + log_p_x[0] + kl_weight * (log_p_z[0] - log_q_z[0])
     return (log_q_y.exp() * (per_label - log_q_y)).sum()
 

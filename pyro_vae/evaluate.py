@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import checks
 from .compiled import CompiledLoss, compile_when_it_pays
-from .conditional import accuracy, one_hot
+from .conditional import accuracy, every_label, one_hot
 from .data import Dataset, check_shape, eval_inputs
 from .device import random_state_kept
 from .elbo import (
@@ -137,9 +137,9 @@ def iwae_estimate(
     """
     checks.choice("compile", compile, ("auto", "on", "off"))
     batches = label_batches(x, labels if vae.labels == "all" else None, vae.num_classes)
-    every_label = torch.eye(vae.num_classes, dtype=x.dtype, device=x.device).unsqueeze(1)
     summed = vae.labels == "some"  # M2: every label at once, then summed out
-    first = (*batches[0], every_label) if summed else batches[0]
+    all_labels = every_label(vae.num_classes, x) if summed else None
+    first = (*batches[0], all_labels) if summed else batches[0]
     chunk = iwae_chunk_size(vae, first[0], k, *first[1:])
     per_batch = k // chunk  # full chunks per batch
     full_chunks = sum(1 for b in batches if b[0].shape == batches[0][0].shape) * per_batch
@@ -149,7 +149,7 @@ def iwae_estimate(
     with random_state_kept(x.device):
         torch.manual_seed(seed)
         for i, (batch, *cond) in enumerate(tqdm(batches, desc=f"IWAE k={k}", disable=not progress)):
-            cond = [every_label] if summed else cond
+            cond = [all_labels] if summed else cond
             if compile != "off" and i == decide_at and batch.shape == batches[0][0].shape:
                 compiled, status, seconds = compile_when_it_pays(
                     "the IWAE bound",
