@@ -29,7 +29,9 @@ def main() -> None:
     )
     parser.add_argument("--data-dir", help="folder with the four IDX files")
     parser.add_argument("--epochs", type=int, default=10, help="passes over the 60,000 images")
-    parser.add_argument("--encoder", default="mlp", choices=["mlp", "conv"], help="network family")
+    parser.add_argument(
+        "--encoder", default="mlp", choices=["mlp", "conv", "resnet"], help="network family"
+    )
     parser.add_argument("--z-dim", type=int, default=32, help="size of the latent code")
     parser.add_argument("--iwae-k", type=int, default=100, help="particles of the IWAE estimate")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -43,9 +43,10 @@ class VAE(nn.Module):
 
     :param x_shape: per-example shape, ``(C, H, W)`` for images or ``(D,)`` for flat vectors.
     :param z_dim: size of the latent code z.
-    :param hidden_dims: layer widths (``mlp``) or channel counts (``conv``), encoder order;
-        the decoder mirrors them.
-    :param encoder: ``"mlp"`` or ``"conv"``: the family of both networks.
+    :param hidden_dims: layer widths (``mlp``) or channel counts (``conv``, ``resnet``), encoder
+        order; the decoder mirrors them.
+    :param encoder: ``"mlp"``, ``"conv"`` or ``"resnet"`` (:data:`pyro_vae.nets.NETS`): the
+        family of both networks.
     :param prior: a name from :data:`pyro_vae.priors.PRIORS` or a prior object.
     :param likelihood: a name from :data:`pyro_vae.likelihoods.LIKELIHOODS` or an object.
     :param guide: a name from :data:`pyro_vae.guides.GUIDES` or a guide-family object.

@@ -5,8 +5,12 @@ family turns into q(z|x). A decoder maps ``z`` of shape ``(..., z_dim)`` to ``(.
 numbers, ``P`` per pixel, that a likelihood turns into p(x|z). Decoders accept any leading batch
 dims because Pyro's vectorized particles add one in front of the data plate.
 
-Two families, picked by name: ``mlp`` (fully connected, ``hidden_dims`` are layer widths) and
-``conv`` (strided 3x3 convolutions, ``hidden_dims`` are channel counts; images only).
+Three families, picked by name:
+
+- ``mlp``: fully connected; ``hidden_dims`` are layer widths.
+- ``conv``: strided 3x3 convolutions; ``hidden_dims`` are channel counts; images only.
+- ``resnet``: strided 3x3 convolutions, each followed by a residual block; for colour images
+  (CIFAR-like, 32-64 px); ``hidden_dims`` are channel counts; images only.
 """
 
 from __future__ import annotations
@@ -61,12 +65,34 @@ def _halve(size: int) -> int:
     return (size - 1) // 2 + 1
 
 
-def _check_image_shape(x_shape: Sequence[int]) -> None:
+def _check_image_shape(x_shape: Sequence[int], family: str) -> None:
     if len(x_shape) != 3:
         raise ConfigError(
-            f"the conv encoder needs images of shape (C, H, W), got per-example shape "
+            f"the {family} encoder needs images of shape (C, H, W), got per-example shape "
             f"{tuple(x_shape)}; use {{encoder}} mlp for flat data"
         )
+
+
+def _spatial_sizes(x_shape: Sequence[int], stages: int) -> list[tuple[int, int]]:
+    """The (H, W) of an image of shape ``(C, H, W)``, then after each of ``stages`` stride-2
+    convolutions: the sizes an image decoder must meet, in reverse, on its way back up."""
+    sizes = [(x_shape[1], x_shape[2])]
+    for _ in range(stages):
+        sizes.append((_halve(sizes[-1][0]), _halve(sizes[-1][1])))
+    return sizes
+
+
+def _upsample(
+    n_in: int, n_out: int, size_in: tuple[int, int], size_out: tuple[int, int]
+) -> nn.ConvTranspose2d:
+    """A 3x3 transposed convolution of stride 2 from spatial size ``size_in`` to exactly
+    ``size_out``, one of the sizes :func:`_halve` maps to ``size_in``.
+
+    Without output padding it gives 2 * size - 1; the padding (0 or 1 per dim) adds back the row
+    or column that the stride-2 convolution rounded away from an even size.
+    """
+    padding = (size_out[0] - (2 * size_in[0] - 1), size_out[1] - (2 * size_in[1] - 1))
+    return nn.ConvTranspose2d(n_in, n_out, 3, 2, 1, output_padding=padding)
 
 
 class ConvEncoder(nn.Module):
@@ -74,7 +100,7 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, x_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int):
         super().__init__()
-        _check_image_shape(x_shape)
+        _check_image_shape(x_shape, "conv")
         channels, height, width = x_shape
         layers: list[nn.Module] = []
         for n_out in hidden_dims:
@@ -98,20 +124,83 @@ class ConvDecoder(nn.Module):
         self, z_dim: int, hidden_dims: Sequence[int], x_shape: Sequence[int], params_per_pixel: int
     ):
         super().__init__()
-        _check_image_shape(x_shape)
-        channels, height, width = x_shape
-        sizes = [(height, width)]
-        for _ in hidden_dims:
-            sizes.append((_halve(sizes[-1][0]), _halve(sizes[-1][1])))
+        _check_image_shape(x_shape, "conv")
+        sizes = _spatial_sizes(x_shape, len(hidden_dims))
         self.out_shape = (params_per_pixel, *x_shape)
         self.start_shape = (hidden_dims[-1], *sizes[-1])
         self.head = nn.Linear(z_dim, math.prod(self.start_shape))
-        widths = [*reversed(hidden_dims), params_per_pixel * channels]
+        widths = [*reversed(hidden_dims), params_per_pixel * x_shape[0]]
         layers: list[nn.Module] = []
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            (h_in, w_in), (h_out, w_out) = sizes[-1 - i], sizes[-2 - i]
-            padding = (h_out - (2 * h_in - 1), w_out - (2 * w_in - 1))
-            layers += [nn.ReLU(), nn.ConvTranspose2d(n_in, n_out, 3, 2, 1, output_padding=padding)]
+            layers += [nn.ReLU(), _upsample(n_in, n_out, sizes[-1 - i], sizes[-2 - i])]
+        self.deconvs = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch_shape = z.shape[:-1]
+        h = self.head(z.reshape(-1, z.shape[-1])).unflatten(-1, self.start_shape)
+        return self.deconvs(h).reshape(*batch_shape, *self.out_shape)
+
+
+class ResidualBlock(nn.Module):
+    """x -> x + Conv3x3(ReLU(Conv3x3(ReLU(x)))): a pre-activation residual block (He et al. 2016)
+    that keeps the channel count and the spatial size, the identity when its convolutions are 0.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        # No batch norm: batch statistics would make an example's likelihood depend on its batch.
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
+
+
+class ResNetEncoder(nn.Module):
+    """x -> [Conv3x3 stride 2, ResidualBlock] per channel count -> ReLU -> flatten ->
+    Linear(out_dim)."""
+
+    def __init__(self, x_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int):
+        super().__init__()
+        _check_image_shape(x_shape, "resnet")
+        channels = x_shape[0]
+        layers: list[nn.Module] = []
+        for n_out in hidden_dims:
+            layers += [nn.Conv2d(channels, n_out, 3, stride=2, padding=1), ResidualBlock(n_out)]
+            channels = n_out
+        self.convs = nn.Sequential(*layers, nn.ReLU())
+        height, width = _spatial_sizes(x_shape, len(hidden_dims))[-1]
+        self.head = nn.Linear(channels * height * width, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(x).flatten(1))
+
+
+class ResNetDecoder(nn.Module):
+    """z -> Linear -> [ResidualBlock, ReLU, ConvTranspose3x3 stride 2] mirroring the encoder ->
+    (P * C) channels.
+
+    The transposed convolutions meet every spatial size of the encoder exactly, whatever the
+    image size, as in :class:`ConvDecoder`.
+    """
+
+    def __init__(
+        self, z_dim: int, hidden_dims: Sequence[int], x_shape: Sequence[int], params_per_pixel: int
+    ):
+        super().__init__()
+        _check_image_shape(x_shape, "resnet")
+        sizes = _spatial_sizes(x_shape, len(hidden_dims))
+        self.out_shape = (params_per_pixel, *x_shape)
+        self.start_shape = (hidden_dims[-1], *sizes[-1])
+        self.head = nn.Linear(z_dim, math.prod(self.start_shape))
+        widths = [*reversed(hidden_dims), params_per_pixel * x_shape[0]]
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            layers += [
+                ResidualBlock(n_in),
+                nn.ReLU(),
+                _upsample(n_in, n_out, sizes[-1 - i], sizes[-2 - i]),
+            ]
         self.deconvs = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -123,6 +212,7 @@ class ConvDecoder(nn.Module):
 NETS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "mlp": (MLPEncoder, MLPDecoder),
     "conv": (ConvEncoder, ConvDecoder),
+    "resnet": (ResNetEncoder, ResNetDecoder),
 }
 
 
