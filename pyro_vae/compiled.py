@@ -193,7 +193,16 @@ class CompiledLoss:
         """The loss of batch ``x`` (detached) and the gradient of each parameter, or (without
         gradients) the value alone."""
         with torch.no_grad():
-            return self.fn([p.detach() for p in self.parameters], x, *inputs)
+            out = self.fn([p.detach() for p in self.parameters], x, *inputs)
+        # CUDA graphs write every replay's outputs into the same buffers: the losses kept for the
+        # end of the epoch (and the IWAE chunks) must be copies, or the next step overwrites them
+        return _copied(out) if self.device.type == "cuda" else out
+
+
+def _copied(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    return type(out)(_copied(o) for o in out)
 
 
 @contextmanager
