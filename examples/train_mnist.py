@@ -16,6 +16,7 @@ from pathlib import Path
 import pyro
 
 import pyro_vae
+from pyro_vae.data import as_floats
 from pyro_vae.plots import plot_elbo, plot_reconstructions, plot_samples
 
 
@@ -52,7 +53,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     vae.cpu()
     plot_elbo(history.__dict__, args.out / "elbo.png")
-    x = data.x_test[:32]
+    x = as_floats(data.x_test[:32])  # 8-bit images as values in [0, 1]
     plot_reconstructions(x, vae.reconstruct(x), args.out / "reconstructions.png")
     plot_samples(vae.sample(64), args.out / "samples.png")
     print(

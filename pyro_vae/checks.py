@@ -108,3 +108,22 @@ def text(param: str, value: Any) -> str:
 def path(param: str, value: Any) -> str | None:
     """A file or folder path as a string, or ``None`` for none."""
     return None if value is None else text(param, str(value) if isinstance(value, Path) else value)
+
+
+def flag(param: str, value: Any) -> bool:
+    """A switch: ``True`` or ``False`` (not 0, 1 or a string)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"must be true or false, got {value!r}", param)
+    return value
+
+
+def channels(param: str, value: Any) -> int:
+    """The colour channels of a picture: 1 (grey) or 3 (colour)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value not in (1, 3):
+        raise ConfigError(f"must be 1 (grey) or 3 (colour), got {value!r}", param)
+    return int(value)
+
+
+def optional(check: Any, param: str, value: Any) -> Any:
+    """``check(param, value)``, or ``None`` for ``None``: a setting that may be left out."""
+    return None if value is None else check(param, value)

@@ -1,4 +1,8 @@
-"""Data sets as float tensors in [0, 1], channels-first, on the CPU, and the binarization policy.
+"""Data sets as tensors of images, channels-first, on the CPU, and the binarization policy.
+
+8-bit sources (the MNIST family, pictures, the torchvision catalogue, ``.npz`` of ``uint8``) stay
+``uint8`` (0-255, four times less memory than float32) until a batch is used: :func:`as_floats`
+makes the values ``k / 255`` in [0, 1] then, on the device. Other sources are float32 in [0, 1].
 
 Every loader returns a :class:`Dataset`; every problem with the user's files is a
 :class:`~pyro_vae.errors.DataError` whose message is one line saying what to do about it.
@@ -21,10 +25,21 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from . import checks
+from . import checks, images
 from .errors import ConfigError, DataError
 
-DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "kmnist", "npz")
+DATASETS: tuple[str, ...] = (
+    "digits",
+    "photos",
+    "mnist",
+    "fashion-mnist",
+    "kmnist",
+    *images.CATALOGUE,
+    "folder",
+    "npz",
+)
+# the sources of pictures, which {image_size} and {channels} apply to
+PICTURE_SOURCES: tuple[str, ...] = (*images.CATALOGUE, "folder")
 DEFAULT_DATA_DIR = Path("data")  # relative to the working directory, like torchvision tutorials
 SPLIT_SEED = 0  # the digits split must not move when the training seed does
 TEST_FRACTION = 0.2
@@ -50,8 +65,9 @@ class Dataset:
     """A train/test pair of examples, optionally labelled.
 
     :param str name: the data set's name, one of :data:`DATASETS`.
-    :param torch.Tensor x_train: float32 ``(N, *x_shape)`` with values in [0, 1].
-    :param torch.Tensor x_test: float32 ``(M, *x_shape)`` with values in [0, 1].
+    :param torch.Tensor x_train: ``(N, *x_shape)``, float32 with values in [0, 1] or uint8
+        (8-bit images, the value ``k`` meaning ``k / 255``).
+    :param torch.Tensor x_test: ``(M, *x_shape)``, of ``x_train``'s dtype.
     :param y_train: int64 ``(N,)`` labels, or ``None``.
     :param y_test: int64 ``(M,)`` labels, or ``None``.
     """
@@ -67,6 +83,41 @@ class Dataset:
         """The shape of one example, e.g. ``(1, 8, 8)``."""
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def eight_bit(self) -> bool:
+        """Whether the examples are 8-bit images, kept as ``uint8``."""
+        return self.x_train.dtype == torch.uint8
+
+    @property
+    def bytes_per_example(self) -> int:
+        """The memory one example takes as stored (1 byte a value for 8-bit images)."""
+        return self.x_train[0].numel() * self.x_train.element_size()
+
+    def describe(self) -> str:
+        """One line: the examples, their shape and type, and the memory of each split."""
+        each = f"{self.bytes_per_example:,} bytes ({self.x_train.dtype})".replace("torch.", "")
+        return (
+            f"{self.name}: {len(self.x_train):,} training and {len(self.x_test):,} test examples "
+            f"of shape {self.x_shape}, {each} each, {_mib(self.x_train)} + {_mib(self.x_test)} MiB"
+        )
+
+
+def _mib(x: torch.Tensor) -> str:
+    return f"{x.numel() * x.element_size() / 2**20:,.1f}"
+
+
+def byte_values(x: torch.Tensor) -> torch.Tensor:
+    """The distinct values of a ``uint8`` tensor, sorted, as ``uint8``: counted in place, where
+    ``torch.unique`` would sort a copy 16 times the size of ``x``."""
+    counts = torch.bincount(x.flatten(), minlength=256)
+    return counts.nonzero().flatten().to(torch.uint8)
+
+
+def as_floats(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 values in [0, 1]: 8-bit ``uint8`` images as ``k / 255``, on ``x``'s
+    device; float data as they are."""
+    return x.to(torch.float32).div_(255) if x.dtype == torch.uint8 else x
+
 
 def load_dataset(
     name: str = "digits",
@@ -74,6 +125,8 @@ def load_dataset(
     data_dir: str | Path | None = None,
     data_path: str | Path | None = None,
     download: bool = True,
+    image_size: int | None = None,
+    channels: int | None = None,
 ) -> Dataset:
     """Load a data set by name.
 
@@ -81,22 +134,40 @@ def load_dataset(
     into 1438 train / 359 test examples (of 1797) by a permutation seeded with :data:`SPLIT_SEED`.
     ``mnist``, ``fashion-mnist`` and ``kmnist`` are read from the four IDX files (plain or
     ``.gz``) in ``data_dir/<Folder>/raw/`` (torchvision's layout) or directly in ``data_dir``.
-    ``npz`` reads ``x_train``, ``x_test`` and optional ``y_train``, ``y_test`` from ``data_path``.
+    ``npz`` reads ``x_train``, ``x_test`` and optional ``y_train``, ``y_test`` from ``data_path``:
+    floats in [0, 1], or ``uint8`` 8-bit images (0-255; arrays of 0 and 1 alone are binary
+    images, as floats). ``photos`` is an offline colour set, 32x32
+    patches of scikit-learn's two sample photographs (:func:`pyro_vae.images.load_photos`);
+    ``folder`` a folder of pictures in ``data_dir`` and ``cifar10``, ``cifar100``, ``svhn``,
+    ``celeba`` torchvision's files there (:mod:`pyro_vae.images`).
 
     :param str name: one of :data:`DATASETS`.
-    :param data_dir: where the IDX files live; defaults to :data:`DEFAULT_DATA_DIR`.
+    :param data_dir: where the files live; defaults to :data:`DEFAULT_DATA_DIR`.
     :param data_path: the ``.npz`` file, for ``name="npz"`` only.
-    :param bool download: whether to try torchvision's downloader when IDX files are missing.
+    :param bool download: whether to try torchvision's downloader when files are missing.
+    :param image_size: pictures only: resized and centre-cropped to this many pixels a side.
+    :param channels: pictures only: 1 (grey) or 3 (colour); by default the pictures' own.
     :raises DataError: if the data set is unknown, missing or malformed.
     """
     checks.choice("dataset", name, DATASETS)
     if data_path is not None and name != "npz":
         raise ConfigError(f"is only used with dataset 'npz', not {name!r}", "data_path")
+    for param, value in (("image_size", image_size), ("channels", channels)):
+        if value is not None and name not in PICTURE_SOURCES:
+            sources = ", ".join(PICTURE_SOURCES)
+            raise ConfigError(f"is only used with the datasets {sources}, not {name!r}", param)
     if name == "digits":
         return _load_digits()
     if name == "npz":
         return _load_npz(data_path)
+    if name == "photos":
+        return Dataset(name, *images.load_photos()[:4])
     data_dir = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).expanduser()
+    if name == "folder":
+        return Dataset(name, *images.load_folder(data_dir, image_size, channels)[:4])
+    if name in images.CATALOGUE:
+        split = images.load_catalogue(name, data_dir, download, image_size, channels)
+        return Dataset(name, *split[:4])
     return _load_idx_dataset(name, data_dir, download)
 
 
@@ -188,6 +259,8 @@ def labeled_split(
 def needs_binarization(likelihood: Scores, x: torch.Tensor, binarization: str) -> bool:
     """Whether ``x`` must be binarized for ``likelihood``; checks ``x`` fits it otherwise."""
     checks.choice("binarization", binarization, BINARIZATION)
+    if x.dtype == torch.uint8:  # at most 256 values: checking those checks them all
+        x = as_floats(byte_values(x))
     if binarization == "dynamic" and likelihood.binary and not is_binary(x):
         return True
     likelihood.check_data(x)
@@ -197,7 +270,9 @@ def needs_binarization(likelihood: Scores, x: torch.Tensor, binarization: str) -
 def eval_inputs(
     likelihood: Scores, x_test: torch.Tensor, binarization: str = "dynamic"
 ) -> torch.Tensor:
-    """The test set as ``likelihood`` scores it: a fixed binarization of grey data if needed."""
+    """The test set as ``likelihood`` scores it, float values in [0, 1]: a fixed binarization of
+    grey data if needed."""
+    x_test = as_floats(x_test)
     if needs_binarization(likelihood, x_test, binarization):
         return binarize(x_test, TEST_BINARIZATION_SEED)
     return x_test
@@ -209,13 +284,13 @@ def binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
     The noise comes from its own ``torch.Generator(seed)`` on the CPU, so the result depends only
     on ``seed`` and the global RNG is never disturbed.
 
-    :param torch.Tensor x: probabilities in [0, 1].
+    :param torch.Tensor x: probabilities in [0, 1], or 8-bit images (:func:`as_floats`).
     :param int seed: the seed of the binarization.
     :returns: float32 zeros and ones shaped like ``x``, on ``x``'s device.
     """
     g = torch.Generator().manual_seed(seed)
     u = torch.rand(x.shape, generator=g)
-    return (u < x.detach().to("cpu", torch.float32)).float().to(x.device)
+    return (u < as_floats(x.detach().cpu()).float()).float().to(x.device)
 
 
 def binarize_afresh(x: torch.Tensor) -> torch.Tensor:
@@ -223,13 +298,16 @@ def binarize_afresh(x: torch.Tensor) -> torch.Tensor:
 
     Drawn as ``u < x`` with ``u ~ U[0, 1)``, which is Bernoulli(x) exactly. On the CPU these
     are the very values ``torch.bernoulli(x)`` draws (the same uniforms from the same generator),
-    in a quarter of its time (``benchmarks/results/candidates-cpu-2026-11-21.md``).
+    in a quarter of its time (``benchmarks/results/candidates-cpu-2026-11-21.md``). 8-bit images
+    are made floats first (:func:`as_floats`).
     """
+    x = as_floats(x)
     return torch.rand_like(x).lt_(x)
 
 
 def is_binary(x: torch.Tensor) -> bool:
-    """Whether every value of ``x`` is exactly 0 or 1."""
+    """Whether every value of ``x`` is exactly 0 or 1 (0 or 255 for 8-bit images)."""
+    x = as_floats(x)
     return bool(((x == 0) | (x == 1)).all())
 
 
@@ -311,13 +389,13 @@ def _load_idx_dataset(name: str, data_dir: Path, download: bool) -> Dataset:
 def _read_idx_pair(files: dict[str, Path], prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
     images_path = files[f"{prefix}-images-idx3-ubyte"]
     labels_path = files[f"{prefix}-labels-idx1-ubyte"]
-    images = _read_idx(images_path, _IMAGES_MAGIC)
+    pixels = _read_idx(images_path, _IMAGES_MAGIC)
     labels = _read_idx(labels_path, _LABELS_MAGIC)
-    if len(images) != len(labels):
+    if len(pixels) != len(labels):
         raise DataError(
-            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
+            f"{images_path} has {len(pixels)} images but {labels_path} has {len(labels)} labels"
         )
-    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    x = torch.from_numpy(pixels.copy()).unsqueeze(1)  # the bytes as they are: 8-bit images
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
@@ -349,6 +427,11 @@ def _load_npz(data_path: str | Path | None) -> Dataset:
         found = ", ".join(sorted(arrays)) or "none"
         raise DataError(f"{path} lacks required array(s) {', '.join(missing)}; found: {found}")
     x = {key: _check_x(path, key, arrays[key]) for key in ("x_train", "x_test")}
+    if x["x_train"].dtype != x["x_test"].dtype:
+        raise DataError(
+            f"{path}: x_train is {x['x_train'].dtype} but x_test is {x['x_test'].dtype}; both "
+            "must be uint8 (8-bit images) or both floats in [0, 1]".replace("torch.", "")
+        )
     if x["x_train"].shape[1:] != x["x_test"].shape[1:]:
         raise DataError(
             f"{path}: x_train has per-example shape {tuple(x['x_train'].shape[1:])} but x_test "
@@ -375,9 +458,12 @@ def _check_x(path: Path, key: str, a: np.ndarray) -> torch.Tensor:
         raise DataError(
             f"{key} in {path} has {n_nan} NaN and {n_inf} infinite values; all must be finite"
         )
+    if a.dtype == np.uint8 and a.max() > 1:  # 8-bit images, kept as bytes (0/1: binary ones)
+        x = torch.from_numpy(np.ascontiguousarray(a))
+        return x.unsqueeze(1) if a.ndim == 3 else x
     lo, hi = float(a.min()), float(a.max())
     if lo < 0 or hi > 1:
-        hint = " (divide 8-bit images by 255)" if hi > 1 else ""
+        hint = " (or save 8-bit images as uint8)" if hi > 1 else ""
         raise DataError(
             f"{key} in {path} has values in [{lo:g}, {hi:g}]; values must be in [0, 1]{hint}"
         )

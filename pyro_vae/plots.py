@@ -20,6 +20,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
+from .data import as_floats
 from .device import random_state_kept
 
 # The default traversal, torch.linspace(-3, 3, 9): +-3 prior standard deviations for N(0, I).
@@ -31,7 +32,7 @@ def as_images(x: torch.Tensor) -> torch.Tensor:
 
     Flat vectors are shown as square images when D is a square number, else as a 1-pixel strip.
     """
-    x = x.detach().float().cpu()
+    x = as_floats(x.detach().cpu()).float()
     if x.dim() == 4:
         return x
     if x.dim() == 3:

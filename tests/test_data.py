@@ -164,10 +164,10 @@ def test_idx_layouts(tmp_path, name, layout, gz):
     ds = load_dataset(name, data_dir=str(tmp_path), download=False)
     assert ds.name == name and ds.x_shape == (1, 28, 28)
     assert ds.x_train.shape == (5, 1, 28, 28) and ds.x_test.shape == (3, 1, 28, 28)
-    assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
-    expected = torch.from_numpy(fake_images(5, 0)).float().unsqueeze(1) / 255
-    assert torch.allclose(ds.x_train, expected)
-    assert torch.allclose(ds.x_test[:, 0] * 255, torch.from_numpy(fake_images(3, 7)).float())
+    # 8-bit images stay bytes, exactly as in the files
+    assert ds.x_train.dtype == torch.uint8 and ds.y_train.dtype == torch.int64
+    assert torch.equal(ds.x_train, torch.from_numpy(fake_images(5, 0)).unsqueeze(1))
+    assert torch.equal(ds.x_test[:, 0], torch.from_numpy(fake_images(3, 7)))
     assert ds.y_train.tolist() == TRAIN_LABELS and ds.y_test.tolist() == TEST_LABELS
 
 
@@ -280,6 +280,13 @@ def test_npz_round_trip(tmp_path, shape, x_shape, labels):
         assert ds.y_train is None and ds.y_test is None
 
 
+def test_npz_keeps_8_bit_images_as_bytes(tmp_path):
+    x = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5).astype(np.uint8) * 2
+    ds = load_dataset("npz", data_path=save_npz(tmp_path / "c.npz", x_train=x, x_test=x[:1]))
+    assert ds.eight_bit and ds.x_shape == (3, 4, 5) and np.array_equal(ds.x_train.numpy(), x)
+    assert ds.bytes_per_example == 60 and "60 bytes (uint8) each" in ds.describe()
+
+
 def test_npz_accepts_binary_integers(tmp_path):
     x = np.array([[0, 1, 1], [1, 0, 0]], np.uint8)
     ds = load_dataset("npz", data_path=save_npz(tmp_path / "b.npz", x_train=x, x_test=x))
@@ -306,8 +313,10 @@ def _npz_case(tmp_path: Path, case: str) -> Path:
         save_npz(p, x_train=x_nan, x_test=x)
     elif case == "inf":
         save_npz(p, x_train=x, x_test=np.full((2, 3), np.inf))
-    elif case == "uint8":
-        save_npz(p, x_train=np.full((4, 3), 255, np.uint8), x_test=np.zeros((2, 3), np.uint8))
+    elif case == "int_255":
+        save_npz(p, x_train=np.full((4, 3), 255, np.int64), x_test=np.zeros((2, 3), np.int64))
+    elif case == "mixed_dtypes":
+        save_npz(p, x_train=np.full((4, 3), 255, np.uint8), x_test=x)
     elif case == "negative":
         save_npz(p, x_train=x - 1, x_test=x)
     elif case == "rank1":
@@ -340,7 +349,12 @@ def _npz_case(tmp_path: Path, case: str) -> Path:
         ("missing_key", "lacks required array.* x_test; found: images, x_train"),
         ("nan", "x_train .* has 2 NaN and 0 infinite values"),
         ("inf", "x_test .* has 0 NaN and 6 infinite values"),
-        ("uint8", r"x_train .*values in \[255, 255\]; values must be in \[0, 1\].*divide .* 255"),
+        (
+            "int_255",
+            r"x_train .*values in \[255, 255\]; values must be in \[0, 1\] "
+            r"\(or save 8-bit images as uint8\)",
+        ),
+        ("mixed_dtypes", r"x_train is uint8 but x_test is float32; both must be uint8"),
         ("negative", r"x_train .*values in \[-0.5, -0.5\]; values must be in \[0, 1\]$"),
         ("rank1", r"x_train .*shape \(4,\); accepted shapes are \(N, D\), \(N, H, W\)"),
         ("rank5", r"accepted shapes are .*\(N, C, H, W\)"),
@@ -376,6 +390,6 @@ def test_data_path_only_for_npz(tmp_path):
 
 def test_unknown_dataset_lists_names():
     with pytest.raises(ConfigError) as info:
-        load_dataset("cifar10")
-    assert str(info.value) == f"dataset 'cifar10' is not one of: {', '.join(DATASETS)}"
+        load_dataset("imagenet")
+    assert str(info.value) == f"dataset 'imagenet' is not one of: {', '.join(DATASETS)}"
     assert info.value.param == "dataset"
