@@ -103,18 +103,30 @@ def _checked(check: Callable[[str, Any], Any], param: str, value: Any) -> Any:
 DATA_FLAGS = {
     "--dataset": (
         DATASETS,
-        "data set: digits is embedded (8x8, offline); the MNIST family "
-        "needs --data-dir or a network; npz needs --data-path",
+        "data set: digits (8x8 grey) and photos (32x32 colour patches of two photographs) are "
+        "embedded and work offline; the MNIST family, cifar10, cifar100, svhn and celeba are "
+        "read from --data-dir (downloaded there when online); folder: your own pictures in "
+        "--data-dir; npz: arrays in --data-path",
     ),
     "--data-dir": (
         str,
-        "folder with the MNIST-family IDX files, in torchvision's layout "
-        "(DIR/MNIST/raw/...) or directly (default: data)",
+        "folder with the data set's files: the MNIST family's IDX files (DIR/MNIST/raw/... or "
+        "directly), torchvision's CIFAR, SVHN or CelebA files, or for --dataset folder your "
+        "pictures (PNG/JPEG), one sub-folder per class or all in one; default: data",
     ),
     "--data-path": (
         str,
-        "an .npz file with arrays x_train, x_test (values in [0,1]) and "
+        "an .npz file with arrays x_train, x_test (floats in [0,1] or uint8 8-bit images) and "
         "optional y_train, y_test, for --dataset npz",
+    ),
+    "--image-size": (
+        whole(checks.size, "image_size"),
+        "pictures (folder, cifar, svhn, celeba): resize the shorter side to S and crop the "
+        "centre SxS (default: as the files are; 64 for celeba)",
+    ),
+    "--channels": (
+        whole(checks.channels, "channels"),
+        "pictures: 1 makes them grey, 3 colour (default: as the files are)",
     ),
 }
 MODEL_FLAGS = {
@@ -128,7 +140,7 @@ MODEL_FLAGS = {
     "--hidden-dims": (
         layer_sizes,
         "comma-separated hidden sizes, encoder order: layer widths "
-        "for mlp, channel counts for conv (e.g. 400 or 512,256)",
+        "for mlp, channel counts for conv and resnet (e.g. 400 or 512,256; 32,64 for resnet)",
     ),
     "--encoder": (list(NETS), "network family of encoder and decoder"),
     "--prior": (list(PRIORS), "prior p(z)"),
@@ -180,6 +192,16 @@ TRAINING_FLAGS = {
         COMPILE,
         "on: after the first step, capture the Pyro program's step as one graph and compile it; "
         "auto: compile when the steps ahead repay the compile time; off: every step eager",
+    ),
+    "--stream": (
+        bool,
+        "keep the training set in host memory and stream batches to the device through a "
+        "DataLoader, as is done anyway for a set larger than half the device's memory; the "
+        "same steps and metrics as in memory",
+    ),
+    "--workers": (
+        whole(lambda p, v: checks.whole(p, v, low=0), "workers"),
+        "DataLoader worker processes when streaming (0: in the main process)",
     ),
 }
 # The parts' option flags: flag -> (the kinds of part it may configure, the option, values, help).
@@ -265,6 +287,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 lr=config.lr,
                 device=config.device,
                 compile=config.compile,
+                stream=config.stream,
+                workers=config.workers,
                 progress=not args.quiet,
                 stop=signals.requested,
             )
@@ -284,6 +308,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         baseline = run.summary["baseline_log_likelihood"]
         against = "" if baseline is None else f" (independent-pixel baseline: {baseline:.2f})"
         print(f"test ELBO: {run.summary['test_elbo']:.2f} nats per example{against}")
+        if "test_bits_per_dim" in run.summary:
+            baseline = run.summary.get("baseline_bits_per_dim")
+            against = "" if baseline is None else f" (independent-pixel baseline: {baseline:.3f})"
+            print(f"test bits per dimension: {run.summary['test_bits_per_dim']:.3f}{against}")
         if "test_accuracy" in run.summary:
             print(f"test accuracy: {run.summary['test_accuracy']:.4f}")
     return 0
@@ -405,7 +433,7 @@ def cmd_check_elbo(args: argparse.Namespace) -> int:
         vae, data, binarization = run.vae, run.data, run.config.binarization
     else:
         config = overlay(RunConfig(), args)
-        data = load_dataset(config.dataset, data_dir=config.data_dir, data_path=config.data_path)
+        data = load_dataset(config.dataset, **config.data_options())
         labels = MODELS[config.model].labels != "none"
         classes = num_classes(data, f"model {config.model!r}") if labels else 0
         pyro.set_rng_seed(args.seed)
@@ -466,6 +494,9 @@ def _add_flags(p: argparse.ArgumentParser, flags: dict[str, tuple[Any, str]]) ->
         if default is not None:
             shown = ",".join(map(str, default)) if isinstance(default, list) else default
             help += f" (default: {shown})"
+        if values is bool:  # a switch: given means on
+            p.add_argument(flag, dest=dest, help=help, action="store_const", const=True)
+            continue
         kind = {"choices": values} if isinstance(values, list | tuple) else {"type": values}
         p.add_argument(flag, dest=dest, help=help, **kind)
 
@@ -486,7 +517,7 @@ def _add_train_parser(commands: Any) -> None:
         action="store_true",
         help="continue the run in --out from its last "
         "checkpoint, exactly as if it had not stopped; its settings are kept (only "
-        "--epochs, --lr, --device and --compile may change)",
+        "--epochs, --lr, --device, --compile, --stream and --workers may change)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

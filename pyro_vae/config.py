@@ -36,7 +36,7 @@ except ModuleNotFoundError:  # pragma: no cover
     tomllib = None
 
 # What a resumed run may change; any other difference from the saved run is an error.
-RESUMABLE = ("epochs", "lr", "device", "compile")
+RESUMABLE = ("epochs", "lr", "device", "compile", "stream", "workers")
 PART_OPTIONS = ("prior_options", "likelihood_options", "guide_options")
 
 
@@ -49,6 +49,8 @@ class RunConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     data_path: str | None = None
+    image_size: int | None = None  # pictures: resized and centre-cropped to this size
+    channels: int | None = None  # pictures: 1 grey, 3 colour; None: as the files are
     # the model (pyro_vae.VAE, or by name from pyro_vae.models.MODELS)
     model: str = "vae"
     z_dim: int = 16
@@ -74,6 +76,8 @@ class RunConfig:
     binarization: str = "dynamic"
     device: str = "auto"
     compile: str = "auto"
+    stream: bool = False  # batches through a DataLoader (pyro_vae.loader)
+    workers: int = 2  # its worker processes
 
     def __post_init__(self) -> None:
         checked = {
@@ -81,6 +85,8 @@ class RunConfig:
             "model": checks.choice("model", self.model, list(MODELS)),
             "data_dir": checks.path("data_dir", self.data_dir),
             "data_path": checks.path("data_path", self.data_path),
+            "image_size": checks.optional(checks.size, "image_size", self.image_size),
+            "channels": checks.optional(checks.channels, "channels", self.channels),
             "z_dim": checks.size("z_dim", self.z_dim),
             "hidden_dims": checks.sizes("hidden_dims", self.hidden_dims),
             "encoder": checks.choice("encoder", self.encoder, list(NETS)),
@@ -94,6 +100,8 @@ class RunConfig:
             "binarization": checks.choice("binarization", self.binarization, BINARIZATION),
             "device": checks.text("device", self.device),
             "compile": checks.choice("compile", self.compile, COMPILE),
+            "stream": checks.flag("stream", self.stream),
+            "workers": checks.whole("workers", self.workers, low=0),
         }
         # the objective's settings are checked together, against the epochs too
         weighing = check_objective(
@@ -169,6 +177,11 @@ class RunConfig:
             if getattr(self, f.name) != getattr(other, f.name)
         ]
 
+    def data_options(self) -> dict[str, Any]:
+        """The settings :func:`pyro_vae.data.load_dataset` takes besides the name."""
+        names = ("data_dir", "data_path", "image_size", "channels")
+        return {name: getattr(self, name) for name in names}
+
     def vae_options(self) -> dict[str, Any]:
         """The keyword arguments of the model's class besides ``x_shape`` and ``num_classes``:
         :class:`pyro_vae.VAE`'s, and ``aux_weight`` for M2."""
@@ -179,5 +192,5 @@ class RunConfig:
     def train_options(self) -> dict[str, Any]:
         """The settings :func:`pyro_vae.train` takes."""
         names = ("epochs", "batch_size", "lr", "device", "seed", "objective", "binarization")
-        names += ("compile", "num_particles", "beta", "kl_warmup", "labeled")
+        names += ("compile", "num_particles", "beta", "kl_warmup", "labeled", "stream", "workers")
         return {name: getattr(self, name) for name in names}

@@ -6,6 +6,8 @@ decoder outputs it needs per pixel (``params_per_pixel``), turns the decoder's o
 (``forward``) and into the expected image (``mean``, for pictures), and checks data before training
 starts (``check_data``) so that a bad value is one clear line, not a validation error mid-epoch.
 ``binary = True`` marks likelihoods that need 0/1 data: grey data is then binarized by the trainer.
+``discrete = True`` marks those whose p(x|z) is a probability, not a density, so that -log2 p(x)
+is a length in bits and the test figures are also given in bits per dimension.
 
 Everything a distribution is built from comes from the decoder's output or from the likelihood's
 own parameters (a learned scale is an ``nn.Parameter`` of the likelihood, so it is in the VAE's
@@ -91,6 +93,7 @@ class Bernoulli(nn.Module):
     description = "independent Bernoulli pixels; grey data is binarized afresh in each batch"
     params_per_pixel = 1
     binary = True
+    discrete = True
 
     def __init__(self, x_shape: Sequence[int]):
         super().__init__()
@@ -130,6 +133,7 @@ class ContinuousBernoulli(nn.Module):
     )
     params_per_pixel = 1
     binary = False
+    discrete = False
 
     def __init__(self, x_shape: Sequence[int]):
         super().__init__()
@@ -161,6 +165,7 @@ class Gaussian(nn.Module):
     description = "independent Gaussian pixels, mean from the decoder, fixed scale"
     params_per_pixel = 1
     binary = False
+    discrete = False
 
     def __init__(self, x_shape: Sequence[int], scale: float = 0.1):
         super().__init__()
@@ -193,6 +198,7 @@ class _LearnedScale(nn.Module):
     family: type[dist.Distribution]
     params_per_pixel = 1
     binary = False
+    discrete = False
 
     def __init__(self, x_shape: Sequence[int], min_scale: float = 1e-3):
         super().__init__()
@@ -257,6 +263,7 @@ class Beta(nn.Module):
     )
     params_per_pixel = 2
     binary = False
+    discrete = False
 
     def __init__(self, x_shape: Sequence[int]):
         super().__init__()
@@ -309,6 +316,7 @@ class DiscretizedLogistic(nn.Module):
     )
     params_per_pixel = 2
     binary = False
+    discrete = True
 
     def __init__(self, x_shape: Sequence[int], bins: int = 256):
         super().__init__()

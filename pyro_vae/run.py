@@ -46,6 +46,7 @@ from .conditional import accuracy, one_hot, predict
 from .config import RunConfig
 from .data import (
     Dataset,
+    as_floats,
     check_labels,
     check_shape,
     eval_inputs,
@@ -57,6 +58,7 @@ from .device import resolve_device
 from .errors import ConfigError, PyroVAEError
 from .evaluate import (
     active_units,
+    add_bits_per_dim,
     baseline_log_likelihood,
     confusion_matrix,
     evaluate,
@@ -156,18 +158,22 @@ class Run:
         lr: float | None = None,
         device: str | None = None,
         compile: str | None = None,
+        stream: bool | None = None,
+        workers: int | None = None,
         progress: bool = True,
         stop: Callable[[], bool] | None = None,
     ) -> History:
         """Train the run to ``epochs`` epochs (default: its config's), going on from its last
-        checkpoint exactly as if it had never stopped. ``epochs``, ``lr``, ``device`` and
-        ``compile`` may differ from the run's config, which is rewritten with them.
+        checkpoint exactly as if it had never stopped. ``epochs``, ``lr``, ``device``,
+        ``compile``, ``stream`` and ``workers`` may differ from the run's config, which is
+        rewritten with them.
 
         A checkpoint and ``metrics.csv`` are written after every epoch and when ``stop`` ends
         training (:class:`~pyro_vae.train.TrainingInterrupted`); ``summary.json`` and the
         pictures when it is done.
         """
         asked = {"epochs": epochs, "lr": lr, "device": device, "compile": compile}
+        asked.update(stream=stream, workers=workers)
         config = self.config.replace(**{k: v for k, v in asked.items() if v is not None})
         resume = self.state if self.state.optimizer is not None else None
         if resume is not None and resume.epoch >= config.epochs:
@@ -212,6 +218,7 @@ class Run:
             "train_seconds": sum(history.seconds),
             "compile": history.compile,
             "compile_seconds": history.compile_seconds,
+            "data": history.data,
             "baseline_log_likelihood": baseline_log_likelihood(self.vae, data.x_train, x_test),
             "active_units": active_units(self.vae, x_test, labels=labels)[0],
             "num_train": len(data.x_train),
@@ -220,6 +227,7 @@ class Run:
         }
         if self.vae.labels == "some":
             self.summary["test_accuracy"] = accuracy(self.vae, x_test, labels)
+        add_bits_per_dim(self.summary, self.vae)
         write_json(self.path / SUMMARY, self.summary)
         vae = self.vae
         plot_reconstructions(*self.reconstructions(32, self.device), self.path / PICTURES[0])
@@ -234,7 +242,7 @@ class Run:
         """The first ``n`` test images on ``device`` and their reconstructions: given their
         labels for the conditional VAE, M2's most probable ones for M2."""
         vae, data = self.vae, self.data
-        x = data.x_test[:n].to(resolve_device(device))
+        x = as_floats(data.x_test[:n].to(resolve_device(device)))
         given = (one_hot(data.y_test[:n], vae.num_classes, x),) if vae.labels == "all" else ()
         return x, vae.reconstruct(x, *given)
 
@@ -287,7 +295,7 @@ class Run:
 def _load_data(config: RunConfig) -> Dataset:
     # rank 0 first under torchrun: it may download the data set into the shared folder
     with distributed.main_process_first():
-        return load_dataset(config.dataset, data_dir=config.data_dir, data_path=config.data_path)
+        return load_dataset(config.dataset, **config.data_options())
 
 
 def _metrics_csv(history: History) -> bytes:

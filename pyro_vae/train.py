@@ -9,9 +9,12 @@ process. It is also the optimizer of the pure-PyTorch trainer (``objective="manu
 hand-written ELBO with no ``pyro.infer``), so that the two trainers take the very same steps and
 their loss trajectories can be compared number for number.
 
-The whole training set lives on the device as one tensor and batches are drawn by a shuffled index,
-so no per-example data loader runs in the hot loop. :meth:`Trainer.step` never waits for the
-device: values are read back every :data:`CHECK_EVERY` steps and at the end of each epoch.
+A training set that fits the device lives there as one tensor (8-bit images as ``uint8``, made
+floats a batch at a time) and batches are drawn by a shuffled index, so no per-example data loader
+runs in the hot loop; a larger one is streamed to the device by a ``DataLoader``, batch by batch,
+in the same order and with the same random draws (:mod:`pyro_vae.loader`).
+:meth:`Trainer.step` never waits for the device: values are read back every :data:`CHECK_EVERY`
+steps and at the end of each epoch.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .compiled import CompiledLoss, compile_when_it_pays
 from .conditional import accuracy, one_hot
 from .data import (
     Dataset,
+    as_floats,
     binarize_afresh,
     check_labels,
     check_shape,
@@ -43,6 +47,7 @@ from .data import (
 from .device import check_fits, resolve_device
 from .elbo import EVAL_BATCH_SIZE, MODEL_OBJECTIVES, closed_form_kl, dataset_elbo, make_loss
 from .errors import ConfigError, PyroVAEError
+from .loader import should_stream, stream_batches
 from .model import VAE
 from .models import MODELS
 from .nets import activation_numbers
@@ -75,6 +80,7 @@ class History:
     test_accuracy: list[float] = field(default_factory=list)
     step_loss: list[float] = field(default_factory=list)
     compile: str = "off"  # what became of compiling the step, in one line
+    data: str = ""  # where the training set lived, in one line
     compile_seconds: float = 0.0  # capturing and compiling, all told
 
     def __post_init__(self) -> None:
@@ -148,6 +154,8 @@ def train(
     labeled: int | None = None,
     binarization: str = "dynamic",
     compile: str | bool = "off",
+    stream: bool = False,
+    workers: int = 2,
     progress: bool = True,
     checkpoint: Callable[[TrainState], None] | None = None,
     resume: TrainState | None = None,
@@ -185,6 +193,10 @@ def train(
         few eager steps and compile when the steps ahead repay the compile time. A program that
         cannot be captured trains eagerly; ``history.compile`` says what happened, in one line.
         Compiled steps agree with eager ones to float32 rounding.
+    :param stream: keep the training set in host memory and bring each batch to the device
+        through a ``DataLoader`` with ``workers`` worker processes (0: in this process), as is
+        done anyway for a set larger than half the device's memory (:mod:`pyro_vae.loader`).
+        The same steps as in memory, number for number; ``history.data`` says which was used.
     :param seed: seeds the batch order, the binarization and the guide's noise. The initial
         weights come from the RNG state when ``vae`` was built: seed before building it
         (``pyro.set_rng_seed``) for a fully repeatable run.
@@ -206,6 +218,7 @@ def train(
     """
     settings = dict(seed=seed, objective=objective, binarization=binarization, compile=compile)
     settings.update(num_particles=num_particles, beta=beta, kl_warmup=kl_warmup, labeled=labeled)
+    settings.update(stream=stream, workers=workers)
     try:
         trainer = Trainer(vae, data, batch_size=batch_size, lr=lr, device=device, **settings)
         if resume is not None:
@@ -313,6 +326,8 @@ class Trainer:
         beta: float = 1.0,
         kl_warmup: int = 0,
         labeled: int | None = None,
+        stream: bool = False,
+        workers: int = 2,
     ):
         self.batch_size = checks.count("batch_size", batch_size)
         self.num_particles, self.beta, self.kl_warmup = check_objective(
@@ -330,11 +345,12 @@ class Trainer:
                 f"{batch_size} is smaller than the {self.world} processes", "batch_size"
             )
         self.vae, self.objective, self.device = vae, objective, resolve_device(device)
+        self.workers = checks.whole("workers", workers, low=0)
         self.dynamic = needs_binarization(vae.likelihood, data.x_train, binarization)
-        x_test = eval_inputs(vae.likelihood, data.x_test, binarization)
+        self.x_test = eval_inputs(vae.likelihood, data.x_test, binarization)
+        self.streamed = self._check_memory(data, bool(stream))
         self._set_up_labels(data, labeled)
-        self._check_memory(data)
-        self.x_test = x_test.to(self.device)
+        self.x_test = self.x_test.to(self.device)
         vae.to(self.device)
         self._set_up_objective()
         self.parameters = list(vae.parameters())
@@ -350,6 +366,7 @@ class Trainer:
         shards = torch.arange(min(self.batch_size, len(self.x_train))).tensor_split(self.world)
         self.full_shard = len(shards[self.rank])
         self.state = TrainState()
+        self.state.history.data = self.placement
         self.batch_order = torch.Generator().manual_seed(self.seed)
         # every rank its own draws; rank 0 of any world draws what a single process would
         pyro.set_rng_seed((self.seed + self.rank) % 2**32)  # numpy takes seeds below 2**32
@@ -360,23 +377,24 @@ class Trainer:
         """What the steps draw from: ``x_train`` (for M2, its unlabelled part), and the labels
         the programs take: every example's for the CVAE (``y_train``, and ``test_cond`` for the
         test ELBO), the ``labeled`` examples' for M2 (``x_labeled``, ``y_labeled``); one-hot."""
-        vae, device = self.vae, self.device
+        vae, device, floats = self.vae, self.device, self.x_test
         check_labeled(vae.kind, labeled)
         self.x_labeled = self.y_labeled = self.y_train = None
         self.test_cond: tuple[torch.Tensor, ...] = ()
         x_train = data.x_train
+        home = torch.device("cpu") if self.streamed else device  # where the training set lives
         if vae.labels != "none":
             check_labels(data, vae.num_classes)
-            y_train = one_hot(data.y_train, vae.num_classes, x_train)
+            y_train = one_hot(data.y_train, vae.num_classes, floats.to("cpu"))
         if vae.labels == "all":
-            self.y_train = y_train.to(device)
-            self.test_cond = (one_hot(data.y_test, vae.num_classes, x_train).to(device),)
+            self.y_train = y_train.to(home)
+            self.test_cond = (one_hot(data.y_test, vae.num_classes, floats).to(device),)
         if vae.labels == "some":
             self.y_test = data.y_test.to(device)
             index, rest = labeled_split(data.y_train, labeled, vae.num_classes, self.seed)
             self.x_labeled, self.y_labeled = x_train[index].to(device), y_train[index].to(device)
             x_train = x_train[rest]
-        self.x_train = x_train.to(device)
+        self.x_train = x_train.to(home)
         # M2: the labelled examples each step takes, as many as unlabelled ones (all, if fewer)
         labeled_count = 0 if self.x_labeled is None else len(self.x_labeled)
         self.labeled_per_step = min(labeled_count, self.batch_size)
@@ -396,23 +414,39 @@ class Trainer:
                 q = vae.posterior_dist(self.x_test[:1], *(y[:1] for y in self.test_cond))
                 closed_form_kl(vae, q, vae.prior(1, self.x_test))
 
-    def _check_memory(self, data: Dataset) -> None:
+    def _check_memory(self, data: Dataset, stream: bool) -> bool:
+        """Whether the training set is streamed (see :mod:`pyro_vae.loader`), said in
+        ``history.data``; raises if what must be on the device does not fit there."""
+        train_bytes = data.x_train.numel() * data.x_train.element_size()
+        streamed, why = should_stream(train_bytes, self.device, stream)
+        where = (
+            f"streamed to {self.device} by a DataLoader ({self.workers} workers)"
+            if streamed
+            else f"kept on {self.device}"
+        )
+        self.placement = f"{data.describe()}; the training set {where}: {why}"
         # weights, gradients and Adam's two moments, and the data: activations come on top
         weights = sum(p.numel() * p.element_size() for p in self.vae.parameters())
-        data_bytes = sum(x.numel() * x.element_size() for x in (data.x_train, data.x_test))
+        data_bytes = self.x_test.numel() * self.x_test.element_size()
+        data_bytes += 0 if streamed else train_bytes
         check_fits(4 * weights + data_bytes, self.device, "the weights, Adam's state and the data")
         # each particle of each example runs the decoder and the likelihoods (M2's, once for
         # every label it sums over); kept for backward
         vae = self.vae
-        z, cond = torch.zeros(1, vae.z_dim), (torch.zeros(1, vae.num_classes),)
+        where = next(vae.parameters()).device  # the caller's VAE may be on the GPU already
+        z, cond = (
+            torch.zeros(1, vae.z_dim, device=where),
+            (torch.zeros(1, vae.num_classes, device=where),),
+        )
         decoded = activation_numbers(vae.decoder, z, *cond[: bool(vae.num_classes)])
         per_particle = decoded + 4 * data.x_train[0].numel()
         if vae.labels == "some":
             per_particle *= vae.num_classes
         shard = -(-min(self.batch_size, len(data.x_train)) // self.world)
-        needed = 2 * self.num_particles * shard * per_particle * data.x_train.element_size()
+        needed = 2 * self.num_particles * shard * per_particle * self.x_test.element_size()
         what = f"{{param}} = {self.num_particles}: the activations of {self.num_particles} "
         check_fits(needed, self.device, f"{what}particles of {shard} examples", "num_particles")
+        return streamed
 
     def restore(self, state: TrainState) -> None:
         """Go on from ``state``, handed to ``checkpoint`` earlier, with the VAE holding the
@@ -433,6 +467,7 @@ class Trainer:
         _set_rng_state(rng["ranks"][self.rank], self.device)
         self.batch_order.set_state(rng["batch_order"].cpu())
         self.state, self.resumed = state, True
+        state.history.data = self.placement  # a resumed run may be streamed, or no longer
 
     def step(self, *batch: torch.Tensor) -> torch.Tensor:
         """One SVI step on ``batch``, this rank's shard of a batch (``x``, then the labels or
@@ -460,20 +495,31 @@ class Trainer:
         binarized afresh if the likelihood needs it: ``(x,)``; ``(x, y)`` for the CVAE; for M2
         ``(x, x_labeled, y_labeled)``, the unlabelled batch and the step's labelled examples."""
         order = torch.randperm(len(self.x_train), generator=self.batch_order)
-        indices = order.to(self.device).split(self.batch_size)
-        for i, index in enumerate(indices[start:], start=start):
-            if self.world > 1:
-                index = index.tensor_split(self.world)[self.rank]
-            x = self._binarized(self.x_train[index])
+        indices = order.to(self.x_train.device).split(self.batch_size)[start:]
+        if self.world > 1:
+            indices = [index.tensor_split(self.world)[self.rank] for index in indices]
+        for i, rows in enumerate(self._rows(indices), start=start):
+            x = self._binarized(as_floats(rows[0]))
             if self.y_train is not None:
-                yield i, (x, self.y_train[index])
+                yield i, (x, rows[1])
             elif self.x_labeled is not None:
                 labeled = self._labeled_index((epoch - 1) * self.steps_per_epoch + i)
                 if self.world > 1:
                     labeled = labeled.tensor_split(self.world)[self.rank]
-                yield i, (x, self._binarized(self.x_labeled[labeled]), self.y_labeled[labeled])
+                x_labeled = as_floats(self.x_labeled[labeled])
+                yield i, (x, self._binarized(x_labeled), self.y_labeled[labeled])
             else:
                 yield i, (x,)
+
+    def _rows(self, indices: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The training examples (and the CVAE's labels) at each batch of ``indices``, on the
+        device: indexed there, or streamed to it."""
+        tensors = (self.x_train,) + (() if self.y_train is None else (self.y_train,))
+        if self.streamed:
+            yield from stream_batches(tensors, indices, self.device, self.workers)
+        else:
+            for index in indices:
+                yield tuple(t[index] for t in tensors)
 
     def _binarized(self, x: torch.Tensor) -> torch.Tensor:
         return binarize_afresh(x) if self.dynamic else x
@@ -525,6 +571,8 @@ class Trainer:
         done = self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
         show = progress and self.rank == 0
         self.steps_left, self._say, self.epochs = total - done, show, epochs
+        if show:
+            tqdm.write(f"pyro-vae: {self.placement}", file=sys.stderr)
         with tqdm(
             total=total, initial=min(done, total), disable=not show, unit="step", dynamic_ncols=True
         ) as bar:

@@ -151,8 +151,8 @@ def test_a_bad_config_file_is_one_line(run_dir, tmp_path, capsys, change, expect
     [
         (["train", "--likelihood", "poisson"], "discretized-logistic"),
         (["train", "--guide", "flowy"], "full-rank"),
-        (["train", "--encoder", "resnet"], "conv"),
-        (["train", "--dataset", "cifar10"], "fashion-mnist"),
+        (["train", "--encoder", "vit"], "resnet"),
+        (["train", "--dataset", "imagenet"], "cifar10"),
         (["train", "--objective", "renyi"], "meanfield"),
         (["train", "--binarize", "static"], "dynamic"),
         (["check-elbo", "--prior", "gamma"], "standard-normal"),
@@ -187,6 +187,9 @@ BAD_NUMBERS = [
     (["train", "--num-particles", "5000"], "argument --num-particles: must be at most 1000"),
     (["train", "--hidden-dims", "4,,5"], "expected a whole number, got ''"),
     (["train", "--likelihood-scale", "-0.1"], "must be a positive finite number, got -0.1"),
+    (["train", "--channels", "2"], "argument --channels: must be 1 (grey) or 3 (colour), got 2"),
+    (["train", "--image-size", "0"], "argument --image-size: must be at least 1, got 0"),
+    (["train", "--workers", "-1"], "argument --workers: must be at least 0, got -1"),
     (["evaluate", "RUN", "--iwae-k", "-1"], "argument --iwae-k: must be at least 0, got -1"),
     (["evaluate", "RUN", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
     (["evaluate", "RUN", "--seed", str(2**32)], "argument --seed: must be at most 4294967295"),
@@ -242,6 +245,12 @@ OBJECTIVE_CLASHES = [
         ["--objective", "iwae-dreg", "--guide", "iaf"],
         "objective 'iwae-dreg' needs the guide 'diagonal', not --guide 'iaf'",
     ),
+    (
+        ["--image-size", "8"],
+        "--image-size is only used with the datasets cifar10, cifar100, svhn, celeba, folder, "
+        "not 'digits'",
+    ),
+    (["--dataset", "folder", "--data-dir", "/no/such/folder"], "folder not found: /no/such"),
     (
         ["--num-particles", "1000", "--hidden-dims", "20000", "--batch-size", "2000"],
         "--num-particles = 1000: the activations of 1000 particles of 1438 examples need 43",

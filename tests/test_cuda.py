@@ -120,3 +120,19 @@ def test_compiled_training_on_the_gpu_agrees_with_eager(digits):
     assert runs["on"].compile.startswith("compiled the training step in ")
     for a, b in zip(runs["on"].step_loss, runs["off"].step_loss, strict=True):
         assert abs(a - b) <= 1e-5 * abs(b)
+
+
+def test_8_bit_images_streamed_to_the_gpu_take_the_steps_kept_ones_do(digits):
+    # bytes on the GPU made floats per batch, or gathered by DataLoader workers into pinned memory
+    # and copied without blocking: the same batches and draws, the very same numbers
+    x8 = (digits.x_train[:600] * 16).round().to(torch.uint8) * 15
+    data = type(digits)("digits8", x8, (digits.x_test * 16).round().to(torch.uint8) * 15)
+    histories = []
+    for stream in (False, True):
+        pyro.set_rng_seed(0)
+        vae = VAE(data.x_shape, z_dim=4, hidden_dims=(32,), likelihood="discretized-logistic")
+        settings = dict(epochs=2, batch_size=100, device="cuda", progress=False)
+        histories.append(train(vae, data, stream=stream, workers=2, **settings))
+    kept, streamed = histories
+    assert "kept on cuda" in kept.data and "streamed to cuda" in streamed.data
+    assert streamed.step_loss == kept.step_loss and streamed.test_elbo == kept.test_elbo

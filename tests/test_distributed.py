@@ -157,12 +157,12 @@ def test_torchrun_cli_writes_one_run_folder_from_rank_0(tmp_path, reference):
     "flags, reference_settings",
     [
         (["--objective", "iwae", "--num-particles", "3"], dict(objective="iwae", num_particles=3)),
-        (
-            ["--num-particles", "2", "--beta", "0.5", "--kl-warmup", "2"],
+        (  # streamed too: each rank's DataLoader reads its own shard of every batch
+            ["--num-particles", "2", "--beta", "0.5", "--kl-warmup", "2", "--stream"],
             dict(num_particles=2, kl_weights=(0.25, 0.5)),
         ),
     ],
-    ids=["iwae", "warm-up-with-particles"],
+    ids=["iwae", "warm-up-with-particles-streamed"],
 )
 def test_torchrun_trains_the_other_objectives_like_one_process(tmp_path, flags, reference_settings):
     run_dir = tmp_path / "run"

@@ -110,7 +110,10 @@ def test_cli_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     assert "has finished 6 of 6 epochs; ask for more --epochs" in capsys.readouterr().err
     assert main(["train", "--out", str(part), "--resume", "--epochs", "7", "--z-dim", "5"]) == 2
     err = capsys.readouterr().err
-    assert "(--z-dim: 4 -> 5); only --epochs, --lr, --device, --compile may change" in err
+    assert (
+        "(--z-dim: 4 -> 5); only --epochs, --lr, --device, --compile, --stream, --workers may "
+        "change" in err
+    )
     assert err.count("\n") == 1
     assert main(["train", "--out", str(part), "--resume", "--overwrite"]) == 2
     assert "--overwrite does not go with it" in capsys.readouterr().err
