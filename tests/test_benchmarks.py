@@ -234,3 +234,28 @@ def test_bench_semi_supervised_writes_m2_and_the_baseline_for_every_label_count(
         assert len(m2) == 2 and all(0 <= a <= 1 for a in m2 + baseline)
         assert float(cells[4]) == pytest.approx(sum(m2) / 2 - sum(baseline) / 2, abs=6e-5)
         assert all(s["baseline"]["best_accuracy"] >= s["baseline"]["accuracy"] for s in r["seeds"])
+
+
+def test_bench_images_writes_bits_per_network_and_memory_per_mode(tmp_path):
+    md = run_script(
+        "bench_images.py",
+        *("--encoders", "conv", "--seeds", "0,1", "--channels", "4,8", "--epochs", "1"),
+        *("--limit", "128"),
+        *("--iwae-k", "2", "--compile", "off", "--memory-data", "random"),
+        *("--memory-images", "200", "--memory-epochs", "1", "--out", str(tmp_path)),
+        cwd=tmp_path,
+    )
+    record = json.loads(md.with_suffix(".json").read_text())
+    bits, memory = record["images-bits"]["bits"], record["images-memory"]["memory"]
+    assert [(r["encoder"], r["seed"]) for r in bits] == [("conv", 0), ("conv", 1)]
+    row = next(line for line in md.read_text().splitlines() if line.startswith("| conv |"))
+    iwae = [r["iwae_bits_per_dim"] for r in bits]
+    assert f"{statistics.mean(iwae):.3f} ± {statistics.stdev(iwae):.3f}" in row
+    assert all(
+        0 < r["test_bits_per_dim"] and r["iwae_bits_per_dim"] <= r["test_bits_per_dim"] + 1e-9
+        for r in bits
+    )
+    # three ways to hold the same data take the very same steps
+    assert [r["bytes_per_example"] for r in memory] == [3136, 784, 784]
+    assert len({r["train_elbo"] for r in memory}) == 1
+    assert "streamed" in memory[2]["placement"] and "kept on cpu" in memory[1]["placement"]
