@@ -168,7 +168,8 @@ class PeakMemory:
 class Run:
     """A measured run, as a ``with`` block: when it started, the 1-minute load average before and
     after, and the CPU time of other processes meanwhile (all CPUs' busy time in ``/proc/stat``
-    minus this process's); :meth:`lines` and :meth:`record` give them with the command."""
+    minus this process's and its waited-for children's: rows run in processes of their own are
+    the benchmark's); :meth:`lines` and :meth:`record` give them with the command."""
 
     def __init__(self, device: torch.device, data_line: str):
         self.device, self.data_line = device, data_line
@@ -185,14 +186,14 @@ class Run:
     def __enter__(self) -> Run:
         self.started = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         self.load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        self._wall, self._busy0, self._own0 = time.perf_counter(), self._busy(), sum(os.times()[:2])
+        self._wall, self._busy0, self._own0 = time.perf_counter(), self._busy(), sum(os.times()[:4])
         return self
 
     def __exit__(self, *exc) -> bool:
         self.load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         busy = self._busy()
         if busy is not None and self._busy0 is not None:
-            self.other_seconds = max(0.0, busy - self._busy0 - (sum(os.times()[:2]) - self._own0))
+            self.other_seconds = max(0.0, busy - self._busy0 - (sum(os.times()[:4]) - self._own0))
             wall = time.perf_counter() - self._wall
             self.other_share = self.other_seconds / (wall * (os.cpu_count() or 1))
         return False
