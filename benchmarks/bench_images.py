@@ -138,7 +138,7 @@ def memory_row(mode: str, device: torch.device, args) -> dict:
 
 def memory_rows(args) -> list[dict]:
     rows = []
-    for mode in MODES:
+    for mode in args.modes:
         command = [sys.executable, __file__, "--memory-row", mode, *sys.argv[1:]]
         C.log(f"memory: {mode} ...")
         done = subprocess.run(command, capture_output=True, text=True)
@@ -213,6 +213,12 @@ def main() -> None:
     p.add_argument("--memory-epochs", default=2, type=C.positive, help="memory: epochs per mode")
     p.add_argument("--memory-batch-size", default=128, type=C.positive, help="memory: batch")
     p.add_argument("--workers", default=2, type=int, help="memory: the streamed run's workers")
+    p.add_argument(
+        "--modes",
+        default=list(MODES),
+        type=C.choice_list(MODES),
+        help=f"memory: the ways to hold the data, some of: {', '.join(MODES)}",
+    )
     p.add_argument("--memory-row", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args()
     device = C.setup_device(args.device, args.threads)

@@ -493,7 +493,7 @@ def _add_flags(p: argparse.ArgumentParser, flags: dict[str, tuple[Any, str]]) ->
         default = defaults.get(dest)
         if default is not None:
             shown = ",".join(map(str, default)) if isinstance(default, list) else default
-            help += f" (default: {shown})"
+            help += f" (default: { ({True: 'on', False: 'off'}.get(shown, shown)) })"
         if values is bool:  # a switch: given means on
             p.add_argument(flag, dest=dest, help=help, action="store_const", const=True)
             continue
@@ -578,7 +578,11 @@ def _add_run_commands(commands: Any) -> None:
     )
     p.add_argument("run_dir", **run_dir)
     p.add_argument(
-        "-n", "--num", type=whole(checks.count, "num"), default=32, help="number of test images"
+        "-n",
+        "--num",
+        type=whole(checks.count, "num"),
+        default=32,
+        help="number of test images, spread evenly over the test set",
     )
     p.add_argument("--out", help="PNG file to write (default: RUN_DIR/reconstructions.png)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")

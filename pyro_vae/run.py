@@ -239,11 +239,15 @@ class Run:
     def reconstructions(
         self, n: int, device: str | torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``n`` test images on ``device`` and their reconstructions: given their
-        labels for the conditional VAE, M2's most probable ones for M2."""
+        """``n`` test images spread evenly over the test set (the first and the last among them;
+        all of them for ``n`` at least its size), on ``device``, and their reconstructions: given
+        their labels for the conditional VAE, M2's most probable ones for M2. Spread, because a
+        test set may come in order: the photos' first 32 patches are all sky."""
         vae, data = self.vae, self.data
-        x = as_floats(data.x_test[:n].to(resolve_device(device)))
-        given = (one_hot(data.y_test[:n], vae.num_classes, x),) if vae.labels == "all" else ()
+        m = len(data.x_test)
+        index = torch.linspace(0, m - 1, min(n, m)).round().long()
+        x = as_floats(data.x_test[index].to(resolve_device(device)))
+        given = (one_hot(data.y_test[index], vae.num_classes, x),) if vae.labels == "all" else ()
         return x, vae.reconstruct(x, *given)
 
     def classify(self, device: str | torch.device = "cpu") -> dict[str, Any]:

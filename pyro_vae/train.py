@@ -348,7 +348,7 @@ class Trainer:
         self.workers = checks.whole("workers", workers, low=0)
         self.dynamic = needs_binarization(vae.likelihood, data.x_train, binarization)
         self.x_test = eval_inputs(vae.likelihood, data.x_test, binarization)
-        self.streamed = self._check_memory(data, bool(stream))
+        self.streamed = self._check_memory(data, checks.flag("stream", stream))
         self._set_up_labels(data, labeled)
         self.x_test = self.x_test.to(self.device)
         vae.to(self.device)
