@@ -114,17 +114,19 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """z -> Linear -> [ConvTranspose3x3 stride 2] mirroring the encoder -> (P * C) channels.
+    """z -> Linear -> [ReLU, ConvTranspose3x3 stride 2] mirroring the encoder -> (P * C) channels.
 
     Each transposed convolution's output padding is chosen so that every spatial size of the
     encoder is met exactly, whatever the image size (8x8 digits, 28x28 MNIST, odd sizes).
     """
 
+    family = "conv"
+
     def __init__(
         self, z_dim: int, hidden_dims: Sequence[int], x_shape: Sequence[int], params_per_pixel: int
     ):
         super().__init__()
-        _check_image_shape(x_shape, "conv")
+        _check_image_shape(x_shape, self.family)
         sizes = _spatial_sizes(x_shape, len(hidden_dims))
         self.out_shape = (params_per_pixel, *x_shape)
         self.start_shape = (hidden_dims[-1], *sizes[-1])
@@ -132,8 +134,14 @@ class ConvDecoder(nn.Module):
         widths = [*reversed(hidden_dims), params_per_pixel * x_shape[0]]
         layers: list[nn.Module] = []
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            layers += [nn.ReLU(), _upsample(n_in, n_out, sizes[-1 - i], sizes[-2 - i])]
+            layers += self.stage(n_in, n_out, sizes[-1 - i], sizes[-2 - i])
         self.deconvs = nn.Sequential(*layers)
+
+    def stage(
+        self, n_in: int, n_out: int, size_in: tuple[int, int], size_out: tuple[int, int]
+    ) -> list[nn.Module]:
+        """The layers that take ``n_in`` channels of ``size_in`` up to ``n_out`` of ``size_out``."""
+        return [nn.ReLU(), _upsample(n_in, n_out, size_in, size_out)]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         batch_shape = z.shape[:-1]
@@ -176,37 +184,16 @@ class ResNetEncoder(nn.Module):
         return self.head(self.convs(x).flatten(1))
 
 
-class ResNetDecoder(nn.Module):
+class ResNetDecoder(ConvDecoder):
     """z -> Linear -> [ResidualBlock, ReLU, ConvTranspose3x3 stride 2] mirroring the encoder ->
-    (P * C) channels.
+    (P * C) channels: :class:`ConvDecoder` with a residual block before each upsampling."""
 
-    The transposed convolutions meet every spatial size of the encoder exactly, whatever the
-    image size, as in :class:`ConvDecoder`.
-    """
+    family = "resnet"
 
-    def __init__(
-        self, z_dim: int, hidden_dims: Sequence[int], x_shape: Sequence[int], params_per_pixel: int
-    ):
-        super().__init__()
-        _check_image_shape(x_shape, "resnet")
-        sizes = _spatial_sizes(x_shape, len(hidden_dims))
-        self.out_shape = (params_per_pixel, *x_shape)
-        self.start_shape = (hidden_dims[-1], *sizes[-1])
-        self.head = nn.Linear(z_dim, math.prod(self.start_shape))
-        widths = [*reversed(hidden_dims), params_per_pixel * x_shape[0]]
-        layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            layers += [
-                ResidualBlock(n_in),
-                nn.ReLU(),
-                _upsample(n_in, n_out, sizes[-1 - i], sizes[-2 - i]),
-            ]
-        self.deconvs = nn.Sequential(*layers)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        batch_shape = z.shape[:-1]
-        h = self.head(z.reshape(-1, z.shape[-1])).unflatten(-1, self.start_shape)
-        return self.deconvs(h).reshape(*batch_shape, *self.out_shape)
+    def stage(
+        self, n_in: int, n_out: int, size_in: tuple[int, int], size_out: tuple[int, int]
+    ) -> list[nn.Module]:
+        return [ResidualBlock(n_in), *super().stage(n_in, n_out, size_in, size_out)]
 
 
 NETS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {

@@ -365,8 +365,7 @@ class Trainer:
         # the size of this rank's shard of a full batch: the one shape that is compiled
         shards = torch.arange(min(self.batch_size, len(self.x_train))).tensor_split(self.world)
         self.full_shard = len(shards[self.rank])
-        self.state = TrainState()
-        self.state.history.data = self.placement
+        self.state = TrainState(history=History(data=self.placement))
         self.batch_order = torch.Generator().manual_seed(self.seed)
         # every rank its own draws; rank 0 of any world draws what a single process would
         pyro.set_rng_seed((self.seed + self.rank) % 2**32)  # numpy takes seeds below 2**32
