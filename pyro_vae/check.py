@@ -9,10 +9,15 @@ gradient against :func:`~pyro_vae.elbo.iwae_dreg_gradients`; then reports the IW
 bound for several k, whose k = 1 value must equal, example by example, the single-sample ELBO that
 Pyro computes from its own traces of the guide and the model (:func:`pyro_single_sample_elbo`)
 under the same seed.
+
+Both checks run on a float64 copy of the model and the batch, so that a difference is a different
+computation and not float32 rounding, which grows with the size of the log densities (thousands
+of nats for a colour image): the model given is left as it is.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,8 +42,8 @@ from .elbo import (
 from .errors import ConfigError
 from .model import VAE
 
-# Largest difference accepted, relative to the size of the quantity (at least 1): float32
-# rounding of sums in a different order, never a different estimator.
+# Largest difference accepted, relative to the size of the quantity (at least 1): rounding of
+# sums in a different order, never a different estimator. compare() alone may see float32.
 TOLERANCE = 1e-5
 # The IWAE gradients weigh by exp(log w - logsumexp log w), log w hundreds of nats in float32:
 # the weights carry that rounding, about 1e-5 of a weight, into every gradient.
@@ -190,6 +195,7 @@ def check_elbo(
     """Compare Pyro's objectives with the hand-written ones on batch ``x``: the two ELBOs with
     ``num_particles`` particles, at weight 1 and with the KL term weighed by ``kl_weight`` (a beta
     or a warm-up's weight), and the IWAE objective with ``iwae_particles``; see the module doc."""
+    vae, x = _in_float64(vae, x)
     report = ElboCheck()
     rows = [(o, num_particles, w) for w in (1.0, kl_weight) for o in ("trace", "meanfield")]
     rows += [("iwae", iwae_particles, 1.0), ("iwae-dreg", iwae_particles, 1.0)]
@@ -216,6 +222,11 @@ def check_elbo(
     return report
 
 
+def _in_float64(vae: VAE, x: torch.Tensor) -> tuple[VAE, torch.Tensor]:
+    """A float64 copy of ``vae``, and ``x`` in float64: the checks' arithmetic."""
+    return copy.deepcopy(vae).double(), x.double()
+
+
 def _record_failures(report: ElboCheck) -> None:
     for c in report.comparisons:
         if not c.ok:
@@ -236,6 +247,8 @@ def check_label_model(
     :func:`~pyro_vae.elbo.m2_aux_term`, and the step as trained (``x`` unlabelled, then ``x``
     labelled; the sync-free objective) against :func:`~pyro_vae.elbo.m2_objective`, at weight 1
     and with the KL term weighed by ``kl_weight``."""
+    model, x = _in_float64(model, x)
+    y = y.double()
     report = ElboCheck()
     trace, enum = Trace_ELBO(max_plate_nesting=1), TraceEnum_ELBO(max_plate_nesting=1)
     rows: list[tuple[str, Callable, Callable, tuple]] = []
