@@ -366,13 +366,8 @@ def _load_idx_dataset(name: str, data_dir: Path, download: bool) -> Dataset:
     files = _find_idx_files(dirs)
     failure = ""
     if files is None and download:
-        import torchvision.datasets
-
-        try:
-            for train in (True, False):
-                getattr(torchvision.datasets, folder)(str(data_dir), train=train, download=True)
-        except Exception as e:  # no network, a dead mirror, a full disk: all end the same way
-            failure = f"; download failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        splits = ({"train": True}, {"train": False})
+        failure = images.download_with_torchvision(data_dir, folder, splits)
         files = _find_idx_files(dirs)
     if files is None:
         raise DataError(

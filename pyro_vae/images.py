@@ -40,7 +40,7 @@ import pickle
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -394,21 +394,28 @@ def _find_source(name: str, data_dir: Path) -> Path | None:
     return None
 
 
+# How torchvision downloads each of the catalogue: its class, and the keyword arguments of each call
+_DOWNLOADS: dict[str, tuple[str, tuple[dict[str, Any], ...]]] = {
+    "cifar10": ("CIFAR10", ({"train": True},)),  # one archive holds both splits
+    "cifar100": ("CIFAR100", ({"train": True},)),
+    "svhn": ("SVHN", ({"split": "train"}, {"split": "test"})),
+    "celeba": ("CelebA", ({"split": "all", "target_type": []},)),
+}
+
+
 def _download(name: str, data_dir: Path) -> str:
     """Download ``name`` into ``data_dir`` with torchvision; the failure, for the message."""
+    return download_with_torchvision(data_dir, *_DOWNLOADS[name])
+
+
+def download_with_torchvision(root: Path, dataset: str, calls: Sequence[dict[str, Any]]) -> str:
+    """``torchvision.datasets.<dataset>(root, download=True, **call)`` for each of ``calls``:
+    ``""``, or the failure in a few words, to end a data set's not-found message with."""
     import torchvision.datasets
 
-    root = str(data_dir)
     try:
-        if name == "cifar10":
-            torchvision.datasets.CIFAR10(root, train=True, download=True)
-        elif name == "cifar100":
-            torchvision.datasets.CIFAR100(root, train=True, download=True)
-        elif name == "svhn":
-            for split in ("train", "test"):
-                torchvision.datasets.SVHN(root, split=split, download=True)
-        else:
-            torchvision.datasets.CelebA(root, split="all", target_type=[], download=True)
+        for call in calls:
+            getattr(torchvision.datasets, dataset)(str(root), download=True, **call)
     except Exception as e:  # no network, a dead mirror, a full disk: all end the same way
         return f"; download failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
     return ""

@@ -348,7 +348,7 @@ class Trainer:
         self.workers = checks.whole("workers", workers, low=0)
         self.dynamic = needs_binarization(vae.likelihood, data.x_train, binarization)
         self.x_test = eval_inputs(vae.likelihood, data.x_test, binarization)
-        self.streamed = self._check_memory(data, checks.flag("stream", stream))
+        self.streamed = self._place_data(data, checks.flag("stream", stream))
         self._set_up_labels(data, labeled)
         self.x_test = self.x_test.to(self.device)
         vae.to(self.device)
@@ -413,7 +413,7 @@ class Trainer:
                 q = vae.posterior_dist(self.x_test[:1], *(y[:1] for y in self.test_cond))
                 closed_form_kl(vae, q, vae.prior(1, self.x_test))
 
-    def _check_memory(self, data: Dataset, stream: bool) -> bool:
+    def _place_data(self, data: Dataset, stream: bool) -> bool:
         """Whether the training set is streamed (see :mod:`pyro_vae.loader`), said in
         ``history.data``; raises if what must be on the device does not fit there."""
         train_bytes = data.x_train.numel() * data.x_train.element_size()
