@@ -91,6 +91,14 @@ def non_negative(param: str, value: Any) -> float:
     return positive(param, value) if value else 0.0
 
 
+def index(param: str, value: Any, size: int, of: str = "the test set") -> int:
+    """An example's index in a set of ``size`` examples, ``of``: 0 to size - 1."""
+    value = whole(param, value, low=0)
+    if value >= size:
+        raise ConfigError(f"must be 0 to {size - 1}: {of} has {size} examples; got {value}", param)
+    return value
+
+
 def choice(param: str, value: Any, choices: Sequence[str]) -> str:
     """One of ``choices`` (the names of a registry, say)."""
     if not isinstance(value, str) or value not in choices:

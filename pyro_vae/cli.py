@@ -1,5 +1,5 @@
-"""The ``pyro-vae`` command line: train, evaluate, check-elbo, sample, reconstruct, classify and
-list.
+"""The ``pyro-vae`` command line: train, evaluate, check-elbo, sample, reconstruct, encode, score,
+interpolate, classify and list.
 
 It parses flags and calls the library. Flags map onto :class:`~pyro_vae.config.RunConfig`'s
 fields; the library's errors name parameters (``z_dim``), and are printed here with the flags
@@ -15,6 +15,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,18 +27,35 @@ from . import checks, distributed
 from .check import check_elbo, check_label_model, format_check
 from .conditional import one_hot
 from .config import RESUMABLE, RunConfig
-from .data import BINARIZATION, DATASETS, check_labels, eval_inputs, load_dataset, num_classes
+from .data import (
+    BINARIZATION,
+    DATASETS,
+    Dataset,
+    check_labels,
+    eval_inputs,
+    load_dataset,
+    num_classes,
+)
 from .device import resolve_device
 from .elbo import OBJECTIVES
 from .errors import ConfigError, PyroVAEError
 from .guides import GUIDES
+from .interpolation import PATHS, interpolate
 from .likelihoods import LIKELIHOODS
 from .models import MODELS, build_model
 from .nets import NETS
-from .plots import plot_confusion, plot_reconstructions, plot_samples
+from .plots import (
+    plot_confusion,
+    plot_interpolation,
+    plot_reconstructions,
+    plot_samples,
+    plot_typical,
+)
 from .priors import PRIORS
 from .registry import describe, option_names
-from .run import CHECKPOINT, CLASS_PICTURE, RUN_FILES, Run, RunExists
+from .representations import encode, save_codes
+from .run import CHECKPOINT, CLASS_PICTURE, EVALUATION, RUN_FILES, SPLITS, Run, RunExists
+from .scores import COLUMNS, most_and_least_typical, score, write_scores
 from .signals import StopOnSignals
 from .train import COMPILE, TrainingInterrupted
 from .version import __version__
@@ -219,6 +237,8 @@ OPTION_FLAGS = {
                      "flow steps of the flow prior and the iaf guide"),
 }  # fmt: skip
 FIELDS = {"--binarize": "binarization"}
+DATA_FIELDS = [FIELDS.get(flag, flag[2:].replace("-", "_")) for flag in DATA_FLAGS]
+TYPICAL_SHOWN = 8  # examples in each row of score's picture
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,25 +381,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def picture_path(out: str | None, default: Path) -> Path:
-    """The picture file to write: ``--out`` or ``default``, checked before the work is done."""
+def output_path(
+    out: str | None, default: Path, endings: Sequence[str], what: str, flag: str = "--out"
+) -> Path:
+    """The file to write: ``out`` (given as ``flag``) or ``default``, checked before the work is
+    done: not a folder, with one of ``endings`` (``what`` such a file is), in a folder that
+    exists."""
     path = Path(out) if out else default
-    formats = FigureCanvasBase.get_supported_filetypes()
     if path.is_dir():
-        raise ConfigError(f"--out {path} is a folder; name a file such as {path / default.name}")
-    if path.suffix[1:].lower() not in formats:
-        raise ConfigError(
-            f"--out {path}: a picture file needs one of the endings {', '.join(sorted(formats))}"
-        )
+        raise ConfigError(f"{flag} {path} is a folder; name a file such as {path / default.name}")
+    if path.suffix[1:].lower() not in endings:
+        one = f"the ending .{endings[0]}" if len(endings) == 1 else None
+        needs = one or f"one of the endings {', '.join(endings)}"
+        raise ConfigError(f"{flag} {path}: {what} needs {needs}")
     if not path.parent.is_dir():
-        raise ConfigError(f"--out {path}: the folder {path.parent} does not exist")
+        raise ConfigError(f"{flag} {path}: the folder {path.parent} does not exist")
     return path
 
 
-def save_picture(plot: Any, *args: Any, path: Path) -> None:
-    """``plot(*args, path)``, with a failed write (permissions, a full disk) as one line."""
+def picture_path(out: str | None, default: Path, flag: str = "--out") -> Path:
+    """The picture file to write: ``out`` or ``default``, checked before the work is done."""
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    return output_path(out, default, formats, "a picture file", flag)
+
+
+def write_output(write: Any, *args: Any, path: Path) -> None:
+    """``write(*args, path)``, with a failed write (permissions, a full disk) as one line."""
     try:
-        plot(*args, path)
+        write(*args, path)
     except OSError as e:
         raise PyroVAEError(f"cannot write {path} ({e.strerror or e})") from None
 
@@ -389,7 +418,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     name = "samples.png" if args.label is None else f"samples-{args.label}.png"
     out = picture_path(args.out, run.path / name)
     pyro.set_rng_seed(args.seed)
-    save_picture(plot_samples, run.vae.sample(args.num, label=args.label), path=out)
+    write_output(plot_samples, run.vae.sample(args.num, label=args.label), path=out)
     of = "" if args.label is None else f" of class {args.label}"
     print(f"wrote {args.num} samples{of} to {out}")
     return 0
@@ -399,7 +428,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     run = Run.open(args.run_dir, device=args.device)
     out = picture_path(args.out, run.path / "reconstructions.png")
     x, reconstructions = run.reconstructions(args.num, args.device)
-    save_picture(plot_reconstructions, x, reconstructions, path=out)
+    write_output(plot_reconstructions, x, reconstructions, path=out)
     print(f"wrote {len(x)} test images and their reconstructions to {out}")
     return 0
 
@@ -410,9 +439,70 @@ def cmd_classify(args: argparse.Namespace) -> int:
     result = run.classify(args.device)
     accuracy, n = result["test_accuracy"], len(run.data.x_test)
     title = f"{run.path.name}: test accuracy {accuracy:.4f} ({n} images)"
-    save_picture(plot_confusion, result["confusion"], title, path=out)
+    write_output(plot_confusion, result["confusion"], title, path=out)
     print(f"test accuracy: {accuracy:.4f} ({n} test images)")
     print(f"wrote the confusion matrix to {out}")
+    return 0
+
+
+def _data_of(run: Run, args: argparse.Namespace) -> Dataset:
+    """The data the data flags name on top of the run's own data settings."""
+    given = {name: value for name in DATA_FIELDS if (value := getattr(args, name)) is not None}
+    return run.data_of(run.config.replace(**given))
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    run = Run.open(args.run_dir, device=args.device)
+    out = output_path(args.out, run.path / "codes.npz", ["npz"], "a NumPy archive")
+    data = _data_of(run, args)
+    seed = run.config.seed if args.seed is None else args.seed
+    x, labels = run.inputs(args.split, data)
+    codes = encode(run.vae, x, labels, seed=seed, progress=not args.quiet)
+    write_output(save_codes, codes, path=out)
+    shape = "x".join(map(str, codes.mean.shape))
+    also = ", labels" if labels is not None else ""
+    print(f"wrote the codes of {len(x)} {args.split} examples to {out} (mean, scale {shape}{also})")
+    if args.no_probe or data.y_train is None or data.y_test is None:
+        return 0
+    probe = run.linear_probe(data, progress=not args.quiet)
+    print(
+        f"linear probe (logistic regression on the posterior means): test accuracy "
+        f"{probe.accuracy:.4f} (always the most common label: {probe.chance:.4f})"
+    )
+    if data is run.data:
+        print(f"wrote {run.path / EVALUATION}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    run = Run.open(args.run_dir, device=args.device)
+    out = output_path(args.out, run.path / "scores.csv", ["csv"], "a CSV file")
+    picture = picture_path(args.picture, run.path / "typical.png", "--picture")
+    data = _data_of(run, args)
+    seed = run.config.seed if args.seed is None else args.seed
+    x, labels = run.inputs(args.split, data)
+    scores = score(run.vae, x, args.iwae_k, labels=labels, seed=seed, progress=not args.quiet)
+    write_output(partial(write_scores, labels=labels), scores, path=out)
+    most, least = most_and_least_typical(scores["log_px"], TYPICAL_SHOWN)
+    write_output(plot_typical, x[most], x[least], path=picture)
+    print(f"scored {len(x)} {args.split} examples of {data.name} (IWAE k={args.iwae_k}); means:")
+    for name, values in scores.items():
+        print(f"  {name:<16}{float(values.mean()):12.4f}   {COLUMNS[name]}")
+    print(f"wrote {out} and the most and least typical examples to {picture}")
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    run = Run.open(args.run_dir, device=args.device)
+    name = f"interpolation-{args.from_index}-{args.to_index}.png"
+    out = picture_path(args.out, run.path / name)
+    size = len(run.data.x_test)
+    ends = [checks.index(p, getattr(args, p), size) for p in ("from_index", "to_index")]
+    x = run.test_images(torch.tensor(ends), args.device)
+    images = interpolate(run.vae, x[0], x[1], args.steps, args.path)
+    title = f"test example {ends[0]} to {ends[1]}, {args.path} path"
+    write_output(partial(plot_interpolation, title=title), images, path=out)
+    print(f"wrote {args.steps} images from test example {ends[0]} to {ends[1]} to {out}")
     return 0
 
 
@@ -485,9 +575,12 @@ def _options() -> dict[str, tuple[Any, str]]:
     return {flag: (values, help) for flag, (_, _, values, help) in OPTION_FLAGS.items()}
 
 
-def _add_flags(p: argparse.ArgumentParser, flags: dict[str, tuple[Any, str]]) -> None:
-    """Flags whose value, when given, overrides a setting (default ``None``: not given)."""
-    defaults = RunConfig().to_dict()
+def _add_flags(
+    p: argparse.ArgumentParser | Any, flags: dict[str, tuple[Any, str]], shown: bool = True
+) -> None:
+    """Flags whose value, when given, overrides a setting (default ``None``: not given); their
+    help shows RunConfig's default if ``shown``."""
+    defaults = RunConfig().to_dict() if shown else {}
     for flag, (values, help) in flags.items():
         dest = FIELDS.get(flag, flag[2:].replace("-", "_"))
         default = defaults.get(dest)
@@ -589,6 +682,94 @@ def _add_run_commands(commands: Any) -> None:
     p.set_defaults(func=cmd_reconstruct)
 
 
+def _add_use_commands(commands: Any) -> None:
+    """encode, score and interpolate: what a trained VAE is for."""
+    run_dir = {"metavar": "RUN_DIR", "help": "a folder written by pyro-vae train"}
+    seed = {
+        "type": whole(checks.seed, "seed"),
+        "help": "seed of the Monte Carlo draws (default: the run's)",
+    }
+    device = {"default": "cpu", "help": "auto, cpu, cuda or cuda:N (default: cpu)"}
+    split = {
+        "choices": SPLITS,
+        "default": "test",
+        "help": "which split of the data to use (default: test)",
+    }
+    p = commands.add_parser(
+        "encode",
+        help="the guide's codes (posterior means and scales) of a data set, into an .npz; "
+        "a linear probe's accuracy where there are labels",
+        description="Write each example's code, E_q[z|x] and the standard deviations of "
+        "q(z|x), and its label, to an .npz. With labels, fit a logistic regression on the "
+        "training split's codes and report its test accuracy (written to "
+        "RUN_DIR/evaluation.json for the run's own data).",
+    )
+    p.add_argument("run_dir", **run_dir)
+    _add_flags(p.add_argument_group("data (default: the run's own)"), DATA_FLAGS, shown=False)
+    p.add_argument("--split", **split)
+    p.add_argument("--out", help="the .npz file to write (default: RUN_DIR/codes.npz)")
+    p.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    p.add_argument("--seed", **seed)
+    p.add_argument("--device", **device)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_encode)
+
+    p = commands.add_parser(
+        "score",
+        help="per-example log p(x), ELBO and complexity-corrected scores, into a CSV; a "
+        "picture of the most and least typical examples",
+        description="Score each example: its IWAE estimate of log p(x), a one-sample ELBO, "
+        "bits per dimension and, for discrete likelihoods, the input-complexity corrected "
+        "score log2 p(x) + L(x) (Serra et al. 2020). Higher means more typical. Score another "
+        "data set of the same shape with the data flags, for out-of-distribution detection.",
+    )
+    p.add_argument("run_dir", **run_dir)
+    _add_flags(p.add_argument_group("data (default: the run's own)"), DATA_FLAGS, shown=False)
+    p.add_argument("--split", **split)
+    p.add_argument(
+        "--iwae-k",
+        type=whole(checks.count, "iwae_k"),
+        default=1000,
+        help="particles of each example's IWAE estimate of log p(x) (default: 1000)",
+    )
+    p.add_argument("--out", help="the CSV file to write (default: RUN_DIR/scores.csv)")
+    p.add_argument(
+        "--picture",
+        help="picture of the most and least typical examples (default: RUN_DIR/typical.png)",
+    )
+    p.add_argument("--seed", **seed)
+    p.add_argument("--device", **device)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_score)
+
+    p = commands.add_parser(
+        "interpolate",
+        help="a picture of the images decoded between the codes of two test examples",
+    )
+    p.add_argument("run_dir", **run_dir)
+    index = whole(lambda p, v: checks.whole(p, v, low=0), "index")
+    p.add_argument("--from", dest="from_index", type=index, required=True, metavar="I",
+                   help="the test example to start from")  # fmt: skip
+    p.add_argument("--to", dest="to_index", type=index, required=True, metavar="J",
+                   help="the test example to end at")  # fmt: skip
+    p.add_argument(
+        "--steps",
+        type=whole(lambda p, v: checks.whole(p, v, low=2, high=checks.MAX_IMAGES), "steps"),
+        default=10,
+        help="images along the path, its ends included (default: 10)",
+    )
+    p.add_argument(
+        "--path",
+        choices=list(PATHS),
+        default="linear",
+        help="linear: a straight line between the codes; spherical: the great circle, which "
+        "keeps the codes' norms typical for a Gaussian prior (default: linear)",
+    )
+    p.add_argument("--out", help="PNG file to write (default: RUN_DIR/interpolation-I-J.png)")
+    p.add_argument("--device", **device)
+    p.set_defaults(func=cmd_interpolate)
+
+
 def _add_classify_parser(commands: Any) -> None:
     p = commands.add_parser(
         "classify",
@@ -658,6 +839,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train_parser(commands)
     _add_run_commands(commands)
+    _add_use_commands(commands)
     _add_classify_parser(commands)
     p = commands.add_parser(
         "list", help="the models and the registered priors, likelihoods and guides"

@@ -37,7 +37,7 @@ from pyro.infer import ELBO
 from torch.distributions import kl_divergence
 
 from .checks import MAX_PARTICLES
-from .conditional import CVAE, M2, every_label
+from .conditional import CVAE, M2, every_label, one_hot
 from .device import random_state_kept
 from .errors import ConfigError, PyroVAEError
 from .guides import DiagonalNormal
@@ -58,6 +58,16 @@ LossFn = Callable[..., torch.Tensor]  # (x, kl_weight=1.0) -> loss
 EVAL_BATCH_SIZE = 1000
 # iwae_bound holds at most about this many decoder outputs at once, whatever k is.
 IWAE_CHUNK_ELEMENTS = 2**24
+
+
+def label_batches(x: torch.Tensor, y: torch.Tensor | None, classes: int) -> list[tuple]:
+    """``x`` in batches of EVAL_BATCH_SIZE, each with its one-hot labels ``(y,)`` from the
+    integer labels ``y``, or ``()`` without labels (``y`` or ``classes`` None or 0)."""
+    batches = x.split(EVAL_BATCH_SIZE)
+    if y is None or not classes:
+        return [(batch,) for batch in batches]
+    labels = y.split(EVAL_BATCH_SIZE)
+    return [(b, one_hot(t, classes, b)) for b, t in zip(batches, labels, strict=True)]
 
 
 def normal_log_density(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

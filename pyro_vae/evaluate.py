@@ -41,15 +41,16 @@ from .data import Dataset, as_floats, check_shape, eval_inputs
 from .device import random_state_kept
 from .distributions import DiscretizedLogisticDistribution
 from .elbo import (
-    EVAL_BATCH_SIZE,
     dataset_elbo,
     iwae_bound,
     iwae_chunk,
     iwae_chunk_size,
+    label_batches,
     m2_iwae_bound,
 )
 from .model import VAE
 from .registry import name_of
+from .representations import encode
 
 # The independent discretized logistic is fitted by this many Adam steps from its moments: its
 # two numbers per value settle long before.
@@ -128,31 +129,13 @@ def add_bits_per_dim(result: dict[str, Any], vae: VAE) -> dict[str, Any]:
     return result
 
 
-def label_batches(x: torch.Tensor, y: torch.Tensor | None, classes: int) -> list[tuple]:
-    """``x`` in batches of EVAL_BATCH_SIZE, each with its one-hot labels ``(y,)`` from the
-    integer labels ``y``, or ``()`` without labels (``y`` or ``classes`` None or 0)."""
-    batches = x.split(EVAL_BATCH_SIZE)
-    if y is None or not classes:
-        return [(batch,) for batch in batches]
-    labels = y.split(EVAL_BATCH_SIZE)
-    return [(b, one_hot(t, classes, b)) for b, t in zip(batches, labels, strict=True)]
-
-
-@torch.no_grad()
 def posterior_means(
     vae: VAE, x: torch.Tensor, num_samples: int = 256, labels: torch.Tensor | None = None
 ) -> torch.Tensor:
     """E_q[z|x] for each example, ``(B, z_dim)``: exact where the guide has a mean, else the
     average of ``num_samples`` draws (flows); q(z|x,y) at the integer ``labels`` for the label
-    models."""
-    means = []
-    for batch, *cond in label_batches(x, labels, vae.num_classes):
-        q = vae.posterior_dist(batch, *cond)
-        try:
-            means.append(q.mean)
-        except NotImplementedError:
-            means.append(q.rsample((num_samples,)).mean(0))
-    return torch.cat(means)
+    models (:func:`~pyro_vae.representations.encode`)."""
+    return encode(vae, x, labels, num_samples=num_samples).mean
 
 
 def active_units(
@@ -183,12 +166,14 @@ def iwae_log_likelihood(
 
 
 class IWAEEstimate(NamedTuple):
-    """The mean IWAE bound (nats per example), what became of compiling it, and the seconds that
-    capturing and compiling took."""
+    """The mean IWAE bound (nats per example), what became of compiling it, the seconds that
+    capturing and compiling took, and the bound of each example (``(N,)``, on the data's
+    device)."""
 
     value: float
     compile: str
     compile_seconds: float
+    per_example: torch.Tensor
 
 
 def iwae_estimate(
@@ -222,7 +207,7 @@ def iwae_estimate(
     full_chunks = sum(1 for b in batches if b[0].shape == batches[0][0].shape) * per_batch
     decide_at = 0 if compile == "on" else 1  # "auto" first times a batch
     status = "off" if compile == "off" else "the IWAE bound stayed eager: too few batches to decide"
-    compiled, total, elapsed, seconds = None, 0.0, 0.0, 0.0
+    compiled, total, elapsed, seconds, bounds = None, 0.0, 0.0, 0.0, []
     with random_state_kept(x.device):
         torch.manual_seed(seed)
         for i, (batch, *cond) in enumerate(tqdm(batches, desc=f"IWAE k={k}", disable=not progress)):
@@ -245,8 +230,9 @@ def iwae_estimate(
                 else:
                     bound = iwae_bound(vae, batch, k, full_chunk, tuple(cond))
                 total += float(bound.sum())
+            bounds.append(bound)
             elapsed = time.perf_counter() - start
-    return IWAEEstimate(total / len(x), status, seconds)
+    return IWAEEstimate(total / len(x), status, seconds, torch.cat(bounds))
 
 
 @torch.no_grad()

@@ -96,6 +96,23 @@ def plot_samples(images: torch.Tensor, path: str | Path | None = None, nrow: int
     return plot_grid(images, nrow=nrow, title="samples from the model", path=path)
 
 
+def plot_typical(
+    most: torch.Tensor, least: torch.Tensor, path: str | Path | None = None, what: str = "log p(x)"
+) -> Figure:
+    """The inputs a model finds most typical (top row, the most first) and least typical
+    (bottom row, the least first) by the score ``what``."""
+    n = max(len(most), 1)
+    title = f"top: highest {what}; bottom: lowest {what}"
+    return plot_grid(torch.cat([as_images(most), as_images(least)]), nrow=n, title=title, path=path)
+
+
+def plot_interpolation(
+    images: torch.Tensor, path: str | Path | None = None, title: str = "interpolation"
+) -> Figure:
+    """Images decoded along a path in the latent space, in one row, from its start to its end."""
+    return plot_grid(images, nrow=len(images), title=title, path=path)
+
+
 def plot_class_samples(model: Any, path: str | Path | None = None, per_class: int = 8) -> Figure:
     """``per_class`` samples of each class of a label model (E[x | y, z], z ~ p(z)), a column
     per class, labelled 0 .. K-1 from left to right."""

@@ -7,7 +7,7 @@
 | ``summary.json``     | the final figures, the device and the versions, when training ends       |
 | ``*.png``            | test images over their reconstructions, samples, ELBO curves, and for    |
 |                      | the label models a column of samples per class (``classes.png``)         |
-| ``evaluation.json``  | :meth:`Run.evaluate`'s figures                                           |
+| ``evaluation.json``  | :meth:`Run.evaluate`'s figures, and the linear probe's (:meth:`record`)  |
 +----------------------+--------------------------------------------------------------------------+
 
 ::
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any
 import pyro
 import torch
 
-from . import distributed
+from . import checks, distributed
 from .checkpoint import (
     atomic_write,
     load_checkpoint,
@@ -66,6 +67,7 @@ from .evaluate import (
 from .model import VAE
 from .models import MODELS, build_model
 from .plots import plot_class_samples, plot_elbo, plot_reconstructions, plot_samples
+from .representations import Probe, encode, linear_probe
 from .train import History, TrainState, train
 from .version import __version__
 
@@ -73,6 +75,7 @@ CONFIG, CHECKPOINT, METRICS, SUMMARY = "config.json", "checkpoint.pt", "metrics.
 PICTURES = ("reconstructions.png", "samples.png", "elbo.png")
 RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT, *PICTURES)
 EVALUATION = "evaluation.json"
+SPLITS = ("train", "test")
 CLASS_PICTURE = "classes.png"  # the label models' samples, a column per class
 
 
@@ -246,9 +249,14 @@ class Run:
         vae, data = self.vae, self.data
         m = len(data.x_test)
         index = torch.linspace(0, m - 1, min(n, m)).round().long()
-        x = as_floats(data.x_test[index].to(resolve_device(device)))
+        x = self.test_images(index, device)
         given = (one_hot(data.y_test[index], vae.num_classes, x),) if vae.labels == "all" else ()
         return x, vae.reconstruct(x, *given)
+
+    def test_images(self, index: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+        """The test images at ``index`` as they are (grey levels, not binarized), on ``device``:
+        the inputs of the pictures of reconstructions and interpolations."""
+        return as_floats(self.data.x_test[index].to(resolve_device(device)))
 
     def classify(self, device: str | torch.device = "cpu") -> dict[str, Any]:
         """The test accuracy of M2's classifier, argmax q(y|x) (``test_accuracy``), and the
@@ -267,6 +275,65 @@ class Run:
             "test_accuracy": float((predicted.cpu() == labels).double().mean()),
             "confusion": confusion_matrix(predicted, labels, vae.num_classes),
         }
+
+    def data_of(self, config: RunConfig) -> Dataset:
+        """The data set that ``config``'s data settings name, checked against the run's model:
+        :attr:`data` when they are the run's own, another data set of the same shape otherwise."""
+        if config.dataset == self.config.dataset and (
+            config.data_options() == self.config.data_options()
+        ):
+            return self.data
+        data = load_dataset(config.dataset, **config.data_options())
+        check_shape(self.vae.x_shape, data, f"data set {config.dataset!r}")
+        return data
+
+    def inputs(
+        self, split: str = "test", data: Dataset | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``split`` (``"train"`` or ``"test"``) of ``data`` (default: the run's own) as the
+        model scores it, binarized as the run's test set is if the likelihood needs it
+        (:func:`~pyro_vae.data.eval_inputs`), on the VAE's device, with its integer labels (or
+        ``None``)."""
+        data = self.data if data is None else data
+        x, y = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}[
+            checks.choice("split", split, SPLITS)
+        ]
+        device = next(self.vae.parameters()).device
+        x = eval_inputs(self.vae.likelihood, x.to(device), self.config.binarization)
+        return x, None if y is None else y.to(device)
+
+    def linear_probe(self, data: Dataset | None = None, *, progress: bool = False) -> Probe:
+        """A linear probe of the run's codes (:func:`~pyro_vae.representations.linear_probe`),
+        fitted on the training split of ``data`` (default: the run's own) and scored on its test
+        split. On the run's own data it is also recorded in ``evaluation.json``, as
+        ``linear_probe_accuracy`` and ``linear_probe_chance``. The label models' codes are of
+        q(z|x,y) at the true labels, so their probe says how much of y leaks into z."""
+        seed = self.config.seed
+        train, test = (
+            encode(self.vae, *self.inputs(split, data), seed=seed, progress=progress)
+            for split in SPLITS
+        )
+        probe = linear_probe(train, test, seed=seed)
+        if data is None or data is self._data:
+            self.record(
+                {"linear_probe_accuracy": probe.accuracy, "linear_probe_chance": probe.chance}
+            )
+        return probe
+
+    def record(self, figures: dict[str, Any]) -> dict[str, Any]:
+        """Add ``figures`` to ``evaluation.json`` and return what it then holds: the figures
+        already there stay if they are of the same epoch (they are dropped otherwise)."""
+        path, kept = self.path / EVALUATION, {}
+        try:
+            kept = json.loads(path.read_text())
+        except (OSError, ValueError):  # none yet, or unreadable: these figures start it afresh
+            pass
+        if not isinstance(kept, dict) or kept.get("epoch") != self.state.epoch:
+            kept = {}
+        kept |= figures | {"epoch": self.state.epoch}
+        if distributed.is_main_process():
+            write_json(path, kept)
+        return kept
 
     def evaluate(
         self,
@@ -292,7 +359,7 @@ class Run:
             self.vae, self.data, seed=seed, iwae_k=iwae_k, progress=progress, **settings
         )
         result["epoch"] = self.state.epoch
-        write_json(self.path / EVALUATION, result)
+        self.record(result)
         return result
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pyro_vae.cli import main
-from pyro_vae.run import CHECKPOINT, CONFIG
+from pyro_vae.run import CHECKPOINT, CONFIG, Run
 
 FAST = ["--z-dim", "4", "--hidden-dims", "32", "--epochs", "1", "--quiet"]
 DIGITS = ["--dataset", "digits", *FAST]
@@ -201,6 +201,9 @@ BAD_NUMBERS = [
     (["check-elbo", "RUN", "--num-particles", str(10**9)], "--num-particles: must be at most 1000"),
     (["check-elbo", "RUN", "--batch-size", "0"], "argument --batch-size: must be at least 1"),
     (["check-elbo", "RUN", "--seed", "-5"], "argument --seed: must be at least 0, got -5"),
+    (["score", "RUN", "--iwae-k", "0"], "argument --iwae-k: must be at least 1, got 0"),
+    (["interpolate", "RUN", "--from", "-1", "--to", "2"], "argument --from: must be at least 0"),
+    (["interpolate", "RUN", "--from", "0", "--to", "1", "--steps", "1"], "--steps: must be at le"),
 ]
 
 
@@ -325,7 +328,15 @@ def run_on_replaced_data(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "command", [["evaluate", "--iwae-k", "10", "--quiet"], ["reconstruct"], ["check-elbo"]]
+    "command",
+    [
+        ["evaluate", "--iwae-k", "10", "--quiet"],
+        ["reconstruct"],
+        ["check-elbo"],
+        ["encode", "--quiet"],
+        ["score", "--iwae-k", "2", "--quiet"],
+        ["interpolate", "--from", "0", "--to", "1"],
+    ],
 )
 def test_data_of_another_shape_than_the_model_is_one_line(run_on_replaced_data, capsys, command):
     run, path = run_on_replaced_data
@@ -334,6 +345,45 @@ def test_data_of_another_shape_than_the_model_is_one_line(run_on_replaced_data, 
         f"pyro-vae: error: the data set of {run}, npz ({path}), has examples of shape "
         "(1, 6, 6) but the model expects (1, 8, 8)"
     )
+
+
+def test_an_example_index_out_of_range_is_one_line(run_dir, capsys):
+    size = len(Run.open(run_dir).data.x_test)
+    line = one_error_line(capsys, ["interpolate", str(run_dir), "--from", "0", "--to", "9999"])
+    assert line == (
+        f"pyro-vae: error: --to must be 0 to {size - 1}: the test set has {size} examples; got 9999"
+    )
+
+
+@pytest.mark.parametrize("command", ["encode", "score"])
+def test_other_data_of_another_shape_is_one_line(run_dir, tmp_path, capsys, command):
+    path = npz(tmp_path / "big.npz", x_train=images(4, side=28), x_test=images(2, side=28))
+    argv = [command, str(run_dir), "--dataset", "npz", "--data-path", path, "--quiet"]
+    line = one_error_line(capsys, argv)
+    assert line == (
+        "pyro-vae: error: data set 'npz' has examples of shape (1, 28, 28) but the model "
+        "expects (1, 8, 8)"
+    )
+
+
+MISSING = "the folder {tmp}/nowhere does not exist"
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["encode", "--out", "{tmp}/nowhere/c.npz"], "--out {tmp}/nowhere/c.npz: " + MISSING),
+        (["encode", "--out", "{tmp}/c.txt"], "--out {tmp}/c.txt: a NumPy archive needs the end"),
+        (["score", "--out", "{tmp}/nowhere/s.csv"], "--out {tmp}/nowhere/s.csv: " + MISSING),
+        (["score", "--picture", "{tmp}/nowhere/t.png"], "--picture {tmp}/nowhere/t.png: the fo"),
+        (["interpolate", "--from", "0", "--to", "1", "--out", "{tmp}/nowhere/i.png"], MISSING),
+    ],
+)  # fmt: skip
+def test_an_output_file_in_a_missing_folder_is_one_line(run_dir, tmp_path, capsys, argv, expected):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    line = one_error_line(capsys, [argv[0], str(run_dir), *argv[1:]])
+    assert line.startswith("pyro-vae: error: ") and expected.format(tmp=tmp_path) in line, line
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", ["sample", "reconstruct"])
@@ -447,6 +497,7 @@ def test_labels_out_of_the_runs_range_are_one_line(cvae_run, capsys):
         ("cvae", ["sample", "--label", "12"], "--label must be at most 9, got 12"),
         ("vae", ["classify"], "which has no classifier; train one with --model m2"),
         ("cvae", ["classify"], "holds model 'cvae', which has no classifier"),
+        ("cvae", ["interpolate", "--from", "0", "--to", "1"], "model 'cvae' decodes p(x | y, z)"),
     ],
 )
 def test_labels_asked_of_a_model_without_them_are_one_line(

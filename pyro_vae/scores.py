@@ -1,0 +1,134 @@
+"""Anomaly and out-of-distribution scores: how typical a trained VAE finds each input.
+
+The natural score of an input is its log-likelihood, log p(x), here the IWAE estimate with k
+particles (:func:`~pyro_vae.evaluate.iwae_estimate`): an input unlike the training set should be
+improbable. Deep generative models, however, often give *higher* likelihood to simpler inputs
+from another distribution than to their own test set (Nalisnick et al. 2019, "Do Deep Generative
+Models Know What They Don't Know?", arXiv:1810.09136): a Fashion-MNIST model finds MNIST digits,
+mostly black, more probable than clothes. The likelihood is dominated by how complex an input is.
+
+Serra et al. 2020 ("Input Complexity and Out-of-distribution Detection with Likelihood-based
+Generative Models", arXiv:1909.11480) correct for this with the length L(x), in bits, of a lossless
+compression of x by a general-purpose image compressor (here PNG, at its strongest setting): it
+estimates -log2 of a universal model's p(x), and the difference
+
+    corrected(x) = log2 p(x) + L(x)
+
+is a likelihood ratio between the VAE and that universal model (Serra et al.'s S(x) is its
+negative). It is only defined where p(x) is a probability of the discrete input (Bernoulli and
+discretized-logistic likelihoods, ``likelihood.discrete``); for a density it is not given.
+
+Every score here is larger for a more typical input: in-distribution inputs should score high.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from .checkpoint import atomic_write
+from .errors import DataError
+from .evaluate import bits_per_dim, iwae_estimate
+from .model import VAE
+
+# Each score, the column of scores.csv that holds it, and what it is.
+COLUMNS = {
+    "log_px": "IWAE estimate of log p(x), nats",
+    "elbo": "one-sample ELBO estimate (the bound with k = 1), nats",
+    "bits_per_dim": "-log2 p(x) / D, D the values of an example (lower: more typical)",
+    "complexity_bits": "L(x), bits of x compressed losslessly as a PNG (discrete likelihoods)",
+    "corrected": "log2 p(x) + L(x), bits: Serra et al.'s input-complexity correction",
+}
+
+
+def score(
+    vae: VAE,
+    x: torch.Tensor,
+    k: int = 1000,
+    *,
+    labels: torch.Tensor | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    compile: str = "off",
+) -> dict[str, torch.Tensor]:
+    """Each example's scores, by the names of :data:`COLUMNS`, each ``(N,)`` float64 on the CPU.
+
+    ``x`` are the examples as the model scores them (see :func:`~pyro_vae.data.eval_inputs`).
+    ``log_px`` is the IWAE bound of each example with ``k`` particles and ``seed``, the numbers
+    whose mean :func:`~pyro_vae.evaluate.iwae_estimate` gives; ``elbo`` the same with one
+    particle. For the conditional VAE both are of log p(x | y) at the integer ``labels``; for M2
+    of log p(x), its labels summed out. ``complexity_bits`` and ``corrected`` are given for the
+    likelihoods of discrete inputs only.
+    """
+    if vae.labels == "all" and labels is None:
+        raise DataError(f"model {vae.kind!r} scores log p(x | y) and needs the examples' labels")
+    kind = {"labels": labels, "seed": seed, "progress": progress}
+    log_px = iwae_estimate(vae, x, k, compile=compile, **kind).per_example.double().cpu()
+    elbo = iwae_estimate(vae, x, 1, **kind).per_example.double().cpu()
+    scores = {"log_px": log_px, "elbo": elbo, "bits_per_dim": bits_per_dim(log_px, vae.x_shape)}
+    if getattr(vae.likelihood, "discrete", False):
+        scores["complexity_bits"] = compressed_bits(x)
+        scores["corrected"] = log_px / math.log(2) + scores["complexity_bits"]
+    return scores
+
+
+def compressed_bits(x: torch.Tensor) -> torch.Tensor:
+    """L(x): the length in bits of each example of ``x`` (values in [0, 1], shaped ``(N, C, H,
+    W)`` or ``(N, D)``) as a PNG file at compression level 9, after rounding to 8 bits. One or
+    three channels make one grey or colour picture; other numbers, a grey picture per channel."""
+    pixels = (x.detach().cpu().double() * 255).round().clamp(0, 255).to(torch.uint8)
+    if pixels.dim() == 2:  # flat vectors: one row of pixels
+        pixels = pixels[:, None, None, :]
+    bits = [_png_bits(example) for example in pixels.numpy()]
+    return torch.tensor(bits, dtype=torch.float64)
+
+
+def _png_bits(example: np.ndarray) -> int:  # (C, H, W) uint8
+    planes = [example.transpose(1, 2, 0)] if len(example) == 3 else list(example)
+    total = 0
+    for plane in planes:
+        buffer = io.BytesIO()
+        Image.fromarray(plane).save(buffer, format="PNG", compress_level=9)
+        total += 8 * buffer.tell()
+    return total
+
+
+def auroc(inliers: torch.Tensor, outliers: torch.Tensor) -> float:
+    """The area under the ROC curve of telling ``inliers`` from ``outliers`` by their scores,
+    higher meaning more typical: the probability that a random inlier scores above a random
+    outlier (ties count half). 1 is perfect, 0.5 chance, below 0.5 the score points the wrong
+    way."""
+    truth = [1] * len(inliers) + [0] * len(outliers)
+    return float(roc_auc_score(truth, torch.cat([inliers, outliers]).double().numpy()))
+
+
+def most_and_least_typical(values: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The indices of the ``n`` largest ``values``, largest first, and of the ``n`` smallest,
+    smallest first (fewer when there are fewer values)."""
+    n = min(n, len(values))
+    order = torch.argsort(values, descending=True, stable=True)
+    return order[:n], order.flip(0)[:n]
+
+
+def write_scores(
+    scores: Mapping[str, torch.Tensor], path: str | Path, labels: torch.Tensor | None = None
+) -> None:
+    """``scores`` as a CSV file, a row per example: ``index``, ``label`` (if ``labels``), then
+    the scores' columns."""
+    names = ["index", *(["label"] if labels is not None else []), *scores]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(names)
+    columns = [s.tolist() for s in scores.values()]
+    if labels is not None:
+        columns.insert(0, labels.tolist())
+    writer.writerows([i, *row] for i, row in enumerate(zip(*columns, strict=True)))
+    atomic_write(Path(path), lambda f: f.write(buffer.getvalue().encode()))
