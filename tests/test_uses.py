@@ -66,7 +66,7 @@ def test_the_linear_probe_of_trained_codes_beats_chance_and_untrained_codes(trai
 
 def test_a_probe_is_exact_on_separable_codes_and_at_chance_on_unrelated_ones():
     generator = torch.Generator().manual_seed(0)
-    labels = torch.arange(400) % 4
+    labels = (torch.arange(400) % 5).clamp(max=3)  # label 3 twice as common as the others
     centres = torch.randn(4, 6, generator=generator) * 10
     separable = centres[labels] + torch.randn(400, 6, generator=generator)
     train = Codes(separable[:300], separable[:300], labels[:300])
@@ -75,7 +75,7 @@ def test_a_probe_is_exact_on_separable_codes_and_at_chance_on_unrelated_ones():
     noise = torch.randn(400, 6, generator=generator)
     unrelated = linear_probe(Codes(noise[:300], noise[:300], labels[:300]),
                              Codes(noise[300:], noise[300:], labels[300:]))  # fmt: skip
-    assert abs(unrelated.accuracy - 0.25) < 0.15 and unrelated.chance == 0.25
+    assert unrelated.chance == 0.4 and unrelated.accuracy < 0.55
 
 
 def test_evaluate_keeps_the_probe_of_the_same_epoch(trained):
