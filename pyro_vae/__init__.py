@@ -10,6 +10,9 @@ or, with a run folder (what ``pyro-vae train`` writes):
 
 >>> run = pyro_vae.Run.create("runs/digits", pyro_vae.RunConfig(epochs=20))
 >>> history = run.train()
+
+and then use it: ``pyro_vae.encode`` (codes), ``pyro_vae.linear_probe``, ``pyro_vae.score``
+(log p(x) and out-of-distribution scores per example), ``pyro_vae.interpolate`` (latent walks).
 """
 
 from .conditional import CVAE, M2
@@ -18,9 +21,12 @@ from .data import Dataset, load_dataset
 from .elbo import dataset_elbo
 from .errors import ConfigError, DataError, PyroVAEError
 from .evaluate import evaluate
+from .interpolation import interpolate
 from .model import VAE
 from .models import MODELS, build_model
+from .representations import encode, linear_probe
 from .run import Run
+from .scores import score
 from .train import History, train
 from .version import __version__
 
@@ -39,7 +45,11 @@ __all__ = [
     "__version__",
     "build_model",
     "dataset_elbo",
+    "encode",
     "evaluate",
+    "interpolate",
+    "linear_probe",
     "load_dataset",
+    "score",
     "train",
 ]

