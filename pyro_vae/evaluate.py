@@ -12,7 +12,7 @@
   value costs finite nats), or an independent discretized logistic per pixel and channel
   (:func:`independent_logistic_log_likelihood`). A VAE that has learned anything about shapes
   beats it widely.
-- ``*_bits_per_dim`` (likelihoods of probabilities, not densities: ``likelihood.discrete``): each
+- ``*_bits_per_dim`` (likelihoods of probabilities, not densities: ``likelihood.levels``): each
   of these figures as ``-log2 p(x) / D``, D the values of an example (pixels times channels), the
   unit of the image-modelling literature (:func:`bits_per_dim`).
 
@@ -121,8 +121,8 @@ def bits_per_dim(log_likelihood: float, x_shape: tuple[int, ...]) -> float:
 
 def add_bits_per_dim(result: dict[str, Any], vae: VAE) -> dict[str, Any]:
     """``result`` with each figure of :data:`BITS_PER_DIM` it holds also in bits per dimension,
-    when ``vae``'s likelihood gives probabilities (``likelihood.discrete``)."""
-    if getattr(vae.likelihood, "discrete", False):
+    when ``vae``'s likelihood gives probabilities (``likelihood.levels`` is not None)."""
+    if getattr(vae.likelihood, "levels", None):
         for key, name in BITS_PER_DIM.items():
             if result.get(key) is not None:
                 result[name] = bits_per_dim(result[key], vae.x_shape)

@@ -6,8 +6,9 @@ decoder outputs it needs per pixel (``params_per_pixel``), turns the decoder's o
 (``forward``) and into the expected image (``mean``, for pictures), and checks data before training
 starts (``check_data``) so that a bad value is one clear line, not a validation error mid-epoch.
 ``binary = True`` marks likelihoods that need 0/1 data: grey data is then binarized by the trainer.
-``discrete = True`` marks those whose p(x|z) is a probability, not a density, so that -log2 p(x)
-is a length in bits and the test figures are also given in bits per dimension.
+``levels``, the number of values a pixel can take, marks those whose p(x|z) is a probability, not
+a density (``None``): -log2 p(x) is then a length in bits, the test figures are also given in bits
+per dimension, and an image's compressed length is measured at that many levels.
 
 Everything a distribution is built from comes from the decoder's output or from the likelihood's
 own parameters (a learned scale is an ``nn.Parameter`` of the likelihood, so it is in the VAE's
@@ -93,7 +94,7 @@ class Bernoulli(nn.Module):
     description = "independent Bernoulli pixels; grey data is binarized afresh in each batch"
     params_per_pixel = 1
     binary = True
-    discrete = True
+    levels = 2
 
     def __init__(self, x_shape: Sequence[int]):
         super().__init__()
@@ -133,7 +134,7 @@ class ContinuousBernoulli(nn.Module):
     )
     params_per_pixel = 1
     binary = False
-    discrete = False
+    levels = None
 
     def __init__(self, x_shape: Sequence[int]):
         super().__init__()
@@ -165,7 +166,7 @@ class Gaussian(nn.Module):
     description = "independent Gaussian pixels, mean from the decoder, fixed scale"
     params_per_pixel = 1
     binary = False
-    discrete = False
+    levels = None
 
     def __init__(self, x_shape: Sequence[int], scale: float = 0.1):
         super().__init__()
@@ -198,7 +199,7 @@ class _LearnedScale(nn.Module):
     family: type[dist.Distribution]
     params_per_pixel = 1
     binary = False
-    discrete = False
+    levels = None
 
     def __init__(self, x_shape: Sequence[int], min_scale: float = 1e-3):
         super().__init__()
@@ -263,7 +264,7 @@ class Beta(nn.Module):
     )
     params_per_pixel = 2
     binary = False
-    discrete = False
+    levels = None
 
     def __init__(self, x_shape: Sequence[int]):
         super().__init__()
@@ -316,12 +317,12 @@ class DiscretizedLogistic(nn.Module):
     )
     params_per_pixel = 2
     binary = False
-    discrete = True
 
     def __init__(self, x_shape: Sequence[int], bins: int = 256):
         super().__init__()
         self.x_shape = tuple(x_shape)
         self.bins = checks.bins("bins", bins)
+        self.levels = self.bins
 
     def _dist(self, out: torch.Tensor) -> DiscretizedLogisticDistribution:
         loc, log_scale = _params(out, self.x_shape)

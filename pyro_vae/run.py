@@ -276,12 +276,15 @@ class Run:
             "confusion": confusion_matrix(predicted, labels, vae.num_classes),
         }
 
+    def same_data(self, config: RunConfig) -> bool:
+        """Whether ``config``'s data settings are the run's own."""
+        mine = self.config
+        return (config.dataset, config.data_options()) == (mine.dataset, mine.data_options())
+
     def data_of(self, config: RunConfig) -> Dataset:
         """The data set that ``config``'s data settings name, checked against the run's model:
         :attr:`data` when they are the run's own, another data set of the same shape otherwise."""
-        if config.dataset == self.config.dataset and (
-            config.data_options() == self.config.data_options()
-        ):
+        if self.same_data(config):
             return self.data
         data = load_dataset(config.dataset, **config.data_options())
         check_shape(self.vae.x_shape, data, f"data set {config.dataset!r}")

@@ -9,14 +9,15 @@ mostly black, more probable than clothes. The likelihood is dominated by how com
 
 Serra et al. 2020 ("Input Complexity and Out-of-distribution Detection with Likelihood-based
 Generative Models", arXiv:1909.11480) correct for this with the length L(x), in bits, of a lossless
-compression of x by a general-purpose image compressor (here PNG, at its strongest setting): it
+compression of x by a general-purpose image compressor (here PNG, at its strongest setting, at the
+likelihood's levels: 1 bit a pixel for the Bernoulli's binary images, 8 for 8-bit ones): it
 estimates -log2 of a universal model's p(x), and the difference
 
     corrected(x) = log2 p(x) + L(x)
 
 is a likelihood ratio between the VAE and that universal model (Serra et al.'s S(x) is its
 negative). It is only defined where p(x) is a probability of the discrete input (Bernoulli and
-discretized-logistic likelihoods, ``likelihood.discrete``); for a density it is not given.
+discretized-logistic likelihoods, ``likelihood.levels``); for a density it is not given.
 
 Every score here is larger for a more typical input: in-distribution inputs should score high.
 """
@@ -34,6 +35,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from . import checks
 from .checkpoint import atomic_write
 from .errors import DataError
 from .evaluate import bits_per_dim, iwae_estimate
@@ -74,29 +76,37 @@ def score(
     log_px = iwae_estimate(vae, x, k, compile=compile, **kind).per_example.double().cpu()
     elbo = iwae_estimate(vae, x, 1, **kind).per_example.double().cpu()
     scores = {"log_px": log_px, "elbo": elbo, "bits_per_dim": bits_per_dim(log_px, vae.x_shape)}
-    if getattr(vae.likelihood, "discrete", False):
-        scores["complexity_bits"] = compressed_bits(x)
+    levels = getattr(vae.likelihood, "levels", None)
+    if levels:
+        scores["complexity_bits"] = compressed_bits(x, levels)
         scores["corrected"] = log_px / math.log(2) + scores["complexity_bits"]
     return scores
 
 
-def compressed_bits(x: torch.Tensor) -> torch.Tensor:
-    """L(x): the length in bits of each example of ``x`` (values in [0, 1], shaped ``(N, C, H,
-    W)`` or ``(N, D)``) as a PNG file at compression level 9, after rounding to 8 bits. One or
-    three channels make one grey or colour picture; other numbers, a grey picture per channel."""
-    pixels = (x.detach().cpu().double() * 255).round().clamp(0, 255).to(torch.uint8)
+def compressed_bits(x: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """L(x): the length in bits of each example of ``x`` (values ``k / (levels - 1)`` in [0, 1],
+    shaped ``(N, C, H, W)`` or ``(N, D)``) as a PNG file at compression level 9, the values
+    stored as the integers k: 1 bit a value for binary images (``levels`` 2), 8 up to 256
+    levels, 16 above. One or three channels of 8 bits make one grey or colour picture;
+    otherwise each channel is a grey picture of its own."""
+    checks.whole("levels", levels, low=2, high=2**16)
+    k = (x.detach().cpu().double() * (levels - 1)).round().clamp(0, levels - 1)
+    dtype = torch.bool if levels == 2 else torch.uint8 if levels <= 256 else torch.int32
+    pixels = k.to(dtype)
     if pixels.dim() == 2:  # flat vectors: one row of pixels
         pixels = pixels[:, None, None, :]
     bits = [_png_bits(example) for example in pixels.numpy()]
     return torch.tensor(bits, dtype=torch.float64)
 
 
-def _png_bits(example: np.ndarray) -> int:  # (C, H, W) uint8
-    planes = [example.transpose(1, 2, 0)] if len(example) == 3 else list(example)
+def _png_bits(example: np.ndarray) -> int:  # (C, H, W) of bool, uint8 or int32
+    colour = len(example) == 3 and example.dtype == np.uint8
+    planes = [example.transpose(1, 2, 0)] if colour else list(example)
     total = 0
     for plane in planes:
+        image = Image.fromarray(plane.astype(np.uint16)) if plane.dtype == np.int32 else None
         buffer = io.BytesIO()
-        Image.fromarray(plane).save(buffer, format="PNG", compress_level=9)
+        (image or Image.fromarray(plane)).save(buffer, format="PNG", compress_level=9)
         total += 8 * buffer.tell()
     return total
 

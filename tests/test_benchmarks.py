@@ -5,6 +5,7 @@ itself (each figure recomputed from the recorded seconds), not how fast anything
 import json
 import math
 import re
+import runpy
 import statistics
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 VARIANTS = ("svi", "svi-compiled", "manual", "pyro-naive")
-BATCHES = (64, 256)
+BATCHES = (256,)  # the batch of issue 12's CPU targets
 ROUNDS = 3
 # The ratios the training benchmark reports: numerator and denominator.
 RATIOS = {
@@ -157,14 +158,15 @@ def test_bench_iwae_writes_every_variant_and_the_sweep(tmp_path):
     assert (tmp_path / results["plot"]).exists()
 
 
-def test_bench_train_refuses_an_unknown_variant(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_train.py"), "--variants", "svi,fast"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 2 and "--variants" in result.stderr
+def test_bench_train_refuses_an_unknown_variant(tmp_path, monkeypatch, capsys):
+    # in this process (torch is already imported here): the flags are parsed before any work
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ on it
+    monkeypatch.setattr(sys, "argv", ["bench_train.py", "--variants", "svi,fast"])
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(str(BENCHMARKS / "bench_train.py"), run_name="__main__")
+    assert stopped.value.code == 2 and "--variants" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bench_objectives_writes_a_row_per_objective(tmp_path):
@@ -270,7 +272,7 @@ def test_bench_ood_writes_an_auroc_per_score_and_outlier_set(tmp_path):
         *("--run-dir", str(tmp_path / "run"), "--out", str(tmp_path)),
         cwd=tmp_path,
     )
-    record = json.loads(md.with_suffix(".json").read_text())["ood"]
+    record = json.loads(md.with_suffix(".json").read_text())["ood-discretized-logistic"]
     rows = record["auroc"]
     assert [(r["outliers"], r["score"]) for r in rows] == [
         (outliers, score)
@@ -289,3 +291,4 @@ def test_bench_ood_writes_an_auroc_per_score_and_outlier_set(tmp_path):
         assert f"| {outliers} | " + " | ".join(cells) + " |" in table
     means = record["means"]
     assert len(means) == 3 and means["uniform noise"]["complexity_bits"] > 784 * 8
+    assert record["probe"] is None and "Linear probe" not in table  # random images: no labels

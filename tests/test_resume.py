@@ -142,10 +142,20 @@ def wait_for(path, process, timeout=120):
         time.sleep(0.02)
 
 
+SIGNAL_RUN = ["--epochs", "8", "--batch-size", "8"]  # 180 steps an epoch: a signal lands mid-run
+
+
+@pytest.fixture(scope="module")
+def unstopped_run(tmp_path_factory):
+    """The run the signal tests stop, trained without a stop: what resuming must give."""
+    whole = tmp_path_factory.mktemp("unstopped") / "whole"
+    assert main(["train", *RUN_FLAGS, *SIGNAL_RUN, "--out", str(whole)]) == 0
+    return whole
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, signum):
-    run_dir = tmp_path / "run"
-    flags = ["--epochs", "8", "--batch-size", "8"]  # 180 steps an epoch: the signal lands mid-run
+def test_a_signal_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, unstopped_run, signum):
+    run_dir, flags, whole = tmp_path / "run", SIGNAL_RUN, unstopped_run
     process = start_training(run_dir, *flags)
     wait_for(run_dir / CHECKPOINT, process)
     process.send_signal(signum)
@@ -157,8 +167,6 @@ def test_a_signal_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, signu
     assert stopped["epoch"] < 8
 
     assert main(["train", "--out", str(run_dir), "--resume", "--quiet"]) == 0
-    whole = tmp_path / "whole"
-    assert main(["train", *RUN_FLAGS, *flags, "--out", str(whole)]) == 0
     # Two processes may split a matrix product differently among threads: equal to rounding.
     resumed, expected = read_metrics(run_dir), read_metrics(whole)
     assert [r["epoch"] for r in resumed] == [r["epoch"] for r in expected] == list(range(1, 9))

@@ -102,6 +102,7 @@ def test_scores_equal_the_iwae_bound_and_the_elbo_on_the_same_seed(trained):
     assert torch.allclose(scores["elbo"].sum(), elbo.double(), rtol=1e-6)
     bits = -scores["log_px"] / (64 * math.log(2))
     assert torch.allclose(scores["bits_per_dim"], bits)
+    assert torch.equal(scores["complexity_bits"], compressed_bits(x, levels=2))  # binary digits
     corrected = scores["log_px"] / math.log(2) + scores["complexity_bits"]
     assert torch.allclose(scores["corrected"], corrected)
 
@@ -128,6 +129,15 @@ def test_the_compressed_length_grows_with_the_images_complexity():
     assert bits[2] > 28 * 28 * 8  # noise does not compress
     colour = compressed_bits(torch.rand(2, 3, 8, 8))
     assert (colour > 3 * 8 * 8 * 8).all()
+    # binary images at 1 bit a pixel: coin flips cost at least their 784 bits of entropy more than
+    # a blank image, and less than as 8-bit pixels
+    coins = torch.bernoulli(
+        torch.full((1, 1, 28, 28), 0.5), generator=torch.Generator().manual_seed(0)
+    )
+    one_bit = compressed_bits(torch.cat([flat, coins]), levels=2)
+    assert one_bit[1] - one_bit[0] > 784 and one_bit[1] < compressed_bits(coins)[0]
+    ten_bit = compressed_bits(torch.rand(1, 1, 28, 28).mul(1023).round().div(1023), levels=1024)
+    assert ten_bit[0] > bits[2]  # 16 bits a value hold the 10
 
 
 def test_auroc_and_the_most_and_least_typical_by_hand():
