@@ -16,9 +16,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write
@@ -91,6 +88,11 @@ def linear_probe(train: Codes, test: Codes, *, seed: int = 0) -> Probe:
     """Fit a multinomial logistic regression (scikit-learn, L2 penalty C = 1, after
     standardizing each dimension on the training codes) on ``train.mean`` to ``train.labels``,
     and score it on ``test``: the share of test examples whose label it predicts."""
+    # here, not at the top: scikit-learn takes about a second to import, and only the probe uses it
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     if train.labels is None or test.labels is None:
         raise DataError("a linear probe needs labels for the training and the test examples")
     x_train, y_train = _numpy(train.mean), _numpy(train.labels)

@@ -1,8 +1,9 @@
 import matplotlib.image
 import pytest
 import torch
+from torchvision.utils import make_grid
 
-from pyro_vae.plots import as_images, plot_elbo, plot_grid, plot_reconstructions
+from pyro_vae.plots import as_images, image_grid, plot_elbo, plot_grid, plot_reconstructions
 
 
 @pytest.mark.parametrize(
@@ -44,3 +45,10 @@ def test_figures_are_returned_and_saved(tmp_path):
     for line, column in zip(ax.lines, ("train_elbo", "test_elbo"), strict=True):
         assert list(line.get_xdata()) == history["epoch"]
         assert list(line.get_ydata()) == history[column]
+
+
+@pytest.mark.parametrize("shape, nrow", [((1, 1, 8, 8), 8), ((5, 1, 8, 8), 2), ((7, 3, 4, 6), 3)])
+def test_the_image_grid_is_torchvisions_make_grid(shape, nrow):
+    images = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    expected = make_grid(images, nrow=nrow, padding=1, pad_value=0.5)
+    assert torch.equal(image_grid(images, nrow=nrow, pad_value=0.5), expected)

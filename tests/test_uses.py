@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make
+from sklearn.metrics import roc_auc_score
 
 from pyro_vae.cli import main
 from pyro_vae.config import RunConfig
@@ -143,6 +144,12 @@ def test_the_compressed_length_grows_with_the_images_complexity():
 def test_auroc_and_the_most_and_least_typical_by_hand():
     assert auroc(torch.tensor([3.0, 2.0]), torch.tensor([1.0, 2.5])) == 0.75
     assert auroc(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5
+    generator = torch.Generator().manual_seed(0)  # many ties: scores of 20 distinct values
+    inliers = torch.randint(0, 20, (300,), generator=generator).double()
+    outliers = torch.randint(0, 20, (200,), generator=generator).double() - 3
+    truth = [1] * 300 + [0] * 200
+    expected = roc_auc_score(truth, torch.cat([inliers, outliers]).numpy())
+    assert auroc(inliers, outliers) == pytest.approx(expected, abs=1e-12)
     most, least = most_and_least_typical(torch.tensor([0.5, 3.0, -1.0, 2.0]), 2)
     assert most.tolist() == [1, 3] and least.tolist() == [2, 0]
 
