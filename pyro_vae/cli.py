@@ -52,7 +52,7 @@ from .plots import (
     plot_typical,
 )
 from .priors import PRIORS
-from .registry import describe, option_names
+from .registry import describe, option_defaults, option_names
 from .representations import encode, save_codes
 from .run import CHECKPOINT, CLASS_PICTURE, EVALUATION, RUN_FILES, SPLITS, Run, RunExists
 from .scores import COLUMNS, most_and_least_typical, score, write_scores
@@ -573,8 +573,58 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's default said once: appended where the help does not already say it and there
+    is one to say (not ``None``: "not given", whose meaning the help gives); descriptions and
+    the examples after the flags keep their lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        silent = action.default in (None, False, argparse.SUPPRESS)
+        if silent or not action.option_strings or "default" in text:
+            return text
+        return f"{text} (default: {action.default})"
+
+
+# Each command's --help ends with these command lines.
+EXAMPLES = {
+    "train": [
+        "pyro-vae train --dataset digits --epochs 50 --out runs/digits",
+        "pyro-vae train --dataset fashion-mnist --data-dir data --encoder conv "
+        "--likelihood discretized-logistic --likelihood-bins 256 --out runs/fmnist",
+    ],
+    "evaluate": ["pyro-vae evaluate runs/digits --iwae-k 5000"],
+    "sample": ["pyro-vae sample runs/digits -n 64 --out samples.png"],
+    "reconstruct": ["pyro-vae reconstruct runs/digits -n 16 --out recon.png"],
+    "encode": [
+        "pyro-vae encode runs/digits --out codes.npz",
+        "pyro-vae encode runs/fmnist --dataset npz --data-path mnist.npz --no-probe",
+    ],
+    "score": [
+        "pyro-vae score runs/digits --iwae-k 1000",
+        "pyro-vae score runs/fmnist --dataset npz --data-path mnist.npz --out mnist.csv",
+    ],
+    "interpolate": ["pyro-vae interpolate runs/digits --from 0 --to 1 --path spherical"],
+    "classify": ["pyro-vae classify runs/m2 --out confusion.png"],
+    "list": ["pyro-vae list"],
+    "check-elbo": [
+        "pyro-vae check-elbo runs/digits",
+        "pyro-vae check-elbo --prior vamp --guide iaf",
+    ],
+}
+
+
 def _options() -> dict[str, tuple[Any, str]]:
-    return {flag: (values, help) for flag, (_, _, values, help) in OPTION_FLAGS.items()}
+    """The parts' option flags, each help ending with the default of every part that takes it."""
+    flags = {}
+    for flag, (kinds, option, values, help) in OPTION_FLAGS.items():
+        defaults = [
+            f"{name} {default}"
+            for kind in kinds
+            for name, default in option_defaults(REGISTRIES[kind], option).items()
+        ]
+        flags[flag] = (values, f"{help} (default: {', '.join(defaults)})")
+    return flags
 
 
 def _add_flags(
@@ -620,12 +670,9 @@ def _add_train_parser(commands: Any) -> None:
 
 def _add_run_commands(commands: Any) -> None:
     """evaluate, sample and reconstruct: commands on a trained run folder."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
     seed = whole(checks.seed, "seed")
     run_dir = {"metavar": "RUN_DIR", "help": "a folder written by pyro-vae train"}
-    p = commands.add_parser(
-        "evaluate", formatter_class=fmt, help="test ELBO of a run; writes RUN_DIR/evaluation.json"
-    )
+    p = commands.add_parser("evaluate", help="test ELBO of a run; writes RUN_DIR/evaluation.json")
     p.add_argument("run_dir", **run_dir)
     p.add_argument(
         "--seed", type=seed, help="seed of the Monte Carlo estimate (default: the run's)"
@@ -647,7 +694,7 @@ def _add_run_commands(commands: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
-    p = commands.add_parser("sample", help="draw images from a trained model", formatter_class=fmt)
+    p = commands.add_parser("sample", help="draw images from a trained model")
     p.add_argument("run_dir", **run_dir)
     p.add_argument(
         "-n",
@@ -668,9 +715,7 @@ def _add_run_commands(commands: Any) -> None:
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_sample)
 
-    p = commands.add_parser(
-        "reconstruct", formatter_class=fmt, help="reconstruct test images with a trained model"
-    )
+    p = commands.add_parser("reconstruct", help="reconstruct test images with a trained model")
     p.add_argument("run_dir", **run_dir)
     p.add_argument(
         "-n",
@@ -776,7 +821,6 @@ def _add_interpolate_parser(commands: Any) -> None:
 def _add_classify_parser(commands: Any) -> None:
     p = commands.add_parser(
         "classify",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="test accuracy of an m2 run's classifier; writes a confusion-matrix picture",
     )
     p.add_argument(
@@ -790,7 +834,6 @@ def _add_classify_parser(commands: Any) -> None:
 def _add_check_elbo_parser(commands: Any) -> None:
     p = commands.add_parser(
         "check-elbo",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="compare Pyro's Trace_ELBO with the hand-written ELBO; exit 1 if they differ",
     )
     p.add_argument(
@@ -850,6 +893,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_list)
     _add_check_elbo_parser(commands)
+    for name, command in commands.choices.items():
+        command.formatter_class = HelpFormatter
+        command.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
     return parser
 
 

@@ -64,6 +64,16 @@ def option_names(cls: type) -> list[str]:
     ]
 
 
+def option_defaults(registry: dict[str, type], option: str) -> dict[str, Any]:
+    """The default of ``option`` in each registered part that takes it, by the part's name."""
+    defaults = {}
+    for name, cls in registry.items():
+        parameter = inspect.signature(cls).parameters.get(option)
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            defaults[name] = parameter.default
+    return defaults
+
+
 def describe(registry: dict[str, type]) -> list[tuple[str, str, str]]:
     """``(name, options, description)`` of every registered part, for ``pyro-vae list``."""
     rows = []

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision.datasets
 
-from pyro_vae.cli import build_parser, main
+from pyro_vae.cli import EXAMPLES, build_parser, main
 from pyro_vae.run import RUN_FILES
 
 FAST = ["--hidden-dims", "64", "--z-dim", "4", "--quiet"]
@@ -128,6 +128,29 @@ def test_help_documents_every_flag(capsys):
             assert action.help, f"{name} {action.dest} has no help"
             for flag in action.option_strings:
                 assert flag in text
+
+
+def test_help_says_each_default_once_and_ends_with_examples_that_parse(capsys):
+    parser = build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = capsys.readouterr().out
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            shown = formatter._get_help_string(action)
+            assert shown.count("default") <= 1, (name, action.dest, shown)
+        assert text.rstrip().endswith(EXAMPLES[name][-1]) and "\nexamples:\n" in text, name
+        for line in EXAMPLES[name]:
+            assert line.startswith(f"pyro-vae {name}")
+            parser.parse_args(line.split()[1:])  # argparse exits on a flag that does not exist
+    train = parser._subparsers._group_actions[0].choices["train"]
+    shown = {a.option_strings[-1]: a.help for a in train._actions if a.option_strings}
+    assert shown["--prior-components"].endswith("(default: mog 10, vamp 50)")
+    assert shown["--likelihood-bins"].endswith("(default: discretized-logistic 256)")
+    assert shown["--flow-steps"].endswith("(default: flow 2, iaf 2)")
+    assert shown["--z-dim"].endswith("(default: 16)")
 
 
 def error_line(capsys, argv):
