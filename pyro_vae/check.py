@@ -64,6 +64,8 @@ class Comparison:
 
     @property
     def ok(self) -> bool:
+        """Whether loss and gradients agree to ``tolerance``, relative to the larger of 1 and their
+        own size."""
         return self.loss_difference <= self.tolerance * max(
             1.0, abs(self.pyro_loss)
         ) and self.gradient_difference <= self.tolerance * max(1.0, self.largest_gradient)

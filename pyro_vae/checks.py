@@ -19,8 +19,8 @@ from .errors import ConfigError
 
 MAX_INT = 2**63 - 1  # counts past a signed 64-bit integer overflow inside torch
 MAX_FLOAT = 1e30  # larger numbers overflow float32 (Adam's first step divides lr by 1 - 0.9)
-MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds numpy too, which takes 0 to 2**32 - 1
-MAX_SIZE = 2**24  # a layer this wide already needs terabytes of weights
+MAX_SEED = 2**32 - 1  #: pyro.set_rng_seed seeds numpy too, which takes 0 to 2**32 - 1
+MAX_SIZE = 2**24  #: a layer this wide already needs terabytes of weights
 MAX_IMAGES = 100_000  # pyro-vae sample -n: all of them go into one picture
 MAX_PARTICLES = 1000  # check-elbo's particles: memory grows with them
 

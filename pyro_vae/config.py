@@ -190,7 +190,7 @@ class RunConfig:
         return options | ({"aux_weight": self.aux_weight} if self.model == "m2" else {})
 
     def train_options(self) -> dict[str, Any]:
-        """The settings :func:`pyro_vae.train` takes."""
+        """The settings :func:`pyro_vae.train <pyro_vae.train.train>` takes."""
         names = ("epochs", "batch_size", "lr", "device", "seed", "objective", "binarization")
         names += ("compile", "num_particles", "beta", "kl_warmup", "labeled", "stream", "workers")
         return {name: getattr(self, name) for name in names}

@@ -5,7 +5,7 @@
 makes the values ``k / 255`` in [0, 1] then, on the device. Other sources are float32 in [0, 1].
 
 Every loader returns a :class:`Dataset`; every problem with the user's files is a
-:class:`~pyro_vae.errors.DataError` whose message is one line saying what to do about it.
+:class:`DataError` whose message is one line saying what to do about it.
 
 **Binarization.** A binary likelihood (Bernoulli) is never given grey values. With
 ``binarization="dynamic"`` grey training data are binarized afresh in every batch,
@@ -28,6 +28,7 @@ import torch
 from . import checks, images
 from .errors import ConfigError, DataError
 
+#: the data sets :func:`load_dataset` knows by name
 DATASETS: tuple[str, ...] = (
     "digits",
     "photos",
@@ -40,8 +41,8 @@ DATASETS: tuple[str, ...] = (
 )
 # the sources of pictures, which {image_size} and {channels} apply to
 PICTURE_SOURCES: tuple[str, ...] = (*images.CATALOGUE, "folder")
-DEFAULT_DATA_DIR = Path("data")  # relative to the working directory, like torchvision tutorials
-SPLIT_SEED = 0  # the digits split must not move when the training seed does
+DEFAULT_DATA_DIR = Path("data")  #: relative to the working directory, like torchvision tutorials
+SPLIT_SEED = 0  #: the digits split must not move when the training seed does
 TEST_FRACTION = 0.2
 
 # torchvision keeps each IDX data set in DIR/<Folder>/raw/; the file names are shared by all three
@@ -55,8 +56,8 @@ _IDX_FILES = (
 _IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
 
 BINARIZATION: tuple[str, ...] = ("dynamic", "none")
-# The test set of grey data is binarized once, with this seed, so every run and every
-# evaluation of a binary likelihood scores the same binary images.
+#: The test set of grey data is binarized once, with this seed, so every run and every
+#: evaluation of a binary likelihood scores the same binary images.
 TEST_BINARIZATION_SEED = 0
 
 
@@ -176,7 +177,9 @@ class Scores(Protocol):
 
     binary: bool
 
-    def check_data(self, x: torch.Tensor) -> None: ...
+    def check_data(self, x: torch.Tensor) -> None:
+        """Raise a :class:`DataError` for values of ``x`` the likelihood cannot
+        score."""
 
 
 def check_shape(x_shape: tuple[int, ...], data: Dataset, where: str = "") -> None:

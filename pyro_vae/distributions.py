@@ -27,7 +27,7 @@ class StableContinuousBernoulli(dist.ContinuousBernoulli):
     CDF computed stably from the logits.
 
     PyTorch computes them from ``probs = sigmoid(logits)`` clamped away from 0 and 1, which in
-    float32 caps |logits| at about 16: for a logit of -30 its density integrates to 0.53 and its
+    float32 caps ``|logits|`` at about 16: for a logit of -30 its density integrates to 0.53 and its
     mean is 0.063 instead of 0.033. Build it with ``logits=`` only. (``variance``, ``entropy``
     and ``cdf``, which nothing here uses, are still PyTorch's.)
 
@@ -38,11 +38,13 @@ class StableContinuousBernoulli(dist.ContinuousBernoulli):
     """
 
     def log_normalizer(self) -> torch.Tensor:
+        """``log C(a) = softplus(-a) - log((1 - exp(-a)) / a)``, ``a = |logit|``, for each logit."""
         a = self.logits.abs()
         safe = a.clamp_min(torch.finfo(a.dtype).tiny)
         return F.softplus(-a) - torch.log(-torch.expm1(-safe) / safe)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log C(a) + x logit - softplus(logit) of each ``value`` in [0, 1]."""
         if self._validate_args:
             self._validate_sample(value)
         logits, value = broadcast_all(self.logits, value)
@@ -51,7 +53,8 @@ class StableContinuousBernoulli(dist.ContinuousBernoulli):
 
     @property
     def mean(self) -> torch.Tensor:
-        # 1 / (1 - exp(-l)) - 1 / l, and its Taylor series near 0 where the two terms cancel.
+        """1 / (1 - exp(-l)) - 1 / l for each logit l, by its Taylor series near 0, where the two
+        terms cancel."""
         logits = self.logits
         small = logits.abs() < 0.5
         safe = torch.where(small, torch.ones_like(logits), logits)
@@ -61,8 +64,8 @@ class StableContinuousBernoulli(dist.ContinuousBernoulli):
         return torch.where(small, taylor, exact)
 
     def icdf(self, value: torch.Tensor) -> torch.Tensor:
-        # For l <= 0, F^-1(u) = log1p(u expm1(l)) / l; for l > 0 the mirror image 1 - F^-1(1 - u)
-        # of the distribution with logit -l, so that expm1 never overflows.
+        """The inverse CDF at ``value`` u in [0, 1]: log1p(u expm1(l)) / l for l <= 0, and
+        1 - F^-1(1 - u) of the logit -l for l > 0, so that ``expm1`` never overflows."""
         logits, value = broadcast_all(self.logits, value)
         negative = logits <= 0
         a = -logits.abs().clamp_min(torch.finfo(logits.dtype).tiny)
@@ -79,6 +82,7 @@ class ClampedBeta(dist.Beta):
     """
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """The Beta's log density at ``value`` clamped into ``[BETA_EPS, 1 - BETA_EPS]``."""
         if self._validate_args:
             self._validate_sample(value)
         return super().log_prob(value.clamp(BETA_EPS, 1 - BETA_EPS))
@@ -95,6 +99,7 @@ class Grid(constraints.Constraint):
         super().__init__()
 
     def check(self, value: torch.Tensor) -> torch.Tensor:
+        """Whether each element of ``value`` lies on the grid, as a boolean tensor of its shape."""
         n = self.bins - 1
         off_grid = (value - torch.round(value * n) / n).abs()
         return (value >= 0) & (value <= 1) & (off_grid <= GRID_TOLERANCE)
@@ -138,9 +143,11 @@ class DiscretizedLogisticDistribution(dist.TorchDistribution):
 
     @constraints.dependent_property(is_discrete=True, event_dim=0)
     def support(self) -> constraints.Constraint:
+        """The ``bins`` values ``k / (bins - 1)`` (:class:`Grid`)."""
         return Grid(self.bins)
 
     def expand(self, batch_shape, _instance=None) -> DiscretizedLogisticDistribution:
+        """The same distribution with batch shape ``batch_shape``, as Pyro's ``expand``."""
         new = self._get_checked_instance(DiscretizedLogisticDistribution, _instance)
         batch_shape = torch.Size(batch_shape)
         new.loc = self.loc.expand(batch_shape)
@@ -151,6 +158,7 @@ class DiscretizedLogisticDistribution(dist.TorchDistribution):
         return new
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log P(x) of each ``value``, scored at its nearest grid value (see the class)."""
         if self._validate_args:
             self._validate_sample(value)
         n = self.bins - 1
@@ -170,6 +178,8 @@ class DiscretizedLogisticDistribution(dist.TorchDistribution):
         return torch.where(k <= 0, log_below_upper, torch.where(k >= n, log_above_lower, inner))
 
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+        """Logistic draws ``loc + s (log u - log(1 - u))``, u ~ U(0, 1), rounded to the nearest
+        grid value, shape ``sample_shape + batch_shape``."""
         shape = self._extended_shape(sample_shape)
         with torch.no_grad():
             eps = torch.finfo(self.loc.dtype).eps
@@ -181,8 +191,8 @@ class DiscretizedLogisticDistribution(dist.TorchDistribution):
 
     @property
     def mean(self) -> torch.Tensor:
-        # E[x] = sum_{k=1}^{n} P(x >= k/n) / n, one threshold at a time to keep memory at one
-        # tensor whatever the number of bins.
+        """``E[x] = sum_{k=1}^{n} P(x >= k/n) / n``, n = ``bins`` - 1."""
+        # one threshold at a time, to keep memory at one tensor whatever the number of bins
         n = self.bins - 1
         inv_scale = torch.exp(-self.log_scale)
         total = torch.zeros_like(self.loc)

@@ -52,10 +52,10 @@ from .model import VAE
 from .registry import name_of
 from .representations import encode
 
-# The independent discretized logistic is fitted by this many Adam steps from its moments: its
-# two numbers per value settle long before.
+#: The independent discretized logistic is fitted by this many Adam steps from its moments: its
+#: two numbers per value settle long before.
 BASELINE_STEPS, BASELINE_LR = 100, 0.05
-# the nats figures that are also given in bits per dimension, and the names they get
+#: the nats figures that are also given in bits per dimension, and the names they get
 BITS_PER_DIM = {
     "test_elbo": "test_bits_per_dim",
     "iwae_log_likelihood": "iwae_bits_per_dim",
@@ -294,7 +294,7 @@ def baseline_log_likelihood(vae: VAE, x_train: torch.Tensor, x_test: torch.Tenso
     return fit(vae.likelihood, as_floats(x_train), x_test.to(x_train.device))
 
 
-# The independent-pixel baselines, by likelihood name: (likelihood, x_train, x_test) -> nats.
+#: The independent-pixel baselines, by likelihood name: (likelihood, x_train, x_test) -> nats.
 BASELINES = {
     "bernoulli": lambda _, x_train, x_test: independent_pixel_log_likelihood(x_train, x_test),
     "discretized-logistic": lambda likelihood, x_train, x_test: independent_logistic_log_likelihood(

@@ -49,10 +49,13 @@ class DiagonalNormal(nn.Module):
         self.encoder_outputs = 2 * z_dim
 
     def params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, sigma)``, each ``(B, z_dim)``, from the encoder's output ``h``."""
         loc, raw_scale = h.split(self.z_dim, dim=-1)
         return loc, F.softplus(raw_scale) + MIN_SCALE
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
+        """q(z|x) = N(mu, diag sigma^2) from the encoder's output ``h``: batch ``(B,)``, event
+        ``(z_dim,)``."""
         return dist.Normal(*self.params(h)).to_event(1)
 
 
@@ -77,6 +80,8 @@ class FullRankNormal(nn.Module):
         self.register_buffer("tril_cols", cols, persistent=False)
 
     def params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, L)``, shaped ``(B, z_dim)`` and ``(B, z_dim, z_dim)``, from the encoder's
+        output ``h``."""
         loc, raw = h.split([self.z_dim, self.encoder_outputs - self.z_dim], dim=-1)
         raw_tril = raw.new_zeros(*raw.shape[:-1], self.z_dim, self.z_dim)
         raw_tril[..., self.tril_rows, self.tril_cols] = raw
@@ -84,6 +89,8 @@ class FullRankNormal(nn.Module):
         return loc, raw_tril.tril(-1) + torch.diag_embed(diagonal)
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
+        """q(z|x) = N(mu, L L^T) from the encoder's output ``h``: batch ``(B,)``, event
+        ``(z_dim,)``."""
         loc, scale_tril = self.params(h)
         return dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
@@ -225,11 +232,14 @@ class InverseAutoregressiveFlow(nn.Module):
         return code, loc, scale, context
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
+        """q(z|x): N(mu, diag sigma^2) pushed through the flow's steps conditioned on the context,
+        from the encoder's output ``h``; batch ``(B,)``, event ``(z_dim,)``."""
         loc, scale, context = self.base_params(h)
         base = dist.Normal(loc, scale).to_event(1)
         return dist.TransformedDistribution(base, self.transforms(context))
 
 
+#: the guide families by name, as ``VAE(guide=...)`` and ``--guide`` take them
 GUIDES: dict[str, type[nn.Module]] = {
     DiagonalNormal.name: DiagonalNormal,
     FullRankNormal.name: FullRankNormal,

@@ -50,9 +50,11 @@ from tqdm.auto import tqdm
 from . import checks
 from .errors import DataError
 
+#: the data sets torchvision publishes that :func:`load_catalogue` reads
 CATALOGUE: tuple[str, ...] = ("cifar10", "cifar100", "svhn", "celeba")
+#: the endings of the picture files :func:`load_folder` reads
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-SPLIT_SEED = 0  # the split of a folder must not move when the training seed does
+SPLIT_SEED = 0  #: the split of a folder must not move when the training seed does
 TEST_FRACTION = 0.2
 CELEBA_IMAGE_SIZE = 64  # CelebA's 178x218 pictures are too big for a small VAE
 PATCH = 32  # the side of a CIFAR or SVHN picture, and of a photograph's patch

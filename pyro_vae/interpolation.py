@@ -47,6 +47,7 @@ def spherical(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor
     return torch.sin((1 - t) * w) / torch.sin(w) * a + torch.sin(t * w) / torch.sin(w) * b
 
 
+#: the paths :func:`interpolate` walks, by name
 PATHS = {"linear": linear, "spherical": spherical}
 
 

@@ -101,15 +101,21 @@ class Bernoulli(nn.Module):
         self.x_shape = tuple(x_shape)
 
     def logits(self, out: torch.Tensor) -> torch.Tensor:
+        """Each pixel's logit, ``(..., *x_shape)``, from the decoder's output ``out``."""
         return out.squeeze(-1 - len(self.x_shape))
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
+        """p(x|z) for the decoder's output ``out`` of shape ``(..., params_per_pixel, *x_shape)``:
+        a distribution with event shape ``x_shape``."""
         return dist.Bernoulli(logits=self.logits(out)).to_event(len(self.x_shape))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """The expected image E[x|z], ``(..., *x_shape)``, from the decoder's output ``out``: each
+        pixel's probability of 1."""
         return torch.sigmoid(self.logits(out))
 
     def check_data(self, x: torch.Tensor) -> None:
+        """Raise a :class:`DataError` unless every value of ``x`` is 0 or 1."""
         grey = int(((x != 0) & (x != 1)).sum())
         if grey:
             raise DataError(
@@ -145,12 +151,16 @@ class ContinuousBernoulli(nn.Module):
         return StableContinuousBernoulli(logits=logits)
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
+        """p(x|z) for the decoder's output ``out`` of shape ``(..., params_per_pixel, *x_shape)``:
+        a distribution with event shape ``x_shape``."""
         return self._dist(out).to_event(len(self.x_shape))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """The expected image E[x|z], the distribution's mean (see the class), in [0, 1]."""
         return self._dist(out).mean.clamp(0, 1)
 
     def check_data(self, x: torch.Tensor) -> None:
+        """Raise a :class:`DataError` unless every value of ``x`` is in [0, 1]."""
         _check_unit_interval(self.name, x)
 
 
@@ -174,14 +184,18 @@ class Gaussian(nn.Module):
         self.scale = checks.positive("scale", scale)
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
+        """p(x|z) for the decoder's output ``out`` of shape ``(..., params_per_pixel, *x_shape)``:
+        a distribution with event shape ``x_shape``."""
         (loc,) = _params(out, self.x_shape)
         return dist.Normal(loc, torch.full_like(loc, self.scale)).to_event(len(self.x_shape))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """The expected image for pictures: the mean mu(z) clamped into [0, 1]."""
         (loc,) = _params(out, self.x_shape)
         return loc.clamp(0, 1)
 
     def check_data(self, x: torch.Tensor) -> None:
+        """Raise a :class:`DataError` unless every value of ``x`` is finite."""
         _check_finite(self.name, x)
 
 
@@ -226,7 +240,7 @@ class _LearnedScale(nn.Module):
 
 class GaussianLearned(_LearnedScale):
     """p(x|z) = prod_pixels N(x_i; mu_i(z), sigma_i^2), sigma_i learned per pixel, bounded below
-    by ``min_scale`` (see :class:`_LearnedScale` for why)."""
+    by ``min_scale`` (see ``_LearnedScale`` for why)."""
 
     name = "gaussian-learned"
     description = (
@@ -238,7 +252,7 @@ class GaussianLearned(_LearnedScale):
 
 class Laplace(_LearnedScale):
     """p(x|z) = prod_pixels Laplace(x_i; mu_i(z), b_i), b_i learned per pixel, bounded below
-    by ``min_scale`` (see :class:`_LearnedScale` for why)."""
+    by ``min_scale`` (see ``_LearnedScale`` for why)."""
 
     name = "laplace"
     description = (
@@ -277,12 +291,16 @@ class Beta(nn.Module):
         )
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
+        """p(x|z) for the decoder's output ``out`` of shape ``(..., params_per_pixel, *x_shape)``:
+        a distribution with event shape ``x_shape``."""
         return self._dist(out).to_event(len(self.x_shape))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """The expected image E[x|z] = alpha / (alpha + beta), in [0, 1]."""
         return self._dist(out).mean.clamp(0, 1)
 
     def check_data(self, x: torch.Tensor) -> None:
+        """Raise a :class:`DataError` unless every value of ``x`` is in [0, 1]."""
         _check_unit_interval(self.name, x)
 
 
@@ -329,12 +347,17 @@ class DiscretizedLogistic(nn.Module):
         return DiscretizedLogisticDistribution(loc, log_scale.clamp(min=MIN_LOG_SCALE), self.bins)
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
+        """p(x|z) for the decoder's output ``out`` of shape ``(..., params_per_pixel, *x_shape)``:
+        a distribution with event shape ``x_shape``."""
         return self._dist(out).to_event(len(self.x_shape))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """The expected image E[x|z] over the ``bins`` values, in [0, 1]."""
         return self._dist(out).mean.clamp(0, 1)
 
     def check_data(self, x: torch.Tensor) -> None:
+        """Raise a :class:`DataError` unless every value of ``x`` is one of the ``bins`` values
+        in [0, 1]; the message names the grid the data lie on, if they lie on one."""
         _check_unit_interval(self.name, x)
         off = int((~Grid(self.bins).check(x)).sum())
         if off:
@@ -352,6 +375,7 @@ class DiscretizedLogistic(nn.Module):
             )
 
 
+#: the likelihoods by name, as ``VAE(likelihood=...)`` and ``--likelihood`` take them
 LIKELIHOODS: dict[str, type[nn.Module]] = {
     Bernoulli.name: Bernoulli,
     ContinuousBernoulli.name: ContinuousBernoulli,

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 
 from .device import memory_bytes
 
-# The share of a device's memory the training set may take before it is streamed instead: the
-# rest is for the weights, Adam's state, the test set and the activations.
+#: The share of a device's memory the training set may take before it is streamed instead: the
+#: rest is for the weights, Adam's state, the test set and the activations.
 DEVICE_DATA_SHARE = 0.5
 PREFETCH_FACTOR = 4  # batches each worker keeps ready
 

@@ -10,6 +10,7 @@ from . import checks
 from .conditional import CVAE, M2
 from .model import VAE
 
+#: the models by name, as :func:`~pyro_vae.models.build_model` and ``--model`` take them
 MODELS: dict[str, type[VAE]] = {"vae": VAE, "cvae": CVAE, "m2": M2}
 
 

@@ -43,6 +43,7 @@ class MLPEncoder(nn.Module):
         self.net = _mlp([math.prod(x_shape), *hidden_dims, out_dim])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, out_dim)`` numbers for a batch ``x`` of shape ``(B, *x_shape)``."""
         return self.net(x.flatten(1))
 
 
@@ -57,6 +58,7 @@ class MLPDecoder(nn.Module):
         self.net = _mlp([z_dim, *reversed(hidden_dims), math.prod(self.out_shape)])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``(..., P, *x_shape)`` numbers for codes ``z`` of shape ``(..., z_dim)``."""
         return self.net(z).unflatten(-1, self.out_shape)
 
 
@@ -110,6 +112,7 @@ class ConvEncoder(nn.Module):
         self.head = nn.Linear(channels * height * width, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, out_dim)`` numbers for images ``x`` of shape ``(B, C, H, W)``."""
         return self.head(self.convs(x).flatten(1))
 
 
@@ -144,6 +147,7 @@ class ConvDecoder(nn.Module):
         return [nn.ReLU(), _upsample(n_in, n_out, size_in, size_out)]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``(..., P, C, H, W)`` numbers for codes ``z`` of shape ``(..., z_dim)``."""
         batch_shape = z.shape[:-1]
         h = self.head(z.reshape(-1, z.shape[-1])).unflatten(-1, self.start_shape)
         return self.deconvs(h).reshape(*batch_shape, *self.out_shape)
@@ -161,6 +165,7 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x + Conv3x3(ReLU(Conv3x3(ReLU(x)))), shaped like ``x``."""
         return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
 
 
@@ -181,6 +186,7 @@ class ResNetEncoder(nn.Module):
         self.head = nn.Linear(channels * height * width, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, out_dim)`` numbers for images ``x`` of shape ``(B, C, H, W)``."""
         return self.head(self.convs(x).flatten(1))
 
 
@@ -193,9 +199,12 @@ class ResNetDecoder(ConvDecoder):
     def stage(
         self, n_in: int, n_out: int, size_in: tuple[int, int], size_out: tuple[int, int]
     ) -> list[nn.Module]:
+        """A residual block, then :class:`ConvDecoder`'s stage from ``n_in`` channels of
+        ``size_in`` up to ``n_out`` of ``size_out``."""
         return [ResidualBlock(n_in), *super().stage(n_in, n_out, size_in, size_out)]
 
 
+#: the network families by name: (encoder class, decoder class)
 NETS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "mlp": (MLPEncoder, MLPDecoder),
     "conv": (ConvEncoder, ConvDecoder),
@@ -270,6 +279,8 @@ class ConditionalEncoder(nn.Module):
         self.head = nn.Linear(width, out_dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(..., B, out_dim)`` numbers for a batch ``x`` and one-hot labels ``y`` broadcasting
+        against it."""
         return self.head(torch.relu(self.features(x) + self.label(y)))
 
 
@@ -282,6 +293,8 @@ class ConditionalDecoder(nn.Module):
         self.net = net
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The decoder's output for codes ``z`` with the one-hot labels ``y`` appended, the two
+        broadcast against each other's leading dims."""
         shape = torch.broadcast_shapes(z.shape[:-1], y.shape[:-1])
         zy = torch.cat([z.expand(*shape, z.shape[-1]), y.expand(*shape, y.shape[-1])], -1)
         return self.net(zy)

@@ -164,7 +164,7 @@ def _enum_terms(model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, t
 
 class SyncFreeTraceEnum_ELBO(_SyncFree, TraceEnum_ELBO):
     """``pyro.infer.TraceEnum_ELBO`` whose loss is a tensor, for programs whose guide enumerates
-    one site (:func:`_enum_terms`): Pyro's value and gradient to float32 rounding (its tensor
+    one site (``_enum_terms``): Pyro's value and gradient to float32 rounding (its tensor
     contractions sum in another order), with no ``.item()`` and no ``masked_select``, whose
     output's size depends on values, so that the step can be captured as one graph."""
 

@@ -329,10 +329,15 @@ def plot_guide_vs_nuts(
     dimension with both histograms (densities), and with two dimensions one more panel of both
     clouds of draws in the plane (at most 1000 of each).
 
-    ``guide`` and ``nuts`` are ``InferenceData`` as made by :func:`pyro_vae.inspect.
-    posterior_samples` (or :func:`~pyro_vae.inspect.importance_resample`) and
-    :func:`~pyro_vae.inspect.nuts_posterior`; ``obs`` and ``dims`` are coordinate labels.
-    ``names`` labels the two in the legend.
+    :param guide: ``InferenceData`` of the guide's draws, as made by
+        :func:`~pyro_vae.inspect.posterior_samples` (or
+        :func:`~pyro_vae.inspect.importance_resample`).
+    :param nuts: ``InferenceData`` of NUTS's draws, as made by
+        :func:`~pyro_vae.inspect.nuts_posterior`.
+    :param obs: the input's coordinate label.
+    :param dims: the coordinate labels of the latent dimensions to show; by default all.
+    :param path: where to save the figure as a PNG, if given.
+    :param names: the two labels of the legend.
     """
 
     def draws(idata: Any) -> np.ndarray:  # (draws, z_dim) for this input

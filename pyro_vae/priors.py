@@ -64,6 +64,7 @@ class StandardNormal(nn.Module):
         self.z_dim = z_dim
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
+        """N(0, I) for ``batch_size`` codes, on ``like``'s device and dtype."""
         loc = like.new_zeros(batch_size, self.z_dim)
         return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
 
@@ -82,6 +83,7 @@ class LearnedNormal(nn.Module):
         self.raw_scale = nn.Parameter(torch.full((z_dim,), _raw_scale(1.0)))
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
+        """N(mu, diag sigma^2) for ``batch_size`` codes."""
         shape = (batch_size, self.z_dim)
         return dist.Normal(self.loc.expand(shape), _scale(self.raw_scale).expand(shape)).to_event(1)
 
@@ -111,6 +113,7 @@ class MixtureOfGaussians(nn.Module):
         self.raw_scales = nn.Parameter(torch.full((self.components, z_dim), _raw_scale(1.0)))
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
+        """The mixture for ``batch_size`` codes: a ``MixtureSameFamily`` of the K Gaussians."""
         mixture = dist.MixtureSameFamily(
             dist.Categorical(logits=self.logits),
             dist.Normal(self.locs, _scale(self.raw_scales)).to_event(1),
@@ -186,6 +189,8 @@ class VampPrior(nn.Module):
         object.__setattr__(self, "_posterior_dist", vae.posterior_dist)
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
+        """(1/K) sum_k q(z | u_k) for ``batch_size`` codes; the prior must be attached to a VAE
+        (:meth:`attach`) first."""
         posterior_dist: Callable[[torch.Tensor], dist.Distribution] | None = self._posterior_dist
         if posterior_dist is None:
             raise ConfigError(
@@ -199,7 +204,7 @@ class VampPrior(nn.Module):
 
 
 class StandardLaplace(nn.Module):
-    """p(z) = prod_i Laplace(z_i; 0, 1) = prod_i exp(-|z_i|) / 2, fixed (a learned location and
+    """p(z) = prod_i Laplace(z_i; 0, 1) = ``prod_i exp(-|z_i|) / 2``, fixed (a learned location and
     scale would add nothing the decoder's first layer cannot absorb)."""
 
     name = "laplace"
@@ -210,6 +215,7 @@ class StandardLaplace(nn.Module):
         self.z_dim = z_dim
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
+        """Laplace(0, 1) per dimension for ``batch_size`` codes, on ``like``'s device and dtype."""
         loc = like.new_zeros(batch_size, self.z_dim)
         return dist.Laplace(loc, torch.ones_like(loc)).to_event(1)
 
@@ -227,6 +233,8 @@ class StandardStudentT(nn.Module):
         self.df = checks.positive("df", df)
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
+        """StudentT(df, 0, 1) per dimension for ``batch_size`` codes, on ``like``'s device and
+        dtype."""
         loc = like.new_zeros(batch_size, self.z_dim)
         return dist.StudentT(torch.full_like(loc, self.df), loc, torch.ones_like(loc)).to_event(1)
 
@@ -331,11 +339,13 @@ class FlowPrior(nn.Module):
         ]
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
+        """N(0, I) for ``batch_size`` codes pushed through the flow's steps (:meth:`transforms`)."""
         loc = like.new_zeros(batch_size, self.z_dim)
         base = dist.Normal(loc, torch.ones_like(loc)).to_event(1)
         return dist.TransformedDistribution(base, self.transforms())
 
 
+#: the priors by name, as ``VAE(prior=...)`` and ``--prior`` take them
 PRIORS: dict[str, type[nn.Module]] = {
     StandardNormal.name: StandardNormal,
     LearnedNormal.name: LearnedNormal,

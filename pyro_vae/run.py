@@ -1,13 +1,13 @@
 """The run folder: one training run on disk, created, checkpointed, finished and loaded here.
 
 +----------------------+--------------------------------------------------------------------------+
-| ``config.json``      | the :class:`~pyro_vae.config.RunConfig`, exactly: ``--config`` reads it   |
+| ``config.json``      | the :class:`~pyro_vae.config.RunConfig`, exactly: ``--config`` reads it  |
 | ``checkpoint.pt``    | weights, example shape, training state; after every epoch and on a stop  |
-| ``metrics.csv``      | ``epoch,train_elbo,test_elbo,seconds``, rewritten with the checkpoint     |
+| ``metrics.csv``      | ``epoch,train_elbo,test_elbo,seconds``, rewritten with the checkpoint    |
 | ``summary.json``     | the final figures, the device and the versions, when training ends       |
 | ``*.png``            | test images over their reconstructions, samples, ELBO curves, and for    |
 |                      | the label models a column of samples per class (``classes.png``)         |
-| ``evaluation.json``  | :meth:`Run.evaluate`'s figures, and the linear probe's (:meth:`record`)  |
+| ``evaluation.json``  | :meth:`Run.evaluate`'s figures, the linear probe's (:meth:`~Run.record`) |
 +----------------------+--------------------------------------------------------------------------+
 
 ::

@@ -40,7 +40,7 @@ from .errors import DataError
 from .evaluate import bits_per_dim, iwae_estimate
 from .model import VAE
 
-# Each score, the column of scores.csv that holds it, and what it is.
+#: Each score, the column of scores.csv that holds it, and what it is.
 COLUMNS = {
     "log_px": "IWAE estimate of log p(x), nats",
     "elbo": "one-sample ELBO estimate (the bound with k = 1), nats",

@@ -55,8 +55,8 @@ from .registry import name_of
 
 EPOCH_COLUMNS = ("epoch", "train_elbo", "test_elbo", "seconds", "kl_weight")
 ACCURACY_COLUMN = "test_accuracy"  # M2's, after EPOCH_COLUMNS
-# Steps between looks at the device's values: the losses' finiteness, the progress bar's loss,
-# and (under torchrun) whether any rank was asked to stop.
+#: Steps between looks at the device's values: the losses' finiteness, the progress bar's loss,
+#: and (under torchrun) whether any rank was asked to stop.
 CHECK_EVERY = 10
 COMPILE = ("auto", "on", "off")
 # compile="auto" times this many eager steps before it decides (compiled.compile_when_it_pays)
@@ -182,7 +182,7 @@ def train(
         next ``min(batch_size, labeled)`` labelled examples from an endless stream of seeded
         permutations of them, so every step's batch mixes both, half and half (one shape, one
         compiled graph), and the few labelled examples are seen far more often than once an
-        epoch (benchmarks/results/semi-supervised-*.md: this beat the tutorial's once an epoch).
+        epoch (``benchmarks/results/semi-supervised-*.md``: this beat the tutorial's once an epoch).
         The CVAE (``"all"``) takes every example's label; both need ``data``'s labels.
     :param binarization: ``"dynamic"``: for a binary likelihood, grey training data is binarized
         afresh in every batch and the test set once with a fixed seed (:mod:`pyro_vae.data`);
