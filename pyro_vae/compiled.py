@@ -263,8 +263,12 @@ def compile_when_it_pays(
 ) -> tuple[CompiledLoss | None, str, float]:
     """Capture ``what`` (``capture()``) and compile it on ``x``: at once when ``eager_seconds`` is
     ``None``, else only if ``calls_ahead`` calls of ``eager_seconds`` each would save more than
-    compiling takes (``agree`` makes the ranks of a torchrun decide alike). Returns the compiled
-    function or ``None``, one line saying which and why, and the seconds spent."""
+    compiling takes.
+
+    :param agree: makes the ranks of a torchrun decide alike.
+    :returns: the compiled function or ``None``, one line saying which and why, and the seconds
+        spent.
+    """
     saving = 0.0 if eager_seconds is None else compile_saving(eager_seconds, calls_ahead)
 
     def not_worth(compiling: float) -> str:

@@ -81,13 +81,15 @@ def log_weight_terms(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dist.Distribution, dist.Distribution]:
     """One reparameterized draw of z per particle and example, and the three log densities.
 
-    Returns ``(log p(x|z), log p(z), log q(z|x), q, p(z))``, each density of shape
-    ``(num_particles, B)``; ``cond`` is what a label-conditioned model's networks also take
-    (``(y,)``, one-hot: ``(B, K)``, or ``(K, 1, K)`` for every label at once, which gives
-    densities of shape ``(num_particles, K, B)``). The operations run in the order Pyro runs
-    them (guide, then model, then the model's log densities, then the guide's), so that the
-    random draws and even the rounding of the gradients are the same as ``Trace_ELBO``'s with
-    vectorized particles.
+    The operations run in the order Pyro runs them (guide, then model, then the model's log
+    densities, then the guide's), so that the random draws and even the rounding of the
+    gradients are the same as ``Trace_ELBO``'s with vectorized particles.
+
+    :param cond: what a label-conditioned model's networks also take: ``(y,)``, one-hot,
+        ``(B, K)``, or ``(K, 1, K)`` for every label at once, which gives densities of shape
+        ``(num_particles, K, B)``.
+    :returns: ``(log p(x|z), log p(z), log q(z|x), q, p(z))``, each density of shape
+        ``(num_particles, B)``.
     """
     if isinstance(vae.posterior, DiagonalNormal):
         loc, scale = vae.encode(x, *cond)
@@ -415,16 +417,23 @@ def dataset_elbo(
     full_batch: Callable[..., torch.Tensor] | None = None,
     labels: torch.Tensor | None = None,
 ) -> float:
-    """The mean ELBO per example of ``x`` in nats, a Monte Carlo estimate with a fixed seed, by
-    the ELBO of ``objective`` (``trace`` for ``iwae``: see :class:`Objective`) with weight 1;
-    ``labels`` (one-hot, one row per example) for a model whose programs take them (the CVAE).
-    M2's is the ELBO of log p(x), its labels summed out.
+    """The mean ELBO per example of ``x`` in nats, a Monte Carlo estimate with a fixed seed.
 
     The same ``vae``, ``x`` and ``seed`` give the same number on the same device. The global
     random state is saved and restored, so estimating never changes the course of training.
-    An estimate that is not finite (weights or outputs that overflow, as after a diverged
-    training step) is a :class:`PyroVAEError`. ``full_batch``, if given, computes the loss of
-    the batches shaped like the first (a compiled objective, say).
+    M2's is the ELBO of log p(x), its labels summed out.
+
+    :param vae: the model.
+    :param x: the examples, as the model scores them (:func:`~pyro_vae.data.eval_inputs`).
+    :param seed: seeds the draws of z.
+    :param objective: the ELBO of this objective, with weight 1 (``trace`` for ``iwae``: see
+        :class:`Objective`).
+    :param num_particles: the particles each example's ELBO averages over.
+    :param full_batch: if given, computes the loss of the batches shaped like the first (a
+        compiled objective, say).
+    :param labels: one-hot, one row per example, for a model whose programs take them (the CVAE).
+    :raises PyroVAEError: if the estimate is not finite (weights or outputs that overflow, as
+        after a diverged training step).
     """
     loss = make_loss(vae, MODEL_OBJECTIVES[vae.kind][objective].elbo, num_particles)
     shape = x[:EVAL_BATCH_SIZE].shape

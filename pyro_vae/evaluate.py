@@ -166,9 +166,13 @@ def iwae_log_likelihood(
 
 
 class IWAEEstimate(NamedTuple):
-    """The mean IWAE bound (nats per example), what became of compiling it, the seconds that
-    capturing and compiling took, and the bound of each example (``(N,)``, on the data's
-    device)."""
+    """An IWAE estimate of log p(x), as :func:`iwae_estimate` gives it.
+
+    :param value: the mean IWAE bound, nats per example.
+    :param compile: what became of compiling it, in one line.
+    :param compile_seconds: the seconds that capturing and compiling took.
+    :param per_example: the bound of each example, ``(N,)``, on the data's device.
+    """
 
     value: float
     compile: str
@@ -192,10 +196,12 @@ def iwae_estimate(
 
     The data go through in batches and each batch's particles in chunks (see
     :func:`pyro_vae.elbo.iwae_bound`), so that k = 5000 on 10,000 images fits in a few GB; the
-    global random state is left as it was. ``compile``: ``"on"`` compiles the chunk of the
-    first batch's shape (:mod:`pyro_vae.compiled`), ``"auto"`` does so after timing the first
-    batch if the chunks ahead repay it, ``"off"`` never. Compiled chunks draw the same numbers
-    and agree with eager ones to float32 rounding.
+    global random state is left as it was. Compiled chunks draw the same numbers and agree with
+    eager ones to float32 rounding.
+
+    :param compile: ``"on"`` compiles the chunk of the first batch's shape
+        (:mod:`pyro_vae.compiled`), ``"auto"`` does so after timing the first batch if the
+        chunks ahead repay it, ``"off"`` never.
     """
     checks.choice("compile", compile, ("auto", "on", "off"))
     batches = label_batches(x, labels if vae.labels == "all" else None, vae.num_classes)
@@ -314,11 +320,26 @@ def evaluate(
     progress: bool = False,
     compile: str = "off",
 ) -> dict[str, Any]:
-    """Test-set figures of ``vae`` on ``data`` (see the module doc): ``test_elbo``,
-    ``iwae_log_likelihood`` with ``iwae_k`` particles (0: skip it), ``kl_per_dim``,
-    ``active_units``, ``baseline_log_likelihood`` for binary likelihoods, ``test_accuracy`` for
-    M2, and ``seed``. The same seed gives the same numbers on the same device. ``compile`` is
-    :func:`iwae_estimate`'s, and ``iwae_compile`` says what came of it."""
+    """Test-set figures of ``vae`` on ``data`` (see the module doc).
+
+    The same seed gives the same numbers on the same device.
+
+    :param vae: the trained model.
+    :param data: its data set; the test set is scored, the training set fits the baseline.
+    :param seed: seeds every estimate.
+    :param objective: the training objective, whose ELBO is the test ELBO
+        (:func:`~pyro_vae.elbo.dataset_elbo`).
+    :param binarization: ``"dynamic"`` or ``"none"``, as in training: the test set is binarized
+        once with a fixed seed for a binary likelihood (:func:`~pyro_vae.data.eval_inputs`).
+    :param iwae_k: the particles of the IWAE estimate; 0 skips it.
+    :param progress: show a progress bar for the IWAE estimate.
+    :param compile: ``"on"``, ``"auto"`` or ``"off"``, for the IWAE estimate's chunks
+        (:func:`iwae_estimate`).
+    :returns: a dict of ``test_elbo``, ``iwae_log_likelihood`` (and ``iwae_compile``, what came
+        of compiling it), ``iwae_k``, ``kl_per_dim``, ``active_units``, ``seed``, ``num_test``,
+        ``baseline_log_likelihood``, ``test_accuracy`` for M2, and the figures in bits per
+        dimension for a likelihood of probabilities.
+    """
     check_shape(vae.x_shape, data)
     iwae_k = checks.whole("iwae_k", iwae_k, low=0)
     device = next(vae.parameters()).device

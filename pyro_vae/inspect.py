@@ -415,17 +415,23 @@ def compare_to_nuts(guide: az.InferenceData, nuts: az.InferenceData) -> dict[str
     r"""How far draws of an approximation (the guide's, or importance-resampled ones) are from
     NUTS's draws of p(z|x), per input and latent dimension.
 
-    The inputs compared are NUTS's ``obs`` coords, picked out of ``guide`` by label, so ``guide``
-    may hold more inputs (its ``obs`` must label the same inputs). Returns a dict of NumPy values:
+    :param guide: the approximation's draws, ``InferenceData`` as :func:`posterior_samples` or
+        :func:`importance_resample` make them.
+    :param nuts: NUTS's draws, as :func:`nuts_posterior` makes them. The inputs compared are its
+        ``obs`` coords, picked out of ``guide`` by label, so ``guide`` may hold more inputs (its
+        ``obs`` must label the same inputs).
+    :returns: a dict of NumPy values:
 
-    - ``mean_difference_in_sd``: ``(obs, z_dim)``, (E_q[z] - E_p[z]) / sd_p[z]: 0 is perfect; a
-      value of 1 puts the guide's mean one posterior standard deviation off;
-    - ``variance_ratio``: ``(obs, z_dim)``, Var_q[z] / Var_p[z]: 1 is perfect, < 1 the guide is
-      too narrow (the usual failure of KL(q || p) fits), > 1 too wide;
-    - ``max_abs_mean_difference_in_sd``, ``median_variance_ratio``: floats over all entries;
-    - ``nuts_rhat_max``, ``nuts_ess_bulk_min``: floats, az.rhat and az.ess (bulk) of the NUTS
-      draws: trust the comparison where r-hat < 1.01-1.05 and the ESS is in the hundreds;
-    - ``obs``: the compared inputs' coords.
+        - ``mean_difference_in_sd``: ``(obs, z_dim)``, (E_q[z] - E_p[z]) / sd_p[z]: 0 is
+          perfect; a value of 1 puts the guide's mean one posterior standard deviation off;
+        - ``variance_ratio``: ``(obs, z_dim)``, Var_q[z] / Var_p[z]: 1 is perfect, < 1 the
+          guide is too narrow (the usual failure of KL(q || p) fits), > 1 too wide;
+        - ``max_abs_mean_difference_in_sd``, ``median_variance_ratio``: floats over all
+          entries;
+        - ``nuts_rhat_max``, ``nuts_ess_bulk_min``: floats, az.rhat and az.ess (bulk) of the
+          NUTS draws: trust the comparison where r-hat < 1.01-1.05 and the ESS is in the
+          hundreds;
+        - ``obs``: the compared inputs' coords.
     """
     p = nuts.posterior["z"]
     q = guide.posterior["z"].sel(obs=p["obs"].values)
@@ -450,19 +456,18 @@ def compare_to_nuts(guide: az.InferenceData, nuts: az.InferenceData) -> dict[str
 
 @dataclass
 class AmortizationGap:
-    r"""The inference gap of each input split in two (Cremer et al. 2018), all ``(B,)`` torch
-    tensors in nats:
+    r"""The inference gap of each input split in two (Cremer et al. 2018), in nats; all but
+    ``elbo_trace`` are ``(B,)`` torch tensors.
 
-    - ``log_px``: log p(x), estimated by the IWAE bound with k draws (the tighter of those under
-      the amortized and the optimized guide);
-    - ``elbo_optimized``: ELBO of the best guide of the family for this input alone, q*(z|x);
-    - ``elbo_amortized``: ELBO of the encoder's guide q(z|x);
-    - ``approximation_gap`` = log p(x) - ELBO(q*): what the family cannot represent;
-    - ``amortization_gap`` = ELBO(q*) - ELBO(q): what the encoder loses by predicting the
-      guide's parameters for every input at once instead of fitting each.
-
-    ``elbo_trace`` ``(steps, B)`` is each optimization step's ELBO estimate (``num_particles``
-    draws), to check that the optimization has levelled off.
+    :param log_px: log p(x), estimated by the IWAE bound with k draws (the tighter of those under
+        the amortized and the optimized guide).
+    :param elbo_optimized: ELBO of the best guide of the family for this input alone, q*(z|x).
+    :param elbo_amortized: ELBO of the encoder's guide q(z|x).
+    :param approximation_gap: log p(x) - ELBO(q*): what the family cannot represent.
+    :param amortization_gap: ELBO(q*) - ELBO(q): what the encoder loses by predicting the
+        guide's parameters for every input at once instead of fitting each.
+    :param elbo_trace: ``(steps, B)``, each optimization step's ELBO estimate
+        (``num_particles`` draws), to check that the optimization has levelled off.
     """
 
     log_px: torch.Tensor

@@ -55,9 +55,16 @@ PATHS = {"linear": linear, "spherical": spherical}
 def interpolate(
     vae: VAE, x_from: torch.Tensor, x_to: torch.Tensor, steps: int = 10, path: str = "linear"
 ) -> torch.Tensor:
-    """The ``steps`` images, ``(steps, *x_shape)``, that ``vae`` decodes along ``path`` (a name
-    of :data:`PATHS`) from the code of the input ``x_from`` to that of ``x_to`` (each one
-    example, shaped ``x_shape``): the first and last are their reconstructions."""
+    """The ``steps`` images, ``(steps, *x_shape)``, that ``vae`` decodes along a path from the
+    code of the input ``x_from`` to that of ``x_to``: the first and last are their reconstructions.
+
+    :param vae: a model of p(x | z) (model ``vae``).
+    :param x_from: the input the walk starts from, one example shaped ``x_shape``.
+    :param x_to: the input it ends at, likewise.
+    :param steps: the number of images, at least 2.
+    :param path: a name of :data:`PATHS`: ``"linear"`` or ``"spherical"``.
+    :raises ConfigError: for a label model, fewer than 2 steps or an unknown path.
+    """
     steps = checks.whole("steps", steps, low=2)
     walk = PATHS[checks.choice("path", path, list(PATHS))]
     if vae.num_classes:

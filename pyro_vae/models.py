@@ -15,8 +15,14 @@ MODELS: dict[str, type[VAE]] = {"vae": VAE, "cvae": CVAE, "m2": M2}
 
 
 def build_model(name: str, x_shape: Sequence[int], num_classes: int = 0, **options: Any) -> VAE:
-    """The model ``name`` over examples of shape ``x_shape``; one that learns from labels gets
-    ``num_classes``, the others ignore it."""
+    """The model ``name`` over examples of shape ``x_shape``.
+
+    :param name: a name of :data:`MODELS`: ``"vae"``, ``"cvae"`` or ``"m2"``.
+    :param x_shape: the shape of one example.
+    :param num_classes: K, for a model that learns from labels; the others ignore it.
+    :param options: the model class's other keyword arguments (:class:`~pyro_vae.model.VAE`'s,
+        and ``aux_weight`` for M2).
+    """
     cls = MODELS[checks.choice("model", name, list(MODELS))]
     if cls.labels == "none":
         return cls(x_shape, **options)

@@ -30,9 +30,12 @@ PROBE_MAX_ITER = 1000
 
 
 class Codes(NamedTuple):
-    """Each example's code: ``mean`` E_q[z|x] and ``scale`` the standard deviation of each of
-    its dimensions under q(z|x), both ``(N, z_dim)``, and the examples' integer ``labels``
-    (``(N,)``, or ``None``)."""
+    """Each example's code, as :func:`encode` gives it.
+
+    :param mean: E_q[z|x], ``(N, z_dim)``.
+    :param scale: the standard deviation of each dimension under q(z|x), ``(N, z_dim)``.
+    :param labels: the examples' integer labels, ``(N,)``, or ``None``.
+    """
 
     mean: torch.Tensor
     scale: torch.Tensor
@@ -49,14 +52,22 @@ def encode(
     num_samples: int = 256,
     progress: bool = False,
 ) -> Codes:
-    """The codes of the examples ``x`` (floats, as the model scores them), on ``x``'s device.
+    """The codes of the examples ``x``, on ``x``'s device.
 
     Mean and standard deviation are exact where the guide's distribution has them (the diagonal
     and full-rank Gaussians: for the diagonal one, the ``loc`` and ``scale`` of
-    ``vae.encode``); otherwise (flows) they are estimated from ``num_samples`` draws of z per
-    example with a fixed ``seed``, the global random state left as it was. The label models'
-    guide q(z|x,y) is taken at the integer ``labels``, which they need; the codes keep
-    ``labels`` whatever the model.
+    ``vae.encode``); otherwise (flows) they are estimated from draws of z, the global random
+    state left as it was.
+
+    :param vae: the trained model.
+    :param x: the examples, floats as the model scores them (:func:`~pyro_vae.data.eval_inputs`).
+    :param labels: the examples' integer labels: the label models' guide q(z|x,y) is taken at
+        them, so those models need them; the codes keep them whatever the model.
+    :param seed: seeds the draws of z, where there are draws.
+    :param num_samples: the draws of z per example, for a guide with no closed-form mean
+        (flows).
+    :param progress: show a progress bar.
+    :raises DataError: for a label model without ``labels``.
     """
     if vae.num_classes and labels is None:
         raise DataError(f"model {vae.kind!r} encodes q(z|x,y) and needs the examples' labels")
@@ -77,8 +88,11 @@ def encode(
 
 
 class Probe(NamedTuple):
-    """A linear probe's test ``accuracy``, and ``chance``: the accuracy of always answering the
-    training set's most common label."""
+    """A linear probe's result, as :func:`linear_probe` gives it.
+
+    :param accuracy: the share of test examples whose label the probe predicts.
+    :param chance: the accuracy of always answering the training set's most common label.
+    """
 
     accuracy: float
     chance: float
@@ -87,7 +101,13 @@ class Probe(NamedTuple):
 def linear_probe(train: Codes, test: Codes, *, seed: int = 0) -> Probe:
     """Fit a multinomial logistic regression (scikit-learn, L2 penalty C = 1, after
     standardizing each dimension on the training codes) on ``train.mean`` to ``train.labels``,
-    and score it on ``test``: the share of test examples whose label it predicts."""
+    and score it on ``test``: the share of test examples whose label it predicts.
+
+    :param train: the training examples' codes, with labels.
+    :param test: the test examples' codes, with labels.
+    :param seed: the regression's ``random_state``.
+    :raises DataError: for codes without labels, or training labels of one class.
+    """
     # here, not at the top: scikit-learn takes about a second to import, and only the probe uses it
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline

@@ -60,14 +60,23 @@ def score(
     progress: bool = False,
     compile: str = "off",
 ) -> dict[str, torch.Tensor]:
-    """Each example's scores, by the names of :data:`COLUMNS`, each ``(N,)`` float64 on the CPU.
+    """Each example's scores, by the names of :data:`~pyro_vae.scores.COLUMNS`, each ``(N,)``
+    float64 on the CPU.
 
-    ``x`` are the examples as the model scores them (see :func:`~pyro_vae.data.eval_inputs`).
-    ``log_px`` is the IWAE bound of each example with ``k`` particles and ``seed``, the numbers
-    whose mean :func:`~pyro_vae.evaluate.iwae_estimate` gives; ``elbo`` the same with one
-    particle. For the conditional VAE both are of log p(x | y) at the integer ``labels``; for M2
-    of log p(x), its labels summed out. ``complexity_bits`` and ``corrected`` are given for the
-    likelihoods of discrete inputs only.
+    ``log_px`` is the IWAE bound of each example, the numbers whose mean
+    :func:`~pyro_vae.evaluate.iwae_estimate` gives; ``elbo`` the same with one particle. For the
+    conditional VAE both are of log p(x | y); for M2 of log p(x), its labels summed out.
+    ``complexity_bits`` and ``corrected`` are given for the likelihoods of discrete inputs only.
+
+    :param vae: the trained model.
+    :param x: the examples as the model scores them (see :func:`~pyro_vae.data.eval_inputs`).
+    :param k: the particles of each example's IWAE bound.
+    :param labels: the examples' integer labels, which the conditional VAE needs.
+    :param seed: seeds the draws of z.
+    :param progress: show a progress bar.
+    :param compile: ``"on"``, ``"auto"`` or ``"off"``, for the IWAE bound's chunks
+        (:func:`~pyro_vae.evaluate.iwae_estimate`).
+    :raises DataError: for the conditional VAE without ``labels``.
     """
     if vae.labels == "all" and labels is None:
         raise DataError(f"model {vae.kind!r} scores log p(x | y) and needs the examples' labels")

@@ -65,12 +65,20 @@ AUTO_TIMED_STEPS = 5
 
 @dataclass
 class History:
-    """Per-epoch figures in nats per example: ``train_elbo``, the training objective over the
-    epoch's batches (the ELBO with the KL term weighed by ``kl_weight``; the IWAE bound for the
-    IWAE objectives); ``test_elbo``, the ELBO itself (weight 1, one particle), comparable across
-    runs; ``seconds`` of training in that epoch; and ``step_loss``, each step's loss (the
-    negative objective of its batch, nats per example); for M2, ``test_accuracy``, its
-    classifier's on the test set after each epoch."""
+    """Per-epoch figures in nats per example, a list entry per epoch, and how training ran.
+
+    :param epoch: the epoch, counted from 1.
+    :param train_elbo: the training objective over the epoch's batches: the ELBO with the KL
+        term weighed by ``kl_weight``, or the IWAE bound for the IWAE objectives.
+    :param test_elbo: the ELBO itself (weight 1, one particle), comparable across runs.
+    :param seconds: the seconds of training in that epoch.
+    :param kl_weight: the weight of the KL term in that epoch.
+    :param test_accuracy: for M2, its classifier's accuracy on the test set after each epoch.
+    :param step_loss: each step's loss, the negative objective of its batch, nats per example.
+    :param compile: what became of compiling the step, in one line.
+    :param data: where the training set lived, in one line.
+    :param compile_seconds: capturing and compiling, all told.
+    """
 
     epoch: list[int] = field(default_factory=list)
     train_elbo: list[float] = field(default_factory=list)
@@ -79,9 +87,9 @@ class History:
     kl_weight: list[float] = field(default_factory=list)
     test_accuracy: list[float] = field(default_factory=list)
     step_loss: list[float] = field(default_factory=list)
-    compile: str = "off"  # what became of compiling the step, in one line
-    data: str = ""  # where the training set lived, in one line
-    compile_seconds: float = 0.0  # capturing and compiling, all told
+    compile: str = "off"
+    data: str = ""
+    compile_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epoch and not self.kl_weight:  # a history from before the KL was weighed
@@ -104,10 +112,14 @@ class TrainState:
     """Where training stands, with everything needed to go on exactly from there: the same
     batches in the same order, the same random draws, the same Adam moments.
 
-    ``epoch`` epochs are finished and ``step_in_epoch`` steps of the next one are taken;
-    ``partial_losses`` are the summed losses of those steps and ``partial_seconds`` their time.
-    ``rng`` holds the batch-order generator's state from before the unfinished epoch drew its
-    permutation, and each rank's torch (and CUDA) generator state.
+    :param epoch: the epochs finished.
+    :param step_in_epoch: the steps of the next epoch taken.
+    :param history: the finished epochs' figures.
+    :param optimizer: Adam's ``state_dict``.
+    :param rng: the batch-order generator's state from before the unfinished epoch drew its
+        permutation, and each rank's torch (and CUDA) generator state.
+    :param partial_losses: the summed losses of the steps taken in the unfinished epoch.
+    :param partial_seconds: their time.
     """
 
     epoch: int = 0
