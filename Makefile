@@ -1,12 +1,13 @@
 # make demo: train on the embedded digits and write runs/demo/
-# make test: lint and run the whole test suite
-# Both create .venv and install the package (with the dev extras) on first use.
+# make docs: build the documentation site into docs/_build/html (warnings are errors)
+# make test: lint, build the docs, and run the whole test suite
+# Each creates .venv and installs the package (with the dev extras) on first use.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint docs install clean
 
 install: $(VENV)/.installed
 
@@ -19,10 +20,15 @@ demo: install
 	$(BIN)/pyro-vae train --dataset digits --epochs 200 --lr 0.003 --compile off --out runs/demo --overwrite
 
 lint: install
-	$(BIN)/ruff check pyro_vae tests examples benchmarks
+	$(BIN)/ruff check pyro_vae tests examples benchmarks docs
 
-test: lint
+# -E: a fresh environment every time, since a kept one would not repeat the warnings of pages
+# it does not read again
+docs: install
+	$(BIN)/sphinx-build -b html -E -W --keep-going -q docs docs/_build/html
+
+test: lint docs
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache docs/_build docs/guide docs/notebooks
