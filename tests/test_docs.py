@@ -1,0 +1,159 @@
+"""The API reference's docstrings: one for every documented object, in the style Pyro's own use.
+
+The documented API is what the pages under docs/api/ ask autodoc for, read from their
+``.. automodule::`` directives, and each module's public members as autodoc picks them: the
+names of ``__all__`` where a module has one, else the functions and classes it defines whose
+names do not start with an underscore, and the methods and properties those classes define.
+``make docs`` builds the pages themselves, with warnings as errors; these tests check what
+Sphinx does not.
+"""
+
+import dataclasses
+import importlib
+import inspect
+import pkgutil
+import re
+from pathlib import Path
+
+import pyro_vae
+
+API = Path(__file__).resolve().parent.parent / "docs" / "api"
+# the modules with no page: ``python -m pyro_vae``, and the version (pyro_vae.__version__)
+UNDOCUMENTED_MODULES = {"pyro_vae.__main__", "pyro_vae.version"}
+
+AUTOMODULE = re.compile(r"^\.\. automodule:: (\S+)\n((?:   :.*\n)*)", re.MULTILINE)
+PARAM = re.compile(r":param(?: [^:\n]+)? \\?\*{0,2}(\w+):")
+# Google's "Args:" and "Returns:" sections, and NumPy's underlined headings
+GOOGLE = re.compile(
+    r"^\s*(Args|Arguments|Parameters|Params|Returns?|Yields?|Raises|Attributes|Examples?|"
+    r"Notes?|Keyword Args|Other Parameters|See Also|References|Warnings?|Todo):\s*$",
+    re.MULTILINE,
+)
+NUMPY = re.compile(r"^\s*[A-Z][\w ]*\n\s*-{3,}\s*$", re.MULTILINE)
+
+
+def automodules() -> dict[str, list[str] | None]:
+    """Each documented module, with the members its directive names (``None``: autodoc's pick)."""
+    found = {}
+    for page in sorted(API.glob("*.rst")):
+        for name, options in AUTOMODULE.findall(page.read_text()):
+            members = re.search(r":members: *(.*)", options)
+            if ":no-members:" in options:
+                found[name] = []
+            elif members and members.group(1).strip():
+                found[name] = [m.strip() for m in members.group(1).split(",")]
+            else:
+                found[name] = None
+    return found
+
+
+def own_doc(obj) -> str | None:
+    """The docstring ``obj`` was written with, not one inherited or made up by ``dataclass``."""
+    if isinstance(obj, property):
+        obj = obj.fget
+    if isinstance(obj, classmethod | staticmethod):
+        obj = obj.__func__
+    doc = vars(obj).get("__doc__") if inspect.isclass(obj) else obj.__doc__
+    if inspect.isclass(obj) and dataclasses.is_dataclass(obj) and doc:
+        if doc.startswith(obj.__name__ + "("):  # dataclass's stand-in: the signature
+            return None
+    return inspect.cleandoc(doc) if doc else None
+
+
+def public_members(module) -> list[tuple[str, object]]:
+    """The module's members autodoc documents with ``:members:``: functions and classes."""
+    if hasattr(module, "__all__"):
+        names = module.__all__
+    else:
+        names = [n for n in vars(module) if not n.startswith("_")]
+    members = []
+    for name in names:
+        obj = getattr(module, name)
+        if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+            continue  # data: documented by a "#:" comment where it matters
+        if not hasattr(module, "__all__") and obj.__module__ != module.__name__:
+            continue  # imported from elsewhere, documented there
+        members.append((f"{module.__name__}.{name}", obj))
+    return members
+
+
+def class_members(cls) -> list[tuple[str, object]]:
+    """The methods, properties, class and static methods ``cls`` defines itself, by public name."""
+    kinds = (property, classmethod, staticmethod)
+    return [
+        (name, member)
+        for name, member in vars(cls).items()
+        if not name.startswith("_") and (inspect.isfunction(member) or isinstance(member, kinds))
+    ]
+
+
+def documented_objects() -> list[tuple[str, object]]:
+    """Every object the API reference documents, by its full name: classes, their members, and
+    functions."""
+    objects = []
+    for name, members in automodules().items():
+        module = importlib.import_module(name)
+        if members is None:
+            chosen = public_members(module)
+        else:
+            chosen = [(f"{name}.{m}", getattr(module, m)) for m in members]
+        for full_name, obj in chosen:
+            objects.append((full_name, obj))
+            if inspect.isclass(obj):
+                objects += [(f"{full_name}.{m}", member) for m, member in class_members(obj)]
+    return objects
+
+
+def signature_names(obj) -> set[str] | None:
+    """The parameter names of a function, or of a class's constructor; ``None`` for a property."""
+    if isinstance(obj, property):
+        return None
+    if isinstance(obj, classmethod | staticmethod):
+        obj = obj.__func__
+    try:
+        return set(inspect.signature(obj).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
+def test_every_module_has_a_page():
+    modules = {f"pyro_vae.{m.name}" for m in pkgutil.iter_modules(pyro_vae.__path__)} | {"pyro_vae"}
+    documented = set(automodules())
+    assert sorted(modules - documented - UNDOCUMENTED_MODULES) == [], "modules with no page"
+    assert sorted(documented - modules) == [], "pages of modules that do not exist"
+
+
+def test_every_documented_object_has_a_docstring():
+    missing = [name for name, obj in documented_objects() if not own_doc(obj)]
+    assert missing == [], "no docstring: " + ", ".join(missing)
+
+
+def test_params_name_parameters_of_the_signature():
+    stale = []
+    for name, obj in documented_objects():
+        params = signature_names(obj)
+        for param in PARAM.findall(own_doc(obj) or ""):
+            if params is not None and param not in params:
+                stale.append(f"{name}: :param {param}:")
+    assert stale == [], "a :param: the signature does not have: " + "; ".join(stale)
+
+
+def test_docstrings_use_field_lists_not_google_or_numpy_sections():
+    docs = [(name, importlib.import_module(name).__doc__ or "") for name in automodules()]
+    docs += [(name, own_doc(obj) or "") for name, obj in documented_objects()]
+    sectioned = [name for name, doc in docs if GOOGLE.search(doc) or NUMPY.search(doc)]
+    assert sectioned == [], "Google or NumPy sections (use :param x: and :returns:): " + ", ".join(
+        sectioned
+    )
+
+
+def test_the_package_page_lists_every_export():
+    page = (API / "index.rst").read_text()
+    listed = re.search(r"\.\. autosummary::\n((?:   .*\n|\n)*)", page).group(1).split()
+    objects = set()
+    for entry in listed:
+        module, _, name = entry.lstrip("~").rpartition(".")
+        objects.add(id(getattr(importlib.import_module(module), name)))
+    exports = {name for name in pyro_vae.__all__ if name != "__version__"}
+    missing = sorted(name for name in exports if id(getattr(pyro_vae, name)) not in objects)
+    assert missing == [], "exports the API reference's first page does not list"
