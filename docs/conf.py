@@ -138,7 +138,14 @@ def resolve_as_python_does(app, env, node, contnode):
     return None
 
 
+def skip_namedtuple_fields(app, what, name, obj, skip, options):
+    """Leave out a NamedTuple's fields ("Alias for field number 0"): its docstring's
+    ``:param:`` list says what each is."""
+    return skip or (obj.__doc__ or "").startswith("Alias for field number") or None
+
+
 def setup(app):
     app.connect("missing-reference", resolve_as_python_does)
+    app.connect("autodoc-skip-member", skip_namedtuple_fields)
     copy_notebooks()
     write_guide_pages()

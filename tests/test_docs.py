@@ -8,7 +8,6 @@ names do not start with an underscore, and the methods and properties those clas
 Sphinx does not.
 """
 
-import dataclasses
 import importlib
 import inspect
 import pkgutil
@@ -48,15 +47,14 @@ def automodules() -> dict[str, list[str] | None]:
 
 
 def own_doc(obj) -> str | None:
-    """The docstring ``obj`` was written with, not one inherited or made up by ``dataclass``."""
+    """The docstring ``obj`` was written with, not one inherited or made up for it."""
     if isinstance(obj, property):
         obj = obj.fget
     if isinstance(obj, classmethod | staticmethod):
         obj = obj.__func__
     doc = vars(obj).get("__doc__") if inspect.isclass(obj) else obj.__doc__
-    if inspect.isclass(obj) and dataclasses.is_dataclass(obj) and doc:
-        if doc.startswith(obj.__name__ + "("):  # dataclass's stand-in: the signature
-            return None
+    if inspect.isclass(obj) and (doc or "").startswith(obj.__name__ + "("):
+        return None  # the stand-in dataclass and NamedTuple write: the signature
     return inspect.cleandoc(doc) if doc else None
 
 
