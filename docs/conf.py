@@ -35,8 +35,9 @@ html_theme = "furo"
 html_title = f"pyro-vae {release}"
 
 # autodoc: the package's docstrings, in source order; constructor parameters are in the class's
-# docstring, as in Pyro's own documentation
-autodoc_default_options = {"members": True, "member-order": "bysource"}
+# docstring, as in Pyro's own documentation. Each automodule says :members: itself: a default
+# "members" would override a page's own list (cli.rst's "main")
+autodoc_default_options = {"member-order": "bysource"}
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"
 autodoc_inherit_docstrings = False  # torch's forward() docstring is not ours to show

@@ -32,14 +32,15 @@ NUMPY = re.compile(r"^\s*[A-Z][\w ]*\n\s*-{3,}\s*$", re.MULTILINE)
 
 
 def automodules() -> dict[str, list[str] | None]:
-    """Each documented module, with the members its directive names (``None``: autodoc's pick)."""
+    """Each documented module, with the members its directive names (``None``: autodoc's pick,
+    for a bare ``:members:``; none without the option)."""
     found = {}
     for page in sorted(API.glob("*.rst")):
         for name, options in AUTOMODULE.findall(page.read_text()):
-            members = re.search(r":members: *(.*)", options)
-            if ":no-members:" in options:
+            members = re.search(r":members:(.*)", options)
+            if members is None:
                 found[name] = []
-            elif members and members.group(1).strip():
+            elif members.group(1).strip():
                 found[name] = [m.strip() for m in members.group(1).split(",")]
             else:
                 found[name] = None
