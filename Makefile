@@ -1,12 +1,13 @@
 # make demo: train on the embedded digits and write runs/demo/
 # make test: lint and run the whole test suite
-# Both create .venv and install the package (with the dev extras) on first use.
+# make notebooks: execute every notebook in full and store it with its outputs
+# All three create .venv and install the package (with the dev extras) on first use.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean notebooks
 
 install: $(VENV)/.installed
 
@@ -19,10 +20,13 @@ demo: install
 	$(BIN)/pyro-vae train --dataset digits --epochs 200 --lr 0.003 --compile off --out runs/demo --overwrite
 
 lint: install
-	$(BIN)/ruff check pyro_vae tests examples benchmarks
+	$(BIN)/ruff check pyro_vae tests examples benchmarks notebooks/execute.py
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+notebooks: install
+	$(BIN)/python notebooks/execute.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
