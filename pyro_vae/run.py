@@ -212,7 +212,7 @@ class Run:
     @contextmanager
     def _checkpoints(self) -> Iterator[Callable[[TrainState], None]]:
         """What training hands each state to: :meth:`save`; for a run with ``tensorboard``, on
-        rank 0, :meth:`watch` of a finished epoch first (before the checkpoint: an epoch whose
+        rank 0, :meth:`_watch` of a finished epoch first (before the checkpoint: an epoch whose
         figures were written and whose checkpoint was not is trained again and rewritten)."""
         if not (self.config.tensorboard and distributed.is_main_process()):
             yield self.save
@@ -220,13 +220,13 @@ class Run:
 
         def checkpoint(state: TrainState) -> None:
             if not state.step_in_epoch:  # a stop mid-epoch: its steps are written at its end
-                self.watch(watching, state.history)
+                self._watch(watching, state.history)
             self.save(state)
 
         with board.Board(self.path / BOARD, self.state.history) as watching:
             yield checkpoint
 
-    def watch(self, watching: board.Board, history: History) -> None:
+    def _watch(self, watching: board.Board, history: History) -> None:
         """Write the epochs of ``history`` that ``watching`` lacks, and the figures and pictures
         of the VAE as it is, on the test set (:meth:`pyro_vae.board.Board.write_epoch`)."""
         x, labels = self.inputs("test")
