@@ -13,8 +13,8 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE, ConfigError, train
 from pyro_vae.cli import main
-from pyro_vae.data import eval_inputs
 from pyro_vae.conditional import one_hot
+from pyro_vae.data import eval_inputs
 from pyro_vae.elbo import (
     dataset_elbo,
     elbo_terms,
