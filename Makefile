@@ -23,7 +23,7 @@ lint: install
 	$(BIN)/ruff check pyro_vae tests examples benchmarks notebooks/execute.py
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 notebooks: install
 	$(BIN)/python notebooks/execute.py
