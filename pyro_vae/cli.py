@@ -574,8 +574,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)
-        if action.option_strings:
-            ArgumentParser.flags.setdefault(action.dest, action.option_strings[-1])
+        long = [flag for flag in action.option_strings if flag.startswith("--")]
+        if long:  # --out, not -o; --stream, not --no-stream
+            ArgumentParser.flags.setdefault(action.dest, long[0])
         return action
 
     def error(self, message: str) -> NoReturn:
@@ -649,8 +650,8 @@ def _add_flags(
         if default is not None:
             shown = ",".join(map(str, default)) if isinstance(default, list) else default
             help += f" (default: { ({True: 'on', False: 'off'}.get(shown, shown)) })"
-        if values is bool:  # a switch: given means on
-            p.add_argument(flag, dest=dest, help=help, action="store_const", const=True)
+        if values is bool:  # a switch, --X on and --no-X off (on a resume too)
+            p.add_argument(flag, dest=dest, help=help, action=argparse.BooleanOptionalAction)
             continue
         kind = {"choices": values} if isinstance(values, list | tuple) else {"type": values}
         p.add_argument(flag, dest=dest, help=help, **kind)

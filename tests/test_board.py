@@ -135,3 +135,16 @@ def test_tensorboard_without_the_package_is_one_line_before_any_work(tmp_path, m
     assert main(resume) == 2
     assert capsys.readouterr().err.endswith(f"pyro-vae: error: --tensorboard {fix}\n")
     assert (out / CONFIG).read_text() == config and Run.open(out).state.epoch == 1
+
+
+def test_a_watched_run_resumes_unwatched_with_no_tensorboard(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--z-dim", "4", "--hidden-dims", "32", "--epochs", "1", "--quiet"]
+    assert main([*argv, "--compile", "off", "--out", str(out), "--tensorboard"]) == 0
+    without_tensorboard(monkeypatch)  # resumed on a machine without the package
+    resume = ["train", "--out", str(out), "--resume", "--epochs", "2", "--quiet"]
+    assert main(resume) == 2  # the run keeps its setting
+    assert "pip install pyro-vae[tensorboard]" in capsys.readouterr().err
+    assert main([*resume, "--no-tensorboard"]) == 0
+    run = Run.open(out)
+    assert run.state.epoch == 2 and not run.config.tensorboard
