@@ -9,6 +9,7 @@ rules of its own.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import numbers
 from collections.abc import Iterable, Sequence
@@ -135,3 +136,14 @@ def channels(param: str, value: Any) -> int:
 def optional(check: Any, param: str, value: Any) -> Any:
     """``check(param, value)``, or ``None`` for ``None``: a setting that may be left out."""
     return None if value is None else check(param, value)
+
+
+def installed(param: str, module: str, extra: str) -> None:
+    """That ``module``, an optional dependency that ``param`` needs, can be imported; else one
+    line naming the extra that installs it. Asked of the import system (``find_spec``), without
+    importing the module."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f"needs the {module} package, which is not installed: pip install pyro-vae[{extra}]",
+            param,
+        )

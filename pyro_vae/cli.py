@@ -54,7 +54,7 @@ from .plots import (
 from .priors import PRIORS
 from .registry import describe, option_defaults, option_names
 from .representations import encode, save_codes
-from .run import CHECKPOINT, CLASS_PICTURE, EVALUATION, RUN_FILES, SPLITS, Run, RunExists
+from .run import BOARD, CHECKPOINT, CLASS_PICTURE, EVALUATION, RUN_FILES, SPLITS, Run, RunExists
 from .scores import COLUMNS, most_and_least_typical, score, write_scores
 from .signals import StopOnSignals
 from .train import COMPILE, TrainingInterrupted
@@ -221,6 +221,13 @@ TRAINING_FLAGS = {
         whole(lambda p, v: checks.whole(p, v, low=0), "workers"),
         "DataLoader worker processes when streaming (0: in the main process)",
     ),
+    "--tensorboard": (
+        bool,
+        "after every epoch, write TensorBoard event files into RUN_DIR/tensorboard: each "
+        "step's loss, the train and test ELBO, the test ELBO's reconstruction and KL terms, "
+        "active units, reconstructions and samples; watch with tensorboard --logdir runs "
+        "(needs pip install pyro-vae[tensorboard])",
+    ),
 }
 # The parts' option flags: flag -> (the kinds of part it may configure, the option, values, help).
 # A flag reaches every chosen part that takes that option, and is an error if none does.
@@ -309,6 +316,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 compile=config.compile,
                 stream=config.stream,
                 workers=config.workers,
+                tensorboard=config.tensorboard,
                 progress=not args.quiet,
                 stop=signals.requested,
             )
@@ -324,6 +332,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 128 + signum
     if writer:
         files = (*RUN_FILES, CLASS_PICTURE) if run.vae.num_classes else RUN_FILES
+        files += (f"{BOARD}/",) if run.config.tensorboard else ()
         print(f"run folder: {run.path}  ({', '.join(files)})")
         baseline = run.summary["baseline_log_likelihood"]
         against = "" if baseline is None else f" (independent-pixel baseline: {baseline:.2f})"
@@ -565,8 +574,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)
-        if action.option_strings:
-            ArgumentParser.flags.setdefault(action.dest, action.option_strings[-1])
+        long = [flag for flag in action.option_strings if flag.startswith("--")]
+        if long:  # --out, not -o; --stream, not --no-stream
+            ArgumentParser.flags.setdefault(action.dest, long[0])
         return action
 
     def error(self, message: str) -> NoReturn:
@@ -592,6 +602,7 @@ EXAMPLES = {
         "pyro-vae train --dataset digits --epochs 50 --out runs/digits",
         "pyro-vae train --dataset fashion-mnist --data-dir data --encoder conv "
         "--likelihood discretized-logistic --likelihood-bins 256 --out runs/fmnist",
+        "pyro-vae train --dataset digits --epochs 50 --out runs/watched --tensorboard",
     ],
     "evaluate": ["pyro-vae evaluate runs/digits --iwae-k 5000"],
     "sample": ["pyro-vae sample runs/digits -n 64 --out samples.png"],
@@ -639,8 +650,8 @@ def _add_flags(
         if default is not None:
             shown = ",".join(map(str, default)) if isinstance(default, list) else default
             help += f" (default: { ({True: 'on', False: 'off'}.get(shown, shown)) })"
-        if values is bool:  # a switch: given means on
-            p.add_argument(flag, dest=dest, help=help, action="store_const", const=True)
+        if values is bool:  # a switch, --X on and --no-X off (on a resume too)
+            p.add_argument(flag, dest=dest, help=help, action=argparse.BooleanOptionalAction)
             continue
         kind = {"choices": values} if isinstance(values, list | tuple) else {"type": values}
         p.add_argument(flag, dest=dest, help=help, **kind)
@@ -657,12 +668,13 @@ def _add_train_parser(commands: Any) -> None:
         _add_flags(p, flags)
     p.add_argument("--out", help="run folder to write (default: runs/DATASET-DATE-TIME)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    resumable = [flag_of(name) for name in RESUMABLE]
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from its last "
-        "checkpoint, exactly as if it had not stopped; its settings are kept (only "
-        "--epochs, --lr, --device, --compile, --stream and --workers may change)",
+        help="continue the run in --out from its last checkpoint, exactly as if it had not "
+        f"stopped; its settings are kept (only {', '.join(resumable[:-1])} and {resumable[-1]} "
+        "may change)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

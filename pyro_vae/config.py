@@ -36,7 +36,7 @@ except ModuleNotFoundError:  # pragma: no cover
     tomllib = None
 
 # What a resumed run may change; any other difference from the saved run is an error.
-RESUMABLE = ("epochs", "lr", "device", "compile", "stream", "workers")
+RESUMABLE = ("epochs", "lr", "device", "compile", "stream", "workers", "tensorboard")
 PART_OPTIONS = ("prior_options", "likelihood_options", "guide_options")
 
 
@@ -78,6 +78,8 @@ class RunConfig:
     compile: str = "auto"
     stream: bool = False  # batches through a DataLoader (pyro_vae.loader)
     workers: int = 2  # its worker processes
+    # the run folder (pyro_vae.run)
+    tensorboard: bool = False  # TensorBoard event files after every epoch (pyro_vae.board)
 
     def __post_init__(self) -> None:
         checked = {
@@ -102,6 +104,7 @@ class RunConfig:
             "compile": checks.choice("compile", self.compile, COMPILE),
             "stream": checks.flag("stream", self.stream),
             "workers": checks.whole("workers", self.workers, low=0),
+            "tensorboard": checks.flag("tensorboard", self.tensorboard),
         }
         # the objective's settings are checked together, against the epochs too
         weighing = check_objective(

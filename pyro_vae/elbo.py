@@ -29,6 +29,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import pyro.distributions as dist
 import torch
@@ -358,13 +359,16 @@ class Objective:
     elbo: str
     guides: tuple[str, ...] = ()  # the guide families it works with; () for any
     max_particles: int = MAX_PARTICLES
+    analytic_kl: bool = False  # its KL term in closed form (TraceMeanField_ELBO's)
 
 
 OBJECTIVES: dict[str, Objective] = {
     # Pyro's Trace_ELBO, TraceMeanField_ELBO and RenyiELBO(alpha=0) without their host round
     # trips (pyro_vae.objectives), and their hand-written twins
     "trace": Objective(partial(_pyro_loss, SyncFreeTrace_ELBO), True, "trace"),
-    "meanfield": Objective(partial(_pyro_loss, SyncFreeTraceMeanField_ELBO), True, "meanfield"),
+    "meanfield": Objective(
+        partial(_pyro_loss, SyncFreeTraceMeanField_ELBO), True, "meanfield", analytic_kl=True
+    ),
     "iwae": Objective(partial(_pyro_loss, SyncFreeIWAE_ELBO), False, "trace"),
     "iwae-dreg": Objective(
         partial(_pyro_loss, SyncFreeIWAE_DReG_ELBO), False, "trace", guides=("diagonal",)
@@ -453,3 +457,71 @@ def dataset_elbo(
             "after a training step that diverged (try a lower {lr})"
         )
     return -total / len(x)
+
+
+class ELBOTerms(NamedTuple):
+    """The ELBO's two terms, nats per example: ``reconstruction``, E_q[log p(x|z)], and ``kl``,
+    KL(q(z|x) || p(z)); their difference is the ELBO."""
+
+    reconstruction: float
+    kl: float
+
+
+def elbo_terms(
+    vae: VAE,
+    x: torch.Tensor,
+    *,
+    seed: int,
+    objective: str = "trace",
+    labels: torch.Tensor | None = None,
+) -> ELBOTerms:
+    """The mean ELBO per example of ``x`` as its two terms,
+
+        ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)),
+
+    estimated with the very draws of :func:`dataset_elbo` with the same ``seed``, ``objective``
+    and ``labels``, so that ``reconstruction - kl`` is its ELBO to float rounding. The KL term
+    is in closed form where that objective's ELBO takes it so (``meanfield``), else
+    ``log q(z|x) - log p(z)`` at the same draw of z. For M2, whose labels are summed out, both
+    terms are averaged over q(y|x), and the KL is that of q(y, z|x) against p(y) p(z):
+    E_q(y|x)[KL(q(z|x,y) || p(z))] + KL(q(y|x) || p(y)).
+
+    The global random state is left as it was, as by :func:`dataset_elbo`.
+    """
+    elbo = MODEL_OBJECTIVES[vae.kind][objective].elbo
+    analytic = MODEL_OBJECTIVES[vae.kind][elbo].analytic_kl
+    conds = [()] * -(-len(x) // EVAL_BATCH_SIZE)
+    if labels is not None:
+        conds = [(y,) for y in labels.split(EVAL_BATCH_SIZE)]
+    totals = torch.zeros(2, dtype=torch.float64, device=x.device)
+    with random_state_kept(x.device), torch.no_grad(), validation_enabled(False):
+        torch.manual_seed(seed)
+        for batch, cond in zip(x.split(EVAL_BATCH_SIZE), conds, strict=True):
+            totals += torch.stack(TERMS[vae.labels](vae, batch, cond, analytic)).double()
+    reconstruction, kl = (totals / len(x)).tolist()
+    return ELBOTerms(reconstruction, kl)
+
+
+def _terms(
+    vae: VAE, x: torch.Tensor, cond: tuple[torch.Tensor, ...], analytic: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's summed log p(x|z) and KL, one draw of z per example (given ``cond``)."""
+    log_p_x, log_p_z, log_q, q, p_z = log_weight_terms(vae, x, 1, cond)
+    kl = closed_form_kl(vae, q, p_z) if analytic else log_q - log_p_z
+    return log_p_x.sum(), kl.sum()
+
+
+def _m2_terms(
+    m2: M2, x: torch.Tensor, cond: tuple[torch.Tensor, ...], analytic: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """M2's, its label summed out under q(y|x) as in :func:`m2_elbo` (drawn in its order)."""
+    log_q_y = torch.log_softmax(m2.classifier(x), dim=-1).T  # (K, B)
+    labels = every_label(m2.num_classes, x)
+    log_p_x, log_p_z, log_q_z, _, _ = log_weight_terms(m2, x, 1, (labels,))  # (1, K, B)
+    q_y = log_q_y.exp()
+    kl = log_q_z[0] - log_p_z[0] + log_q_y + math.log(m2.num_classes)  # log p(y) = -log K
+    return (q_y * log_p_x[0]).sum(), (q_y * kl).sum()
+
+
+# each kind of model's terms, by what it knows of the labels (VAE.labels)
+TERMS = {"none": _terms, "all": _terms, "some": _m2_terms}

@@ -68,9 +68,26 @@ def image_grid(images: torch.Tensor, nrow: int = 8, pad_value: float = 0.0) -> t
     return grid
 
 
+def picture(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+    """A batch of images (any shape :func:`as_images` takes) as the one ``(C', H', W')`` picture
+    the plots show: values clamped to [0, 1], ``nrow`` to a row, 1 pixel of grey between them."""
+    return image_grid(as_images(images).clamp(0, 1), nrow=nrow, pad_value=0.5)
+
+
+def reconstruction_rows(
+    x: torch.Tensor, x_rec: torch.Tensor, nrow: int = 8
+) -> tuple[torch.Tensor, int]:
+    """Inputs and their reconstructions as one batch of images in alternating rows of ``nrow``,
+    an input row over its reconstruction row, and the row length (fewer for fewer images)."""
+    x, x_rec = as_images(x), as_images(x_rec)
+    n = len(x) // nrow * nrow or len(x)
+    rows = [t for i in range(0, n, nrow) for t in (x[i : i + nrow], x_rec[i : i + nrow])]
+    return torch.cat(rows), min(nrow, n)
+
+
 def _show_grid(ax: Any, images: torch.Tensor, nrow: int) -> None:
     """Draw (N, C, H, W) images in [0, 1] on ``ax`` as one grid, 1 pixel of grey between them."""
-    grid = image_grid(images.clamp(0, 1), nrow=nrow, pad_value=0.5)
+    grid = picture(images, nrow)
     cmap = "gray" if images.shape[1] == 1 else None
     ax.imshow(
         grid.permute(1, 2, 0).squeeze(-1).numpy(),
@@ -101,12 +118,8 @@ def plot_reconstructions(
     x: torch.Tensor, x_rec: torch.Tensor, path: str | Path | None = None, nrow: int = 8
 ) -> Figure:
     """Inputs and their reconstructions in alternating rows: input row, reconstruction row."""
-    x, x_rec = as_images(x), as_images(x_rec)
-    n = len(x) // nrow * nrow or len(x)
-    rows = [t for i in range(0, n, nrow) for t in (x[i : i + nrow], x_rec[i : i + nrow])]
-    return plot_grid(
-        torch.cat(rows), nrow=min(nrow, n), title="inputs (odd rows) and reconstructions", path=path
-    )
+    images, nrow = reconstruction_rows(x, x_rec, nrow)
+    return plot_grid(images, nrow=nrow, title="inputs (odd rows) and reconstructions", path=path)
 
 
 def plot_samples(images: torch.Tensor, path: str | Path | None = None, nrow: int = 8) -> Figure:

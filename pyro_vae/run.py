@@ -8,6 +8,8 @@
 | ``*.png``            | test images over their reconstructions, samples, ELBO curves, and for    |
 |                      | the label models a column of samples per class (``classes.png``)         |
 | ``evaluation.json``  | :meth:`Run.evaluate`'s figures, the linear probe's (:meth:`~Run.record`) |
+| ``tensorboard/``     | with ``tensorboard``: TensorBoard event files, after every epoch         |
+|                      | (:mod:`pyro_vae.board`)                                                  |
 +----------------------+--------------------------------------------------------------------------+
 
 ::
@@ -27,14 +29,15 @@ import csv
 import io
 import json
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
 
-from . import checks, distributed
+from . import board, checks, distributed
 from .checkpoint import (
     atomic_write,
     load_checkpoint,
@@ -77,6 +80,8 @@ RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT, *PICTURES)
 EVALUATION = "evaluation.json"
 SPLITS = ("train", "test")
 CLASS_PICTURE = "classes.png"  # the label models' samples, a column per class
+BOARD = "tensorboard"  # the folder of TensorBoard's event files, for runs that write them
+RECONSTRUCTED = 32  # the test images pictured over their reconstructions
 
 
 class RunExists(ConfigError):
@@ -104,6 +109,7 @@ class Run:
         path = Path(path)
         if (path / CHECKPOINT).exists() and not overwrite:
             raise RunExists(f"{path} already holds a trained run; open it to go on training it")
+        _check_board(config)
         data = _load_data(config)
         classes = (
             0
@@ -163,21 +169,24 @@ class Run:
         compile: str | None = None,
         stream: bool | None = None,
         workers: int | None = None,
+        tensorboard: bool | None = None,
         progress: bool = True,
         stop: Callable[[], bool] | None = None,
     ) -> History:
         """Train the run to ``epochs`` epochs (default: its config's), going on from its last
         checkpoint exactly as if it had never stopped. ``epochs``, ``lr``, ``device``,
-        ``compile``, ``stream`` and ``workers`` may differ from the run's config, which is
-        rewritten with them.
+        ``compile``, ``stream``, ``workers`` and ``tensorboard`` may differ from the run's
+        config, which is rewritten with them.
 
         A checkpoint and ``metrics.csv`` are written after every epoch and when ``stop`` ends
-        training (:class:`~pyro_vae.train.TrainingInterrupted`); ``summary.json`` and the
-        pictures when it is done.
+        training (:class:`~pyro_vae.train.TrainingInterrupted`), with ``tensorboard`` the
+        epoch's TensorBoard figures before them (:mod:`pyro_vae.board`); ``summary.json`` and
+        the pictures when it is done.
         """
         asked = {"epochs": epochs, "lr": lr, "device": device, "compile": compile}
-        asked.update(stream=stream, workers=workers)
+        asked.update(stream=stream, workers=workers, tensorboard=tensorboard)
         config = self.config.replace(**{k: v for k, v in asked.items() if v is not None})
+        _check_board(config)
         resume = self.state if self.state.optimizer is not None else None
         if resume is not None and resume.epoch >= config.epochs:
             raise ConfigError(
@@ -187,17 +196,51 @@ class Run:
         if config != self.config and distributed.is_main_process():
             write_json(self.path / CONFIG, config.to_dict())
         self.config, self.device = config, str(resolve_device(config.device))
-        history = train(
-            self.vae,
-            self.data,
-            **config.train_options(),
-            progress=progress,
-            checkpoint=self.save,
-            resume=resume,
-            stop=stop,
-        )
+        with self._checkpoints() as checkpoint:
+            history = train(
+                self.vae,
+                self.data,
+                **config.train_options(),
+                progress=progress,
+                checkpoint=checkpoint,
+                resume=resume,
+                stop=stop,
+            )
         self.finish()
         return history
+
+    @contextmanager
+    def _checkpoints(self) -> Iterator[Callable[[TrainState], None]]:
+        """What training hands each state to: :meth:`save`; for a run with ``tensorboard``, on
+        rank 0, :meth:`_watch` of a finished epoch first (before the checkpoint: an epoch whose
+        figures were written and whose checkpoint was not is trained again and rewritten)."""
+        if not (self.config.tensorboard and distributed.is_main_process()):
+            yield self.save
+            return
+
+        def checkpoint(state: TrainState) -> None:
+            if not state.step_in_epoch:  # a stop mid-epoch: its steps are written at its end
+                self._watch(watching, state.history)
+            self.save(state)
+
+        with board.Board(self.path / BOARD, self.state.history) as watching:
+            yield checkpoint
+
+    def _watch(self, watching: board.Board, history: History) -> None:
+        """Write the epochs of ``history`` that ``watching`` lacks, and the figures and pictures
+        of the VAE as it is, on the test set (:meth:`pyro_vae.board.Board.write_epoch`)."""
+        x, labels = self.inputs("test")
+        reconstructions = self.reconstructions(RECONSTRUCTED, x.device)
+        config = self.config
+        watching.write_epoch(
+            history,
+            self.vae,
+            x,
+            labels,
+            reconstructions,
+            seed=config.seed,
+            objective=config.objective,
+        )
 
     def save(self, state: TrainState) -> None:
         """Write ``state`` and the weights as the run's checkpoint, with ``metrics.csv``."""
@@ -233,7 +276,8 @@ class Run:
         add_bits_per_dim(self.summary, self.vae)
         write_json(self.path / SUMMARY, self.summary)
         vae = self.vae
-        plot_reconstructions(*self.reconstructions(32, self.device), self.path / PICTURES[0])
+        reconstructions = self.reconstructions(RECONSTRUCTED, self.device)
+        plot_reconstructions(*reconstructions, self.path / PICTURES[0])
         plot_samples(vae.sample(64), self.path / PICTURES[1])
         plot_elbo(history.__dict__, self.path / PICTURES[2])
         if vae.num_classes:
@@ -364,6 +408,12 @@ class Run:
         result["epoch"] = self.state.epoch
         self.record(result)
         return result
+
+
+def _check_board(config: RunConfig) -> None:
+    """A run that writes TensorBoard's files needs the package, checked before any work."""
+    if config.tensorboard:
+        checks.installed("tensorboard", board.PACKAGE, board.EXTRA)
 
 
 def _load_data(config: RunConfig) -> Dataset:

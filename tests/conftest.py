@@ -1,3 +1,5 @@
+import os
+
 import pyro
 import pytest
 import torch
@@ -10,6 +12,12 @@ from pyro_vae.guides import GUIDES
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.models import build_model
 from pyro_vae.priors import PRIORS
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Workers share the cores: one thread each, and for the processes they start (examples,
+    # notebook kernels), where OpenMP threads spinning against the other worker slowed NUTS 10x.
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session")

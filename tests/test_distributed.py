@@ -10,12 +10,13 @@ import pyro
 import pytest
 import torch
 import torch.distributed as dist
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pyro_vae import VAE, load_dataset
 from pyro_vae.data import binarize_afresh
 from pyro_vae.elbo import make_loss
 from pyro_vae.models import build_model
-from pyro_vae.run import CHECKPOINT, Run
+from pyro_vae.run import BOARD, CHECKPOINT, Run
 from pyro_vae.train import Trainer
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is missing")
@@ -141,10 +142,13 @@ def test_torchrun_cli_writes_one_run_folder_from_rank_0(tmp_path, reference):
     run_dir = tmp_path / "run"
     flags = ["--dataset", "digits", "--z-dim", "4", "--hidden-dims", "32", "--quiet"]
     flags += ["--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--lr", str(LR)]
-    flags += ["--compile", "on"]
+    flags += ["--compile", "on", "--tensorboard"]
     result = torchrun("-m", "pyro_vae", "train", *flags, "--out", str(run_dir), cwd=tmp_path)
     assert result.stdout.count("run folder:") == 1  # rank 0 alone reports and writes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert len(list((run_dir / BOARD).iterdir())) == 1  # one event file: rank 0's
+    board = EventAccumulator(str(run_dir / BOARD), size_guidance={"scalars": 0}).Reload()
+    assert [event.step for event in board.Scalars("train/loss")] == list(range(1, 2 * 10 + 1))
     run = Run.open(run_dir)
     assert run.state.rng is not None and len(run.state.rng["ranks"]) == 2
     assert_close(run.vae.state_dict(), reference[0])

@@ -13,8 +13,18 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE, ConfigError, train
 from pyro_vae.cli import main
+from pyro_vae.conditional import one_hot
 from pyro_vae.data import eval_inputs
-from pyro_vae.elbo import iwae_bound, iwae_dreg_gradients, log_weight_terms, make_loss, manual_elbo
+from pyro_vae.elbo import (
+    dataset_elbo,
+    elbo_terms,
+    iwae_bound,
+    iwae_dreg_gradients,
+    log_weight_terms,
+    make_loss,
+    manual_elbo,
+)
+from pyro_vae.evaluate import kl_per_dim
 from pyro_vae.guides import DiagonalNormal
 
 COMBINATIONS = [pytest.param(*combo, id="-".join(combo)) for combo in covering_combinations()]
@@ -283,7 +293,7 @@ def test_iwae_bound_is_chunked_over_particles(trained_digits_vae, monkeypatch):
     torch.manual_seed(0)
     chunked = iwae_bound(vae, x, 64)  # 7 particles at a time: other draws, same quantity
     assert not torch.equal(whole, chunked)
-    assert float(chunked.mean()) == pytest.approx(float(whole.mean()), abs=0.05)
+    assert chunked.mean().item() == pytest.approx(whole.mean().item(), abs=0.05)
 
 
 @pytest.mark.parametrize("k", [1, 10, 100])
@@ -315,6 +325,34 @@ class StudentTPrior(torch.nn.Module):
     def forward(self, batch_size, like):
         loc = like.new_zeros(batch_size, self.z_dim)
         return dist.StudentT(3.0, loc, torch.ones_like(loc)).to_event(1)
+
+
+@pytest.mark.parametrize(
+    "model, prior, guide, objective",
+    [
+        ("vae", "standard-normal", "diagonal", "trace"),
+        ("vae", "standard-normal", "diagonal", "meanfield"),
+        ("vae", "mog", "iaf", "trace"),
+        ("cvae", "standard-normal", "diagonal", "meanfield"),
+        ("m2", "standard-normal", "diagonal", "trace"),
+    ],
+)
+def test_the_elbo_terms_add_up_to_the_dataset_elbo_by_its_own_draws(
+    digits, model, prior, guide, objective
+):
+    vae, _ = make(digits, prior, "bernoulli", guide, "mlp", model=model)
+    x = eval_inputs(vae.likelihood, digits.x_train)  # 1,438 examples: two batches of the estimate
+    given = one_hot(digits.y_train, 10, x) if model == "cvae" else None
+    state = torch.get_rng_state()
+    terms = elbo_terms(vae, x, seed=3, objective=objective, labels=given)
+    assert torch.equal(state, torch.get_rng_state())
+    # Pyro's ELBO (TraceEnum_ELBO for M2, its label summed out) with the same seed: the same draws
+    elbo = dataset_elbo(vae, x, seed=3, objective=objective, labels=given)
+    assert terms.reconstruction - terms.kl == pytest.approx(elbo, rel=1e-6)
+    assert terms != elbo_terms(vae, x, seed=4, objective=objective, labels=given)
+    if objective == "meanfield":  # the KL in closed form: the per-dimension KLs add up to it
+        labels = digits.y_train if model == "cvae" else None
+        assert terms.kl == pytest.approx(sum(kl_per_dim(vae, x, labels=labels)), rel=1e-5)
 
 
 def test_analytic_kl_without_a_closed_form_is_a_clear_error(digits):

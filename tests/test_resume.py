@@ -111,8 +111,8 @@ def test_cli_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     assert main(["train", "--out", str(part), "--resume", "--epochs", "7", "--z-dim", "5"]) == 2
     err = capsys.readouterr().err
     assert (
-        "(--z-dim: 4 -> 5); only --epochs, --lr, --device, --compile, --stream, --workers may "
-        "change" in err
+        "(--z-dim: 4 -> 5); only --epochs, --lr, --device, --compile, --stream, --workers, "
+        "--tensorboard may change" in err
     )
     assert err.count("\n") == 1
     assert main(["train", "--out", str(part), "--resume", "--overwrite"]) == 2
