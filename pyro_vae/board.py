@@ -38,7 +38,7 @@ from .train import History
 
 PACKAGE, EXTRA = "tensorboard", "tensorboard"  # the optional dependency, and what installs it
 EVENT_FILES = "events.out.tfevents.*"
-# the columns of metrics.csv written at each epoch's last step, and their tags
+#: the columns of metrics.csv written at each epoch's last step, and their tags
 EPOCH_TAGS = {
     "train_elbo": "train/elbo",
     "test_elbo": "test/elbo",
@@ -46,7 +46,7 @@ EPOCH_TAGS = {
     "seconds": "train/seconds",
     "test_accuracy": "test/accuracy",
 }
-SAMPLES = 64  # the samples pictured, as in samples.png
+SAMPLES = 64  #: the samples pictured, as in samples.png
 
 
 class Board:
