@@ -306,7 +306,7 @@ def test_iwae_bound_matches_pyros_renyi_elbo_with_alpha_zero(trained_digits_vae,
         torch.manual_seed(i)
         pyro_bound = -renyi.loss(vae.model, vae.guide, x)
         torch.manual_seed(i)
-        assert float(iwae_bound(vae, x, k).sum()) == pytest.approx(pyro_bound, rel=1e-6)
+        assert iwae_bound(vae, x, k).sum().item() == pytest.approx(pyro_bound, rel=1e-6)
         # were the batch one joint example, the log-mean-exp of the summed weights: lower
         torch.manual_seed(i)
         with torch.no_grad():
