@@ -2,9 +2,10 @@
 
 Each notebook is run in a fresh kernel, in its full mode (``PYRO_VAE_FAST`` unset) or in the test
 suite's fast one, from a scratch folder so that nothing it writes lands in the repository. What is
-stored says nothing of the machine or the moment: no timings in the cells' metadata, and the
-notebook's metadata carries only the SHA-256 of its code cells, which the test suite compares with
-the cells as they are now, so a notebook edited after it was executed fails ``make test``.
+stored says nothing of the machine or the moment: no timings in the cells' metadata, each cell's
+printed text as one output however the kernel flushed it, and the notebook's metadata carries only
+the SHA-256 of its code cells, which the test suite compares with the cells as they are now, so a
+notebook edited after it was executed fails ``make test``.
 
     python notebooks/execute.py                 # all of them
     python notebooks/execute.py 03_posterior_inspection.ipynb
@@ -57,8 +58,28 @@ def execute(path: Path, *, fast: bool) -> nbformat.NotebookNode:
             resources={"metadata": {"path": scratch}},
         )
         client.execute(env=env)  # the kernel's environment
+    for cell in book.cells:
+        if cell.cell_type == "code":
+            cell.outputs = coalesced(cell.outputs)
     book.metadata[METADATA] = {"code_sha256": code_hash(book)}
     return book
+
+
+def coalesced(outputs: list[nbformat.NotebookNode]) -> list[nbformat.NotebookNode]:
+    """``outputs`` with each run of printed text to one stream made one output: how the
+    kernel's flushes cut a cell's prints differs from run to run."""
+    merged: list[nbformat.NotebookNode] = []
+    for output in outputs:
+        previous = merged[-1] if merged else None
+        if (
+            previous is not None
+            and output.output_type == previous.output_type == "stream"
+            and output.name == previous.name
+        ):
+            previous.text += output.text
+        else:
+            merged.append(output)
+    return merged
 
 
 def _without(environ: os._Environ, name: str) -> dict[str, str]:

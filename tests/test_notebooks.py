@@ -3,6 +3,7 @@ notebooks``), and still running top to bottom in their fast mode (PYRO_VAE_FAST=
 
 import importlib.util
 import re
+from itertools import pairwise
 from pathlib import Path
 
 import nbformat
@@ -47,6 +48,8 @@ def test_committed_notebook_holds_the_outputs_of_its_current_cells(path):
         assert ("error", None) not in kinds and ("stream", "stderr") not in kinds, (
             f"{path.name}, cell [{n}]: error output\n" + "\n".join(texts(cell))
         )
+        streams = [o.name if o.output_type == "stream" else None for o in cell.outputs]
+        assert all(a is None or a != b for a, b in pairwise(streams)), "print split"
         shown = "\n".join(texts(cell))
         assert not MACHINE.search(shown), f"{path.name}, cell [{n}] shows {MACHINE.search(shown)}"
     assert sum(bool(cell.outputs) for cell in code) >= len(code) // 2  # mostly things to see
@@ -72,6 +75,22 @@ def test_the_code_hash_changes_with_any_code_cell_but_not_with_outputs_or_prose(
     code = [cell for cell in book.cells if cell.cell_type == "code"]
     code[-1].source = code[-1].source.replace("1000", "100")
     assert execute_notebooks.code_hash(book) != before
+
+
+def test_a_cells_prints_are_stored_as_one_output_per_stream():
+    def stream(name, text):
+        return nbformat.v4.new_output("stream", name=name, text=text)
+
+    picture = nbformat.v4.new_output("display_data", data={"text/plain": "<Figure>"})
+    outputs = [stream("stdout", "k = 1\n"), stream("stdout", "k = 10\n"), stream("stderr", "!\n")]
+    outputs += [picture, stream("stdout", "done\n")]
+    merged = execute_notebooks.coalesced(outputs)
+    assert [(o.output_type, o.get("name"), o.get("text")) for o in merged] == [
+        ("stream", "stdout", "k = 1\nk = 10\n"),
+        ("stream", "stderr", "!\n"),
+        ("display_data", None, None),
+        ("stream", "stdout", "done\n"),
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
