@@ -89,7 +89,7 @@ def test_iwae_is_renyi_elbo_with_alpha_zero_bit_for_bit(
         loss, grads = loss_and_grads(
             SyncFreeIWAE_ELBO(**options), vae.model, vae.guide, list(vae.parameters()), x
         )
-    assert loss.dtype == torch.float32 and float(loss) == expected
+    assert loss.dtype == torch.float32 and loss.item() == expected
     assert all(torch.equal(a, b) for a, b in zip(grads, expected_grads, strict=True))
 
 
