@@ -26,7 +26,8 @@ bound of Burda et al. (arXiv:1509.00519), which tightens towards log p(x) as k g
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
@@ -411,6 +412,23 @@ def make_loss(vae: VAE, objective: str = "trace", num_particles: int = 1) -> Los
     return objectives[objective].make(vae, num_particles)
 
 
+@contextmanager
+def _seeded_batches(
+    x: torch.Tensor, labels: torch.Tensor | None, seed: int
+) -> Iterator[Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]]:
+    """``x`` in batches of :data:`EVAL_BATCH_SIZE`, each with its rows of ``labels`` as the
+    conditioning tuple (``()`` without labels), to be scored under torch's generator seeded with
+    ``seed``, without gradients or Pyro's validation (overflowing outputs give a NaN to check,
+    not a ValueError); the global random state is restored afterwards. Estimates that iterate
+    them make the same draws: :func:`dataset_elbo` and :func:`elbo_terms`."""
+    conds = [()] * -(-len(x) // EVAL_BATCH_SIZE)
+    if labels is not None:
+        conds = [(y,) for y in labels.split(EVAL_BATCH_SIZE)]
+    with random_state_kept(x.device), torch.no_grad(), validation_enabled(False):
+        torch.manual_seed(seed)
+        yield zip(x.split(EVAL_BATCH_SIZE), conds, strict=True)
+
+
 def dataset_elbo(
     vae: VAE,
     x: torch.Tensor,
@@ -441,14 +459,9 @@ def dataset_elbo(
     """
     loss = make_loss(vae, MODEL_OBJECTIVES[vae.kind][objective].elbo, num_particles)
     shape = x[:EVAL_BATCH_SIZE].shape
-    conds = [()] * -(-len(x) // EVAL_BATCH_SIZE)
-    if labels is not None:
-        conds = [(y,) for y in labels.split(EVAL_BATCH_SIZE)]
     total = 0.0
-    # without validation, overflowing outputs give a NaN below instead of a ValueError in Pyro
-    with random_state_kept(x.device), torch.no_grad(), validation_enabled(False):
-        torch.manual_seed(seed)
-        for batch, cond in zip(x.split(EVAL_BATCH_SIZE), conds, strict=True):
+    with _seeded_batches(x, labels, seed) as batches:
+        for batch, cond in batches:
             compute = full_batch if full_batch is not None and batch.shape == shape else loss
             total += float(compute(batch, *cond))
     if not math.isfinite(total):
@@ -490,13 +503,9 @@ def elbo_terms(
     """
     elbo = MODEL_OBJECTIVES[vae.kind][objective].elbo
     analytic = MODEL_OBJECTIVES[vae.kind][elbo].analytic_kl
-    conds = [()] * -(-len(x) // EVAL_BATCH_SIZE)
-    if labels is not None:
-        conds = [(y,) for y in labels.split(EVAL_BATCH_SIZE)]
     totals = torch.zeros(2, dtype=torch.float64, device=x.device)
-    with random_state_kept(x.device), torch.no_grad(), validation_enabled(False):
-        torch.manual_seed(seed)
-        for batch, cond in zip(x.split(EVAL_BATCH_SIZE), conds, strict=True):
+    with _seeded_batches(x, labels, seed) as batches:
+        for batch, cond in batches:
             totals += torch.stack(TERMS[vae.labels](vae, batch, cond, analytic)).double()
     reconstruction, kl = (totals / len(x)).tolist()
     return ELBOTerms(reconstruction, kl)
