@@ -46,7 +46,7 @@ EPOCH_TAGS = {
     "seconds": "train/seconds",
     "test_accuracy": "test/accuracy",
 }
-SAMPLES = 64  #: the samples pictured, as in samples.png
+SAMPLES = 64  #: the samples pictured, in a run folder's samples.png and on TensorBoard
 
 
 class Board:

@@ -278,7 +278,7 @@ class Run:
         vae = self.vae
         reconstructions = self.reconstructions(RECONSTRUCTED, self.device)
         plot_reconstructions(*reconstructions, self.path / PICTURES[0])
-        plot_samples(vae.sample(64), self.path / PICTURES[1])
+        plot_samples(vae.sample(board.SAMPLES), self.path / PICTURES[1])
         plot_elbo(history.__dict__, self.path / PICTURES[2])
         if vae.num_classes:
             plot_class_samples(vae, self.path / CLASS_PICTURE)
