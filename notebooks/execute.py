@@ -48,7 +48,9 @@ def execute(path: Path, *, fast: bool) -> nbformat.NotebookNode:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
         cell.metadata.pop("execution", None)
-    env = {**os.environ, "PYRO_VAE_FAST": "1"} if fast else _without(os.environ, "PYRO_VAE_FAST")
+    env = {name: value for name, value in os.environ.items() if name != "PYRO_VAE_FAST"}
+    if fast:
+        env["PYRO_VAE_FAST"] = "1"
     with tempfile.TemporaryDirectory() as scratch:
         client = NotebookClient(
             book,
@@ -80,10 +82,6 @@ def coalesced(outputs: list[nbformat.NotebookNode]) -> list[nbformat.NotebookNod
         else:
             merged.append(output)
     return merged
-
-
-def _without(environ: os._Environ, name: str) -> dict[str, str]:
-    return {key: value for key, value in environ.items() if key != name}
 
 
 def main(argv: list[str] | None = None) -> int:
