@@ -10,6 +10,7 @@ status 2; nothing the user asked for is lost to a traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import signal
 import sys
 import time
@@ -567,10 +568,28 @@ def cmd_check_elbo(args: argparse.Namespace) -> int:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with each mistake reported in one line, and a record of which flag sets each
-    parameter (its ``dest``), across all commands: how the library's errors get their flags."""
+    """argparse, with each mistake reported in one line, no abbreviated flags (``--epoch`` is
+    not ``--epochs``), the nearest flag suggested for a misspelt one, and a record of which flag
+    sets each parameter (its ``dest``), across all commands: how the library's errors get their
+    flags."""
 
     flags: dict[str, str] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        unknown = [arg.split("=")[0] for arg in extras if arg.startswith("-")]
+        if unknown:  # a command's own parser knows its flags: the top-level parser does not
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._nearest(unknown[0])}")
+        return parsed, extras
+
+    def _nearest(self, flag: str) -> str:
+        """"; did you mean --z-dim?" for ``--zdim`` or ``--z_dim``, or nothing."""
+        known = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        near = difflib.get_close_matches(flag.replace("_", "-"), known, n=1, cutoff=0.75)
+        return f"; did you mean {near[0]}?" if near else ""
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)
@@ -590,7 +609,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        silent = action.default in (None, False, argparse.SUPPRESS)
+        silent = any(action.default is value for value in (None, False, argparse.SUPPRESS))
         if silent or not action.option_strings or "default" in text:
             return text
         return f"{text} (default: {action.default})"
@@ -638,6 +657,14 @@ def _options() -> dict[str, tuple[Any, str]]:
     return flags
 
 
+def _shown(default: Any) -> str:
+    """A setting's default as its flag would take it: a switch ``on`` or ``off``, sizes as
+    ``512,256``."""
+    if isinstance(default, bool):  # not a dict lookup: 1 == True and 0 == False there
+        return "on" if default else "off"
+    return ",".join(map(str, default)) if isinstance(default, list) else str(default)
+
+
 def _add_flags(
     p: argparse.ArgumentParser | Any, flags: dict[str, tuple[Any, str]], shown: bool = True
 ) -> None:
@@ -648,8 +675,7 @@ def _add_flags(
         dest = FIELDS.get(flag, flag[2:].replace("-", "_"))
         default = defaults.get(dest)
         if default is not None:
-            shown = ",".join(map(str, default)) if isinstance(default, list) else default
-            help += f" (default: { ({True: 'on', False: 'off'}.get(shown, shown)) })"
+            help += f" (default: {_shown(default)})"
         if values is bool:  # a switch, --X on and --no-X off (on a resume too)
             p.add_argument(flag, dest=dest, help=help, action=argparse.BooleanOptionalAction)
             continue

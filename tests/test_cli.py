@@ -1,5 +1,7 @@
+import argparse
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,8 @@ import pytest
 import torch
 import torchvision.datasets
 
-from pyro_vae.cli import EXAMPLES, build_parser, main
+from pyro_vae.cli import EXAMPLES, build_parser, main, overlay
+from pyro_vae.config import RunConfig
 from pyro_vae.run import RUN_FILES
 
 FAST = ["--hidden-dims", "64", "--z-dim", "4", "--quiet"]
@@ -151,6 +154,56 @@ def test_help_says_each_default_once_and_ends_with_examples_that_parse(capsys):
     assert shown["--likelihood-bins"].endswith("(default: discretized-logistic 256)")
     assert shown["--flow-steps"].endswith("(default: flow 2, iaf 2)")
     assert shown["--z-dim"].endswith("(default: 16)")
+
+
+def printed_defaults(parser):
+    """Each command's flags whose help prints a default, with that default parsed as the flag
+    parses a value, and the value the command really uses when the flag is not given."""
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        required = [["x"] if not a.option_strings else [a.option_strings[0], "0"]
+                    for a in sub._actions if a.required]
+        args = parser.parse_args([name, *sum(required, [])])
+        config = overlay(RunConfig(), args) if name == "train" else None
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            match = re.search(r"\(default: ([^)]*)\)$", formatter._get_help_string(action))
+            if not action.option_strings or not match:
+                continue
+            used = getattr(args, action.dest)
+            if used is None and config is not None and hasattr(config, action.dest):
+                used = getattr(config, action.dest)
+            if used is None:  # "the run's", "as the files are": said in words, decided later
+                continue
+            text = match.group(1)
+            if isinstance(action, argparse.BooleanOptionalAction):
+                printed = {"on": True, "off": False}[text]
+            else:
+                printed = action.type(text) if action.type else text
+            yield f"{name} {action.option_strings[0]}", printed, used
+
+
+def test_every_printed_default_is_the_default_in_use():
+    parser = build_parser()
+    checked = []
+    for flag, printed, used in printed_defaults(parser):
+        if isinstance(used, list | tuple):
+            printed, used = list(printed), list(used)
+        assert type(printed) is type(used) and printed == used, (flag, printed, used)
+        checked.append(flag)
+    # the three the issue found printed as booleans, and others of each kind
+    for flag in ("--seed", "--num-particles", "--beta", "--z-dim", "--hidden-dims", "--stream"):
+        assert f"train {flag}" in checked, flag
+    assert {"evaluate --iwae-k", "check-elbo --seed", "sample -n"} <= set(checked)
+
+
+def test_flags_are_never_abbreviated_and_a_misspelt_one_is_named(capsys):
+    line = error_line(capsys, ["train", "--epoch", "0"])
+    assert line.startswith("pyro-vae train: error: unrecognized arguments: --epoch 0")
+    assert "did you mean --epochs?" in line
+    for typo in ("--zdim", "--z_dim"):
+        assert f"{typo} 8; did you mean --z-dim?" in error_line(capsys, ["train", typo, "8"])
+    assert "did you mean --iwae-k?" in error_line(capsys, ["evaluate", "r", "--iwae_k=5"])
+    assert "did you mean" not in error_line(capsys, ["train", "--colour"])
 
 
 def error_line(capsys, argv):
