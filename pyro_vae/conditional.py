@@ -97,6 +97,7 @@ class CVAE(VAE):
         self, x: torch.Tensor, y: torch.Tensor, kl_weight: float | torch.Tensor = 1.0
     ) -> None:
         """p(x, z | y) = p(z) p(x | y, z) for a batch ``x`` and its one-hot labels ``y``."""
+        x = self.inputs(x)
         with pyro.plate("data", x.shape[0]):
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", self.prior(x.shape[0], x))
@@ -107,17 +108,18 @@ class CVAE(VAE):
     ) -> None:
         """q(z | x, y), amortized over the batch."""
         pyro.module("vae", self)
+        x = self.inputs(x)
         with pyro.plate("data", x.shape[0]), poutine.scale(scale=kl_weight):
             pyro.sample("z", self.posterior_dist(x, y))
 
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The guide's parameters for ``x`` with labels ``y`` (one-hot)."""
-        return self.posterior.params(self.encoder(x, y))
+        return self.posterior.params(self.encoder(self.inputs(x), y))
 
     def posterior_dist(self, x: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
         """q(z | x, y); ``y`` one-hot, broadcasting against the batch (``(K, 1, K)`` sums over
         every label at once)."""
-        return self.posterior(self.encoder(x, y))
+        return self.posterior(self.encoder(self.inputs(x), y))
 
     def likelihood_dist(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
         """p(x | y, z) for codes ``z`` of shape ``(..., z_dim)`` and one-hot ``y``."""
@@ -186,7 +188,7 @@ class M2(CVAE):
 
     def label_posterior(self, x: torch.Tensor) -> dist.Distribution:
         """q(y | x): the classifier's categorical distribution, batch ``(B,)``."""
-        return dist.OneHotCategorical(logits=self.classifier(x))
+        return dist.OneHotCategorical(logits=self.classifier(self.inputs(x)))
 
     def model(
         self,
@@ -195,6 +197,7 @@ class M2(CVAE):
         kl_weight: float | torch.Tensor = 1.0,
     ) -> None:
         """p(x, y, z) = p(y) p(z) p(x | y, z); ``y`` (one-hot) observed when given."""
+        x = self.inputs(x)
         with pyro.plate("data", x.shape[0]):
             y = pyro.sample("y", self.label_prior(x), obs=y)
             with poutine.scale(scale=kl_weight):
@@ -209,6 +212,7 @@ class M2(CVAE):
     ) -> None:
         """q(y | x) q(z | x, y); y is enumerated (all K values at once) when not given."""
         pyro.module("vae", self)
+        x = self.inputs(x)
         with pyro.plate("data", x.shape[0]):
             if y is None:
                 y = pyro.sample("y", self.label_posterior(x), infer={"enumerate": "parallel"})
@@ -219,6 +223,7 @@ class M2(CVAE):
         """``aux_weight * log q(y | x)`` for labelled examples, as an observed site: the
         auxiliary term that trains the classifier on the labels directly."""
         pyro.module("vae", self)
+        x = self.inputs(x)
         with pyro.plate("data", x.shape[0]), poutine.scale(scale=self.aux_weight):
             pyro.sample("y_aux", self.label_posterior(x), obs=y)
 
@@ -229,6 +234,7 @@ class M2(CVAE):
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """E[x | y, z = the posterior code of q(z | x, y)], with y the given one-hot labels or
         (``None``) the classifier's most probable ones."""
+        x = self.inputs(x)
         if y is None:
             y = one_hot(self.classifier(x).argmax(-1), self.num_classes, x)
         return super().reconstruct(x, y)
@@ -236,7 +242,7 @@ class M2(CVAE):
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """q(y | x) for each example: ``(B, K)`` class probabilities."""
-        return torch.softmax(self.classifier(x), dim=-1)
+        return torch.softmax(self.classifier(self.inputs(x)), dim=-1)
 
 
 @torch.no_grad()

@@ -93,6 +93,7 @@ def log_weight_terms(
     :returns: ``(log p(x|z), log p(z), log q(z|x), q, p(z))``, each density of shape
         ``(num_particles, B)``.
     """
+    x = vae.inputs(x)
     if isinstance(vae.posterior, DiagonalNormal):
         loc, scale = vae.encode(x, *cond)
         eps = torch.randn(num_particles, *loc.shape, dtype=loc.dtype, device=loc.device)

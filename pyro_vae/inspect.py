@@ -153,12 +153,15 @@ def _psis(log_w: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return smoothed, khat, 1.0 / np.exp(2 * smoothed).sum(axis=1)
 
 
-def _check_unconditional(vae: VAE) -> None:
+def _unconditional_inputs(vae: VAE, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``vae`` takes it (:meth:`~pyro_vae.model.VAE.inputs`), once ``vae`` is known to
+    be a model without labels."""
     if vae.num_classes:
         raise ConfigError(
             f"posterior inspection scores q(z|x) and p(x|z) of the plain VAE; model {vae.kind!r} "
             "conditions them on a label"
         )
+    return vae.inputs(x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,7 +188,7 @@ def posterior_samples(
     With one chain ``az.summary`` cannot compute a split r-hat (the draws are independent, so it
     has nothing to check); use ``az.summary(idata, kind="stats")``.
     """
-    _check_unconditional(vae)
+    x = _unconditional_inputs(vae, x)
     with _seeded(seed, x.device):
         z = vae.posterior_dist(x).sample((num_samples,))
     return _inference_data(_numpy(z)[None], labels, attrs={"method": "guide q(z|x)"})
@@ -204,7 +207,7 @@ def log_importance_weights(
     ``logsumexp(log_w, 1) - log S`` is the IWAE bound with k = S and ``log_w.mean(1)`` the ELBO,
     both estimated from the same draws.
     """
-    _check_unconditional(vae)
+    x = _unconditional_inputs(vae, x)
     with _seeded(seed, x.device):
         _, log_w = _draw_weighted(vae, x, vae.posterior_dist(x), num_samples)
     return log_w.T.contiguous()
@@ -279,6 +282,7 @@ def importance_resample(
 
     :returns: ``InferenceData`` with the dims of :func:`posterior_samples`.
     """
+    x = _unconditional_inputs(vae, x)
     with _seeded(seed, x.device):
         z, log_w = _draw_weighted(vae, x, vae.posterior_dist(x), proposals)  # (S, B, ...)
         smoothed, khat, ess = _psis(log_w.T)
@@ -306,7 +310,7 @@ def nuts_posterior(
     *,
     warmup_steps: int = 300,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool = True,
     labels: torch.Tensor | np.ndarray | None = None,
 ) -> az.InferenceData:
     """Draws of the true posterior p(z|x) by the No-U-Turn Sampler, with the VAE's networks and
@@ -330,7 +334,7 @@ def nuts_posterior(
         chain's acceptance rate and adapted step size. ``az.rhat``, ``az.ess`` and
         ``az.summary`` work on it.
     """
-    _check_unconditional(vae)
+    x = _unconditional_inputs(vae, x)
     if num_chains < 1 or num_samples < 1 or warmup_steps < 0:
         raise ConfigError("nuts_posterior needs num_chains >= 1, num_samples >= 1, warmup >= 0")
 
@@ -572,7 +576,7 @@ def amortization_gap(
     mean-exp inequality on the same draws, ``log_px >= elbo_optimized`` holds exactly, so the
     approximation gap is never negative.
     """
-    _check_unconditional(vae)
+    x = _unconditional_inputs(vae, x)
     if family not in LOCAL_FAMILIES:
         raise ConfigError(f"unknown family {family!r}; choose one of: {', '.join(LOCAL_FAMILIES)}")
     if k < 1 or steps < 0 or num_particles < 1 or not lr > 0:

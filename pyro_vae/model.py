@@ -30,6 +30,7 @@ from pyro import poutine
 from torch import nn
 
 from . import checks
+from .data import as_floats
 from .errors import ConfigError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
@@ -128,6 +129,7 @@ class VAE(nn.Module):
     def model(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> None:
         """p(x, z) = p(z) p(x|z) for a batch ``x`` of shape ``(B, *x_shape)``; log p(z) weighted
         by ``kl_weight`` (a positive number or 0-dim tensor)."""
+        x = self.inputs(x)
         with pyro.plate("data", x.shape[0]):
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", self.prior(x.shape[0], x))
@@ -137,17 +139,28 @@ class VAE(nn.Module):
         """q(z|x), amortized: one encoder pass gives the posterior of every example; log q(z|x)
         weighted by ``kl_weight``, as log p(z) is in the model."""
         pyro.module("vae", self)  # every parameter, the model's too: what SVI optimizes
+        x = self.inputs(x)
         with pyro.plate("data", x.shape[0]), poutine.scale(scale=kl_weight):
             pyro.sample("z", self.posterior_dist(x))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The guide's parameters for ``x``: ``(loc, scale)`` of q(z|x), each ``(B, z_dim)``, for
         the diagonal family (other families: see their ``params``)."""
-        return self.posterior.params(self.encoder(x))
+        return self.posterior.params(self.encoder(self.inputs(x)))
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch ``x`` as the programs take it, on this VAE's device: a data set's own tensors
+        whatever their storage (8-bit ``uint8`` images become ``k / 255``, floats stay as they
+        are). Every method that takes images calls it first.
+
+        Grey values pass as they are: a binary likelihood scores binarized images
+        (:func:`~pyro_vae.data.eval_inputs`).
+        """
+        return as_floats(x.to(self._anchor().device))
 
     def posterior_dist(self, x: torch.Tensor) -> dist.Distribution:
         """q(z|x) for a batch ``x``: batch shape ``(B,)``, event shape ``(z_dim,)``."""
-        return self.posterior(self.encoder(x))
+        return self.posterior(self.encoder(self.inputs(x)))
 
     def prior_dist(self, batch_size: int) -> dist.Distribution:
         """p(z) for ``batch_size`` examples, on this VAE's device."""

@@ -50,7 +50,7 @@ def encode(
     *,
     seed: int = 0,
     num_samples: int = 256,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Codes:
     """The codes of the examples ``x``, on ``x``'s device.
 
@@ -66,7 +66,7 @@ def encode(
     :param seed: seeds the draws of z, where there are draws.
     :param num_samples: the draws of z per example, for a guide with no closed-form mean
         (flows).
-    :param progress: show a progress bar.
+    :param progress: show a progress bar (tqdm); ``False`` for none.
     :raises DataError: for a label model without ``labels``.
     """
     if vae.num_classes and labels is None:

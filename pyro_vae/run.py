@@ -349,7 +349,7 @@ class Run:
         x = eval_inputs(self.vae.likelihood, x.to(device), self.config.binarization)
         return x, None if y is None else y.to(device)
 
-    def linear_probe(self, data: Dataset | None = None, *, progress: bool = False) -> Probe:
+    def linear_probe(self, data: Dataset | None = None, *, progress: bool = True) -> Probe:
         """A linear probe of the run's codes (:func:`~pyro_vae.representations.linear_probe`),
         fitted on the training split of ``data`` (default: the run's own) and scored on its test
         split. On the run's own data it is also recorded in ``evaluation.json``, as
@@ -388,14 +388,15 @@ class Run:
         seed: int | None = None,
         device: str | None = None,
         iwae_k: int = 1000,
-        progress: bool = False,
+        progress: bool = True,
         compile: str | None = None,
     ) -> dict[str, Any]:
         """Score the run on its own test set (:func:`pyro_vae.evaluate.evaluate`) and write
         ``evaluation.json``. ``seed`` defaults to the run's seed and ``device`` to the one it
         trained on (the CPU when that one is not present), so that the test ELBO equals the one
         in ``summary.json``. ``compile`` (default: the run's) may compile the IWAE bound's
-        chunks (:func:`pyro_vae.evaluate.iwae_estimate`)."""
+        chunks (:func:`pyro_vae.evaluate.iwae_estimate`). The IWAE bound with ``iwae_k``
+        particles costs about ``iwae_k`` test ELBOs; ``progress`` shows its progress bar."""
         if device is None:
             device = self.device if self.device == "cpu" or torch.cuda.is_available() else "cpu"
         self.vae.to(resolve_device(device))

@@ -57,7 +57,7 @@ def score(
     *,
     labels: torch.Tensor | None = None,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool = True,
     compile: str = "off",
 ) -> dict[str, torch.Tensor]:
     """Each example's scores, by the names of :data:`~pyro_vae.scores.COLUMNS`, each ``(N,)``
@@ -73,13 +73,15 @@ def score(
     :param k: the particles of each example's IWAE bound.
     :param labels: the examples' integer labels, which the conditional VAE needs.
     :param seed: seeds the draws of z.
-    :param progress: show a progress bar.
+    :param progress: show a progress bar (tqdm); ``False`` for none. The ``k``-particle bound
+        is most of the work: about ``k`` test ELBOs.
     :param compile: ``"on"``, ``"auto"`` or ``"off"``, for the IWAE bound's chunks
         (:func:`~pyro_vae.evaluate.iwae_estimate`).
     :raises DataError: for the conditional VAE without ``labels``.
     """
     if vae.labels == "all" and labels is None:
         raise DataError(f"model {vae.kind!r} scores log p(x | y) and needs the examples' labels")
+    x = vae.inputs(x)
     kind = {"labels": labels, "seed": seed, "progress": progress}
     log_px = iwae_estimate(vae, x, k, compile=compile, **kind).per_example.double().cpu()
     elbo = iwae_estimate(vae, x, 1, **kind).per_example.double().cpu()

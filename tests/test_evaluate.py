@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
-from pyro_vae import VAE, evaluate, train
+from pyro_vae import VAE, evaluate, score, train
 from pyro_vae.cli import main
 from pyro_vae.data import eval_inputs
 from pyro_vae.elbo import iwae_bound
@@ -37,6 +37,20 @@ def test_evaluation_has_every_figure_and_repeats_with_its_seed(digits, trained):
     assert 0 <= first["active_units"] <= 6 and len(first["kl_per_dim"]) == 6
     # a lower bound on log p(x) tighter than the ELBO
     assert first["test_elbo"] < first["iwae_log_likelihood"]
+
+
+def test_long_work_shows_progress_from_python_unless_told_not_to(digits, trained, capsys):
+    # issue 25: evaluate ran for minutes in silence from Python while the CLI showed a bar
+    x = eval_inputs(trained.likelihood, digits.x_test[:50])
+    for long_work in (
+        lambda **kw: evaluate(trained, digits, iwae_k=10, **kw),
+        lambda **kw: score(trained, x, 10, **kw),
+        lambda **kw: iwae_log_likelihood(trained, x, 10, **kw),
+    ):
+        long_work()
+        assert "IWAE k=10: 100%" in capsys.readouterr().err
+        long_work(progress=False)
+        assert capsys.readouterr().err == ""
 
 
 def test_iwae_log_likelihood_rises_with_k_and_batches_do_not_matter(digits, trained):
