@@ -36,8 +36,11 @@ their values to 0-255. ``image_size`` S resizes each picture so its shorter side
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -412,15 +415,37 @@ def _download(name: str, data_dir: Path) -> str:
 
 def download_with_torchvision(root: Path, dataset: str, calls: Sequence[dict[str, Any]]) -> str:
     """``torchvision.datasets.<dataset>(root, download=True, **call)`` for each of ``calls``:
-    ``""``, or the failure in a few words, to end a data set's not-found message with."""
+    ``""``, or the failure in a few words, to end a data set's not-found message with.
+
+    torchvision makes its folders before it reaches the network, so it downloads into a scratch
+    folder inside ``root`` whose files are moved into ``root`` once every call succeeded; a
+    failed attempt leaves nothing behind, not even ``root`` where it did not exist.
+    """
     import torchvision.datasets
 
+    made = [d for d in (root, *root.parents) if not d.exists()]  # what mkdir will create
     try:
-        for call in calls:
-            getattr(torchvision.datasets, dataset)(str(root), download=True, **call)
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=root) as scratch:
+            for call in calls:
+                getattr(torchvision.datasets, dataset)(scratch, download=True, **call)
+            _move_into(Path(scratch), root)
     except Exception as e:  # no network, a dead mirror, a full disk: all end the same way
+        for folder in made:  # the deepest first, each empty once the scratch folder is gone
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         return f"; download failed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
     return ""
+
+
+def _move_into(source: Path, target: Path) -> None:
+    """Every file under ``source`` renamed to the same place under ``target``, beside what
+    ``target`` holds already."""
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            destination = target / path.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, destination)
 
 
 class _Cifar(NamedTuple):

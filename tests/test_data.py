@@ -15,6 +15,7 @@ from pyro_vae.data import (
     is_binary,
     load_dataset,
 )
+from pyro_vae.cli import main
 from pyro_vae.errors import ConfigError, DataError
 
 IDX_FILES = (
@@ -220,6 +221,35 @@ def test_idx_download_then_read(tmp_path, monkeypatch):
     ds = load_dataset("kmnist", data_dir=tmp_path)
     assert calls == [True, False]
     assert ds.y_test.tolist() == TEST_LABELS
+    assert [p.name for p in tmp_path.iterdir()] == ["KMNIST"]  # and no scratch folder
+    assert load_dataset("kmnist", data_dir=tmp_path, download=False).y_test.tolist() == TEST_LABELS
+
+
+def test_a_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+    # issue 25: torchvision makes DIR/FashionMNIST/raw before it reaches the network
+    import torchvision.datasets
+
+    def offline(root, train, download):
+        raw = Path(root) / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b half a download")
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for data_dir in (tmp_path / "new" / "deeper", kept):
+        with pytest.raises(DataError, match="download failed"):
+            load_dataset("fashion-mnist", data_dir=data_dir)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "kept",
+        "kept/notes.txt",
+    ]
+    monkeypatch.chdir(kept)  # the command line's ./data, and its --out
+    assert main(["train", "--dataset", "fashion-mnist", "--out", "runs/fm", "--quiet"]) == 2
+    assert "download failed" in capsys.readouterr().err
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
 
 
 def test_idx_bad_magic(tmp_path):
