@@ -425,8 +425,8 @@ def write_output(write: Any, *args: Any, path: Path) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     run = Run.open(args.run_dir, device=args.device)
-    name = "samples.png" if args.label is None else f"samples-{args.label}.png"
-    out = picture_path(args.out, run.path / name)
+    of_class = "" if args.label is None else f"-class{args.label}"
+    out = picture_path(args.out, run.path / f"sample{of_class}-seed{args.seed}-n{args.num}.png")
     pyro.set_rng_seed(args.seed)
     write_output(plot_samples, run.vae.sample(args.num, label=args.label), path=out)
     of = "" if args.label is None else f" of class {args.label}"
@@ -436,7 +436,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     run = Run.open(args.run_dir, device=args.device)
-    out = picture_path(args.out, run.path / "reconstructions.png")
+    out = picture_path(args.out, run.path / f"reconstruct-n{args.num}.png")
     x, reconstructions = run.reconstructions(args.num, args.device)
     write_output(plot_reconstructions, x, reconstructions, path=out)
     print(f"wrote {len(x)} test images and their reconstructions to {out}")
@@ -747,7 +747,9 @@ def _add_run_commands(commands: Any) -> None:
         help="cvae, m2: draw images of this class only; without it, the classes in turn",
     )
     p.add_argument(
-        "--out", help="PNG file to write (default: RUN_DIR/samples.png, or samples-K.png)"
+        "--out",
+        help="PNG file to write (default: RUN_DIR/sample-seedS-nN.png, or "
+        "sample-classK-seedS-nN.png: training's samples.png is kept)",
     )
     p.add_argument("--seed", type=seed, default=0, help="seed of the draws")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
@@ -762,7 +764,11 @@ def _add_run_commands(commands: Any) -> None:
         default=32,
         help="number of test images, spread evenly over the test set",
     )
-    p.add_argument("--out", help="PNG file to write (default: RUN_DIR/reconstructions.png)")
+    p.add_argument(
+        "--out",
+        help="PNG file to write (default: RUN_DIR/reconstruct-nN.png: training's "
+        "reconstructions.png is kept)",
+    )
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_reconstruct)
 

@@ -80,6 +80,20 @@ def test_sample_and_reconstruct_write_pictures(run_dir, tmp_path):
         assert matplotlib.image.imread(tmp_path / name).std() > 0.05
 
 
+def test_sample_and_reconstruct_keep_the_pictures_training_drew(run_dir, capsys):
+    # issue 25: pyro-vae sample RUN overwrote training's samples.png with another draw
+    drawn = {name: (run_dir / name).read_bytes() for name in ("samples.png", "reconstructions.png")}
+    for argv, name in (
+        (["sample", str(run_dir)], "sample-seed0-n64.png"),
+        (["sample", str(run_dir), "--seed", "3", "-n", "16"], "sample-seed3-n16.png"),
+        (["reconstruct", str(run_dir)], "reconstruct-n32.png"),
+    ):
+        assert main(argv) == 0
+        assert capsys.readouterr().out.strip().endswith(f"to {run_dir / name}")
+        assert matplotlib.image.imread(run_dir / name).ndim == 3
+    assert {name: (run_dir / name).read_bytes() for name in drawn} == drawn
+
+
 def test_train_with_no_flags_trains_on_digits(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--quiet", "--epochs", "1"]) == 0

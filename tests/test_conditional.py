@@ -246,7 +246,7 @@ def test_a_cvae_draws_each_class_from_the_command_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", str(out), "--label", "7", "-n", "8"]) == 0
     assert "wrote 8 samples of class 7" in capsys.readouterr().out
-    assert (out / "samples-7.png").stat().st_size > 0
+    assert (out / "sample-class7-seed0-n8.png").stat().st_size > 0
 
 
 def test_posterior_inspection_refuses_a_label_model_in_one_line(digits):

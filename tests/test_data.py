@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pyro_vae.cli import main
 from pyro_vae.data import (
     DATASETS,
     DEFAULT_DATA_DIR,
@@ -15,7 +16,6 @@ from pyro_vae.data import (
     is_binary,
     load_dataset,
 )
-from pyro_vae.cli import main
 from pyro_vae.errors import ConfigError, DataError
 
 IDX_FILES = (
