@@ -59,8 +59,8 @@ def test_a_failed_write_leaves_the_previous_checkpoint(trained, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, vae, saved["state"])
-    assert path.read_bytes() == before
+        save_checkpoint(path, vae, saved["state"], previous=run_dir / PREVIOUS)
+    assert path.read_bytes() == before  # and not yet moved to the previous one's place
     assert sorted(os.listdir(run_dir)) == [CHECKPOINT, CONFIG]  # no temporary file left behind
     assert load_checkpoint(path)["epoch"] == 2
 
