@@ -4,7 +4,9 @@ A checkpoint holds the model weights, the shape of one example (the VAE's other 
 run's :class:`~pyro_vae.config.RunConfig`) and the training state
 (:class:`~pyro_vae.train.TrainState`: epoch and step, optimizer state, random states, history), so
 that a run can be resumed exactly. It is written to a temporary file in the same folder, flushed to
-disk and renamed over the old one, so a crash mid-write leaves the previous checkpoint intact. It
+disk and renamed over the old one, so a crash mid-write leaves the previous checkpoint intact; the
+old one may be kept under another name first (``previous``), renamed too, so that a checkpoint
+damaged after it was written (a full disk, a killed copy) still has a complete one beside it. It
 is read onto the CPU with ``torch.load(..., weights_only=True)``, which unpickles only tensors and
 plain data and refuses anything that would run code.
 """
@@ -15,6 +17,7 @@ import json
 import os
 import zipfile
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
@@ -29,8 +32,16 @@ from .train import History, TrainState
 CHECKPOINT_FORMAT = 2
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``."""
+def atomic_write(
+    path: str | Path, write: Callable[[IO[bytes]], Any], previous: str | Path | None = None
+) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    :param path: the file to write.
+    :param write: writes the whole contents to the open file it is given.
+    :param previous: where the file already at ``path``, if any, is renamed to once the new one is
+        complete and before it takes its place: a complete file is on disk at every moment.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -38,6 +49,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None:
+            with suppress(FileNotFoundError):  # the first one written has none to keep
+                os.replace(path, previous)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -49,11 +63,21 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def save_checkpoint(
-    path: str | Path, vae: VAE, state: TrainState | None = None, device: str = "cpu"
+    path: str | Path,
+    vae: VAE,
+    state: TrainState | None = None,
+    device: str = "cpu",
+    previous: str | Path | None = None,
 ) -> None:
-    """Write ``vae``'s weights and the training state atomically; ``device`` is where they were.
+    """Write ``vae``'s weights and the training state atomically (:func:`atomic_write`).
 
     Refuses weights that are not finite: a broken run never overwrites a good checkpoint.
+
+    :param path: the checkpoint file.
+    :param vae: the VAE whose weights are written.
+    :param state: the training state (default: that of a VAE not yet trained).
+    :param device: where the weights were trained.
+    :param previous: where the checkpoint already at ``path`` is kept, or ``None`` to replace it.
     """
     if not all(bool(torch.isfinite(t).all()) for t in vae.state_dict().values()):
         raise PyroVAEError(
@@ -74,7 +98,7 @@ def save_checkpoint(
         "partial_losses": state.partial_losses,
         "partial_seconds": state.partial_seconds,
     }
-    atomic_write(path, lambda f: torch.save(checkpoint, f))
+    atomic_write(path, lambda f: torch.save(checkpoint, f), previous)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

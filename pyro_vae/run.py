@@ -1,16 +1,19 @@
 """The run folder: one training run on disk, created, checkpointed, finished and loaded here.
 
-+----------------------+--------------------------------------------------------------------------+
-| ``config.json``      | the :class:`~pyro_vae.config.RunConfig`, exactly: ``--config`` reads it  |
-| ``checkpoint.pt``    | weights, example shape, training state; after every epoch and on a stop  |
-| ``metrics.csv``      | ``epoch,train_elbo,test_elbo,seconds``, rewritten with the checkpoint    |
-| ``summary.json``     | the final figures, the device and the versions, when training ends       |
-| ``*.png``            | test images over their reconstructions, samples, ELBO curves, and for    |
-|                      | the label models a column of samples per class (``classes.png``)         |
-| ``evaluation.json``  | :meth:`Run.evaluate`'s figures, the linear probe's (:meth:`~Run.record`) |
-| ``tensorboard/``     | with ``tensorboard``: TensorBoard event files, after every epoch         |
-|                      | (:mod:`pyro_vae.board`)                                                  |
-+----------------------+--------------------------------------------------------------------------+
++------------------------+-------------------------------------------------------------------------+
+| ``config.json``        | the :class:`~pyro_vae.config.RunConfig`, exactly: ``--config`` reads it |
+| ``checkpoint.pt``      | weights, example shape, training state; after every epoch and on a stop |
+| ``checkpoint.prev.pt`` | the checkpoint before it, kept as the next is written: :meth:`Run.open` |
+|                        | goes back to it, saying so, when ``checkpoint.pt`` is unreadable        |
+| ``metrics.csv``        | ``epoch,train_elbo,test_elbo,seconds``, rewritten with the checkpoint   |
+| ``summary.json``       | the final figures, the device and the versions, when training ends      |
+| ``*.png``              | test images over their reconstructions, samples, ELBO curves, and for   |
+|                        | the label models a column of samples per class (``classes.png``)        |
+| ``evaluation.json``    | :meth:`Run.evaluate`'s figures, the linear probe's                      |
+|                        | (:meth:`~Run.record`)                                                   |
+| ``tensorboard/``       | with ``tensorboard``: TensorBoard event files, after every epoch        |
+|                        | (:mod:`pyro_vae.board`)                                                 |
++------------------------+-------------------------------------------------------------------------+
 
 ::
 
@@ -28,7 +31,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,6 +80,7 @@ from .train import History, TrainState, train
 from .version import __version__
 
 CONFIG, CHECKPOINT, METRICS, SUMMARY = "config.json", "checkpoint.pt", "metrics.csv", "summary.json"
+PREVIOUS = "checkpoint.prev.pt"  # the checkpoint before the last, kept for when that one is damaged
 PICTURES = ("reconstructions.png", "samples.png", "elbo.png")
 RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT, *PICTURES)
 EVALUATION = "evaluation.json"
@@ -100,14 +106,16 @@ class Run:
         self.device = device  # where the weights were last trained
         self.summary: dict[str, Any] | None = None  # summary.json, once training is done
         self._data: Dataset | None = None
+        # False after falling back: the unreadable checkpoint.pt must not become the previous one
+        self._keep_last = True
 
     @classmethod
     def create(cls, path: str | Path, config: RunConfig, *, overwrite: bool = False) -> Run:
         """A new run of ``config`` in ``path``: the data loaded, the VAE built (its weights seeded
         by ``config.seed``) and ``config.json`` written. A folder that already holds a run is
-        refused unless ``overwrite``."""
+        refused unless ``overwrite``, which deletes its checkpoints."""
         path = Path(path)
-        if (path / CHECKPOINT).exists() and not overwrite:
+        if any((path / name).exists() for name in (CHECKPOINT, PREVIOUS)) and not overwrite:
             raise RunExists(f"{path} already holds a trained run; open it to go on training it")
         _check_board(config)
         data = _load_data(config)
@@ -122,6 +130,8 @@ class Run:
         vae = build_model(config.model, data.x_shape, classes, **config.vae_options())
         if distributed.is_main_process():
             path.mkdir(parents=True, exist_ok=True)
+            for name in (CHECKPOINT, PREVIOUS):  # an overwritten run's, never to be gone back to
+                (path / name).unlink(missing_ok=True)
             write_json(path / CONFIG, config.to_dict())
         run = cls(path, config, vae, TrainState(), str(resolve_device(config.device)))
         run._data = data
@@ -129,22 +139,28 @@ class Run:
 
     @classmethod
     def open(cls, path: str | Path, device: str | torch.device = "cpu") -> Run:
-        """The run in ``path`` as its last checkpoint left it, its VAE on ``device``."""
+        """The run in ``path`` as its last checkpoint left it, its VAE on ``device``; as the one
+        before left it (``checkpoint.prev.pt``), with one line on stderr saying so, when the last
+        is unreadable or does not fit the run's config.
+
+        :param path: the run folder.
+        :param device: where to put the VAE.
+        """
         path = Path(path)
         if not path.is_dir():
             raise PyroVAEError(f"no run folder at {path}")
         if not (path / CONFIG).is_file():
             raise PyroVAEError(f"{path} has no {CONFIG}; was it written by pyro-vae train?")
         config = RunConfig.load(path / CONFIG)
-        checkpoint = load_checkpoint(path / CHECKPOINT)
         try:
-            shape, classes = checkpoint["x_shape"], checkpoint.get("num_classes", 0)
-            vae = build_model(config.model, shape, classes, **config.vae_options())
-        except (KeyError, PyroVAEError) as e:
-            raise PyroVAEError(f"{path / CHECKPOINT} does not fit {path / CONFIG} ({e})") from None
-        load_weights(vae, checkpoint, path / CHECKPOINT)
-        state, trained_on = train_state(checkpoint), str(checkpoint.get("device", "cpu"))
-        return cls(path, config, vae.to(resolve_device(device)), state, trained_on)
+            vae, state, trained_on = _restore(config, path / CHECKPOINT)
+            fell_back = False
+        except PyroVAEError as last:
+            vae, state, trained_on = _fall_back(config, path, last)
+            fell_back = True
+        run = cls(path, config, vae.to(resolve_device(device)), state, trained_on)
+        run._keep_last = not fell_back
+        return run
 
     @property
     def data(self) -> Dataset:
@@ -179,7 +195,8 @@ class Run:
         config, which is rewritten with them.
 
         A checkpoint and ``metrics.csv`` are written after every epoch and when ``stop`` ends
-        training (:class:`~pyro_vae.train.TrainingInterrupted`), with ``tensorboard`` the
+        training (:class:`~pyro_vae.train.TrainingInterrupted`), the checkpoint before kept as
+        ``checkpoint.prev.pt`` (:meth:`open` goes back to it), with ``tensorboard`` the
         epoch's TensorBoard figures before them (:mod:`pyro_vae.board`); ``summary.json`` and
         the pictures when it is done.
         """
@@ -243,10 +260,14 @@ class Run:
         )
 
     def save(self, state: TrainState) -> None:
-        """Write ``state`` and the weights as the run's checkpoint, with ``metrics.csv``."""
+        """Write ``state`` and the weights as the run's checkpoint, the one before kept as the
+        previous (unless it is the unreadable one :meth:`open` went back from), with
+        ``metrics.csv``."""
         self.state = state
         if distributed.is_main_process():
-            save_checkpoint(self.path / CHECKPOINT, self.vae, state, device=self.device)
+            previous = self.path / PREVIOUS if self._keep_last else None
+            save_checkpoint(self.path / CHECKPOINT, self.vae, state, self.device, previous)
+            self._keep_last = True
             atomic_write(self.path / METRICS, lambda f: f.write(_metrics_csv(state.history)))
 
     def finish(self) -> None:
@@ -409,6 +430,43 @@ class Run:
         result["epoch"] = self.state.epoch
         self.record(result)
         return result
+
+
+def _restore(config: RunConfig, file: Path) -> tuple[VAE, TrainState, str]:
+    """The VAE of ``config`` with the weights of the checkpoint ``file``, the training state it
+    holds and the device it was trained on."""
+    checkpoint = load_checkpoint(file)
+    try:
+        shape, classes = checkpoint["x_shape"], checkpoint.get("num_classes", 0)
+        vae = build_model(config.model, shape, classes, **config.vae_options())
+    except (KeyError, PyroVAEError) as e:
+        raise PyroVAEError(f"{file} does not fit {file.parent / CONFIG} ({e})") from None
+    load_weights(vae, checkpoint, file)
+    return vae, train_state(checkpoint), str(checkpoint.get("device", "cpu"))
+
+
+def _fall_back(config: RunConfig, path: Path, last: PyroVAEError) -> tuple[VAE, TrainState, str]:
+    """:func:`_restore` of the previous checkpoint, since the last failed with ``last``; one line
+    says so. Decided by the files alone, so every rank of a torchrun goes back to the same one."""
+    previous = path / PREVIOUS
+    if not previous.exists():  # a run of one checkpoint so far: the last one's error stands
+        raise last
+    try:
+        vae, state, trained_on = _restore(config, previous)
+    except PyroVAEError as e:
+        raise PyroVAEError(f"{last.problem}; the previous one is no better: {e.problem}") from None
+    moment = f"epoch {state.epoch}"
+    if state.step_in_epoch:
+        moment = f"step {state.step_in_epoch} of epoch {state.epoch + 1}"
+    _note(f"{last.problem}; going back to {previous}, written after {moment}")
+    return vae, state, trained_on
+
+
+def _note(message: str) -> None:
+    """``pyro-vae: message`` on stderr, from rank 0 alone."""
+    # torchrun's RANK too: a run is opened before its processes have joined their group
+    if distributed.is_main_process() and os.environ.get("RANK", "0") == "0":
+        print(f"pyro-vae: {message}", file=sys.stderr)
 
 
 def _check_board(config: RunConfig) -> None:

@@ -7,7 +7,8 @@ from conftest import binary_batch
 
 from pyro_vae import PyroVAEError, Run, RunConfig, train
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
-from pyro_vae.run import CHECKPOINT, CONFIG
+from pyro_vae.run import CHECKPOINT, CONFIG, PREVIOUS, RunExists
+from pyro_vae.train import TrainState
 
 CONFIG_OF_SMALL_VAE = RunConfig(z_dim=4, hidden_dims=(32,))  # the conftest's small_vae
 
@@ -58,10 +59,41 @@ def test_a_failed_write_leaves_the_previous_checkpoint(trained, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, vae, saved["state"])
-    assert path.read_bytes() == before
+        save_checkpoint(path, vae, saved["state"], previous=run_dir / PREVIOUS)
+    assert path.read_bytes() == before  # and not yet moved to the previous one's place
     assert sorted(os.listdir(run_dir)) == [CHECKPOINT, CONFIG]  # no temporary file left behind
     assert load_checkpoint(path)["epoch"] == 2
+
+
+def test_a_crash_between_the_renames_leaves_a_checkpoint_to_go_back_to(
+    trained, monkeypatch, capsys
+):
+    vae, _, run_dir = trained
+    path, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
+    before = path.read_bytes()
+    replace, renamed = os.replace, []
+
+    def killed_after_one_rename(src, dst):
+        if renamed:
+            raise OSError("killed")
+        renamed.append(dst)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_after_one_rename)
+    with pytest.raises(OSError, match="killed"):
+        save_checkpoint(path, vae, TrainState(), previous=previous)
+    monkeypatch.undo()
+    assert sorted(os.listdir(run_dir)) == [PREVIOUS, CONFIG]  # no temporary file left behind
+    assert previous.read_bytes() == before
+    capsys.readouterr()
+    assert Run.open(run_dir).state.epoch == 2
+    assert capsys.readouterr().err == (
+        f"pyro-vae: no checkpoint at {path}; going back to {previous}, written after epoch 2\n"
+    )
+    with pytest.raises(RunExists):  # it still holds a run
+        Run.create(run_dir, CONFIG_OF_SMALL_VAE)
+    Run.create(run_dir, CONFIG_OF_SMALL_VAE.replace(dataset="digits"), overwrite=True)
+    assert not previous.exists()  # never gone back to from the new run
 
 
 class WritesMarker:

@@ -14,7 +14,7 @@ import torchvision.datasets
 
 from pyro_vae.cli import EXAMPLES, build_parser, main, overlay
 from pyro_vae.config import RunConfig
-from pyro_vae.run import RUN_FILES
+from pyro_vae.run import PREVIOUS, RUN_FILES
 
 FAST = ["--hidden-dims", "64", "--z-dim", "4", "--quiet"]
 
@@ -27,7 +27,8 @@ def run_dir(tmp_path_factory):
 
 
 def test_train_writes_every_file_of_the_run_folder(run_dir):
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted(RUN_FILES)
+    # two epochs: the first one's checkpoint kept as the previous
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([*RUN_FILES, PREVIOUS])
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["epoch", "train_elbo", "test_elbo", "seconds", "kl_weight"]

@@ -3,6 +3,7 @@
 import csv
 import importlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import torch
 from pyro_vae import VAE, PyroVAEError, train
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint, train_state
 from pyro_vae.cli import main
-from pyro_vae.run import CHECKPOINT, Run
+from pyro_vae.run import CHECKPOINT, PREVIOUS, Run
 from pyro_vae.train import TrainingError, TrainingInterrupted
 
 trainer = importlib.import_module("pyro_vae.train")  # the module; pyro_vae.train is the function
@@ -121,6 +122,66 @@ def test_cli_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     assert "no run folder at" in capsys.readouterr().err
     assert main(["train", *RUN_FLAGS, "--out", str(part)]) == 2
     assert "continue it with --resume" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def three_epochs(tmp_path_factory):
+    """A run trained without a stop: checkpoint.pt of epoch 3, checkpoint.prev.pt of epoch 2."""
+    run_dir = tmp_path_factory.mktemp("three") / "run"
+    assert main(["train", *RUN_FLAGS, "--epochs", "3", "--out", str(run_dir)]) == 0
+    assert load_checkpoint(run_dir / PREVIOUS)["epoch"] == 2
+    return run_dir
+
+
+def cut_short(path):
+    """As a full disk or a killed copy leaves a file: its first half."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def damaged_copy(run_dir, to):
+    shutil.copytree(run_dir, to)
+    cut_short(to / CHECKPOINT)
+    return to
+
+
+@pytest.mark.parametrize("via", ["python", "cli"])
+def test_a_truncated_checkpoint_resumes_from_the_previous_one(three_epochs, tmp_path, capsys, via):
+    run_dir = damaged_copy(three_epochs, tmp_path / "run")
+    cut_short(run_dir / "metrics.csv")  # the same disk: it must come back from the checkpoint
+    capsys.readouterr()
+    if via == "python":
+        Run.open(run_dir).train(progress=False)
+    else:
+        assert main(["train", "--out", str(run_dir), "--resume", "--quiet"]) == 0
+    last, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
+    assert capsys.readouterr().err == (
+        f"pyro-vae: {last} is not a readable checkpoint (truncated or corrupt); going back to "
+        f"{previous}, written after epoch 2\n"
+    )
+    # epoch 3 trained again: what the run gave without the damage
+    assert read_metrics(run_dir) == read_metrics(three_epochs)
+    assert_same_weights(Run.open(run_dir).vae.state_dict(), Run.open(three_epochs).vae.state_dict())
+    assert load_checkpoint(previous)["epoch"] == 2  # the damaged file was replaced, not kept
+
+
+def test_every_command_goes_back_and_two_unreadable_checkpoints_are_one_line(
+    three_epochs, tmp_path, capsys
+):
+    run_dir = damaged_copy(three_epochs, tmp_path / "run")
+    last, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
+    capsys.readouterr()
+    assert main(["sample", str(run_dir), "-n", "4", "--out", str(tmp_path / "four.png")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"going back to {previous}, written after epoch 2" in err
+    cut_short(previous)
+    with pytest.raises(PyroVAEError, match="the previous one is no better"):
+        Run.open(run_dir)
+    assert main(["sample", str(run_dir), "-n", "4", "--out", str(tmp_path / "four.png")]) == 2
+    assert capsys.readouterr().err == (
+        f"pyro-vae: error: {last} is not a readable checkpoint (truncated or corrupt); the "
+        f"previous one is no better: {previous} is not a readable checkpoint (truncated or "
+        "corrupt)\n"
+    )
 
 
 def start_training(run_dir, *extra):
