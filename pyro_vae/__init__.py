@@ -27,7 +27,7 @@ from .models import MODELS, build_model
 from .representations import encode, linear_probe
 from .run import Run
 from .scores import score
-from .train import History, train
+from .training import History, train
 from .version import __version__
 
 __all__ = [

@@ -34,7 +34,7 @@ from .elbo import elbo_terms
 from .evaluate import active_units
 from .model import VAE
 from .plots import picture, reconstruction_rows
-from .train import History
+from .training import History
 
 PACKAGE, EXTRA = "tensorboard", "tensorboard"  # the optional dependency, and what installs it
 EVENT_FILES = "events.out.tfevents.*"

@@ -2,9 +2,9 @@
 
 A checkpoint holds the model weights, the shape of one example (the VAE's other settings are the
 run's :class:`~pyro_vae.config.RunConfig`) and the training state
-(:class:`~pyro_vae.train.TrainState`: epoch and step, optimizer state, random states, history), so
-that a run can be resumed exactly. It is written to a temporary file in the same folder, flushed to
-disk and renamed over the old one, so a crash mid-write leaves the previous checkpoint intact. It
+(:class:`~pyro_vae.training.TrainState`: epoch and step, optimizer state, random states, history),
+so that a run can be resumed exactly. It is written to a temporary file in the same folder, flushed
+to disk and renamed over the old one, so a crash mid-write leaves the previous checkpoint intact. It
 is read onto the CPU with ``torch.load(..., weights_only=True)``, which unpickles only tensors and
 plain data and refuses anything that would run code.
 """
@@ -24,7 +24,7 @@ from torch.serialization import get_unsafe_globals_in_checkpoint
 
 from .errors import PyroVAEError
 from .model import VAE
-from .train import History, TrainState
+from .training import History, TrainState
 
 CHECKPOINT_FORMAT = 2
 
@@ -113,7 +113,7 @@ def _gist(e: Exception) -> str:
 
 
 def train_state(checkpoint: dict[str, Any]) -> TrainState:
-    """The :class:`~pyro_vae.train.TrainState` stored in a loaded checkpoint, to resume from."""
+    """The :class:`~pyro_vae.training.TrainState` stored in a loaded checkpoint, to resume from."""
     try:
         return TrainState(
             epoch=int(checkpoint["epoch"]),

@@ -57,7 +57,7 @@ from .representations import encode, save_codes
 from .run import BOARD, CHECKPOINT, CLASS_PICTURE, EVALUATION, RUN_FILES, SPLITS, Run, RunExists
 from .scores import COLUMNS, most_and_least_typical, score, write_scores
 from .signals import StopOnSignals
-from .train import COMPILE, TrainingInterrupted
+from .training import COMPILE, TrainingInterrupted
 from .version import __version__
 
 REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}

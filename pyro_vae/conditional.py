@@ -69,7 +69,7 @@ class CVAE(VAE):
 
     The other parameters are :class:`~pyro_vae.model.VAE`'s. The programs take y one-hot
     (:func:`one_hot`): ``cvae.model(x, y)``, ``cvae.guide(x, y)``, so Pyro's ``Trace_ELBO`` and
-    :func:`pyro_vae.train <pyro_vae.train.train>` work on it unchanged.
+    :func:`pyro_vae.train` work on it unchanged.
     """
 
     kind = "cvae"

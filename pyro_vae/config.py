@@ -28,7 +28,7 @@ from .likelihoods import LIKELIHOODS
 from .models import MODELS
 from .nets import NETS
 from .priors import PRIORS
-from .train import COMPILE, check_labeled, check_objective
+from .training import COMPILE, check_labeled, check_objective
 
 try:  # Python 3.11 reads TOML; on 3.10 a .toml config is refused with one line
     import tomllib
@@ -193,7 +193,7 @@ class RunConfig:
         return options | ({"aux_weight": self.aux_weight} if self.model == "m2" else {})
 
     def train_options(self) -> dict[str, Any]:
-        """The settings :func:`pyro_vae.train <pyro_vae.train.train>` takes."""
+        """The settings :func:`pyro_vae.train` takes."""
         names = ("epochs", "batch_size", "lr", "device", "seed", "objective", "binarization")
         names += ("compile", "num_particles", "beta", "kl_warmup", "labeled", "stream", "workers")
         return {name: getattr(self, name) for name in names}

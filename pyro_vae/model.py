@@ -58,7 +58,7 @@ class VAE(nn.Module):
     ``pyro.module("vae", self)``, which is all Pyro's ``SVI`` needs to find them: the textbook
     ``SVI(vae.model, vae.guide, pyro.optim.Adam(...), Trace_ELBO())`` loop trains it (call
     ``pyro.clear_param_store()`` before each new VAE there).
-    :func:`pyro_vae.train <pyro_vae.train.train>` instead optimizes ``vae.parameters()`` directly
+    :func:`pyro_vae.train` instead optimizes ``vae.parameters()`` directly
     and never reads the param store, so any number of VAEs can be trained in one process.
     """
 

@@ -71,7 +71,7 @@ from .model import VAE
 from .models import MODELS, build_model
 from .plots import plot_class_samples, plot_elbo, plot_reconstructions, plot_samples
 from .representations import Probe, encode, linear_probe
-from .train import History, TrainState, train
+from .training import History, TrainState, train
 from .version import __version__
 
 CONFIG, CHECKPOINT, METRICS, SUMMARY = "config.json", "checkpoint.pt", "metrics.csv", "summary.json"
@@ -179,7 +179,7 @@ class Run:
         config, which is rewritten with them.
 
         A checkpoint and ``metrics.csv`` are written after every epoch and when ``stop`` ends
-        training (:class:`~pyro_vae.train.TrainingInterrupted`), with ``tensorboard`` the
+        training (:class:`~pyro_vae.training.TrainingInterrupted`), with ``tensorboard`` the
         epoch's TensorBoard figures before them (:mod:`pyro_vae.board`); ``summary.json`` and
         the pictures when it is done.
         """

@@ -42,6 +42,6 @@ class StopOnSignals:
             )
 
     def requested(self) -> bool:
-        """Whether a signal has asked training to stop: pass as :func:`pyro_vae.train.train`'s
+        """Whether a signal has asked training to stop: pass as :func:`pyro_vae.train`'s
         ``stop``."""
         return self.signum is not None

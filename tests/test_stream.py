@@ -16,7 +16,7 @@ from pyro_vae.models import build_model
 from pyro_vae.run import METRICS, Run
 
 loader = importlib.import_module("pyro_vae.loader")
-trainer_module = importlib.import_module("pyro_vae.train")
+trainer_module = importlib.import_module("pyro_vae.training")
 OPTIONS = dict(epochs=2, batch_size=100, lr=3e-3, device="cpu", seed=5, progress=False)
 
 
