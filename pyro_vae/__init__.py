@@ -20,7 +20,7 @@ from .config import RunConfig
 from .data import Dataset, load_dataset
 from .elbo import dataset_elbo
 from .errors import ConfigError, DataError, PyroVAEError
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .interpolation import interpolate
 from .model import VAE
 from .models import MODELS, build_model

@@ -11,7 +11,7 @@ its global step, the training steps taken since the run began:
 - the two terms of the test ELBO, ``test/reconstruction`` E_q[log p(x|z)] and ``test/kl``
   KL(q(z|x) || p(z)) (:func:`~pyro_vae.elbo.elbo_terms`, by the test ELBO's own draws, so that
   reconstruction - kl = test/elbo), and ``test/active_units``
-  (:func:`~pyro_vae.evaluate.active_units`);
+  (:func:`~pyro_vae.evaluation.active_units`);
 - ``images/reconstructions``, test images over their reconstructions, and ``images/samples``,
   samples of the same z at every epoch, drawn as the run folder's pictures are.
 
@@ -31,7 +31,7 @@ import torch
 from .conditional import one_hot
 from .device import random_state_kept
 from .elbo import elbo_terms
-from .evaluate import active_units
+from .evaluation import active_units
 from .model import VAE
 from .plots import picture, reconstruction_rows
 from .training import History

@@ -60,7 +60,7 @@ from .data import (
 )
 from .device import resolve_device
 from .errors import ConfigError, PyroVAEError
-from .evaluate import (
+from .evaluation import (
     active_units,
     add_bits_per_dim,
     baseline_log_likelihood,
@@ -391,11 +391,11 @@ class Run:
         progress: bool = False,
         compile: str | None = None,
     ) -> dict[str, Any]:
-        """Score the run on its own test set (:func:`pyro_vae.evaluate.evaluate`) and write
+        """Score the run on its own test set (:func:`pyro_vae.evaluation.evaluate`) and write
         ``evaluation.json``. ``seed`` defaults to the run's seed and ``device`` to the one it
         trained on (the CPU when that one is not present), so that the test ELBO equals the one
         in ``summary.json``. ``compile`` (default: the run's) may compile the IWAE bound's
-        chunks (:func:`pyro_vae.evaluate.iwae_estimate`)."""
+        chunks (:func:`pyro_vae.evaluation.iwae_estimate`)."""
         if device is None:
             device = self.device if self.device == "cpu" or torch.cuda.is_available() else "cpu"
         self.vae.to(resolve_device(device))

@@ -1,7 +1,7 @@
 """Anomaly and out-of-distribution scores: how typical a trained VAE finds each input.
 
 The natural score of an input is its log-likelihood, log p(x), here the IWAE estimate with k
-particles (:func:`~pyro_vae.evaluate.iwae_estimate`): an input unlike the training set should be
+particles (:func:`~pyro_vae.evaluation.iwae_estimate`): an input unlike the training set should be
 improbable. Deep generative models, however, often give *higher* likelihood to simpler inputs
 from another distribution than to their own test set (Nalisnick et al. 2019, "Do Deep Generative
 Models Know What They Don't Know?", arXiv:1810.09136): a Fashion-MNIST model finds MNIST digits,
@@ -37,7 +37,7 @@ from PIL import Image
 from . import checks
 from .checkpoint import atomic_write
 from .errors import DataError
-from .evaluate import bits_per_dim, iwae_estimate
+from .evaluation import bits_per_dim, iwae_estimate
 from .model import VAE
 
 #: Each score, the column of scores.csv that holds it, and what it is.
@@ -64,7 +64,7 @@ def score(
     float64 on the CPU.
 
     ``log_px`` is the IWAE bound of each example, the numbers whose mean
-    :func:`~pyro_vae.evaluate.iwae_estimate` gives; ``elbo`` the same with one particle. For the
+    :func:`~pyro_vae.evaluation.iwae_estimate` gives; ``elbo`` the same with one particle. For the
     conditional VAE both are of log p(x | y); for M2 of log p(x), its labels summed out.
     ``complexity_bits`` and ``corrected`` are given for the likelihoods of discrete inputs only.
 
@@ -75,7 +75,7 @@ def score(
     :param seed: seeds the draws of z.
     :param progress: show a progress bar.
     :param compile: ``"on"``, ``"auto"`` or ``"off"``, for the IWAE bound's chunks
-        (:func:`~pyro_vae.evaluate.iwae_estimate`).
+        (:func:`~pyro_vae.evaluation.iwae_estimate`).
     :raises DataError: for the conditional VAE without ``labels``.
     """
     if vae.labels == "all" and labels is None:

@@ -17,7 +17,7 @@ from pyro_vae.compiled import COLD_COMPILE_SECONDS, CaptureError, CompiledLoss, 
 from pyro_vae.conditional import one_hot
 from pyro_vae.data import eval_inputs
 from pyro_vae.elbo import make_loss
-from pyro_vae.evaluate import iwae_estimate
+from pyro_vae.evaluation import iwae_estimate
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.priors import StandardNormal
 from pyro_vae.training import TrainingInterrupted

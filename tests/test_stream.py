@@ -11,7 +11,7 @@ import torch
 from pyro_vae import VAE, train
 from pyro_vae.config import RunConfig
 from pyro_vae.data import Dataset
-from pyro_vae.evaluate import evaluate, independent_logistic_log_likelihood
+from pyro_vae.evaluation import evaluate, independent_logistic_log_likelihood
 from pyro_vae.models import build_model
 from pyro_vae.run import METRICS, Run
 
