@@ -6,17 +6,25 @@ names of ``__all__`` where a module has one, else the functions and classes it d
 names do not start with an underscore, and the methods and properties those classes define.
 ``make docs`` builds the pages themselves, with warnings as errors; these tests check what
 Sphinx does not.
+
+Every dotted name ``pyro_vae.X.Y`` that the README, the docs' pages, the notebooks' README and
+the package's docstrings and comments use is an attribute path from the package
+(:func:`resolves`): what a reader types after ``import pyro_vae`` works.
 """
 
+import ast
 import importlib
 import inspect
+import io
 import pkgutil
 import re
+import tokenize
 from pathlib import Path
 
 import pyro_vae
 
-API = Path(__file__).resolve().parent.parent / "docs" / "api"
+ROOT = Path(__file__).resolve().parent.parent
+API = ROOT / "docs" / "api"
 # the modules with no page: ``python -m pyro_vae``, and the version (pyro_vae.__version__)
 UNDOCUMENTED_MODULES = {"pyro_vae.__main__", "pyro_vae.version"}
 
@@ -29,6 +37,10 @@ GOOGLE = re.compile(
     re.MULTILINE,
 )
 NUMPY = re.compile(r"^\s*[A-Z][\w ]*\n\s*-{3,}\s*$", re.MULTILINE)
+# a dotted name in the package (pyro_vae.training.TrainState), not a path (pyro_vae/run.py)
+DOTTED = re.compile(r"(?<![\w./-])pyro_vae(?:\.\w+)+")
+# the prose that names the package's objects (docs/_build/ is the built site)
+PROSE = ["README.md", "notebooks/README.md", "docs/**/*.md", "docs/**/*.rst"]
 
 
 def automodules() -> dict[str, list[str] | None]:
@@ -156,3 +168,49 @@ def test_the_package_page_lists_every_export():
     exports = {name for name in pyro_vae.__all__ if name != "__version__"}
     missing = sorted(name for name in exports if id(getattr(pyro_vae, name)) not in objects)
     assert missing == [], "exports the API reference's first page does not list"
+
+
+def package_text() -> list[tuple[str, str]]:
+    """Each docstring and comment of the package's source, with where it is (``path:line``)."""
+    found = []
+    for path in sorted((ROOT / "pyro_vae").glob("*.py")):
+        source, where = path.read_text(), path.relative_to(ROOT)
+        for node in ast.walk(ast.parse(source)):
+            kinds = ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+            if isinstance(node, kinds) and ast.get_docstring(node, clean=False):
+                line = node.body[0].lineno
+                found.append((f"{where}:{line}", ast.get_docstring(node, clean=False)))
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.COMMENT:
+                found.append((f"{where}:{token.start[0]}", token.string))
+    return found
+
+
+def resolves(name: str) -> bool:
+    """Whether ``name`` is an attribute path from the package, once the module it starts with is
+    imported, as ``import pyro_vae.plots`` and then ``pyro_vae.plots.plot_elbo`` would have it.
+
+    A submodule shadowed by a name the package imports under the same name (the function
+    ``pyro_vae.train`` over a module ``pyro_vae/train.py``) does not resolve past that name.
+    """
+    parts = name.split(".")
+    # the package's own modules, found on its __path__ (an import could find others elsewhere)
+    modules = {f"pyro_vae.{m.name}" for m in pkgutil.iter_modules(pyro_vae.__path__)}
+    if ".".join(parts[:2]) in modules:
+        importlib.import_module(".".join(parts[:2]))
+    obj = pyro_vae
+    for part in parts[1:]:
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
+def test_dotted_names_in_the_docs_resolve():
+    pages = [p for pattern in PROSE for p in ROOT.glob(pattern) if "_build" not in p.parts]
+    texts = [(str(p.relative_to(ROOT)), p.read_text()) for p in pages]
+    texts += package_text()
+    names = [(where, name) for where, text in texts for name in DOTTED.findall(text)]
+    assert len({name for _, name in names}) > 50  # the scan finds the names it is meant to
+    broken = sorted({f"{where}: {name}" for where, name in names if not resolves(name)})
+    assert broken == [], "names that are no attribute path from pyro_vae: " + "; ".join(broken)
