@@ -50,8 +50,10 @@ class VAE(nn.Module):
     :param prior: a name from :data:`pyro_vae.priors.PRIORS` or a prior object.
     :param likelihood: a name from :data:`pyro_vae.likelihoods.LIKELIHOODS` or an object.
     :param guide: a name from :data:`pyro_vae.guides.GUIDES` or a guide-family object.
-    :param prior_options: keyword options of a prior given by name, e.g. ``{"components": 10}``;
-        likewise ``likelihood_options`` and ``guide_options``.
+    :param prior_options: keyword options of a prior given by name, e.g. ``{"components": 10}``.
+    :param likelihood_options: keyword options of a likelihood given by name, e.g.
+        ``{"scale": 0.1}``.
+    :param guide_options: keyword options of a guide given by name, e.g. ``{"flow_steps": 4}``.
 
     The model and guide use the sample sites ``"z"`` and ``"x"`` inside ``pyro.plate("data")``.
     The guide registers every parameter of the VAE, the model's included, with
@@ -127,7 +129,12 @@ class VAE(nn.Module):
 
     def model(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> None:
         """p(x, z) = p(z) p(x|z) for a batch ``x`` of shape ``(B, *x_shape)``; log p(z) weighted
-        by ``kl_weight`` (a positive number or 0-dim tensor)."""
+        by ``kl_weight`` (a positive number or 0-dim tensor).
+
+        :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+        :param kl_weight: w, the weight of the KL term: a positive number or a 0-dim tensor; 1 for
+            the ELBO.
+        """
         with pyro.plate("data", x.shape[0]):
             with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", self.prior(x.shape[0], x))
@@ -135,39 +142,64 @@ class VAE(nn.Module):
 
     def guide(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> None:
         """q(z|x), amortized: one encoder pass gives the posterior of every example; log q(z|x)
-        weighted by ``kl_weight``, as log p(z) is in the model."""
+        weighted by ``kl_weight``, as log p(z) is in the model.
+
+        :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+        :param kl_weight: w, the weight of the KL term: a positive number or a 0-dim tensor; 1 for
+            the ELBO.
+        """
         pyro.module("vae", self)  # every parameter, the model's too: what SVI optimizes
         with pyro.plate("data", x.shape[0]), poutine.scale(scale=kl_weight):
             pyro.sample("z", self.posterior_dist(x))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The guide's parameters for ``x``: ``(loc, scale)`` of q(z|x), each ``(B, z_dim)``, for
-        the diagonal family (other families: see their ``params``)."""
+        the diagonal family (other families: see their ``params``).
+
+        :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+        """
         return self.posterior.params(self.encoder(x))
 
     def posterior_dist(self, x: torch.Tensor) -> dist.Distribution:
-        """q(z|x) for a batch ``x``: batch shape ``(B,)``, event shape ``(z_dim,)``."""
+        """q(z|x) for a batch ``x``: batch shape ``(B,)``, event shape ``(z_dim,)``.
+
+        :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+        """
         return self.posterior(self.encoder(x))
 
     def prior_dist(self, batch_size: int) -> dist.Distribution:
-        """p(z) for ``batch_size`` examples, on this VAE's device."""
+        """p(z) for ``batch_size`` examples, on this VAE's device.
+
+        :param batch_size: the number of examples, the batch shape of p(z).
+        """
         return self.prior(batch_size, self._anchor())
 
     def likelihood_dist(self, z: torch.Tensor) -> dist.Distribution:
-        """p(x|z) for codes ``z`` of shape ``(..., z_dim)``; event shape ``x_shape``."""
+        """p(x|z) for codes ``z`` of shape ``(..., z_dim)``; event shape ``x_shape``.
+
+        :param z: codes, ``(..., z_dim)``.
+        """
         return self.likelihood(self.decoder(z))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """E[x | z = posterior code of q(z|x)] (its mean for Gaussian guides): each input's
-        reconstruction, shaped like ``x``."""
+        reconstruction, shaped like ``x``.
+
+        :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+        """
         code = self.encode(x)[0]  # every guide family puts its representative code first
         return self.likelihood.mean(self.decoder(code))
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True, label: int | None = None) -> torch.Tensor:
         """``n`` images from the model: z ~ p(z), then E[x|z] (``mean=True``) or x ~ p(x|z).
-        ``label`` is for the models of :mod:`pyro_vae.conditional`; this one has no labels."""
+        ``label`` is for the models of :mod:`pyro_vae.conditional`; this one has no labels.
+
+        :param n: the number of images.
+        :param mean: ``True``: each image is E[x|z]; ``False``: a draw x ~ p(x|z).
+        :param label: the label to draw for, in the label models; must be ``None`` here.
+        """
         if label is not None:
             raise ConfigError(
                 f"{{label}} is for the models that know labels (cvae, m2), not {self.kind!r}"
