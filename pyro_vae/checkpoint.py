@@ -30,7 +30,11 @@ CHECKPOINT_FORMAT = 2
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``."""
+    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    :param path: the file to write.
+    :param write: writes the contents into the open binary file it is given.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -44,7 +48,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """``obj`` as indented JSON, written atomically."""
+    """``obj`` as indented JSON, written atomically.
+
+    :param path: the file to write.
+    :param obj: plain JSON data: dicts, lists, strings, numbers.
+    """
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
@@ -54,6 +62,11 @@ def save_checkpoint(
     """Write ``vae``'s weights and the training state atomically; ``device`` is where they were.
 
     Refuses weights that are not finite: a broken run never overwrites a good checkpoint.
+
+    :param path: the checkpoint file to write.
+    :param vae: the model whose ``state_dict`` is saved.
+    :param state: the training state; ``None``: a fresh one.
+    :param device: the device the weights were on, by name, recorded in the file.
     """
     if not all(bool(torch.isfinite(t).all()) for t in vae.state_dict().values()):
         raise PyroVAEError(
@@ -78,7 +91,10 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU without executing anything stored in it."""
+    """Read a checkpoint onto the CPU without executing anything stored in it.
+
+    :param path: the checkpoint file.
+    """
     path = Path(path)
     if not path.is_file():
         raise PyroVAEError(f"no checkpoint at {path}")
@@ -113,7 +129,10 @@ def _gist(e: Exception) -> str:
 
 
 def train_state(checkpoint: dict[str, Any]) -> TrainState:
-    """The :class:`~pyro_vae.training.TrainState` stored in a loaded checkpoint, to resume from."""
+    """The :class:`~pyro_vae.training.TrainState` stored in a loaded checkpoint, to resume from.
+
+    :param checkpoint: a checkpoint as :func:`load_checkpoint` reads it.
+    """
     try:
         return TrainState(
             epoch=int(checkpoint["epoch"]),
@@ -129,7 +148,12 @@ def train_state(checkpoint: dict[str, Any]) -> TrainState:
 
 
 def load_weights(vae: VAE, checkpoint: dict[str, Any], path: str | Path) -> None:
-    """Put a loaded checkpoint's weights into ``vae``, or say in one line why they do not fit."""
+    """Put a loaded checkpoint's weights into ``vae``, or say in one line why they do not fit.
+
+    :param vae: a model of the run's config, which receives the weights.
+    :param checkpoint: a checkpoint as :func:`load_checkpoint` reads it.
+    :param path: the checkpoint's file, for the messages.
+    """
     try:
         vae.load_state_dict(checkpoint["model"])
     except (KeyError, TypeError, AttributeError) as e:  # no weights, or not a dict of them
