@@ -912,7 +912,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    :param argv: the arguments after the program's name, e.g. ``["train", "--epochs", "5"]``;
+        ``None``: ``sys.argv[1:]``.
+    """
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command is None:

@@ -412,7 +412,12 @@ def _download(name: str, data_dir: Path) -> str:
 
 def download_with_torchvision(root: Path, dataset: str, calls: Sequence[dict[str, Any]]) -> str:
     """``torchvision.datasets.<dataset>(root, download=True, **call)`` for each of ``calls``:
-    ``""``, or the failure in a few words, to end a data set's not-found message with."""
+    ``""``, or the failure in a few words, to end a data set's not-found message with.
+
+    :param root: the folder to download into: the data directory.
+    :param dataset: the class's name in ``torchvision.datasets``, e.g. ``"FashionMNIST"``.
+    :param calls: the keyword arguments of each call, one call a split (``{"train": False}``).
+    """
     import torchvision.datasets
 
     try:
