@@ -7,6 +7,15 @@ names do not start with an underscore, and the methods and properties those clas
 ``make docs`` builds the pages themselves, with warnings as errors; these tests check what
 Sphinx does not.
 
+Every parameter of a documented function, method or class constructor has a ``:param NAME:``
+(:func:`required_params`): all but a method's ``self`` or ``cls``, a name starting with an
+underscore (a protocol's private argument, torch's ``_instance``), and an ``*args`` or
+``**kwargs`` that is only passed through (:func:`passed_through`: used only as an argument of
+calls, ``f(*args)`` or ``f(args)``, so the callee documents it). A class documents its
+constructor's parameters where the constructor is its own, or inherited from a class the
+reference does not show (a private base); one inherited from a documented class is documented
+there, and one from outside the package (torch, Pyro, ``Exception``) by its authors.
+
 Every dotted name ``pyro_vae.X.Y`` that the README, the docs' pages, the notebooks' README and
 the package's docstrings and comments use is an attribute path from the package
 (:func:`resolves`): what a reader types after ``import pyro_vae`` works.
@@ -18,6 +27,7 @@ import inspect
 import io
 import pkgutil
 import re
+import textwrap
 import tokenize
 from pathlib import Path
 
@@ -127,6 +137,59 @@ def signature_names(obj) -> set[str] | None:
         return None
 
 
+def constructor(cls: type):
+    """The ``__init__`` or ``__new__`` whose parameters ``cls``'s docstring documents: its own (a
+    dataclass's or NamedTuple's included), or one inherited from a class the reference does not
+    show; ``None`` where they are documented elsewhere, and for a ``Protocol``, never made."""
+    if getattr(cls, "_is_protocol", False):
+        return None
+    owner = next(k for k in cls.__mro__ if "__init__" in vars(k) or "__new__" in vars(k))
+    shown = {id(obj) for _, obj in documented_objects()}
+    if not owner.__module__.startswith("pyro_vae") or (owner is not cls and id(owner) in shown):
+        return None
+    return vars(owner).get("__init__") or vars(owner)["__new__"]
+
+
+def passed_through(fn, name: str) -> bool:
+    """Whether the function ``fn`` only hands its parameter ``name`` on: every use of it is an
+    argument of a call, spread (``f(*args)``, ``f(**kwargs)``) or whole (``f(args)``)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError):  # a generated function (a dataclass's __init__): no source
+        return False
+    arguments = set()
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call):
+            arguments |= {id(a.value if isinstance(a, ast.Starred) else a) for a in call.args}
+            arguments |= {id(k.value) for k in call.keywords}
+    uses = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == name]
+    return bool(uses) and all(id(use) in arguments for use in uses)
+
+
+def required_params(obj) -> list[str]:
+    """The parameters of ``obj`` (a function, a method, or a class's constructor) that its
+    docstring must document with ``:param NAME:``: see the module's docstring for the rule."""
+    if isinstance(obj, property):
+        return []
+    if inspect.isclass(obj):
+        fn = constructor(obj)
+        if fn is None:
+            return []
+        parameters = list(inspect.signature(obj).parameters.values())  # self already left out
+    else:
+        fn = obj.__func__ if isinstance(obj, classmethod | staticmethod) else obj
+        parameters = list(inspect.signature(fn).parameters.values())
+        owner = inspect.unwrap(fn).__qualname__.rpartition(".")[0]
+        if owner and not owner.endswith("<locals>") and not isinstance(obj, staticmethod):
+            parameters = parameters[1:]  # a method's self, or a classmethod's cls
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [
+        p.name
+        for p in parameters
+        if not p.name.startswith("_") and not (p.kind in variadic and passed_through(fn, p.name))
+    ]
+
+
 def test_every_module_has_a_page():
     modules = {f"pyro_vae.{m.name}" for m in pkgutil.iter_modules(pyro_vae.__path__)} | {"pyro_vae"}
     documented = set(automodules())
@@ -147,6 +210,41 @@ def test_params_name_parameters_of_the_signature():
             if params is not None and param not in params:
                 stale.append(f"{name}: :param {param}:")
     assert stale == [], "a :param: the signature does not have: " + "; ".join(stale)
+
+
+def test_every_parameter_is_documented():
+    objects = documented_objects()
+    exports = {name: getattr(pyro_vae, name) for name in pyro_vae.__all__}
+    callables = {name: obj for name, obj in exports.items() if callable(obj)}  # not MODELS
+    shown = {id(obj) for _, obj in objects}
+    assert [name for name, obj in callables.items() if id(obj) not in shown] == []
+    missing, checked = [], 0
+    for name, obj in objects:
+        documented = set(PARAM.findall(own_doc(obj) or ""))
+        required = required_params(obj)
+        checked += len(required)
+        missing += [f"{name}: {param}" for param in required if param not in documented]
+    assert checked > 500  # the rule reaches the parameters it is meant to
+    assert missing == [], "parameters with no :param: " + "; ".join(missing)
+
+
+def test_only_a_variadic_that_is_handed_on_is_passed_through():
+    def spread(*args, **kwargs):
+        return print(*args, **kwargs)
+
+    def whole(model, *args, **kwargs):
+        return model(args, kwargs)
+
+    def reads(*batch):
+        return print(batch[0])
+
+    def unused(*exc):
+        return None
+
+    assert passed_through(spread, "args") and passed_through(spread, "kwargs")
+    assert passed_through(whole, "args") and passed_through(whole, "kwargs")
+    assert not passed_through(reads, "batch") and not passed_through(unused, "exc")
+    assert required_params(spread) == [] and required_params(reads) == ["batch"]
 
 
 def test_docstrings_use_field_lists_not_google_or_numpy_sections():
