@@ -31,7 +31,7 @@ import _common as C  # noqa: E402
 import pyro_vae  # noqa: E402
 from pyro_vae.data import eval_inputs  # noqa: E402
 from pyro_vae.elbo import dataset_elbo  # noqa: E402
-from pyro_vae.evaluate import active_units, iwae_estimate  # noqa: E402
+from pyro_vae.evaluation import active_units, iwae_estimate  # noqa: E402
 
 # row -> (what it is, the VAE's parts, the training settings)
 ROWS = {

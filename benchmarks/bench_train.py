@@ -38,7 +38,7 @@ import _common as C  # noqa: E402
 
 import pyro_vae  # noqa: E402
 from pyro_vae.data import Dataset  # noqa: E402
-from pyro_vae.train import Trainer  # noqa: E402
+from pyro_vae.training import Trainer  # noqa: E402
 
 EVAL_IMAGES = 1000  # test images for the trainer's (untimed) test ELBO after each epoch
 LR = 1e-3
@@ -54,7 +54,7 @@ TRAINERS: dict[tuple, Trainer] = {}  # one per variant, network, batch and devic
 
 
 def trainer_variant(objective: str, compile: str = "off") -> Variant:
-    """The project's trainer, ``pyro_vae.train.Trainer``, as ``pyro_vae.train`` runs it: ``fit``
+    """The project's trainer, ``pyro_vae.training.Trainer``, as ``pyro_vae.train`` runs it: ``fit``
     takes ``Trainer.step`` on each of ``Trainer.batches``; ``History.seconds`` times the steps,
     not the test ELBO after the epoch. One trainer per network, batch and device trains on from
     round to round, so that the warm-up epoch holds the first step (Pyro's validation) and, with

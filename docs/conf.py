@@ -43,11 +43,13 @@ autodoc_typehints_description_target = "documented_params"
 autodoc_inherit_docstrings = False  # torch's forward() docstring is not ours to show
 
 # a reference to anything inside pyro_vae must resolve; the packages around it cannot without
-# intersphinx (no network at build time), so references into them are not checked
+# intersphinx (no network at build time), so references into them are not checked: by module,
+# or as a constructor's annotations name them (nn.Module, Path), which autodoc leaves unqualified
 nitpicky = True
 EXTERNAL = (
     "torch|pyro|numpy|np|arviz|az|matplotlib|sklearn|scipy|tqdm|torchvision|PIL"
     "|collections|typing|pathlib|os|argparse|contextlib|dataclasses|enum|types|signal|datetime"
+    "|nn|Path"
 )
 nitpick_ignore_regex = [
     (r"py:.*", rf"({EXTERNAL})(\..*)?"),

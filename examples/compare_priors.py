@@ -24,7 +24,7 @@ import torch
 import pyro_vae
 from pyro_vae.data import eval_inputs
 from pyro_vae.elbo import iwae_bound
-from pyro_vae.evaluate import active_units
+from pyro_vae.evaluation import active_units
 from pyro_vae.guides import GUIDES
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.plots import plot_samples

@@ -20,14 +20,14 @@ from .config import RunConfig
 from .data import Dataset, load_dataset
 from .elbo import dataset_elbo
 from .errors import ConfigError, DataError, PyroVAEError
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .interpolation import interpolate
 from .model import VAE
 from .models import MODELS, build_model
 from .representations import encode, linear_probe
 from .run import Run
 from .scores import score
-from .train import History, train
+from .training import History, train
 from .version import __version__
 
 __all__ = [

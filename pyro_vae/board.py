@@ -11,7 +11,7 @@ its global step, the training steps taken since the run began:
 - the two terms of the test ELBO, ``test/reconstruction`` E_q[log p(x|z)] and ``test/kl``
   KL(q(z|x) || p(z)) (:func:`~pyro_vae.elbo.elbo_terms`, by the test ELBO's own draws, so that
   reconstruction - kl = test/elbo), and ``test/active_units``
-  (:func:`~pyro_vae.evaluate.active_units`);
+  (:func:`~pyro_vae.evaluation.active_units`);
 - ``images/reconstructions``, test images over their reconstructions, and ``images/samples``,
   samples of the same z at every epoch, drawn as the run folder's pictures are.
 
@@ -31,10 +31,10 @@ import torch
 from .conditional import one_hot
 from .device import random_state_kept
 from .elbo import elbo_terms
-from .evaluate import active_units
+from .evaluation import active_units
 from .model import VAE
 from .plots import picture, reconstruction_rows
-from .train import History
+from .training import History
 
 PACKAGE, EXTRA = "tensorboard", "tensorboard"  # the optional dependency, and what installs it
 EVENT_FILES = "events.out.tfevents.*"
@@ -54,7 +54,12 @@ class Board:
     the run's history at that moment), written after each epoch, closed when it stops.
 
     torch's ``SummaryWriter`` is imported here, when the board is opened: TensorBoard is an
-    optional dependency, and importing it costs seconds."""
+    optional dependency, and importing it costs seconds.
+
+    :param folder: the folder of the event files, ``tensorboard/`` in the run folder.
+    :param history: the run's history when training starts: what the files already hold, if any are
+        there.
+    """
 
     def __init__(self, folder: str | Path, history: History):
         from torch.utils.tensorboard import SummaryWriter
@@ -78,7 +83,10 @@ class Board:
 
     def write_history(self, history: History) -> int:
         """Each step's loss, and each epoch's columns of ``metrics.csv`` (:data:`EPOCH_TAGS`) at
-        its last step, for the epochs of ``history`` not yet written; returns the last step."""
+        its last step, for the epochs of ``history`` not yet written; returns the last step.
+
+        :param history: the run's history so far.
+        """
         per_epoch = len(history.step_loss) // max(1, len(history.epoch))
         for k, row in enumerate(history.rows()[self.epochs :], start=self.epochs):
             end = (k + 1) * per_epoch
@@ -103,7 +111,16 @@ class Board:
     ) -> None:
         """After an epoch: :meth:`write_history`, then ``vae``'s :func:`figures` on the test
         set ``x`` (integer ``labels``, or ``None``) and :func:`pictures` of ``reconstructions``
-        (inputs and outputs) and of samples, all at the epoch's last step; flushed to disk."""
+        (inputs and outputs) and of samples, all at the epoch's last step; flushed to disk.
+
+        :param history: the run's history so far.
+        :param vae: the model as it is after the epoch.
+        :param x: the test set as the model scores it, on its device.
+        :param labels: the test set's integer labels, or ``None``.
+        :param reconstructions: ``(inputs, outputs)``: test images and their reconstructions.
+        :param seed: the run's seed, for the same draws at every epoch.
+        :param objective: the run's training objective, whose ELBO is split into its terms.
+        """
         step = self.write_history(history)
         for tag, value in figures(vae, x, labels, seed=seed, objective=objective).items():
             self.writer.add_scalar(tag, value, step)
@@ -118,7 +135,14 @@ def figures(
     """``test/reconstruction`` and ``test/kl``, the terms of the test ELBO by its own draws
     (``seed``, the ELBO of ``objective``; given the labels for the conditional VAE, summed out
     for M2), and ``test/active_units`` (of q(z|x,y) at the true ``labels`` for the label
-    models)."""
+    models).
+
+    :param vae: the model as it is after the epoch.
+    :param x: the test set as the model scores it, on its device.
+    :param labels: the test set's integer labels, or ``None``.
+    :param seed: the run's seed, for the same draws at every epoch.
+    :param objective: the run's training objective, whose ELBO is split into its terms.
+    """
     given = one_hot(labels, vae.num_classes, x) if vae.labels == "all" else None
     terms = elbo_terms(vae, x, seed=seed, objective=objective, labels=given)
     units = active_units(vae, x, labels=labels if vae.num_classes else None)[0]
@@ -134,7 +158,13 @@ def pictures(
 ) -> dict[str, torch.Tensor]:
     """``images/reconstructions``, the inputs ``x`` in rows over their reconstructions
     ``x_rec``, and ``images/samples``, :data:`SAMPLES` samples drawn with ``seed`` (the global
-    random state left as it was): ``(C, H, W)`` pictures with values in [0, 1]."""
+    random state left as it was): ``(C, H, W)`` pictures with values in [0, 1].
+
+    :param vae: the model as it is after the epoch.
+    :param x: test images, ``(N, C, H, W)``, values in [0, 1].
+    :param x_rec: their reconstructions, shaped alike.
+    :param seed: seeds the samples' draws.
+    """
     images, nrow = reconstruction_rows(x, x_rec)
     with random_state_kept(next(vae.parameters()).device):
         torch.manual_seed(seed)

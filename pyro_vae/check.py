@@ -52,7 +52,17 @@ IWAE_TOLERANCE = 1e-4
 
 @dataclass
 class Comparison:
-    """Pyro's loss against the negated manual ELBO, and the largest gradient difference."""
+    """Pyro's loss against the negated manual ELBO, and the largest gradient difference.
+
+    :param name: what was compared, as ``check-elbo`` prints it.
+    :param pyro_loss: Pyro's loss of the batch, nats summed over it.
+    :param manual_loss: the hand-written twin's, likewise.
+    :param loss_difference: ``|pyro_loss - manual_loss|``.
+    :param largest_gradient: the largest magnitude of any of Pyro's gradients.
+    :param gradient_difference: the largest magnitude of a difference between the two gradients.
+    :param tolerance: the largest difference accepted, relative to the larger of 1 and the size
+        of the quantity.
+    """
 
     name: str
     pyro_loss: float
@@ -73,7 +83,15 @@ class Comparison:
 
 @dataclass
 class ElboCheck:
-    """Everything ``pyro-vae check-elbo`` prints; ``failures`` is empty when all equalities hold."""
+    """Everything ``pyro-vae check-elbo`` prints; ``failures`` is empty when all equalities hold.
+
+    :param comparisons: each objective against its hand-written twin.
+    :param skipped: the comparisons not made, each with its reason (no closed-form KL, say).
+    :param iwae: the IWAE bound's mean per example, nats, by k.
+    :param iwae_k1_difference: the largest difference, over the examples, between the IWAE bound
+        with k = 1 and Pyro's single-sample ELBO.
+    :param failures: what did not agree, one line each.
+    """
 
     comparisons: list[Comparison] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -108,7 +126,15 @@ def compare(
 ) -> Comparison:
     """Pyro's ``objective`` (``trace``, ``meanfield``, ``iwae`` or ``iwae-dreg``) against its
     hand-written twin
-    on batch ``x``, with ``num_particles`` particles and the KL term weighed by ``kl_weight``."""
+    on batch ``x``, with ``num_particles`` particles and the KL term weighed by ``kl_weight``.
+
+    :param vae: the model, a VAE.
+    :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+    :param objective: ``"trace"``, ``"meanfield"``, ``"iwae"`` or ``"iwae-dreg"``.
+    :param seed: seeds both computations alike, so they make the same draws.
+    :param num_particles: the vectorized particles per example.
+    :param kl_weight: the weight of the KL term (not for the IWAE objectives).
+    """
     pyro_fn = partial(OBJECTIVES[objective].make(vae, num_particles), kl_weight=kl_weight)
 
     def manual_fn(b: torch.Tensor) -> torch.Tensor:
@@ -172,6 +198,9 @@ def pyro_single_sample_elbo(vae: VAE, x: torch.Tensor) -> torch.Tensor:
     per example, model minus guide. Nothing of :mod:`pyro_vae.elbo` is used.
 
     Under the same seed z is the draw that :func:`~pyro_vae.elbo.iwae_bound` with k = 1 makes.
+
+    :param vae: the model, a VAE.
+    :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
     """
     guide_trace = poutine.trace(vae.guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
@@ -196,7 +225,16 @@ def check_elbo(
 ) -> ElboCheck:
     """Compare Pyro's objectives with the hand-written ones on batch ``x``: the two ELBOs with
     ``num_particles`` particles, at weight 1 and with the KL term weighed by ``kl_weight`` (a beta
-    or a warm-up's weight), and the IWAE objective with ``iwae_particles``; see the module doc."""
+    or a warm-up's weight), and the IWAE objective with ``iwae_particles``; see the module doc.
+
+    :param vae: the model, a VAE; a float64 copy is checked, it is left as it is.
+    :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+    :param seed: seeds each computation alike.
+    :param num_particles: the particles of the two ELBOs.
+    :param kl_weight: the KL weight of the weighed comparisons.
+    :param iwae_particles: the particles of the IWAE objectives.
+    :param ks: the k at which the IWAE bound is reported.
+    """
     vae, x = _in_float64(vae, x)
     report = ElboCheck()
     rows = [(o, num_particles, w) for w in (1.0, kl_weight) for o in ("trace", "meanfield")]
@@ -248,7 +286,15 @@ def check_label_model(
     the labelled program and on the auxiliary one against ``m2_elbo`` at y and
     :func:`~pyro_vae.elbo.m2_aux_term`, and the step as trained (``x`` unlabelled, then ``x``
     labelled; the sync-free objective) against :func:`~pyro_vae.elbo.m2_objective`, at weight 1
-    and with the KL term weighed by ``kl_weight``."""
+    and with the KL term weighed by ``kl_weight``.
+
+    :param model: a :class:`~pyro_vae.conditional.CVAE` or :class:`~pyro_vae.conditional.M2`; a
+        float64 copy is checked.
+    :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+    :param y: their one-hot labels, ``(B, K)``.
+    :param seed: seeds each computation alike.
+    :param kl_weight: the KL weight of the weighed comparisons.
+    """
     model, x = _in_float64(model, x)
     y = y.double()
     report = ElboCheck()
@@ -309,7 +355,11 @@ def _negated(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
 
 
 def format_check(report: ElboCheck, batch_size: int) -> str:
-    """The report as the plain-text table ``pyro-vae check-elbo`` prints."""
+    """The report as the plain-text table ``pyro-vae check-elbo`` prints.
+
+    :param report: the check's result.
+    :param batch_size: the examples of the batch checked, for the heading.
+    """
     lines = [
         f"batch of {batch_size} examples; losses are summed over the batch (nats)",
         "",

@@ -2,13 +2,13 @@
 
 A checkpoint holds the model weights, the shape of one example (the VAE's other settings are the
 run's :class:`~pyro_vae.config.RunConfig`) and the training state
-(:class:`~pyro_vae.train.TrainState`: epoch and step, optimizer state, random states, history), so
-that a run can be resumed exactly. It is written to a temporary file in the same folder, flushed to
-disk and renamed over the old one, so a crash mid-write leaves the previous checkpoint intact; the
-old one may be kept under another name first (``previous``), renamed too, so that a checkpoint
-damaged after it was written (a full disk, a killed copy) still has a complete one beside it. It
-is read onto the CPU with ``torch.load(..., weights_only=True)``, which unpickles only tensors and
-plain data and refuses anything that would run code.
+(:class:`~pyro_vae.training.TrainState`: epoch and step, optimizer state, random states, history),
+so that a run can be resumed exactly. It is written to a temporary file in the same folder, flushed
+to disk and renamed over the old one, so a crash mid-write leaves the previous checkpoint intact;
+the old one may be kept under another name first (``previous``), renamed too, so that a
+checkpoint damaged after it was written (a full disk, a killed copy) still has a complete one
+beside it. It is read onto the CPU with ``torch.load(..., weights_only=True)``, which unpickles
+only tensors and plain data and refuses anything that would run code.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch.serialization import get_unsafe_globals_in_checkpoint
 
 from .errors import PyroVAEError
 from .model import VAE
-from .train import History, TrainState
+from .training import History, TrainState
 
 CHECKPOINT_FORMAT = 2
 
@@ -58,7 +58,11 @@ def atomic_write(
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """``obj`` as indented JSON, written atomically."""
+    """``obj`` as indented JSON, written atomically.
+
+    :param path: the file to write.
+    :param obj: plain JSON data: dicts, lists, strings, numbers.
+    """
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
@@ -102,7 +106,10 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU without executing anything stored in it."""
+    """Read a checkpoint onto the CPU without executing anything stored in it.
+
+    :param path: the checkpoint file.
+    """
     path = Path(path)
     if not path.is_file():
         raise PyroVAEError(f"no checkpoint at {path}")
@@ -137,7 +144,10 @@ def _gist(e: Exception) -> str:
 
 
 def train_state(checkpoint: dict[str, Any]) -> TrainState:
-    """The :class:`~pyro_vae.train.TrainState` stored in a loaded checkpoint, to resume from."""
+    """The :class:`~pyro_vae.training.TrainState` stored in a loaded checkpoint, to resume from.
+
+    :param checkpoint: a checkpoint as :func:`load_checkpoint` reads it.
+    """
     try:
         return TrainState(
             epoch=int(checkpoint["epoch"]),
@@ -153,7 +163,12 @@ def train_state(checkpoint: dict[str, Any]) -> TrainState:
 
 
 def load_weights(vae: VAE, checkpoint: dict[str, Any], path: str | Path) -> None:
-    """Put a loaded checkpoint's weights into ``vae``, or say in one line why they do not fit."""
+    """Put a loaded checkpoint's weights into ``vae``, or say in one line why they do not fit.
+
+    :param vae: a model of the run's config, which receives the weights.
+    :param checkpoint: a checkpoint as :func:`load_checkpoint` reads it.
+    :param path: the checkpoint's file, for the messages.
+    """
     try:
         vae.load_state_dict(checkpoint["model"])
     except (KeyError, TypeError, AttributeError) as e:  # no weights, or not a dict of them

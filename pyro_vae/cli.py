@@ -58,7 +58,7 @@ from .representations import encode, save_codes
 from .run import BOARD, CHECKPOINT, CLASS_PICTURE, EVALUATION, RUN_FILES, SPLITS, Run, RunExists
 from .scores import COLUMNS, most_and_least_typical, score, write_scores
 from .signals import StopOnSignals
-from .train import COMPILE, TrainingInterrupted
+from .training import COMPILE, TrainingInterrupted
 from .version import __version__
 
 REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}
@@ -944,7 +944,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    :param argv: the arguments after the program's name, e.g. ``["train", "--epochs", "5"]``;
+        ``None``: ``sys.argv[1:]``.
+    """
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command is None:

@@ -88,7 +88,10 @@ class _Objective(nn.Module):
 
 
 def host_reads(graph: GraphModule) -> list[str]:
-    """The operations of ``graph`` that would read a value back to the host (see HOST_READS)."""
+    """The operations of ``graph`` that would read a value back to the host (see HOST_READS).
+
+    :param graph: a graph that ``make_fx`` traced.
+    """
     names = (str(node.target).rsplit(".", 1)[0] for node in graph.graph.nodes)
     return sorted({name for name in names if name in HOST_READS})
 
@@ -103,6 +106,14 @@ class CompiledLoss:
     Capture and compilation run the program on ``x`` with the global random state put back
     afterwards, so they draw nothing a step would have drawn; ``capture_seconds`` and
     ``compile_seconds`` are the time they took.
+
+    :param vae: the model whose parameters the gradients are of.
+    :param loss_fn: ``loss_fn(x, *inputs)``, a 0-dim tensor: an objective's loss
+        (:func:`~pyro_vae.elbo.make_loss`), say.
+    :param x: a batch of the shape the graph is for; the program runs on it at capture.
+    :param inputs: further tensors the graph takes and passes on to ``loss_fn``: a KL weight,
+        labels.
+    :param gradients: ``True``: the loss and each parameter's gradient; ``False``: the value alone.
     """
 
     def __init__(
@@ -161,7 +172,10 @@ class CompiledLoss:
 
     def compile(self, x: torch.Tensor) -> None:
         """Compile the graph with inductor now (on ``x`` and the inputs it was captured with), not
-        in the middle of a step."""
+        in the middle of a step.
+
+        :param x: a batch of the captured shape, which the compiled graph runs once.
+        """
         start = time.perf_counter()
         options = {"fallback_random": True}  # the same random draws as eager PyTorch
         if self.device.type == "cuda":
@@ -249,7 +263,11 @@ def _remember(key: str, seconds: float) -> None:
 
 def compile_saving(eager_seconds: float, calls_ahead: int) -> float:
     """The seconds compiling would save over ``calls_ahead`` calls, each COMPILED_FRACTION of an
-    eager one."""
+    eager one.
+
+    :param eager_seconds: the seconds of one eager call.
+    :param calls_ahead: the calls still to make.
+    """
     return calls_ahead * eager_seconds * (1 - COMPILED_FRACTION)
 
 
@@ -265,6 +283,12 @@ def compile_when_it_pays(
     ``None``, else only if ``calls_ahead`` calls of ``eager_seconds`` each would save more than
     compiling takes.
 
+    :param what: what is compiled, for the message, e.g. ``"the training step"``.
+    :param capture: captures it: returns a :class:`CompiledLoss`, or raises :class:`CaptureError`.
+    :param x: a batch of the captured shape, to compile on.
+    :param eager_seconds: the seconds of one eager call, as timed; ``None``: compile whatever it
+        costs.
+    :param calls_ahead: the calls still to make, which compiling would speed up.
     :param agree: makes the ranks of a torchrun decide alike.
     :returns: the compiled function or ``None``, one line saying which and why, and the seconds
         spent.

@@ -28,7 +28,7 @@ from .likelihoods import LIKELIHOODS
 from .models import MODELS
 from .nets import NETS
 from .priors import PRIORS
-from .train import COMPILE, check_labeled, check_objective
+from .training import COMPILE, check_labeled, check_objective
 
 try:  # Python 3.11 reads TOML; on 3.10 a .toml config is refused with one line
     import tomllib
@@ -42,8 +42,48 @@ PART_OPTIONS = ("prior_options", "likelihood_options", "guide_options")
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Every setting of a run: the data, the model, the training. See ``pyro-vae train --help``
-    for what each one means; the defaults are the command line's."""
+    """Every setting of a run: the data, the model, the training. ``pyro-vae train --help`` has
+    a flag for each one; the defaults are the command line's.
+
+    :param dataset: the data set's name, one of :data:`~pyro_vae.data.DATASETS`.
+    :param data_dir: the folder its files are in; ``None``: :data:`~pyro_vae.data.DEFAULT_DATA_DIR`.
+    :param data_path: the ``.npz`` file, for ``dataset="npz"`` only.
+    :param image_size: pictures only: resized and centre-cropped to this many pixels a side;
+        ``None``: as the files are.
+    :param channels: pictures only: 1 (grey) or 3 (colour); ``None``: as the files are.
+    :param model: ``"vae"``, ``"cvae"`` or ``"m2"`` (:data:`~pyro_vae.models.MODELS`).
+    :param z_dim: the size of the latent code z.
+    :param hidden_dims: the encoder's layer widths (``mlp``) or channel counts (``conv``,
+        ``resnet``); the decoder mirrors them.
+    :param encoder: the family of both networks: ``"mlp"``, ``"conv"`` or ``"resnet"``.
+    :param prior: the prior's name in :data:`~pyro_vae.priors.PRIORS`.
+    :param likelihood: the likelihood's name in :data:`~pyro_vae.likelihoods.LIKELIHOODS`.
+    :param guide: the guide family's name in :data:`~pyro_vae.guides.GUIDES`.
+    :param prior_options: the prior's keyword options, e.g. ``{"components": 10}``.
+    :param likelihood_options: the likelihood's keyword options, e.g. ``{"bins": 17}``.
+    :param guide_options: the guide family's keyword options, e.g. ``{"flow_steps": 4}``.
+    :param aux_weight: M2's alpha, the weight of log q(y|x) on labelled examples; for
+        ``model="m2"`` only.
+    :param epochs: the passes over the training set.
+    :param batch_size: the examples of a training step.
+    :param lr: Adam's learning rate.
+    :param seed: seeds the initial weights, the batch order, the binarization and the guide's
+        noise.
+    :param objective: the training objective, as :func:`pyro_vae.train` takes it (``"trace"``,
+        ``"meanfield"``, ``"iwae"``, ...).
+    :param num_particles: K, the vectorized particles of each example's objective.
+    :param beta: the weight of the KL term; 1 is the ELBO.
+    :param kl_warmup: the epochs over which the KL weight rises linearly to ``beta``; 0 for none.
+    :param labeled: M2's number of labelled training examples; ``None`` for the other models.
+    :param binarization: ``"dynamic"`` (grey data binarized for a binary likelihood) or
+        ``"none"``.
+    :param device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    :param compile: compile the training step: ``"auto"`` (when it pays), ``"on"`` or ``"off"``.
+    :param stream: bring the batches to the device by a ``DataLoader`` (:mod:`pyro_vae.loader`)
+        even when the training set fits there.
+    :param workers: the ``DataLoader``'s worker processes, when streamed; 0: none.
+    :param tensorboard: write TensorBoard event files after every epoch (:mod:`pyro_vae.board`).
+    """
 
     # the data (pyro_vae.data.load_dataset)
     dataset: str = "digits"
@@ -136,7 +176,11 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "the config") -> RunConfig:
         """The config with these fields (the others at their defaults); an unknown key is an
-        error that lists the known ones."""
+        error that lists the known ones.
+
+        :param values: settings by field name, as ``config.json`` holds them.
+        :param source: where they come from, for the error messages.
+        """
         if not isinstance(values, dict):
             raise ConfigError(
                 f"{source} must hold a table of settings, not {type(values).__name__}"
@@ -152,7 +196,10 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        """A config file: JSON (``config.json`` of a run folder, say) or TOML (``.toml``)."""
+        """A config file: JSON (``config.json`` of a run folder, say) or TOML (``.toml``).
+
+        :param path: the file; ``.toml`` is read as TOML, any other as JSON.
+        """
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"no config file at {path}")
@@ -169,11 +216,17 @@ class RunConfig:
         return cls.from_dict(values, source=str(path))
 
     def replace(self, **changes: Any) -> RunConfig:
-        """A copy with ``changes``, checked like any new config."""
+        """A copy with ``changes``, checked like any new config.
+
+        :param changes: the fields to change, by name: ``config.replace(epochs=50)``.
+        """
         return dataclasses.replace(self, **changes)
 
     def changes(self, other: RunConfig) -> list[tuple[str, Any, Any]]:
-        """``(name, ours, theirs)`` for every field in which ``other`` differs."""
+        """``(name, ours, theirs)`` for every field in which ``other`` differs.
+
+        :param other: the config to compare with.
+        """
         return [
             (f.name, getattr(self, f.name), getattr(other, f.name))
             for f in dataclasses.fields(self)
@@ -193,7 +246,7 @@ class RunConfig:
         return options | ({"aux_weight": self.aux_weight} if self.model == "m2" else {})
 
     def train_options(self) -> dict[str, Any]:
-        """The settings :func:`pyro_vae.train <pyro_vae.train.train>` takes."""
+        """The settings :func:`pyro_vae.train` takes."""
         names = ("epochs", "batch_size", "lr", "device", "seed", "objective", "binarization")
         names += ("compile", "num_particles", "beta", "kl_warmup", "labeled", "stream", "workers")
         return {name: getattr(self, name) for name in names}

@@ -109,14 +109,20 @@ def _mib(x: torch.Tensor) -> str:
 
 def byte_values(x: torch.Tensor) -> torch.Tensor:
     """The distinct values of a ``uint8`` tensor, sorted, as ``uint8``: counted in place, where
-    ``torch.unique`` would sort a copy 16 times the size of ``x``."""
+    ``torch.unique`` would sort a copy 16 times the size of ``x``.
+
+    :param x: a ``uint8`` tensor of any shape.
+    """
     counts = torch.bincount(x.flatten(), minlength=256)
     return counts.nonzero().flatten().to(torch.uint8)
 
 
 def as_floats(x: torch.Tensor) -> torch.Tensor:
     """``x`` as float32 values in [0, 1]: 8-bit ``uint8`` images as ``k / 255``, on ``x``'s
-    device; float data as they are."""
+    device; float data as they are.
+
+    :param x: data of any shape: 8-bit ``uint8`` images, or floats in [0, 1].
+    """
     return x.to(torch.float32).div_(255) if x.dtype == torch.uint8 else x
 
 
@@ -179,12 +185,17 @@ class Scores(Protocol):
 
     def check_data(self, x: torch.Tensor) -> None:
         """Raise a :class:`DataError` for values of ``x`` the likelihood cannot
-        score."""
+        score.
+
+        :param x: float values in [0, 1]: a data set's, or (for 8-bit images) the distinct ones.
+        """
 
 
 def check_shape(x_shape: tuple[int, ...], data: Dataset, where: str = "") -> None:
     """Raise :class:`DataError` unless ``data``'s examples have the shape ``x_shape``.
 
+    :param x_shape: the shape of one example the model takes, e.g. ``(1, 28, 28)``.
+    :param data: the data set to check.
     :param where: what the data are, for the message, e.g. ``"the data set of run X"``.
     """
     if tuple(data.x_shape) != tuple(x_shape):
@@ -196,7 +207,11 @@ def check_shape(x_shape: tuple[int, ...], data: Dataset, where: str = "") -> Non
 
 def num_classes(data: Dataset, what: str = "this model") -> int:
     """K, the number of classes of ``data``'s labels 0 .. K-1 (the largest label, plus one), or
-    a :class:`DataError` for data without labels or with negative ones."""
+    a :class:`DataError` for data without labels or with negative ones.
+
+    :param data: the data set.
+    :param what: what needs the labels, for the message, e.g. ``"model 'cvae'"``.
+    """
     if data.y_train is None or data.y_test is None:
         raise DataError(
             f"{what} needs labelled data, and data set {data.name!r} has no labels; use one with "
@@ -209,7 +224,11 @@ def num_classes(data: Dataset, what: str = "this model") -> int:
 
 
 def check_labels(data: Dataset, classes: int) -> None:
-    """Raise :class:`DataError` unless every label of ``data`` is one of 0 .. ``classes``-1."""
+    """Raise :class:`DataError` unless every label of ``data`` is one of 0 .. ``classes``-1.
+
+    :param data: the data set to check.
+    :param classes: K, the number of classes of the model.
+    """
     found = num_classes(data)
     if found > classes:
         raise DataError(
@@ -225,6 +244,10 @@ def labeled_split(
     random with ``seed``, balanced over the ``classes`` (``labeled // classes`` of each, and one
     more of ``labeled % classes`` classes drawn at random), and the rest, each sorted.
 
+    :param y: the training set's int64 labels, ``(N,)``.
+    :param labeled: how many examples to label: at least ``classes``, below ``len(y)``.
+    :param classes: K, the number of classes (the labels 0 .. K-1).
+    :param seed: seeds the draw, on a generator of its own (the global one is untouched).
     :raises ConfigError: if ``labeled`` is below ``classes`` or above ``len(y)`` - 1 (at least one
         example must stay unlabelled), or a class has too few examples.
     """
@@ -260,7 +283,13 @@ def labeled_split(
 
 
 def needs_binarization(likelihood: Scores, x: torch.Tensor, binarization: str) -> bool:
-    """Whether ``x`` must be binarized for ``likelihood``; checks ``x`` fits it otherwise."""
+    """Whether ``x`` must be binarized for ``likelihood``; checks ``x`` fits it otherwise.
+
+    :param likelihood: what will score ``x``: its ``binary`` flag and ``check_data``
+        (:class:`Scores`).
+    :param x: the data: floats in [0, 1], or 8-bit ``uint8`` images.
+    :param binarization: ``"dynamic"`` (binarize grey data for a binary likelihood) or ``"none"``.
+    """
     checks.choice("binarization", binarization, BINARIZATION)
     if x.dtype == torch.uint8:  # at most 256 values: checking those checks them all
         x = as_floats(byte_values(x))
@@ -274,7 +303,13 @@ def eval_inputs(
     likelihood: Scores, x_test: torch.Tensor, binarization: str = "dynamic"
 ) -> torch.Tensor:
     """The test set as ``likelihood`` scores it, float values in [0, 1]: a fixed binarization of
-    grey data if needed."""
+    grey data if needed.
+
+    :param likelihood: what will score the test set (:class:`Scores`).
+    :param x_test: the test set: floats in [0, 1], or 8-bit ``uint8`` images.
+    :param binarization: ``"dynamic"``: grey data are binarized for a binary likelihood, with
+        :data:`TEST_BINARIZATION_SEED`; ``"none"``: used as they are.
+    """
     x_test = as_floats(x_test)
     if needs_binarization(likelihood, x_test, binarization):
         return binarize(x_test, TEST_BINARIZATION_SEED)
@@ -303,13 +338,18 @@ def binarize_afresh(x: torch.Tensor) -> torch.Tensor:
     are the very values ``torch.bernoulli(x)`` draws (the same uniforms from the same generator),
     in a quarter of its time (``benchmarks/results/candidates-cpu-2026-11-21.md``). 8-bit images
     are made floats first (:func:`as_floats`).
+
+    :param x: probabilities in [0, 1], or 8-bit images.
     """
     x = as_floats(x)
     return torch.rand_like(x).lt_(x)
 
 
 def is_binary(x: torch.Tensor) -> bool:
-    """Whether every value of ``x`` is exactly 0 or 1 (0 or 255 for 8-bit images)."""
+    """Whether every value of ``x`` is exactly 0 or 1 (0 or 255 for 8-bit images).
+
+    :param x: floats in [0, 1], or 8-bit ``uint8`` images.
+    """
     x = as_floats(x)
     return bool(((x == 0) | (x == 1)).all())
 

@@ -13,7 +13,11 @@ DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
-    """``auto`` (CUDA when there is a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    """``auto`` (CUDA when there is a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    :param spec: the device's name (``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``, any case) or
+        a :class:`torch.device`.
+    """
     name = str(spec).strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -35,12 +39,18 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
 
 def random_state_kept(device: torch.device) -> AbstractContextManager[None]:
     """Inside, torch's global random state (and ``device``'s, for a GPU) may be reseeded and
-    drawn from; afterwards it is as it was before."""
+    drawn from; afterwards it is as it was before.
+
+    :param device: the device in use; for a GPU, its generator is kept too.
+    """
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def memory_bytes(device: torch.device) -> int:
-    """The memory of ``device``: the machine's RAM for the CPU, the card's for a GPU."""
+    """The memory of ``device``: the machine's RAM for the CPU, the card's for a GPU.
+
+    :param device: the CPU or a CUDA device.
+    """
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -49,7 +59,13 @@ def memory_bytes(device: torch.device) -> int:
 def check_fits(needed: int, device: torch.device, what: str, param: str | None = None) -> None:
     """Raise :class:`ConfigError` (naming ``param``, if given) when ``needed`` bytes of ``what``
     exceed ``device``'s memory: asked before allocating, since on the CPU torch reports a failed
-    allocation as a bare ``RuntimeError``."""
+    allocation as a bare ``RuntimeError``.
+
+    :param needed: the bytes needed.
+    :param device: the device they are needed on.
+    :param what: what needs them, for the message ("the weights, Adam's state and the data").
+    :param param: the setting to name as the one at fault, if one is.
+    """
     available = memory_bytes(device)
     if needed > available:
         raise ConfigError(
@@ -61,5 +77,10 @@ def check_fits(needed: int, device: torch.device, what: str, param: str | None =
 
 def check_numbers_fit(count: int, what: str, param: str | None = None) -> None:
     """:func:`check_fits` for ``count`` numbers of the default dtype, on the CPU, where parts and
-    networks are built."""
+    networks are built.
+
+    :param count: the numbers needed.
+    :param what: what they are, for the message.
+    :param param: the setting to name as the one at fault, if one is.
+    """
     check_fits(count * torch.get_default_dtype().itemsize, torch.device("cpu"), what, param)

@@ -35,7 +35,10 @@ def launched_by_torchrun() -> bool:
 
 def init_from_env(device: torch.device) -> torch.device:
     """Join the process group ``torchrun`` describes in the environment; return this rank's
-    device (``cuda:LOCAL_RANK`` on GPUs, else ``device``)."""
+    device (``cuda:LOCAL_RANK`` on GPUs, else ``device``).
+
+    :param device: the device asked for: a CUDA one is replaced by this rank's GPU.
+    """
     if dist.is_initialized():
         return device
     if device.type == "cuda":
@@ -64,7 +67,10 @@ def is_main_process() -> bool:
 
 
 def broadcast_parameters(module: torch.nn.Module) -> None:
-    """Give every rank rank 0's parameters and buffers."""
+    """Give every rank rank 0's parameters and buffers.
+
+    :param module: the model, the same on every rank after.
+    """
     for tensor in [*module.parameters(), *module.buffers()]:
         dist.broadcast(tensor.data, src=0)
 
@@ -75,6 +81,9 @@ def all_reduce_gradients(parameters: list[torch.nn.Parameter], loss: torch.Tenso
 
     The loss comes back as a tensor of its own, not a view into the flat buffer the all-reduce
     fills: a view would keep that gradient-sized buffer alive for as long as the loss is kept.
+
+    :param parameters: the parameters whose ``grad`` is summed (a missing one counts as zeros).
+    :param loss: this rank's loss of its shard, a 0-dim tensor.
     """
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
     flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().to(grads[0].dtype).reshape(1)])
@@ -88,7 +97,11 @@ def all_reduce_gradients(parameters: list[torch.nn.Parameter], loss: torch.Tenso
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """Whether ``flag`` is true on any rank. Every rank must call it at the same point; it waits
-    for the device, so the trainer calls it every few steps, not every step."""
+    for the device, so the trainer calls it every few steps, not every step.
+
+    :param flag: this rank's answer.
+    :param device: the device of the all-reduce: this rank's.
+    """
     if rank_and_world()[1] == 1:
         return flag
     flags = torch.tensor([float(flag)], device=device)
@@ -111,7 +124,10 @@ def main_process_first() -> Iterator[None]:
 
 
 def gather_objects(obj: object) -> list[object]:
-    """Every rank's ``obj``, in rank order (a list of one outside a process group)."""
+    """Every rank's ``obj``, in rank order (a list of one outside a process group).
+
+    :param obj: this rank's object, which pickle can carry.
+    """
     rank, world = rank_and_world()
     if world == 1:
         return [obj]

@@ -44,7 +44,10 @@ class StableContinuousBernoulli(dist.ContinuousBernoulli):
         return F.softplus(-a) - torch.log(-torch.expm1(-safe) / safe)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """log C(a) + x logit - softplus(logit) of each ``value`` in [0, 1]."""
+        """log C(a) + x logit - softplus(logit) of each ``value`` in [0, 1].
+
+        :param value: values in [0, 1], broadcasting against the logits.
+        """
         if self._validate_args:
             self._validate_sample(value)
         logits, value = broadcast_all(self.logits, value)
@@ -65,7 +68,10 @@ class StableContinuousBernoulli(dist.ContinuousBernoulli):
 
     def icdf(self, value: torch.Tensor) -> torch.Tensor:
         """The inverse CDF at ``value`` u in [0, 1]: log1p(u expm1(l)) / l for l <= 0, and
-        1 - F^-1(1 - u) of the logit -l for l > 0, so that ``expm1`` never overflows."""
+        1 - F^-1(1 - u) of the logit -l for l > 0, so that ``expm1`` never overflows.
+
+        :param value: probabilities u in [0, 1], broadcasting against the logits.
+        """
         logits, value = broadcast_all(self.logits, value)
         negative = logits <= 0
         a = -logits.abs().clamp_min(torch.finfo(logits.dtype).tiny)
@@ -82,14 +88,20 @@ class ClampedBeta(dist.Beta):
     """
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """The Beta's log density at ``value`` clamped into ``[BETA_EPS, 1 - BETA_EPS]``."""
+        """The Beta's log density at ``value`` clamped into ``[BETA_EPS, 1 - BETA_EPS]``.
+
+        :param value: values in [0, 1], broadcasting against the concentrations.
+        """
         if self._validate_args:
             self._validate_sample(value)
         return super().log_prob(value.clamp(BETA_EPS, 1 - BETA_EPS))
 
 
 class Grid(constraints.Constraint):
-    """Values in [0, 1] within ``GRID_TOLERANCE`` of a multiple of ``1 / (bins - 1)``."""
+    """Values in [0, 1] within ``GRID_TOLERANCE`` of a multiple of ``1 / (bins - 1)``.
+
+    :param bins: the number of values, at least 2.
+    """
 
     is_discrete = True
     event_dim = 0
@@ -99,7 +111,10 @@ class Grid(constraints.Constraint):
         super().__init__()
 
     def check(self, value: torch.Tensor) -> torch.Tensor:
-        """Whether each element of ``value`` lies on the grid, as a boolean tensor of its shape."""
+        """Whether each element of ``value`` lies on the grid, as a boolean tensor of its shape.
+
+        :param value: the values to check, any shape.
+        """
         n = self.bins - 1
         off_grid = (value - torch.round(value * n) / n).abs()
         return (value >= 0) & (value <= 1) & (off_grid <= GRID_TOLERANCE)
@@ -125,6 +140,8 @@ class DiscretizedLogisticDistribution(dist.TorchDistribution):
     :param loc: location, any real shape.
     :param log_scale: log of the logistic's scale, broadcastable with ``loc``.
     :param bins: number of values, at least 2; 256 for 8-bit data.
+    :param validate_args: whether to check arguments and values, as for any torch distribution;
+        ``None``: torch's global setting.
     """
 
     arg_constraints = {"loc": constraints.real, "log_scale": constraints.real}
@@ -147,7 +164,10 @@ class DiscretizedLogisticDistribution(dist.TorchDistribution):
         return Grid(self.bins)
 
     def expand(self, batch_shape, _instance=None) -> DiscretizedLogisticDistribution:
-        """The same distribution with batch shape ``batch_shape``, as Pyro's ``expand``."""
+        """The same distribution with batch shape ``batch_shape``, as Pyro's ``expand``.
+
+        :param batch_shape: the new batch shape, to which the current one broadcasts.
+        """
         new = self._get_checked_instance(DiscretizedLogisticDistribution, _instance)
         batch_shape = torch.Size(batch_shape)
         new.loc = self.loc.expand(batch_shape)
@@ -158,7 +178,10 @@ class DiscretizedLogisticDistribution(dist.TorchDistribution):
         return new
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """log P(x) of each ``value``, scored at its nearest grid value (see the class)."""
+        """log P(x) of each ``value``, scored at its nearest grid value (see the class).
+
+        :param value: values in [0, 1], broadcasting against ``loc``.
+        """
         if self._validate_args:
             self._validate_sample(value)
         n = self.bins - 1
@@ -179,7 +202,10 @@ class DiscretizedLogisticDistribution(dist.TorchDistribution):
 
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
         """Logistic draws ``loc + s (log u - log(1 - u))``, u ~ U(0, 1), rounded to the nearest
-        grid value, shape ``sample_shape + batch_shape``."""
+        grid value, shape ``sample_shape + batch_shape``.
+
+        :param sample_shape: the shape of independent draws, prepended to the batch shape.
+        """
         shape = self._extended_shape(sample_shape)
         with torch.no_grad():
             eps = torch.finfo(self.loc.dtype).eps

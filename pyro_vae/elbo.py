@@ -64,7 +64,12 @@ IWAE_CHUNK_ELEMENTS = 2**24
 
 def label_batches(x: torch.Tensor, y: torch.Tensor | None, classes: int) -> list[tuple]:
     """``x`` in batches of EVAL_BATCH_SIZE, each with its one-hot labels ``(y,)`` from the
-    integer labels ``y``, or ``()`` without labels (``y`` or ``classes`` None or 0)."""
+    integer labels ``y``, or ``()`` without labels (``y`` or ``classes`` None or 0).
+
+    :param x: the examples, ``(N, *x_shape)``.
+    :param y: their integer labels, ``(N,)``, or ``None``.
+    :param classes: K, the number of classes; 0 for a model without labels.
+    """
     batches = x.split(EVAL_BATCH_SIZE)
     if y is None or not classes:
         return [(batch,) for batch in batches]
@@ -73,7 +78,12 @@ def label_batches(x: torch.Tensor, y: torch.Tensor | None, classes: int) -> list
 
 
 def normal_log_density(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """log N(z; loc, scale^2), elementwise, written out as ``torch.distributions.Normal`` does."""
+    """log N(z; loc, scale^2), elementwise, written out as ``torch.distributions.Normal`` does.
+
+    :param z: the points.
+    :param loc: the means, broadcasting against ``z``.
+    :param scale: the standard deviations, positive, broadcasting against ``z``.
+    """
     var = scale**2
     return -((z - loc) ** 2) / (2 * var) - scale.log() - math.log(math.sqrt(2 * math.pi))
 
@@ -87,6 +97,9 @@ def log_weight_terms(
     densities, then the guide's), so that the random draws and even the rounding of the
     gradients are the same as ``Trace_ELBO``'s with vectorized particles.
 
+    :param vae: the model: its guide family, prior and likelihood.
+    :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+    :param num_particles: the draws of z per example, vectorized.
     :param cond: what a label-conditioned model's networks also take: ``(y,)``, one-hot,
         ``(B, K)``, or ``(K, 1, K)`` for every label at once, which gives densities of shape
         ``(num_particles, K, B)``.
@@ -133,6 +146,13 @@ def manual_elbo(
     ``w (log p(z) - log q(z|x))`` becomes ``-w KL(q(z|x) || p(z))`` in closed form, as in
     ``TraceMeanField_ELBO``.
 
+    :param vae: the model: a VAE, or a CVAE given ``cond``.
+    :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+    :param num_particles: K, the vectorized draws of z per example the ELBO averages over.
+    :param analytic_kl: take the KL term in closed form, as ``TraceMeanField_ELBO`` does, rather
+        than from the draws.
+    :param kl_weight: w, the weight of the KL term: a number or a 0-dim tensor; 1 for the ELBO.
+    :param cond: the conditional VAE's ``(y,)``, one-hot, ``(B, K)``; ``()`` for the VAE.
     :raises ConfigError: if ``analytic_kl`` is asked for and no closed-form KL exists between
         the guide family and the prior.
     """
@@ -145,7 +165,12 @@ def manual_elbo(
 
 
 def closed_form_kl(vae: VAE, q: dist.Distribution, p_z: dist.Distribution) -> torch.Tensor:
-    """KL(q(z|x) || p(z)) in closed form, or a :class:`ConfigError` naming guide and prior."""
+    """KL(q(z|x) || p(z)) in closed form, or a :class:`ConfigError` naming guide and prior.
+
+    :param vae: the model, whose guide and prior the error names.
+    :param q: q(z|x), the guide's distribution.
+    :param p_z: p(z), the prior's distribution.
+    """
     try:
         return kl_divergence(q, p_z)
     except NotImplementedError:
@@ -158,14 +183,28 @@ def closed_form_kl(vae: VAE, q: dist.Distribution, p_z: dist.Distribution) -> to
 
 def iwae_chunk(vae: VAE, x: torch.Tensor, particles: int, *cond: torch.Tensor) -> torch.Tensor:
     """log sum_i p(x, z_i) / q(z_i|x) over ``particles`` draws z_i ~ q(z|x), per example: one
-    chunk of :func:`iwae_bound` (given the labels ``cond``, for the label models)."""
+    chunk of :func:`iwae_bound` (given the labels ``cond``, for the label models).
+
+    :param vae: the model.
+    :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+    :param particles: the draws z_i per example in this chunk.
+    :param cond: a label model's one-hot labels ``y``, ``(B, K)`` or ``(K, 1, K)``; none for the
+        VAE.
+    """
     log_p_x, log_p_z, log_q, _, _ = log_weight_terms(vae, x, particles, cond)
     return torch.logsumexp(log_p_x + log_p_z - log_q, dim=0)
 
 
 def iwae_chunk_size(vae: VAE, x: torch.Tensor, k: int, *cond: torch.Tensor) -> int:
     """The particles :func:`iwae_bound` draws at once for the batch ``x`` (and labels ``cond``:
-    every label at once multiplies the decoder's outputs)."""
+    every label at once multiplies the decoder's outputs).
+
+    :param vae: the model (its ``z_dim``).
+    :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+    :param k: the particles of the whole bound: no chunk is larger.
+    :param cond: a label model's one-hot labels ``y``; with ``(K, 1, K)`` each particle has K times
+        the outputs.
+    """
     copies = math.prod(cond[0].shape[:-2]) if cond else 1
     per_particle = copies * x.shape[0] * max(x[0].numel(), vae.z_dim)
     return max(1, min(k, IWAE_CHUNK_ELEMENTS // per_particle))
@@ -189,6 +228,14 @@ def iwae_bound(
     gradients under the same seed; estimates that need no gradient run it under
     ``torch.no_grad()``. ``full_chunk``, if given, computes the chunks of
     :func:`iwae_chunk_size` particles (a compiled :func:`iwae_chunk`, say).
+
+    :param vae: the model.
+    :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+    :param k: the particles per example; 1 is the single-sample ELBO.
+    :param full_chunk: ``(x, *cond) -> chunk``, computing a chunk of :func:`iwae_chunk_size`
+        particles (a compiled :func:`iwae_chunk`, say); ``None``: :func:`iwae_chunk` computes every
+        chunk.
+    :param cond: a label model's ``(y,)``, one-hot; ``()`` for the VAE.
     """
     if k < 1:
         raise ConfigError(f"the IWAE bound needs k >= 1 particles, got {k}")
@@ -206,7 +253,13 @@ def m2_iwae_bound(
 ) -> torch.Tensor:
     """M2's bound on log p(x) = log sum_y p(y) p(x | y), per example: the labels summed out
     exactly over the IWAE bounds on each log p(x | y), with ``k`` particles each. It is the log
-    of an unbiased estimate of p(x), so it is a lower bound in expectation, like IWAE's."""
+    of an unbiased estimate of p(x), so it is a lower bound in expectation, like IWAE's.
+
+    :param m2: the :class:`~pyro_vae.conditional.M2` model.
+    :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+    :param k: the particles per example and label.
+    :param full_chunk: as for :func:`iwae_bound`, called with every label at once.
+    """
     per_label = iwae_bound(m2, x, k, full_chunk, (every_label(m2.num_classes, x),))  # (K, B)
     return torch.logsumexp(per_label, dim=0) - math.log(m2.num_classes)
 
@@ -225,6 +278,12 @@ def iwae_dreg_gradients(
     where log q is scored with loc and scale held fixed. The hand-written twin of
     :class:`~pyro_vae.objectives.SyncFreeIWAE_DReG_ELBO`: two explicit gradient computations, no
     hooks; the draws are Pyro's, in Pyro's order.
+
+    :param vae: a VAE with the ``diagonal`` Gaussian guide.
+    :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+    :param num_particles: K, the particles per example.
+    :param parameters: the tensors the gradient is taken with respect to, e.g.
+        ``list(vae.parameters())``; one not reached gets ``None``.
     """
     if not isinstance(vae.posterior, DiagonalNormal):
         raise ConfigError(
@@ -268,6 +327,11 @@ def m2_elbo(
     one-hot), the ELBO at the observed y plus log p(y). w is ``kl_weight``. Its negative equals
     ``TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(m2.model, m2.guide, x, y, w)`` in
     value and gradients under the same seed.
+
+    :param m2: the :class:`~pyro_vae.conditional.M2` model.
+    :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
+    :param y: their one-hot labels, ``(B, K)``; ``None``: unlabelled, y summed out.
+    :param kl_weight: w, the weight of the KL term: a number or a 0-dim tensor; 1 for the ELBO.
     """
     log_p_y = -math.log(m2.num_classes)
     if y is not None:
@@ -282,7 +346,12 @@ def m2_elbo(
 
 def m2_aux_term(m2: M2, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``aux_weight * sum log q(y|x)`` over the labelled batch: the twin of the program
-    :meth:`~pyro_vae.conditional.M2.classify_model` (an observed site, no latent one)."""
+    :meth:`~pyro_vae.conditional.M2.classify_model` (an observed site, no latent one).
+
+    :param m2: the :class:`~pyro_vae.conditional.M2` model.
+    :param x: a batch of labelled examples, ``(B, *x_shape)``.
+    :param y: their one-hot labels, ``(B, K)``.
+    """
     log_q = (torch.log_softmax(m2.classifier(x), dim=-1) * y).sum(-1)
     return m2.aux_weight * log_q.sum()
 
@@ -296,7 +365,14 @@ def m2_objective(
 ) -> torch.Tensor:
     """What one M2 training step maximizes, by hand: the unlabelled batch's ELBO, the labelled
     batch's ELBO and its auxiliary term (:func:`m2_elbo`, :func:`m2_aux_term`), in the order
-    Pyro's objective draws them. Without a labelled batch, the ELBO of log p(x)."""
+    Pyro's objective draws them. Without a labelled batch, the ELBO of log p(x).
+
+    :param m2: the :class:`~pyro_vae.conditional.M2` model.
+    :param x: the step's unlabelled batch, ``(B, *x_shape)``.
+    :param x_labeled: the step's labelled examples; ``None`` for none.
+    :param y_labeled: their one-hot labels, ``(B_l, K)``.
+    :param kl_weight: w, the weight of the KL term: a number or a 0-dim tensor; 1 for the ELBO.
+    """
     objective = m2_elbo(m2, x, kl_weight=kl_weight)
     if x_labeled is None:
         return objective
@@ -351,17 +427,24 @@ def _manual_m2_loss(m2: M2, num_particles: int) -> LossFn:
 
 @dataclass(frozen=True)
 class Objective:
-    """A training objective: ``make(vae, num_particles)`` gives its loss ``(x, kl_weight) ->
-    -objective``, summed over the batch; ``weighs_kl`` says whether it has a KL term for a beta or
-    a warm-up to weigh; ``elbo`` names the objective whose one-particle value is the ELBO
-    reported for runs trained with this one (the test ELBO)."""
+    """A training objective, by the name :func:`make_loss` takes.
+
+    :param make: ``make(vae, num_particles)`` gives its loss ``(x, kl_weight) -> -objective``,
+        summed over the batch.
+    :param weighs_kl: whether it has a KL term for a beta or a warm-up to weigh.
+    :param elbo: the name of the objective whose one-particle value is the ELBO reported for runs
+        trained with this one (the test ELBO).
+    :param guides: the guide families it works with; ``()`` for any.
+    :param max_particles: the most particles it may draw per example.
+    :param analytic_kl: whether its KL term is in closed form (``TraceMeanField_ELBO``'s).
+    """
 
     make: Callable[[VAE, int], LossFn]
     weighs_kl: bool
     elbo: str
-    guides: tuple[str, ...] = ()  # the guide families it works with; () for any
+    guides: tuple[str, ...] = ()
     max_particles: int = MAX_PARTICLES
-    analytic_kl: bool = False  # its KL term in closed form (TraceMeanField_ELBO's)
+    analytic_kl: bool = False
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -403,7 +486,13 @@ def make_loss(vae: VAE, objective: str = "trace", num_particles: int = 1) -> Los
     (``RenyiELBO(alpha=0)``, the IWAE bound), ``iwae-dreg`` (the same bound with the doubly
     reparameterized guide gradient), or their hand-written twins ``manual``
     (:func:`manual_elbo`, no ``pyro.infer``) and ``manual-iwae`` (:func:`iwae_bound`), each with
-    ``num_particles`` vectorized particles. ``kl_weight`` weighs the KL term of the ELBOs."""
+    ``num_particles`` vectorized particles. ``kl_weight`` weighs the KL term of the ELBOs.
+
+    :param vae: the model whose programs the loss scores, any of :data:`~pyro_vae.models.MODELS`.
+    :param objective: the objective's name, one of those of the model's kind (the CVAE and M2 have
+        fewer).
+    :param num_particles: the vectorized particles per example.
+    """
     objectives = MODEL_OBJECTIVES[vae.kind]
     if objective not in objectives:
         raise ConfigError(
@@ -474,8 +563,11 @@ def dataset_elbo(
 
 
 class ELBOTerms(NamedTuple):
-    """The ELBO's two terms, nats per example: ``reconstruction``, E_q[log p(x|z)], and ``kl``,
-    KL(q(z|x) || p(z)); their difference is the ELBO."""
+    """The ELBO's two terms, nats per example; their difference is the ELBO.
+
+    :param reconstruction: E_q[log p(x|z)].
+    :param kl: KL(q(z|x) || p(z)).
+    """
 
     reconstruction: float
     kl: float
@@ -501,6 +593,13 @@ def elbo_terms(
     E_q(y|x)[KL(q(z|x,y) || p(z))] + KL(q(y|x) || p(y)).
 
     The global random state is left as it was, as by :func:`dataset_elbo`.
+
+    :param vae: the model.
+    :param x: the examples, as the model scores them (:func:`~pyro_vae.data.eval_inputs`).
+    :param seed: seeds the draws of z, as for :func:`dataset_elbo`.
+    :param objective: the training objective, whose ELBO is split (``meanfield``: the KL in closed
+        form).
+    :param labels: one-hot, one row per example, for a model whose programs take them (the CVAE).
     """
     elbo = MODEL_OBJECTIVES[vae.kind][objective].elbo
     analytic = MODEL_OBJECTIVES[vae.kind][elbo].analytic_kl

@@ -20,6 +20,9 @@ class PyroVAEError(Exception):
     goes. Other settings the message mentions are written in braces, ``{binarization}``.
     ``ConfigError("must be at least 1, got 0", "epochs")`` reads ``epochs must be at least 1,
     got 0``; :meth:`worded` spells the names otherwise, as the command line's flags (``--epochs``).
+
+    :param message: what is wrong, in one line; other settings it mentions written in braces.
+    :param param: the setting at fault, as the library spells it; ``None`` when none is.
     """
 
     def __init__(self, message: str, param: str | None = None):
@@ -28,7 +31,10 @@ class PyroVAEError(Exception):
         super().__init__(self.worded(lambda name: name))
 
     def worded(self, spell: Callable[[str], str]) -> str:
-        """The message with every parameter it names spelled as ``spell(name)``."""
+        """The message with every parameter it names spelled as ``spell(name)``.
+
+        :param spell: turns a parameter's library name into the name to show, e.g. a flag.
+        """
         template = self.problem
         if self.param is not None and "{param}" not in template:
             template = "{param} " + template

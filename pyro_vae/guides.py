@@ -38,6 +38,8 @@ class DiagonalNormal(nn.Module):
     """q(z|x) = N(mu(x), diag(sigma(x)^2)), sigma = softplus(.) + MIN_SCALE.
 
     Sampling is z = mu + sigma * eps with eps ~ N(0, I): the reparameterization trick.
+
+    :param z_dim: the size of the code, supplied by the VAE.
     """
 
     name = "diagonal"
@@ -49,13 +51,19 @@ class DiagonalNormal(nn.Module):
         self.encoder_outputs = 2 * z_dim
 
     def params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu, sigma)``, each ``(B, z_dim)``, from the encoder's output ``h``."""
+        """``(mu, sigma)``, each ``(B, z_dim)``, from the encoder's output ``h``.
+
+        :param h: the encoder's output, ``(B, encoder_outputs)``.
+        """
         loc, raw_scale = h.split(self.z_dim, dim=-1)
         return loc, F.softplus(raw_scale) + MIN_SCALE
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
         """q(z|x) = N(mu, diag sigma^2) from the encoder's output ``h``: batch ``(B,)``, event
-        ``(z_dim,)``."""
+        ``(z_dim,)``.
+
+        :param h: the encoder's output, ``(B, encoder_outputs)``.
+        """
         return dist.Normal(*self.params(h)).to_event(1)
 
 
@@ -65,6 +73,8 @@ class FullRankNormal(nn.Module):
     The encoder gives mu (``z_dim`` numbers) and the ``z_dim (z_dim + 1) / 2`` entries of L on and
     below the diagonal, row by row; the diagonal is made positive by softplus + MIN_SCALE, so L
     is a Cholesky factor. Sampling is z = mu + L eps with eps ~ N(0, I).
+
+    :param z_dim: the size of the code, supplied by the VAE.
     """
 
     name = "full-rank"
@@ -81,7 +91,10 @@ class FullRankNormal(nn.Module):
 
     def params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, L)``, shaped ``(B, z_dim)`` and ``(B, z_dim, z_dim)``, from the encoder's
-        output ``h``."""
+        output ``h``.
+
+        :param h: the encoder's output, ``(B, encoder_outputs)``.
+        """
         loc, raw = h.split([self.z_dim, self.encoder_outputs - self.z_dim], dim=-1)
         raw_tril = raw.new_zeros(*raw.shape[:-1], self.z_dim, self.z_dim)
         raw_tril[..., self.tril_rows, self.tril_cols] = raw
@@ -90,7 +103,10 @@ class FullRankNormal(nn.Module):
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
         """q(z|x) = N(mu, L L^T) from the encoder's output ``h``: batch ``(B,)``, event
-        ``(z_dim,)``."""
+        ``(z_dim,)``.
+
+        :param h: the encoder's output, ``(B, encoder_outputs)``.
+        """
         loc, scale_tril = self.params(h)
         return dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
@@ -178,6 +194,10 @@ class InverseAutoregressiveFlow(nn.Module):
     cache (one pass per step); scoring any other z inverts each step sequentially (``z_dim``
     passes per step). With ``z_dim = 1`` each step is an affine map of z whose shift and scale
     depend on h only, so q stays Gaussian but its parameters get ``flow_steps`` more layers.
+
+    :param z_dim: the size of the code, supplied by the VAE.
+    :param flow_steps: the number of IAF steps.
+    :param context_dim: the size of the context h(x) the encoder gives each step.
     """
 
     name = "iaf"
@@ -214,17 +234,26 @@ class InverseAutoregressiveFlow(nn.Module):
             )
 
     def base_params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(mu, sigma, context)`` of the base Gaussian and the flow, from the encoder output."""
+        """``(mu, sigma, context)`` of the base Gaussian and the flow, from the encoder output.
+
+        :param h: the encoder's output, ``(B, encoder_outputs)``.
+        """
         loc, raw_scale, context = h.split([self.z_dim, self.z_dim, self.context_dim], dim=-1)
         return loc, F.softplus(raw_scale) + MIN_SCALE, context
 
     def transforms(self, context: torch.Tensor) -> list[_IAFStep]:
         """The flow's steps conditioned on ``context`` ``(B, context_dim)``: they broadcast it
-        against any leading sample dims of their input, e.g. ``(S, B, z_dim)``."""
+        against any leading sample dims of their input, e.g. ``(S, B, z_dim)``.
+
+        :param context: the context h(x), ``(B, context_dim)``.
+        """
         return [step.condition(context) for step in self.steps]
 
     def params(self, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``(code, mu, sigma, context)``: the code is mu pushed through the flow."""
+        """``(code, mu, sigma, context)``: the code is mu pushed through the flow.
+
+        :param h: the encoder's output, ``(B, encoder_outputs)``.
+        """
         loc, scale, context = self.base_params(h)
         code = loc
         for transform in self.transforms(context):
@@ -233,7 +262,10 @@ class InverseAutoregressiveFlow(nn.Module):
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
         """q(z|x): N(mu, diag sigma^2) pushed through the flow's steps conditioned on the context,
-        from the encoder's output ``h``; batch ``(B,)``, event ``(z_dim,)``."""
+        from the encoder's output ``h``; batch ``(B,)``, event ``(z_dim,)``.
+
+        :param h: the encoder's output, ``(B, encoder_outputs)``.
+        """
         loc, scale, context = self.base_params(h)
         base = dist.Normal(loc, scale).to_event(1)
         return dist.TransformedDistribution(base, self.transforms(context))

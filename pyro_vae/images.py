@@ -420,6 +420,10 @@ def download_with_torchvision(root: Path, dataset: str, calls: Sequence[dict[str
     torchvision makes its folders before it reaches the network, so it downloads into a scratch
     folder inside ``root`` whose files are moved into ``root`` once every call succeeded; a
     failed attempt leaves nothing behind, not even ``root`` where it did not exist.
+
+    :param root: the folder to download into: the data directory.
+    :param dataset: the class's name in ``torchvision.datasets``, e.g. ``"FashionMNIST"``.
+    :param calls: the keyword arguments of each call, one call a split (``{"train": False}``).
     """
     import torchvision.datasets
 

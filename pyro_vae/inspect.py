@@ -179,6 +179,10 @@ def posterior_samples(
 ) -> az.InferenceData:
     """Draws z ~ q(z|x) of the amortized guide for each input of the batch ``x``.
 
+    :param vae: a trained model of p(x | z), the VAE (not a label model).
+    :param x: a batch of inputs, ``(B, *x_shape)``, as the model scores them, on its device.
+    :param num_samples: the draws per input.
+    :param seed: seeds the draws; the global random state is left as it was.
     :param labels: optional ``(B,)`` class labels, kept as ``constant_data["label"]`` over
         ``obs`` (e.g. to colour :func:`pyro_vae.plots.plot_latent_scatter` by them).
     :returns: ``InferenceData`` whose ``posterior`` group holds ``"z"`` with dims
@@ -206,6 +210,11 @@ def log_importance_weights(
 
     ``logsumexp(log_w, 1) - log S`` is the IWAE bound with k = S and ``log_w.mean(1)`` the ELBO,
     both estimated from the same draws.
+
+    :param vae: a trained model of p(x | z), the VAE (not a label model).
+    :param x: a batch of inputs, ``(B, *x_shape)``, as the model scores them, on its device.
+    :param num_samples: S, the draws per input.
+    :param seed: seeds the draws; the global random state is left as it was.
     """
     x = _unconditional_inputs(vae, x)
     with _seeded(seed, x.device):
@@ -246,6 +255,11 @@ def importance_diagnostics(
     The draws are independent, so the relative efficiency ``reff`` is 1. k-hat needs a tail to
     fit: with fewer than about 100 draws it is unreliable (Vehtari et al. 2024 suggest the
     threshold min(1 - 1/log10 S, 0.7), 0.67 at S = 1000).
+
+    :param vae: a trained model of p(x | z), the VAE (not a label model).
+    :param x: a batch of inputs, ``(B, *x_shape)``, as the model scores them, on its device.
+    :param num_samples: S, the importance weights per input.
+    :param seed: seeds the draws; the global random state is left as it was.
     """
     log_w = log_importance_weights(vae, x, num_samples, seed=seed)
     smoothed, khat, ess = _psis(log_w)
@@ -280,6 +294,12 @@ def importance_resample(
     Smoothing the tail (instead of resampling by the raw weights) keeps one huge weight from
     making every resampled draw the same z.
 
+    :param vae: a trained model of p(x | z), the VAE (not a label model).
+    :param x: a batch of inputs, ``(B, *x_shape)``, as the model scores them, on its device.
+    :param num_samples: the resampled draws per input.
+    :param proposals: the guide's draws per input to resample from.
+    :param seed: seeds the draws; the global random state is left as it was.
+    :param labels: optional ``(B,)`` class labels, kept as ``constant_data["label"]``.
     :returns: ``InferenceData`` with the dims of :func:`posterior_samples`.
     """
     x = _unconditional_inputs(vae, x)
@@ -329,6 +349,14 @@ def nuts_posterior(
     size and mass matrix in Stan's windows: give it 100 steps or more. Divergent transitions
     raise a ``RuntimeWarning``.
 
+    :param vae: a trained model of p(x | z), the VAE (not a label model).
+    :param x: a batch of inputs, ``(B, *x_shape)``, as the model scores them, on its device.
+    :param num_samples: the draws per chain, after warmup.
+    :param num_chains: the chains, run one after another.
+    :param warmup_steps: the adaptation steps of each chain, discarded.
+    :param seed: seeds the draws; the global random state is left as it was.
+    :param progress: show Pyro's progress bar.
+    :param labels: optional ``(B,)`` class labels, kept as ``constant_data["label"]``.
     :returns: ``InferenceData``: ``posterior["z"]`` with dims ``chain, draw, obs, z_dim``,
         ``sample_stats["diverging"]`` (``chain, draw``), and ``posterior.attrs`` with each
         chain's acceptance rate and adapted step size. ``az.rhat``, ``az.ess`` and
@@ -558,6 +586,13 @@ def amortization_gap(
     ELBO with ``num_particles`` draws, ``steps`` times, the decoder, prior and the family's own
     networks frozen. The fitted Q(h_i) approximates q*(x_i), the best member of the family.
 
+    :param vae: a trained model of p(x | z), the VAE (not a label model).
+    :param x: a batch of inputs, ``(B, *x_shape)``, as the model scores them, on its device.
+    :param k: the draws of each guide's ELBO and IWAE estimates.
+    :param steps: the Adam steps of each input's guide.
+    :param lr: Adam's learning rate for those steps.
+    :param num_particles: the draws of each step's ELBO estimate.
+    :param seed: seeds the fits and the estimates; the global random state is left as it was.
     :param family: ``"guide"`` (default): the per-input guides are the VAE's own family
         (diagonal Gaussians for the diagonal guide; full-rank Gaussians for ``full-rank``; for
         ``iaf`` the flow with its shared networks and a free base Gaussian and context), so the

@@ -31,14 +31,24 @@ PARALLEL = 1e-4
 
 
 def linear(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """(1 - t) a + t b for each t: ``(len(t), z_dim)``."""
+    """(1 - t) a + t b for each t: ``(len(t), z_dim)``.
+
+    :param a: the first code, ``(z_dim,)``.
+    :param b: the last code, ``(z_dim,)``.
+    :param t: the weights in [0, 1], ``(T,)``: 0 gives ``a``, 1 gives ``b``.
+    """
     t = t[:, None]
     return (1 - t) * a + t * b
 
 
 def spherical(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Slerp from ``a`` to ``b``: sin((1 - t) w) / sin(w) a + sin(t w) / sin(w) b for each t,
-    ``(len(t), z_dim)``, w the angle between them; the straight line when they are parallel."""
+    ``(len(t), z_dim)``, w the angle between them; the straight line when they are parallel.
+
+    :param a: the first code, ``(z_dim,)``.
+    :param b: the last code, ``(z_dim,)``.
+    :param t: the weights in [0, 1], ``(T,)``: 0 gives ``a``, 1 gives ``b``.
+    """
     cosine = torch.dot(a, b) / (a.norm() * b.norm())
     w = torch.arccos(cosine.clamp(-1, 1))
     if not (w.abs() > PARALLEL and (torch.pi - w).abs() > PARALLEL):  # (anti)parallel

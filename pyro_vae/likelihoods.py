@@ -88,7 +88,10 @@ def _inverse_softplus(y: float) -> float:
 
 
 class Bernoulli(nn.Module):
-    """p(x|z) = prod_pixels Bernoulli(x_i; sigmoid(logit_i(z))), for binary images."""
+    """p(x|z) = prod_pixels Bernoulli(x_i; sigmoid(logit_i(z))), for binary images.
+
+    :param x_shape: the shape of one example, supplied by the VAE.
+    """
 
     name = "bernoulli"
     description = "independent Bernoulli pixels; grey data is binarized afresh in each batch"
@@ -101,21 +104,33 @@ class Bernoulli(nn.Module):
         self.x_shape = tuple(x_shape)
 
     def logits(self, out: torch.Tensor) -> torch.Tensor:
-        """Each pixel's logit, ``(..., *x_shape)``, from the decoder's output ``out``."""
+        """Each pixel's logit, ``(..., *x_shape)``, from the decoder's output ``out``.
+
+        :param out: the decoder's output, ``(..., params_per_pixel, *x_shape)``.
+        """
         return out.squeeze(-1 - len(self.x_shape))
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
         """p(x|z) for the decoder's output ``out`` of shape ``(..., params_per_pixel, *x_shape)``:
-        a distribution with event shape ``x_shape``."""
+        a distribution with event shape ``x_shape``.
+
+        :param out: the decoder's output, ``(..., params_per_pixel, *x_shape)``.
+        """
         return dist.Bernoulli(logits=self.logits(out)).to_event(len(self.x_shape))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         """The expected image E[x|z], ``(..., *x_shape)``, from the decoder's output ``out``: each
-        pixel's probability of 1."""
+        pixel's probability of 1.
+
+        :param out: the decoder's output, ``(..., params_per_pixel, *x_shape)``.
+        """
         return torch.sigmoid(self.logits(out))
 
     def check_data(self, x: torch.Tensor) -> None:
-        """Raise a :class:`DataError` unless every value of ``x`` is 0 or 1."""
+        """Raise a :class:`DataError` unless every value of ``x`` is 0 or 1.
+
+        :param x: the data, floats (for 8-bit images, their distinct values).
+        """
         grey = int(((x != 0) & (x != 1)).sum())
         if grey:
             raise DataError(
@@ -131,6 +146,8 @@ class ContinuousBernoulli(nn.Module):
     ``CB(x; l) = C(l) sigmoid(l)^x (1 - sigmoid(l))^(1 - x)``; without C(l) this is the Bernoulli
     "likelihood" of grey data, which is not normalized. ``mean`` is the distribution's mean
     ``1 / (1 - exp(-l)) - 1 / l``, not ``sigmoid(l)``.
+
+    :param x_shape: the shape of one example, supplied by the VAE.
     """
 
     name = "continuous-bernoulli"
@@ -152,15 +169,24 @@ class ContinuousBernoulli(nn.Module):
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
         """p(x|z) for the decoder's output ``out`` of shape ``(..., params_per_pixel, *x_shape)``:
-        a distribution with event shape ``x_shape``."""
+        a distribution with event shape ``x_shape``.
+
+        :param out: the decoder's output, ``(..., params_per_pixel, *x_shape)``.
+        """
         return self._dist(out).to_event(len(self.x_shape))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
-        """The expected image E[x|z], the distribution's mean (see the class), in [0, 1]."""
+        """The expected image E[x|z], the distribution's mean (see the class), in [0, 1].
+
+        :param out: the decoder's output, ``(..., params_per_pixel, *x_shape)``.
+        """
         return self._dist(out).mean.clamp(0, 1)
 
     def check_data(self, x: torch.Tensor) -> None:
-        """Raise a :class:`DataError` unless every value of ``x`` is in [0, 1]."""
+        """Raise a :class:`DataError` unless every value of ``x`` is in [0, 1].
+
+        :param x: the data, floats (for 8-bit images, their distinct values).
+        """
         _check_unit_interval(self.name, x)
 
 
@@ -170,6 +196,9 @@ class Gaussian(nn.Module):
     The mean is the decoder's raw output (no sigmoid), so that the model is a plain Gaussian
     whose log-likelihood is ``-||x - mu||^2 / (2 scale^2)`` plus a constant; ``mean`` clamps it
     into [0, 1] for pictures. Samples are not clamped.
+
+    :param x_shape: the shape of one example, supplied by the VAE.
+    :param scale: the standard deviation of every pixel, in the data's units (values in [0, 1]).
     """
 
     name = "gaussian"
@@ -185,17 +214,26 @@ class Gaussian(nn.Module):
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
         """p(x|z) for the decoder's output ``out`` of shape ``(..., params_per_pixel, *x_shape)``:
-        a distribution with event shape ``x_shape``."""
+        a distribution with event shape ``x_shape``.
+
+        :param out: the decoder's output, ``(..., params_per_pixel, *x_shape)``.
+        """
         (loc,) = _params(out, self.x_shape)
         return dist.Normal(loc, torch.full_like(loc, self.scale)).to_event(len(self.x_shape))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
-        """The expected image for pictures: the mean mu(z) clamped into [0, 1]."""
+        """The expected image for pictures: the mean mu(z) clamped into [0, 1].
+
+        :param out: the decoder's output, ``(..., params_per_pixel, *x_shape)``.
+        """
         (loc,) = _params(out, self.x_shape)
         return loc.clamp(0, 1)
 
     def check_data(self, x: torch.Tensor) -> None:
-        """Raise a :class:`DataError` unless every value of ``x`` is finite."""
+        """Raise a :class:`DataError` unless every value of ``x`` is finite.
+
+        :param x: the data, floats (for 8-bit images, their distinct values).
+        """
         _check_finite(self.name, x)
 
 
@@ -240,7 +278,11 @@ class _LearnedScale(nn.Module):
 
 class GaussianLearned(_LearnedScale):
     """p(x|z) = prod_pixels N(x_i; mu_i(z), sigma_i^2), sigma_i learned per pixel, bounded below
-    by ``min_scale`` (see ``_LearnedScale`` for why)."""
+    by ``min_scale`` (see ``_LearnedScale`` for why).
+
+    :param x_shape: the shape of one example, supplied by the VAE.
+    :param min_scale: the floor of every learned scale, positive.
+    """
 
     name = "gaussian-learned"
     description = (
@@ -252,7 +294,11 @@ class GaussianLearned(_LearnedScale):
 
 class Laplace(_LearnedScale):
     """p(x|z) = prod_pixels Laplace(x_i; mu_i(z), b_i), b_i learned per pixel, bounded below
-    by ``min_scale`` (see ``_LearnedScale`` for why)."""
+    by ``min_scale`` (see ``_LearnedScale`` for why).
+
+    :param x_shape: the shape of one example, supplied by the VAE.
+    :param min_scale: the floor of every learned scale, positive.
+    """
 
     name = "laplace"
     description = (
@@ -269,6 +315,8 @@ class Beta(nn.Module):
     A Beta density is 0 or infinite at exact 0 and 1, so values are clamped into
     ``[BETA_EPS, 1 - BETA_EPS]`` (1e-3) inside ``log_prob``: the model scores the clamped image,
     whatever calls it. ``mean`` is ``alpha / (alpha + beta)``.
+
+    :param x_shape: the shape of one example, supplied by the VAE.
     """
 
     name = "beta"
@@ -292,15 +340,24 @@ class Beta(nn.Module):
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
         """p(x|z) for the decoder's output ``out`` of shape ``(..., params_per_pixel, *x_shape)``:
-        a distribution with event shape ``x_shape``."""
+        a distribution with event shape ``x_shape``.
+
+        :param out: the decoder's output, ``(..., params_per_pixel, *x_shape)``.
+        """
         return self._dist(out).to_event(len(self.x_shape))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
-        """The expected image E[x|z] = alpha / (alpha + beta), in [0, 1]."""
+        """The expected image E[x|z] = alpha / (alpha + beta), in [0, 1].
+
+        :param out: the decoder's output, ``(..., params_per_pixel, *x_shape)``.
+        """
         return self._dist(out).mean.clamp(0, 1)
 
     def check_data(self, x: torch.Tensor) -> None:
-        """Raise a :class:`DataError` unless every value of ``x`` is in [0, 1]."""
+        """Raise a :class:`DataError` unless every value of ``x`` is in [0, 1].
+
+        :param x: the data, floats (for 8-bit images, their distinct values).
+        """
         _check_unit_interval(self.name, x)
 
 
@@ -326,6 +383,9 @@ class DiscretizedLogistic(nn.Module):
     ``MIN_LOG_SCALE``. A probability is at most 1, so unlike a density this cannot collapse.
     The data must lie on the grid: 8-bit images need ``bins=256``, the digits data set
     (values k/16) ``bins=17``.
+
+    :param x_shape: the shape of one example, supplied by the VAE.
+    :param bins: the number of values a pixel takes, ``k / (bins - 1)``: 256 for 8-bit images.
     """
 
     name = "discretized-logistic"
@@ -348,16 +408,25 @@ class DiscretizedLogistic(nn.Module):
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
         """p(x|z) for the decoder's output ``out`` of shape ``(..., params_per_pixel, *x_shape)``:
-        a distribution with event shape ``x_shape``."""
+        a distribution with event shape ``x_shape``.
+
+        :param out: the decoder's output, ``(..., params_per_pixel, *x_shape)``.
+        """
         return self._dist(out).to_event(len(self.x_shape))
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
-        """The expected image E[x|z] over the ``bins`` values, in [0, 1]."""
+        """The expected image E[x|z] over the ``bins`` values, in [0, 1].
+
+        :param out: the decoder's output, ``(..., params_per_pixel, *x_shape)``.
+        """
         return self._dist(out).mean.clamp(0, 1)
 
     def check_data(self, x: torch.Tensor) -> None:
         """Raise a :class:`DataError` unless every value of ``x`` is one of the ``bins`` values
-        in [0, 1]; the message names the grid the data lie on, if they lie on one."""
+        in [0, 1]; the message names the grid the data lie on, if they lie on one.
+
+        :param x: the data, floats (for 8-bit images, their distinct values).
+        """
         _check_unit_interval(self.name, x)
         off = int((~Grid(self.bins).check(x)).sum())
         if off:

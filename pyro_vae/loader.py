@@ -30,7 +30,12 @@ PREFETCH_FACTOR = 4  # batches each worker keeps ready
 
 def should_stream(nbytes: int, device: torch.device, stream: bool) -> tuple[bool, str]:
     """``(streamed, why)``: whether a training set of ``nbytes`` is streamed to ``device``
-    (asked for, or larger than its budget) or kept there, and why, in a few words."""
+    (asked for, or larger than its budget) or kept there, and why, in a few words.
+
+    :param nbytes: the training set's size in bytes, as stored.
+    :param device: the device training runs on.
+    :param stream: whether streaming was asked for.
+    """
     budget = int(DEVICE_DATA_SHARE * memory_bytes(device))
     if stream:
         return True, "as asked"
@@ -60,7 +65,14 @@ def stream_batches(
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     """The rows of ``tensors`` (host tensors of equal length) at each of ``index_batches`` (CPU
     int64 indices), on ``device``, in that order: gathered by ``workers`` processes (0: in this
-    one) and copied from pinned memory when ``device`` is a GPU."""
+    one) and copied from pinned memory when ``device`` is a GPU.
+
+    :param tensors: the training set's tensors (examples, and labels if any), in host memory, of
+        equal length.
+    :param index_batches: the batches' row indices, CPU int64 tensors, in the order to give them.
+    :param device: the device to bring each batch to.
+    :param workers: the ``DataLoader``'s worker processes; 0 gathers in this process.
+    """
     pin = device.type == "cuda"
     loader = DataLoader(
         _Rows(tensors),

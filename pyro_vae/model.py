@@ -51,15 +51,17 @@ class VAE(nn.Module):
     :param prior: a name from :data:`pyro_vae.priors.PRIORS` or a prior object.
     :param likelihood: a name from :data:`pyro_vae.likelihoods.LIKELIHOODS` or an object.
     :param guide: a name from :data:`pyro_vae.guides.GUIDES` or a guide-family object.
-    :param prior_options: keyword options of a prior given by name, e.g. ``{"components": 10}``;
-        likewise ``likelihood_options`` and ``guide_options``.
+    :param prior_options: keyword options of a prior given by name, e.g. ``{"components": 10}``.
+    :param likelihood_options: keyword options of a likelihood given by name, e.g.
+        ``{"scale": 0.1}``.
+    :param guide_options: keyword options of a guide given by name, e.g. ``{"flow_steps": 4}``.
 
     The model and guide use the sample sites ``"z"`` and ``"x"`` inside ``pyro.plate("data")``.
     The guide registers every parameter of the VAE, the model's included, with
     ``pyro.module("vae", self)``, which is all Pyro's ``SVI`` needs to find them: the textbook
     ``SVI(vae.model, vae.guide, pyro.optim.Adam(...), Trace_ELBO())`` loop trains it (call
     ``pyro.clear_param_store()`` before each new VAE there).
-    :func:`pyro_vae.train <pyro_vae.train.train>` instead optimizes ``vae.parameters()`` directly
+    :func:`pyro_vae.train` instead optimizes ``vae.parameters()`` directly
     and never reads the param store, so any number of VAEs can be trained in one process.
     """
 
@@ -128,7 +130,12 @@ class VAE(nn.Module):
 
     def model(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> None:
         """p(x, z) = p(z) p(x|z) for a batch ``x`` of shape ``(B, *x_shape)``; log p(z) weighted
-        by ``kl_weight`` (a positive number or 0-dim tensor)."""
+        by ``kl_weight`` (a positive number or 0-dim tensor).
+
+        :param x: the examples, ``(B, *x_shape)``, as a data set stores them (:meth:`inputs`).
+        :param kl_weight: w, the weight of the KL term: a positive number or a 0-dim tensor; 1 for
+            the ELBO.
+        """
         x = self.inputs(x)
         with pyro.plate("data", x.shape[0]):
             with poutine.scale(scale=kl_weight):
@@ -137,7 +144,12 @@ class VAE(nn.Module):
 
     def guide(self, x: torch.Tensor, kl_weight: float | torch.Tensor = 1.0) -> None:
         """q(z|x), amortized: one encoder pass gives the posterior of every example; log q(z|x)
-        weighted by ``kl_weight``, as log p(z) is in the model."""
+        weighted by ``kl_weight``, as log p(z) is in the model.
+
+        :param x: the examples, ``(B, *x_shape)``, as a data set stores them (:meth:`inputs`).
+        :param kl_weight: w, the weight of the KL term: a positive number or a 0-dim tensor; 1 for
+            the ELBO.
+        """
         pyro.module("vae", self)  # every parameter, the model's too: what SVI optimizes
         x = self.inputs(x)
         with pyro.plate("data", x.shape[0]), poutine.scale(scale=kl_weight):
@@ -145,7 +157,10 @@ class VAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The guide's parameters for ``x``: ``(loc, scale)`` of q(z|x), each ``(B, z_dim)``, for
-        the diagonal family (other families: see their ``params``)."""
+        the diagonal family (other families: see their ``params``).
+
+        :param x: the examples, ``(B, *x_shape)``, as a data set stores them (:meth:`inputs`).
+        """
         return self.posterior.params(self.encoder(self.inputs(x)))
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,32 +170,51 @@ class VAE(nn.Module):
 
         Grey values pass as they are: a binary likelihood scores binarized images
         (:func:`~pyro_vae.data.eval_inputs`).
+
+        :param x: a batch of examples, ``(B, *x_shape)``: ``uint8`` or floats, on any device.
         """
         return as_floats(x.to(self._anchor().device))
 
     def posterior_dist(self, x: torch.Tensor) -> dist.Distribution:
-        """q(z|x) for a batch ``x``: batch shape ``(B,)``, event shape ``(z_dim,)``."""
+        """q(z|x) for a batch ``x``: batch shape ``(B,)``, event shape ``(z_dim,)``.
+
+        :param x: the examples, ``(B, *x_shape)``, as a data set stores them (:meth:`inputs`).
+        """
         return self.posterior(self.encoder(self.inputs(x)))
 
     def prior_dist(self, batch_size: int) -> dist.Distribution:
-        """p(z) for ``batch_size`` examples, on this VAE's device."""
+        """p(z) for ``batch_size`` examples, on this VAE's device.
+
+        :param batch_size: the number of examples, the batch shape of p(z).
+        """
         return self.prior(batch_size, self._anchor())
 
     def likelihood_dist(self, z: torch.Tensor) -> dist.Distribution:
-        """p(x|z) for codes ``z`` of shape ``(..., z_dim)``; event shape ``x_shape``."""
+        """p(x|z) for codes ``z`` of shape ``(..., z_dim)``; event shape ``x_shape``.
+
+        :param z: codes, ``(..., z_dim)``.
+        """
         return self.likelihood(self.decoder(z))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """E[x | z = posterior code of q(z|x)] (its mean for Gaussian guides): each input's
-        reconstruction, shaped like ``x``."""
+        reconstruction, shaped like ``x``.
+
+        :param x: the examples, ``(B, *x_shape)``, as a data set stores them (:meth:`inputs`).
+        """
         code = self.encode(x)[0]  # every guide family puts its representative code first
         return self.likelihood.mean(self.decoder(code))
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True, label: int | None = None) -> torch.Tensor:
         """``n`` images from the model: z ~ p(z), then E[x|z] (``mean=True``) or x ~ p(x|z).
-        ``label`` is for the models of :mod:`pyro_vae.conditional`; this one has no labels."""
+        ``label`` is for the models of :mod:`pyro_vae.conditional`; this one has no labels.
+
+        :param n: the number of images.
+        :param mean: ``True``: each image is E[x|z]; ``False``: a draw x ~ p(x|z).
+        :param label: the label to draw for, in the label models; must be ``None`` here.
+        """
         if label is not None:
             raise ConfigError(
                 f"{{label}} is for the models that know labels (cvae, m2), not {self.kind!r}"

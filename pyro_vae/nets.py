@@ -36,19 +36,36 @@ def _mlp(widths: Sequence[int]) -> nn.Sequential:
 
 
 class MLPEncoder(nn.Module):
-    """x -> flatten -> [Linear, ReLU] per hidden width -> Linear(out_dim)."""
+    """x -> flatten -> [Linear, ReLU] per hidden width -> Linear(out_dim).
+
+    :param x_shape: the shape of one example, any: it is flattened.
+    :param hidden_dims: the layer widths, first layer first.
+    :param out_dim: the numbers output per example: what the guide family takes (or K logits for a
+        classifier).
+    """
 
     def __init__(self, x_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int):
         super().__init__()
         self.net = _mlp([math.prod(x_shape), *hidden_dims, out_dim])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, out_dim)`` numbers for a batch ``x`` of shape ``(B, *x_shape)``."""
+        """``(B, out_dim)`` numbers for a batch ``x`` of shape ``(B, *x_shape)``.
+
+        :param x: a batch of examples, ``(B, *x_shape)``.
+        """
         return self.net(x.flatten(1))
 
 
 class MLPDecoder(nn.Module):
-    """z -> [Linear, ReLU] per hidden width (reversed) -> Linear(P * prod(x_shape))."""
+    """z -> [Linear, ReLU] per hidden width (reversed) -> Linear(P * prod(x_shape)).
+
+    :param z_dim: the size of a code, the input (plus K for a label-conditioned decoder).
+    :param hidden_dims: the encoder's layer widths, mirrored: the decoder's first layer is the
+        encoder's last.
+    :param x_shape: the shape of one example.
+    :param params_per_pixel: P, the numbers per pixel the likelihood takes (1 for Bernoulli logits,
+        2 for a location and a scale).
+    """
 
     def __init__(
         self, z_dim: int, hidden_dims: Sequence[int], x_shape: Sequence[int], params_per_pixel: int
@@ -58,7 +75,10 @@ class MLPDecoder(nn.Module):
         self.net = _mlp([z_dim, *reversed(hidden_dims), math.prod(self.out_shape)])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """``(..., P, *x_shape)`` numbers for codes ``z`` of shape ``(..., z_dim)``."""
+        """``(..., P, *x_shape)`` numbers for codes ``z`` of shape ``(..., z_dim)``.
+
+        :param z: codes, ``(..., z_dim)``.
+        """
         return self.net(z).unflatten(-1, self.out_shape)
 
 
@@ -98,7 +118,14 @@ def _upsample(
 
 
 class ConvEncoder(nn.Module):
-    """x -> [Conv3x3 stride 2, ReLU] per channel count -> flatten -> Linear(out_dim)."""
+    """x -> [Conv3x3 stride 2, ReLU] per channel count -> flatten -> Linear(out_dim).
+
+    :param x_shape: the shape of one image, ``(C, H, W)``.
+    :param hidden_dims: the channel counts, first convolution first; each halves the image's height
+        and width.
+    :param out_dim: the numbers output per example: what the guide family takes (or K logits for a
+        classifier).
+    """
 
     def __init__(self, x_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int):
         super().__init__()
@@ -112,7 +139,10 @@ class ConvEncoder(nn.Module):
         self.head = nn.Linear(channels * height * width, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, out_dim)`` numbers for images ``x`` of shape ``(B, C, H, W)``."""
+        """``(B, out_dim)`` numbers for images ``x`` of shape ``(B, C, H, W)``.
+
+        :param x: a batch of images, ``(B, C, H, W)``.
+        """
         return self.head(self.convs(x).flatten(1))
 
 
@@ -121,6 +151,12 @@ class ConvDecoder(nn.Module):
 
     Each transposed convolution's output padding is chosen so that every spatial size of the
     encoder is met exactly, whatever the image size (8x8 digits, 28x28 MNIST, odd sizes).
+
+    :param z_dim: the size of a code, the input (plus K for a label-conditioned decoder).
+    :param hidden_dims: the encoder's channel counts, mirrored.
+    :param x_shape: the shape of one image, ``(C, H, W)``.
+    :param params_per_pixel: P, the numbers per pixel the likelihood takes (1 for Bernoulli logits,
+        2 for a location and a scale).
     """
 
     family = "conv"
@@ -143,11 +179,20 @@ class ConvDecoder(nn.Module):
     def stage(
         self, n_in: int, n_out: int, size_in: tuple[int, int], size_out: tuple[int, int]
     ) -> list[nn.Module]:
-        """The layers that take ``n_in`` channels of ``size_in`` up to ``n_out`` of ``size_out``."""
+        """The layers that take ``n_in`` channels of ``size_in`` up to ``n_out`` of ``size_out``.
+
+        :param n_in: the channels in.
+        :param n_out: the channels out.
+        :param size_in: the (H, W) in.
+        :param size_out: the (H, W) out, one that a stride-2 convolution halves to ``size_in``.
+        """
         return [nn.ReLU(), _upsample(n_in, n_out, size_in, size_out)]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """``(..., P, C, H, W)`` numbers for codes ``z`` of shape ``(..., z_dim)``."""
+        """``(..., P, C, H, W)`` numbers for codes ``z`` of shape ``(..., z_dim)``.
+
+        :param z: codes, ``(..., z_dim)``.
+        """
         batch_shape = z.shape[:-1]
         h = self.head(z.reshape(-1, z.shape[-1])).unflatten(-1, self.start_shape)
         return self.deconvs(h).reshape(*batch_shape, *self.out_shape)
@@ -156,6 +201,8 @@ class ConvDecoder(nn.Module):
 class ResidualBlock(nn.Module):
     """x -> x + Conv3x3(ReLU(Conv3x3(ReLU(x)))): a pre-activation residual block (He et al. 2016)
     that keeps the channel count and the spatial size, the identity when its convolutions are 0.
+
+    :param channels: the channels in and out.
     """
 
     def __init__(self, channels: int):
@@ -165,13 +212,23 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x + Conv3x3(ReLU(Conv3x3(ReLU(x)))), shaped like ``x``."""
+        """x + Conv3x3(ReLU(Conv3x3(ReLU(x)))), shaped like ``x``.
+
+        :param x: feature maps, ``(B, channels, H, W)``.
+        """
         return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
 
 
 class ResNetEncoder(nn.Module):
     """x -> [Conv3x3 stride 2, ResidualBlock] per channel count -> ReLU -> flatten ->
-    Linear(out_dim)."""
+    Linear(out_dim).
+
+    :param x_shape: the shape of one image, ``(C, H, W)``.
+    :param hidden_dims: the channel counts, first convolution first; each halves the image's height
+        and width.
+    :param out_dim: the numbers output per example: what the guide family takes (or K logits for a
+        classifier).
+    """
 
     def __init__(self, x_shape: Sequence[int], hidden_dims: Sequence[int], out_dim: int):
         super().__init__()
@@ -186,7 +243,10 @@ class ResNetEncoder(nn.Module):
         self.head = nn.Linear(channels * height * width, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, out_dim)`` numbers for images ``x`` of shape ``(B, C, H, W)``."""
+        """``(B, out_dim)`` numbers for images ``x`` of shape ``(B, C, H, W)``.
+
+        :param x: a batch of images, ``(B, C, H, W)``.
+        """
         return self.head(self.convs(x).flatten(1))
 
 
@@ -200,7 +260,13 @@ class ResNetDecoder(ConvDecoder):
         self, n_in: int, n_out: int, size_in: tuple[int, int], size_out: tuple[int, int]
     ) -> list[nn.Module]:
         """A residual block, then :class:`ConvDecoder`'s stage from ``n_in`` channels of
-        ``size_in`` up to ``n_out`` of ``size_out``."""
+        ``size_in`` up to ``n_out`` of ``size_out``.
+
+        :param n_in: the channels in.
+        :param n_out: the channels out.
+        :param size_in: the (H, W) in.
+        :param size_out: the (H, W) out.
+        """
         return [ResidualBlock(n_in), *super().stage(n_in, n_out, size_in, size_out)]
 
 
@@ -227,6 +293,15 @@ def make_nets(
 
     The nets are first built on the meta device, which allocates nothing, to count their weights:
     nets too large for this machine's memory are a :class:`ConfigError` before any allocation.
+
+    :param kind: the family: ``"mlp"``, ``"conv"`` or ``"resnet"``.
+    :param x_shape: the shape of one example.
+    :param z_dim: the size of the code.
+    :param hidden_dims: the encoder's layer widths or channel counts; the decoder mirrors them.
+    :param encoder_outputs: the numbers per example the guide family takes from the encoder.
+    :param params_per_pixel: P, the numbers per pixel the likelihood takes (1 for Bernoulli logits,
+        2 for a location and a scale).
+    :param num_classes: K, for a model that takes labels; 0 for one that does not.
     """
     encoder_cls, decoder_cls = NETS[checks.choice("encoder", kind, list(NETS))]
 
@@ -258,7 +333,13 @@ def make_classifier(
     kind: str, x_shape: Sequence[int], hidden_dims: Sequence[int], num_classes: int
 ) -> nn.Module:
     """x -> ``num_classes`` logits, an encoder of family ``kind``: q(y|x) of the M2 model and the
-    supervised baseline it is measured against."""
+    supervised baseline it is measured against.
+
+    :param kind: the family: ``"mlp"``, ``"conv"`` or ``"resnet"``.
+    :param x_shape: the shape of one example.
+    :param hidden_dims: its layer widths or channel counts.
+    :param num_classes: K, the logits per example.
+    """
     encoder_cls, _ = NETS[checks.choice("encoder", kind, list(NETS))]
     return encoder_cls(x_shape, hidden_dims, num_classes)
 
@@ -270,6 +351,11 @@ class ConditionalEncoder(nn.Module):
     x's features are computed once per example and the label joins them in a hidden layer, so
     that summing over K labels (M2's enumeration, y of shape ``(K, 1, K)``) repeats only the last
     two layers, not the whole encoder, K times.
+
+    :param features: the encoder of x alone, whose output has ``width`` numbers.
+    :param num_classes: K, the size of a one-hot label.
+    :param width: the size of the hidden layer where x's features and the label meet.
+    :param out_dim: the numbers output per example, what the guide family takes.
     """
 
     def __init__(self, features: nn.Module, num_classes: int, width: int, out_dim: int):
@@ -280,13 +366,20 @@ class ConditionalEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``(..., B, out_dim)`` numbers for a batch ``x`` and one-hot labels ``y`` broadcasting
-        against it."""
+        against it.
+
+        :param x: a batch of examples, ``(B, *x_shape)``.
+        :param y: one-hot labels, ``(..., B, K)`` or ``(K, 1, K)``.
+        """
         return self.head(torch.relu(self.features(x) + self.label(y)))
 
 
 class ConditionalDecoder(nn.Module):
     """(z, y) -> decoder([z, y]): the decoder of p(x | y, z), the one-hot y broadcast over z's
-    leading dims (particles, enumerated labels) and appended to the code."""
+    leading dims (particles, enumerated labels) and appended to the code.
+
+    :param net: a decoder of codes of size ``z_dim + K``.
+    """
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -294,7 +387,11 @@ class ConditionalDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The decoder's output for codes ``z`` with the one-hot labels ``y`` appended, the two
-        broadcast against each other's leading dims."""
+        broadcast against each other's leading dims.
+
+        :param z: codes, ``(..., z_dim)``.
+        :param y: one-hot labels, ``(..., K)``.
+        """
         shape = torch.broadcast_shapes(z.shape[:-1], y.shape[:-1])
         zy = torch.cat([z.expand(*shape, z.shape[-1]), y.expand(*shape, y.shape[-1])], -1)
         return self.net(zy)
@@ -304,7 +401,11 @@ class ConditionalDecoder(nn.Module):
 def activation_numbers(net: nn.Module, *example: torch.Tensor) -> int:
     """The numbers ``net``'s layers output for one input ``example`` (with its batch dim of 1;
     several tensors for a net of several inputs): what one more example, or one more particle,
-    adds to a forward pass."""
+    adds to a forward pass.
+
+    :param net: the network.
+    :param example: its input(s), each with a batch dim of 1.
+    """
     counted = []
     hooks = [
         layer.register_forward_hook(lambda _m, _i, out: counted.append(out.numel()))

@@ -220,6 +220,10 @@ class SyncFreeIWAE_ELBO(RenyiELBO):
     so the log weights keep the shape ``(K, B)`` and the log-mean-exp over K is taken per example,
     as above. The gradient is RenyiELBO's, ``sum_b sum_k w_bk grad log w_bk`` with the normalized
     weights w_bk held constant; the value is RenyiELBO's to the last bit.
+
+    :param num_particles: K, the particles per example whose weights the bound log-mean-exps.
+    :param kwargs: ``RenyiELBO``'s other options (``vectorize_particles``, ``max_plate_nesting``,
+        ...).
     """
 
     def __init__(self, num_particles: int = 1, **kwargs: Any):
@@ -228,7 +232,13 @@ class SyncFreeIWAE_ELBO(RenyiELBO):
     def differentiable_loss(
         self, model: Any, guide: Any, *args: Any, **kwargs: Any
     ) -> torch.Tensor:
-        """The negative IWAE bound, summed over the batch: RenyiELBO's value and gradient."""
+        """The negative IWAE bound, summed over the batch: RenyiELBO's value and gradient.
+
+        :param model: the model program, e.g. ``vae.model``.
+        :param guide: the guide program, e.g. ``vae.guide``.
+        :param args: the programs' positional arguments: the batch x, then what else they take.
+        :param kwargs: the programs' keyword arguments.
+        """
         log_weights, surrogates, latents = [], [], []
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             log_weight, surrogate, values = self._terms(model_trace, guide_trace)
@@ -252,7 +262,13 @@ class SyncFreeIWAE_ELBO(RenyiELBO):
         latents' gradients here)."""
 
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
-        """The negative IWAE bound as a float, as Pyro's ``loss``."""
+        """The negative IWAE bound as a float, as Pyro's ``loss``.
+
+        :param model: the model program, e.g. ``vae.model``.
+        :param guide: the guide program, e.g. ``vae.guide``.
+        :param args: the programs' positional arguments: the batch x, then what else they take.
+        :param kwargs: the programs' keyword arguments.
+        """
         with torch.no_grad():
             return float(self.differentiable_loss(model, guide, *args, **kwargs))
 

@@ -54,7 +54,10 @@ def _scale(raw: torch.Tensor) -> torch.Tensor:
 
 
 class StandardNormal(nn.Module):
-    """p(z) = N(0, I), the prior of Kingma & Welling (2014)."""
+    """p(z) = N(0, I), the prior of Kingma & Welling (2014).
+
+    :param z_dim: the size of the code, supplied by the VAE.
+    """
 
     name = "standard-normal"
     description = "N(0, I): the classic fixed isotropic Gaussian"
@@ -64,14 +67,21 @@ class StandardNormal(nn.Module):
         self.z_dim = z_dim
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
-        """N(0, I) for ``batch_size`` codes, on ``like``'s device and dtype."""
+        """N(0, I) for ``batch_size`` codes, on ``like``'s device and dtype.
+
+        :param batch_size: the number of codes, the batch shape of p(z).
+        :param like: a tensor whose device and dtype p(z) is made with (the batch x).
+        """
         loc = like.new_zeros(batch_size, self.z_dim)
         return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
 
 
 class LearnedNormal(nn.Module):
     """p(z) = N(mu, diag sigma^2) with learned mu (initially 0) and sigma = softplus(r) + MIN_SCALE
-    (initially 1): the standard normal at the start of training."""
+    (initially 1): the standard normal at the start of training.
+
+    :param z_dim: the size of the code, supplied by the VAE.
+    """
 
     name = "normal"
     description = "N(mu, diag sigma^2) with learned mean and scale"
@@ -83,7 +93,12 @@ class LearnedNormal(nn.Module):
         self.raw_scale = nn.Parameter(torch.full((z_dim,), _raw_scale(1.0)))
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
-        """N(mu, diag sigma^2) for ``batch_size`` codes."""
+        """N(mu, diag sigma^2) for ``batch_size`` codes.
+
+        :param batch_size: the number of codes, the batch shape of p(z).
+        :param like: a tensor on the device of the batch; unused: the learned parameters carry
+            device and dtype.
+        """
         shape = (batch_size, self.z_dim)
         return dist.Normal(self.loc.expand(shape), _scale(self.raw_scale).expand(shape)).to_event(1)
 
@@ -93,6 +108,9 @@ class MixtureOfGaussians(nn.Module):
 
     The means start as independent N(0, 1) draws, so that the components differ, the scales at 1
     and the weights equal.
+
+    :param z_dim: the size of the code, supplied by the VAE.
+    :param components: K, the number of Gaussians.
     """
 
     name = "mog"
@@ -113,7 +131,12 @@ class MixtureOfGaussians(nn.Module):
         self.raw_scales = nn.Parameter(torch.full((self.components, z_dim), _raw_scale(1.0)))
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
-        """The mixture for ``batch_size`` codes: a ``MixtureSameFamily`` of the K Gaussians."""
+        """The mixture for ``batch_size`` codes: a ``MixtureSameFamily`` of the K Gaussians.
+
+        :param batch_size: the number of codes, the batch shape of p(z).
+        :param like: a tensor on the device of the batch; unused: the learned parameters carry
+            device and dtype.
+        """
         mixture = dist.MixtureSameFamily(
             dist.Categorical(logits=self.logits),
             dist.Normal(self.locs, _scale(self.raw_scales)).to_event(1),
@@ -160,6 +183,10 @@ class VampPrior(nn.Module):
     the copy. The mixture components are whatever the guide family returns for the pseudo-inputs
     (batch ``(K,)``, event ``(z_dim,)``), so any guide whose q(z|x) can be a
     ``MixtureSameFamily`` component works, the diagonal Gaussian included.
+
+    :param z_dim: the size of the code, supplied by the VAE.
+    :param x_shape: the shape of one example, and of each pseudo-input; supplied by the VAE.
+    :param components: K, the number of pseudo-inputs.
     """
 
     name = "vamp"
@@ -179,7 +206,11 @@ class VampPrior(nn.Module):
         object.__setattr__(self, "_posterior_dist", None)
 
     def attach(self, vae: Any) -> None:
-        """Use ``vae.posterior_dist`` (q(z|x) by the VAE's encoder and guide) for the components."""
+        """Use ``vae.posterior_dist`` (q(z|x) by the VAE's encoder and guide) for the components.
+
+        :param vae: the VAE whose guide scores the pseudo-inputs; of this prior's ``x_shape`` and
+            ``z_dim``.
+        """
         if tuple(vae.x_shape) != self.x_shape or vae.z_dim != self.z_dim:
             raise ConfigError(
                 f"this 'vamp' prior was made for x_shape {self.x_shape} and z_dim {self.z_dim}, "
@@ -190,7 +221,11 @@ class VampPrior(nn.Module):
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
         """(1/K) sum_k q(z | u_k) for ``batch_size`` codes; the prior must be attached to a VAE
-        (:meth:`attach`) first."""
+        (:meth:`attach`) first.
+
+        :param batch_size: the number of codes, the batch shape of p(z).
+        :param like: a tensor whose device and dtype p(z) is made with (the batch x).
+        """
         posterior_dist: Callable[[torch.Tensor], dist.Distribution] | None = self._posterior_dist
         if posterior_dist is None:
             raise ConfigError(
@@ -205,7 +240,10 @@ class VampPrior(nn.Module):
 
 class StandardLaplace(nn.Module):
     """p(z) = prod_i Laplace(z_i; 0, 1) = ``prod_i exp(-|z_i|) / 2``, fixed (a learned location and
-    scale would add nothing the decoder's first layer cannot absorb)."""
+    scale would add nothing the decoder's first layer cannot absorb).
+
+    :param z_dim: the size of the code, supplied by the VAE.
+    """
 
     name = "laplace"
     description = "Laplace(0, 1) per dimension: fixed, heavier tails than N(0, I)"
@@ -215,14 +253,22 @@ class StandardLaplace(nn.Module):
         self.z_dim = z_dim
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
-        """Laplace(0, 1) per dimension for ``batch_size`` codes, on ``like``'s device and dtype."""
+        """Laplace(0, 1) per dimension for ``batch_size`` codes, on ``like``'s device and dtype.
+
+        :param batch_size: the number of codes, the batch shape of p(z).
+        :param like: a tensor whose device and dtype p(z) is made with (the batch x).
+        """
         loc = like.new_zeros(batch_size, self.z_dim)
         return dist.Laplace(loc, torch.ones_like(loc)).to_event(1)
 
 
 class StandardStudentT(nn.Module):
     """p(z) = prod_i StudentT(z_i; df, 0, 1), fixed location 0 and scale 1 (as for ``laplace``),
-    with ``df`` degrees of freedom: heavy tails, N(0, I) as df grows."""
+    with ``df`` degrees of freedom: heavy tails, N(0, I) as df grows.
+
+    :param z_dim: the size of the code, supplied by the VAE.
+    :param df: the degrees of freedom, positive; the larger, the lighter the tails.
+    """
 
     name = "student-t"
     description = "Student-t(df, 0, 1) per dimension: fixed, heavy-tailed"
@@ -234,7 +280,11 @@ class StandardStudentT(nn.Module):
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
         """StudentT(df, 0, 1) per dimension for ``batch_size`` codes, on ``like``'s device and
-        dtype."""
+        dtype.
+
+        :param batch_size: the number of codes, the batch shape of p(z).
+        :param like: a tensor whose device and dtype p(z) is made with (the batch x).
+        """
         loc = like.new_zeros(batch_size, self.z_dim)
         return dist.StudentT(torch.full_like(loc, self.df), loc, torch.ones_like(loc)).to_event(1)
 
@@ -302,6 +352,9 @@ class FlowPrior(nn.Module):
     made afresh by each call, so that Pyro's one-entry transform cache never outlives a
     distribution (a persistent cache would return a stale value for a tensor scored again after
     an optimizer step).
+
+    :param z_dim: the size of the code, supplied by the VAE.
+    :param flow_steps: the number of learned transforms.
     """
 
     name = "flow"
@@ -339,7 +392,11 @@ class FlowPrior(nn.Module):
         ]
 
     def forward(self, batch_size: int, like: torch.Tensor) -> dist.Distribution:
-        """N(0, I) for ``batch_size`` codes pushed through the flow's steps (:meth:`transforms`)."""
+        """N(0, I) for ``batch_size`` codes pushed through the flow's steps (:meth:`transforms`).
+
+        :param batch_size: the number of codes, the batch shape of p(z).
+        :param like: a tensor whose device and dtype p(z) is made with (the batch x).
+        """
         loc = like.new_zeros(batch_size, self.z_dim)
         base = dist.Normal(loc, torch.ones_like(loc)).to_event(1)
         return dist.TransformedDistribution(base, self.transforms())

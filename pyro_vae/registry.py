@@ -28,6 +28,12 @@ def build(
     ``context`` entries are passed only to constructors that ask for them; every entry of
     ``options`` must be a parameter of the constructor, else a :class:`ConfigError` names the
     options the part takes.
+
+    :param registry: a dict from name to part class, e.g. :data:`~pyro_vae.priors.PRIORS`.
+    :param spec: a name of ``registry``, or a ready part object, used as it is.
+    :param what: the kind of part (``"prior"``, ``"likelihood"``, ``"guide"``), for messages.
+    :param context: what the VAE knows, ``{"z_dim": ..., "x_shape": ...}``.
+    :param options: the part's keyword options, for a part given by name.
     """
     options = dict(options or {})
     if not isinstance(spec, str):
@@ -51,12 +57,18 @@ def build(
 
 
 def name_of(part: Any) -> str:
-    """The registry name of a part, or its class name for a user-defined one."""
+    """The registry name of a part, or its class name for a user-defined one.
+
+    :param part: a part object: a prior, likelihood or guide family.
+    """
     return getattr(part, "name", type(part).__name__)
 
 
 def option_names(cls: type) -> list[str]:
-    """The user options of a part class: its constructor parameters that have defaults."""
+    """The user options of a part class: its constructor parameters that have defaults.
+
+    :param cls: a part class.
+    """
     return [
         p.name
         for p in inspect.signature(cls).parameters.values()
@@ -65,7 +77,11 @@ def option_names(cls: type) -> list[str]:
 
 
 def option_defaults(registry: dict[str, type], option: str) -> dict[str, Any]:
-    """The default of ``option`` in each registered part that takes it, by the part's name."""
+    """The default of ``option`` in each registered part that takes it, by the part's name.
+
+    :param registry: a dict from name to part class, e.g. :data:`~pyro_vae.priors.PRIORS`.
+    :param option: the option's name, e.g. ``"components"``.
+    """
     defaults = {}
     for name, cls in registry.items():
         parameter = inspect.signature(cls).parameters.get(option)
@@ -75,7 +91,10 @@ def option_defaults(registry: dict[str, type], option: str) -> dict[str, Any]:
 
 
 def describe(registry: dict[str, type]) -> list[tuple[str, str, str]]:
-    """``(name, options, description)`` of every registered part, for ``pyro-vae list``."""
+    """``(name, options, description)`` of every registered part, for ``pyro-vae list``.
+
+    :param registry: a dict from name to part class, e.g. :data:`~pyro_vae.priors.PRIORS`.
+    """
     rows = []
     for name, cls in registry.items():
         options = [

@@ -130,7 +130,11 @@ def linear_probe(train: Codes, test: Codes, *, seed: int = 0) -> Probe:
 
 def save_codes(codes: Codes, path: str | Path) -> None:
     """``codes`` as an ``.npz`` file of float32 arrays ``mean`` and ``scale``, ``(N, z_dim)``, and
-    int64 ``labels`` where there are labels; ``numpy.load(path)["mean"]`` reads them back."""
+    int64 ``labels`` where there are labels; ``numpy.load(path)["mean"]`` reads them back.
+
+    :param codes: the codes, as :func:`encode` gives them.
+    :param path: the ``.npz`` file to write.
+    """
     arrays = {"mean": _numpy(codes.mean), "scale": _numpy(codes.scale)}
     if codes.labels is not None:
         arrays["labels"] = _numpy(codes.labels)

@@ -65,7 +65,7 @@ from .data import (
 )
 from .device import resolve_device
 from .errors import ConfigError, PyroVAEError
-from .evaluate import (
+from .evaluation import (
     active_units,
     add_bits_per_dim,
     baseline_log_likelihood,
@@ -76,7 +76,7 @@ from .model import VAE
 from .models import MODELS, build_model
 from .plots import plot_class_samples, plot_elbo, plot_reconstructions, plot_samples
 from .representations import Probe, encode, linear_probe
-from .train import History, TrainState, train
+from .training import History, TrainState, train
 from .version import __version__
 
 CONFIG, CHECKPOINT, METRICS, SUMMARY = "config.json", "checkpoint.pt", "metrics.csv", "summary.json"
@@ -99,6 +99,12 @@ class Run:
 
     Make one with :meth:`create` (a new run) or :meth:`open` (a run on disk); :meth:`train` trains
     it or goes on training it, and :meth:`evaluate` scores it.
+
+    :param path: the run folder.
+    :param config: the run's settings.
+    :param vae: its model, holding the weights as they are.
+    :param state: where its training stands.
+    :param device: the device the weights were last trained on, by name.
     """
 
     def __init__(self, path: Path, config: RunConfig, vae: VAE, state: TrainState, device: str):
@@ -113,7 +119,12 @@ class Run:
     def create(cls, path: str | Path, config: RunConfig, *, overwrite: bool = False) -> Run:
         """A new run of ``config`` in ``path``: the data loaded, the VAE built (its weights seeded
         by ``config.seed``) and ``config.json`` written. A folder that already holds a run is
-        refused unless ``overwrite``, which deletes its checkpoints."""
+        refused unless ``overwrite``, which deletes its checkpoints.
+
+        :param path: the folder to write the run into, made if missing.
+        :param config: the run's settings.
+        :param overwrite: replace a run already in ``path``.
+        """
         path = Path(path)
         if any((path / name).exists() for name in (CHECKPOINT, PREVIOUS)) and not overwrite:
             raise RunExists(f"{path} already holds a trained run; open it to go on training it")
@@ -143,8 +154,9 @@ class Run:
         before left it (``checkpoint.prev.pt``), with one line on stderr saying so, when the last
         is unreadable or does not fit the run's config.
 
-        :param path: the run folder.
-        :param device: where to put the VAE.
+        :param path: the run folder, as ``pyro-vae train`` wrote it.
+        :param device: where to put the VAE: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a
+            :class:`torch.device`.
         """
         path = Path(path)
         if not path.is_dir():
@@ -195,10 +207,21 @@ class Run:
         config, which is rewritten with them.
 
         A checkpoint and ``metrics.csv`` are written after every epoch and when ``stop`` ends
-        training (:class:`~pyro_vae.train.TrainingInterrupted`), the checkpoint before kept as
+        training (:class:`~pyro_vae.training.TrainingInterrupted`), the checkpoint before kept as
         ``checkpoint.prev.pt`` (:meth:`open` goes back to it), with ``tensorboard`` the
         epoch's TensorBoard figures before them (:mod:`pyro_vae.board`); ``summary.json`` and
         the pictures when it is done.
+
+        :param epochs: the total of epochs to train to, those done included; ``None``: the config's.
+        :param lr: Adam's learning rate from now on; ``None``: the config's.
+        :param device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``None``: the config's.
+        :param compile: ``"auto"``, ``"on"`` or ``"off"``; ``None``: the config's.
+        :param stream: stream the batches by a ``DataLoader``; ``None``: the config's.
+        :param workers: the ``DataLoader``'s worker processes; ``None``: the config's.
+        :param tensorboard: write TensorBoard event files; ``None``: the config's.
+        :param progress: show a progress bar.
+        :param stop: asked after every step; when it returns true, the state is saved and
+            :class:`~pyro_vae.training.TrainingInterrupted` raised.
         """
         asked = {"epochs": epochs, "lr": lr, "device": device, "compile": compile}
         asked.update(stream=stream, workers=workers, tensorboard=tensorboard)
@@ -262,7 +285,10 @@ class Run:
     def save(self, state: TrainState) -> None:
         """Write ``state`` and the weights as the run's checkpoint, the one before kept as the
         previous (unless it is the unreadable one :meth:`open` went back from), with
-        ``metrics.csv``."""
+        ``metrics.csv``.
+
+        :param state: the training state, as training hands it over.
+        """
         self.state = state
         if distributed.is_main_process():
             previous = self.path / PREVIOUS if self._keep_last else None
@@ -310,7 +336,11 @@ class Run:
         """``n`` test images spread evenly over the test set (the first and the last among them;
         all of them for ``n`` at least its size), on ``device``, and their reconstructions: given
         their labels for the conditional VAE, M2's most probable ones for M2. Spread, because a
-        test set may come in order: the photos' first 32 patches are all sky."""
+        test set may come in order: the photos' first 32 patches are all sky.
+
+        :param n: the number of test images.
+        :param device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a :class:`torch.device`.
+        """
         vae, data = self.vae, self.data
         m = len(data.x_test)
         index = torch.linspace(0, m - 1, min(n, m)).round().long()
@@ -320,12 +350,20 @@ class Run:
 
     def test_images(self, index: torch.Tensor, device: str | torch.device) -> torch.Tensor:
         """The test images at ``index`` as they are (grey levels, not binarized), on ``device``:
-        the inputs of the pictures of reconstructions and interpolations."""
+        the inputs of the pictures of reconstructions and interpolations.
+
+        :param index: the test images' indices, int64.
+        :param device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a :class:`torch.device`.
+        """
         return as_floats(self.data.x_test[index].to(resolve_device(device)))
 
     def classify(self, device: str | torch.device = "cpu") -> dict[str, Any]:
         """The test accuracy of M2's classifier, argmax q(y|x) (``test_accuracy``), and the
-        ``confusion`` matrix, rows the true labels and columns the predicted ones."""
+        ``confusion`` matrix, rows the true labels and columns the predicted ones.
+
+        :param device: where to run the classifier: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``
+            or a :class:`torch.device`.
+        """
         vae = self.vae
         if not hasattr(vae, "classify"):
             raise ConfigError(
@@ -342,13 +380,19 @@ class Run:
         }
 
     def same_data(self, config: RunConfig) -> bool:
-        """Whether ``config``'s data settings are the run's own."""
+        """Whether ``config``'s data settings are the run's own.
+
+        :param config: settings whose data settings are compared with the run's.
+        """
         mine = self.config
         return (config.dataset, config.data_options()) == (mine.dataset, mine.data_options())
 
     def data_of(self, config: RunConfig) -> Dataset:
         """The data set that ``config``'s data settings name, checked against the run's model:
-        :attr:`data` when they are the run's own, another data set of the same shape otherwise."""
+        :attr:`data` when they are the run's own, another data set of the same shape otherwise.
+
+        :param config: settings whose data settings name the data set.
+        """
         if self.same_data(config):
             return self.data
         data = load_dataset(config.dataset, **config.data_options())
@@ -361,7 +405,11 @@ class Run:
         """The ``split`` (``"train"`` or ``"test"``) of ``data`` (default: the run's own) as the
         model scores it, binarized as the run's test set is if the likelihood needs it
         (:func:`~pyro_vae.data.eval_inputs`), on the VAE's device, with its integer labels (or
-        ``None``)."""
+        ``None``).
+
+        :param split: ``"train"`` or ``"test"``.
+        :param data: a data set of the run's example shape; ``None``: the run's own.
+        """
         data = self.data if data is None else data
         x, y = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}[
             checks.choice("split", split, SPLITS)
@@ -375,7 +423,12 @@ class Run:
         fitted on the training split of ``data`` (default: the run's own) and scored on its test
         split. On the run's own data it is also recorded in ``evaluation.json``, as
         ``linear_probe_accuracy`` and ``linear_probe_chance``. The label models' codes are of
-        q(z|x,y) at the true labels, so their probe says how much of y leaks into z."""
+        q(z|x,y) at the true labels, so their probe says how much of y leaks into z.
+
+        :param data: a data set of the run's example shape (:meth:`data_of`); ``None``: the run's
+            own.
+        :param progress: show a progress bar while encoding.
+        """
         seed = self.config.seed
         train, test = (
             encode(self.vae, *self.inputs(split, data), seed=seed, progress=progress)
@@ -390,7 +443,10 @@ class Run:
 
     def record(self, figures: dict[str, Any]) -> dict[str, Any]:
         """Add ``figures`` to ``evaluation.json`` and return what it then holds: the figures
-        already there stay if they are of the same epoch (they are dropped otherwise)."""
+        already there stay if they are of the same epoch (they are dropped otherwise).
+
+        :param figures: figures by name, plain JSON data.
+        """
         path, kept = self.path / EVALUATION, {}
         try:
             kept = json.loads(path.read_text())
@@ -412,12 +468,21 @@ class Run:
         progress: bool = True,
         compile: str | None = None,
     ) -> dict[str, Any]:
-        """Score the run on its own test set (:func:`pyro_vae.evaluate.evaluate`) and write
+        """Score the run on its own test set (:func:`pyro_vae.evaluation.evaluate`) and write
         ``evaluation.json``. ``seed`` defaults to the run's seed and ``device`` to the one it
         trained on (the CPU when that one is not present), so that the test ELBO equals the one
         in ``summary.json``. ``compile`` (default: the run's) may compile the IWAE bound's
-        chunks (:func:`pyro_vae.evaluate.iwae_estimate`). The IWAE bound with ``iwae_k``
-        particles costs about ``iwae_k`` test ELBOs; ``progress`` shows its progress bar."""
+        chunks (:func:`pyro_vae.evaluation.iwae_estimate`). The IWAE bound with ``iwae_k``
+        particles costs about ``iwae_k`` test ELBOs; ``progress`` shows its progress bar.
+
+        :param seed: seeds every estimate; ``None``: the run's seed.
+        :param device: where to score; ``None``: where it trained, or the CPU when that is not
+            present.
+        :param iwae_k: the particles of the IWAE estimate; 0 skips it.
+        :param progress: show a progress bar (tqdm) for the IWAE estimate; ``False`` for none.
+        :param compile: ``"on"``, ``"auto"`` or ``"off"``, for the IWAE bound's chunks; ``None``:
+            the run's.
+        """
         if device is None:
             device = self.device if self.device == "cpu" or torch.cuda.is_available() else "cpu"
         self.vae.to(resolve_device(device))

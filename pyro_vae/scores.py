@@ -1,7 +1,7 @@
 """Anomaly and out-of-distribution scores: how typical a trained VAE finds each input.
 
 The natural score of an input is its log-likelihood, log p(x), here the IWAE estimate with k
-particles (:func:`~pyro_vae.evaluate.iwae_estimate`): an input unlike the training set should be
+particles (:func:`~pyro_vae.evaluation.iwae_estimate`): an input unlike the training set should be
 improbable. Deep generative models, however, often give *higher* likelihood to simpler inputs
 from another distribution than to their own test set (Nalisnick et al. 2019, "Do Deep Generative
 Models Know What They Don't Know?", arXiv:1810.09136): a Fashion-MNIST model finds MNIST digits,
@@ -37,7 +37,7 @@ from PIL import Image
 from . import checks
 from .checkpoint import atomic_write
 from .errors import DataError
-from .evaluate import bits_per_dim, iwae_estimate
+from .evaluation import bits_per_dim, iwae_estimate
 from .model import VAE
 
 #: Each score, the column of scores.csv that holds it, and what it is.
@@ -64,7 +64,7 @@ def score(
     float64 on the CPU.
 
     ``log_px`` is the IWAE bound of each example, the numbers whose mean
-    :func:`~pyro_vae.evaluate.iwae_estimate` gives; ``elbo`` the same with one particle. For the
+    :func:`~pyro_vae.evaluation.iwae_estimate` gives; ``elbo`` the same with one particle. For the
     conditional VAE both are of log p(x | y); for M2 of log p(x), its labels summed out.
     ``complexity_bits`` and ``corrected`` are given for the likelihoods of discrete inputs only.
 
@@ -76,7 +76,7 @@ def score(
     :param progress: show a progress bar (tqdm); ``False`` for none. The ``k``-particle bound
         is most of the work: about ``k`` test ELBOs.
     :param compile: ``"on"``, ``"auto"`` or ``"off"``, for the IWAE bound's chunks
-        (:func:`~pyro_vae.evaluate.iwae_estimate`).
+        (:func:`~pyro_vae.evaluation.iwae_estimate`).
     :raises DataError: for the conditional VAE without ``labels``.
     """
     if vae.labels == "all" and labels is None:
@@ -98,7 +98,11 @@ def compressed_bits(x: torch.Tensor, levels: int = 256) -> torch.Tensor:
     shaped ``(N, C, H, W)`` or ``(N, D)``) as a PNG file at compression level 9, the values
     stored as the integers k: 1 bit a value for binary images (``levels`` 2), 8 up to 256
     levels, 16 above. One or three channels of 8 bits make one grey or colour picture;
-    otherwise each channel is a grey picture of its own."""
+    otherwise each channel is a grey picture of its own.
+
+    :param x: the examples, ``(N, C, H, W)`` or ``(N, D)``, values ``k / (levels - 1)``.
+    :param levels: the values a pixel takes, 2 to 65536: the likelihood's ``levels``.
+    """
     checks.whole("levels", levels, low=2, high=2**16)
     k = (x.detach().cpu().double() * (levels - 1)).round().clamp(0, levels - 1)
     dtype = torch.bool if levels == 2 else torch.uint8 if levels <= 256 else torch.int32
@@ -126,7 +130,11 @@ def auroc(inliers: torch.Tensor, outliers: torch.Tensor) -> float:
     higher meaning more typical: the probability that a random inlier scores above a random
     outlier, ties counting half. 1 is perfect, 0.5 chance, below 0.5 the score points the wrong
     way. By the Mann-Whitney statistic, (R - n(n + 1)/2) / (n m), R the sum of the inliers'
-    ranks among all the scores (tied scores sharing their average rank)."""
+    ranks among all the scores (tied scores sharing their average rank).
+
+    :param inliers: the scores of the typical examples, ``(n,)``.
+    :param outliers: the scores of the others, ``(m,)``.
+    """
     n, m = len(inliers), len(outliers)
     values = torch.cat([inliers, outliers]).double()
     _, which, counts = torch.unique(values, return_inverse=True, return_counts=True)
@@ -138,7 +146,11 @@ def auroc(inliers: torch.Tensor, outliers: torch.Tensor) -> float:
 
 def most_and_least_typical(values: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The indices of the ``n`` largest ``values``, largest first, and of the ``n`` smallest,
-    smallest first (fewer when there are fewer values)."""
+    smallest first (fewer when there are fewer values).
+
+    :param values: a score per example, ``(N,)``, higher meaning more typical.
+    :param n: how many of each end.
+    """
     n = min(n, len(values))
     order = torch.argsort(values, descending=True, stable=True)
     return order[:n], order.flip(0)[:n]
@@ -148,7 +160,12 @@ def write_scores(
     scores: Mapping[str, torch.Tensor], path: str | Path, labels: torch.Tensor | None = None
 ) -> None:
     """``scores`` as a CSV file, a row per example: ``index``, ``label`` (if ``labels``), then
-    the scores' columns."""
+    the scores' columns.
+
+    :param scores: the scores by column name, each ``(N,)``, as :func:`score` gives them.
+    :param path: the CSV file to write.
+    :param labels: the examples' integer labels, ``(N,)``, for a ``label`` column; or ``None``.
+    """
     names = ["index", *(["label"] if labels is not None else []), *scores]
     buffer = io.StringIO()
     writer = csv.writer(buffer)

@@ -14,7 +14,10 @@ import sys
 
 class StopOnSignals:
     """While active, SIGINT (Ctrl-C) and SIGTERM ask training to stop after the current step;
-    a second SIGINT stops at once (the last checkpoint on disk is kept)."""
+    a second SIGINT stops at once (the last checkpoint on disk is kept).
+
+    :param announce: print a line on stderr when a signal arrives.
+    """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -42,6 +45,6 @@ class StopOnSignals:
             )
 
     def requested(self) -> bool:
-        """Whether a signal has asked training to stop: pass as :func:`pyro_vae.train.train`'s
+        """Whether a signal has asked training to stop: pass as :func:`pyro_vae.train`'s
         ``stop``."""
         return self.signum is not None

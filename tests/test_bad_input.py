@@ -407,7 +407,7 @@ def test_a_picture_that_cannot_be_written_is_one_line(
 def test_a_gpu_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch):
     # CI has no GPU: raise what torch raises when a CUDA allocation fails
     import pyro_vae.run
-    from pyro_vae.train import Trainer
+    from pyro_vae.training import Trainer
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

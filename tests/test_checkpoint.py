@@ -8,7 +8,7 @@ from conftest import binary_batch
 from pyro_vae import PyroVAEError, Run, RunConfig, train
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.run import CHECKPOINT, CONFIG, PREVIOUS, RunExists
-from pyro_vae.train import TrainState
+from pyro_vae.training import TrainState
 
 CONFIG_OF_SMALL_VAE = RunConfig(z_dim=4, hidden_dims=(32,))  # the conftest's small_vae
 

@@ -17,14 +17,14 @@ from pyro_vae.compiled import COLD_COMPILE_SECONDS, CaptureError, CompiledLoss, 
 from pyro_vae.conditional import one_hot
 from pyro_vae.data import eval_inputs
 from pyro_vae.elbo import make_loss
-from pyro_vae.evaluate import iwae_estimate
+from pyro_vae.evaluation import iwae_estimate
 from pyro_vae.likelihoods import Bernoulli
 from pyro_vae.priors import StandardNormal
-from pyro_vae.train import TrainingInterrupted
+from pyro_vae.training import TrainingInterrupted
 
 compiled_module = importlib.import_module("pyro_vae.compiled")
 elbo_module = importlib.import_module("pyro_vae.elbo")
-train_module = importlib.import_module("pyro_vae.train")
+train_module = importlib.import_module("pyro_vae.training")
 
 COMBINATIONS = [pytest.param(*combo, id="-".join(combo)) for combo in covering_combinations()]
 SMALL = dict(z_dim=4, hidden_dims=(32,))  # the one shape the compiling tests share

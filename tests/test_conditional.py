@@ -19,7 +19,7 @@ from pyro_vae.inspect import log_importance_weights, posterior_samples
 from pyro_vae.models import build_model
 from pyro_vae.objectives import SyncFreeTraceEnum_ELBO
 from pyro_vae.run import Run
-from pyro_vae.train import Trainer, train
+from pyro_vae.training import Trainer, train
 
 TOLERANCE = 1e-5
 LABEL_COMBINATIONS = [c for c in covering_combinations() if c[0] != "vamp"]

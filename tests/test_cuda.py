@@ -76,7 +76,7 @@ def test_trace_elbo_equals_the_manual_elbo_on_the_gpu(digits):
 
 def test_resumed_gpu_training_takes_the_same_steps(digits, tmp_path):
     from pyro_vae.checkpoint import load_checkpoint, save_checkpoint, train_state
-    from pyro_vae.train import Trainer, TrainingInterrupted
+    from pyro_vae.training import Trainer, TrainingInterrupted
 
     def fresh():
         pyro.set_rng_seed(0)

@@ -17,7 +17,7 @@ from pyro_vae.data import binarize_afresh
 from pyro_vae.elbo import make_loss
 from pyro_vae.models import build_model
 from pyro_vae.run import BOARD, CHECKPOINT, Run
-from pyro_vae.train import Trainer
+from pyro_vae.training import Trainer
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is missing")
 
@@ -32,7 +32,7 @@ RANK_SCRIPT = f"""
 import gc, os, sys, time, pyro, torch, torch.distributed as dist
 from pyro_vae import VAE, load_dataset, train
 from pyro_vae.distributed import main_process_first
-from pyro_vae.train import TrainingInterrupted
+from pyro_vae.training import TrainingInterrupted
 dist.init_process_group("gloo")
 with main_process_first():  # as a download would be: rank 0, then the others
     entered = time.monotonic()

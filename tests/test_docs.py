@@ -6,17 +6,35 @@ names of ``__all__`` where a module has one, else the functions and classes it d
 names do not start with an underscore, and the methods and properties those classes define.
 ``make docs`` builds the pages themselves, with warnings as errors; these tests check what
 Sphinx does not.
+
+Every parameter of a documented function, method or class constructor has a ``:param NAME:``
+(:func:`required_params`): all but a method's ``self`` or ``cls``, a name starting with an
+underscore (a protocol's private argument, torch's ``_instance``), and an ``*args`` or
+``**kwargs`` that is only passed through (:func:`passed_through`: used only as an argument of
+calls, ``f(*args)`` or ``f(args)``, so the callee documents it). A class documents its
+constructor's parameters where the constructor is its own, or inherited from a class the
+reference does not show (a private base); one inherited from a documented class is documented
+there, and one from outside the package (torch, Pyro, ``Exception``) by its authors.
+
+Every dotted name ``pyro_vae.X.Y`` that the README, the docs' pages, the notebooks' README and
+the package's docstrings and comments use is an attribute path from the package
+(:func:`resolves`): what a reader types after ``import pyro_vae`` works.
 """
 
+import ast
 import importlib
 import inspect
+import io
 import pkgutil
 import re
+import textwrap
+import tokenize
 from pathlib import Path
 
 import pyro_vae
 
-API = Path(__file__).resolve().parent.parent / "docs" / "api"
+ROOT = Path(__file__).resolve().parent.parent
+API = ROOT / "docs" / "api"
 # the modules with no page: ``python -m pyro_vae``, and the version (pyro_vae.__version__)
 UNDOCUMENTED_MODULES = {"pyro_vae.__main__", "pyro_vae.version"}
 
@@ -29,6 +47,10 @@ GOOGLE = re.compile(
     re.MULTILINE,
 )
 NUMPY = re.compile(r"^\s*[A-Z][\w ]*\n\s*-{3,}\s*$", re.MULTILINE)
+# a dotted name in the package (pyro_vae.training.TrainState), not a path (pyro_vae/run.py)
+DOTTED = re.compile(r"(?<![\w./-])pyro_vae(?:\.\w+)+")
+# the prose that names the package's objects (docs/_build/ is the built site)
+PROSE = ["README.md", "notebooks/README.md", "docs/**/*.md", "docs/**/*.rst"]
 
 
 def automodules() -> dict[str, list[str] | None]:
@@ -115,6 +137,59 @@ def signature_names(obj) -> set[str] | None:
         return None
 
 
+def constructor(cls: type):
+    """The ``__init__`` or ``__new__`` whose parameters ``cls``'s docstring documents: its own (a
+    dataclass's or NamedTuple's included), or one inherited from a class the reference does not
+    show; ``None`` where they are documented elsewhere, and for a ``Protocol``, never made."""
+    if getattr(cls, "_is_protocol", False):
+        return None
+    owner = next(k for k in cls.__mro__ if "__init__" in vars(k) or "__new__" in vars(k))
+    shown = {id(obj) for _, obj in documented_objects()}
+    if not owner.__module__.startswith("pyro_vae") or (owner is not cls and id(owner) in shown):
+        return None
+    return vars(owner).get("__init__") or vars(owner)["__new__"]
+
+
+def passed_through(fn, name: str) -> bool:
+    """Whether the function ``fn`` only hands its parameter ``name`` on: every use of it is an
+    argument of a call, spread (``f(*args)``, ``f(**kwargs)``) or whole (``f(args)``)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError):  # a generated function (a dataclass's __init__): no source
+        return False
+    arguments = set()
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call):
+            arguments |= {id(a.value if isinstance(a, ast.Starred) else a) for a in call.args}
+            arguments |= {id(k.value) for k in call.keywords}
+    uses = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == name]
+    return bool(uses) and all(id(use) in arguments for use in uses)
+
+
+def required_params(obj) -> list[str]:
+    """The parameters of ``obj`` (a function, a method, or a class's constructor) that its
+    docstring must document with ``:param NAME:``: see the module's docstring for the rule."""
+    if isinstance(obj, property):
+        return []
+    if inspect.isclass(obj):
+        fn = constructor(obj)
+        if fn is None:
+            return []
+        parameters = list(inspect.signature(obj).parameters.values())  # self already left out
+    else:
+        fn = obj.__func__ if isinstance(obj, classmethod | staticmethod) else obj
+        parameters = list(inspect.signature(fn).parameters.values())
+        owner = inspect.unwrap(fn).__qualname__.rpartition(".")[0]
+        if owner and not owner.endswith("<locals>") and not isinstance(obj, staticmethod):
+            parameters = parameters[1:]  # a method's self, or a classmethod's cls
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [
+        p.name
+        for p in parameters
+        if not p.name.startswith("_") and not (p.kind in variadic and passed_through(fn, p.name))
+    ]
+
+
 def test_every_module_has_a_page():
     modules = {f"pyro_vae.{m.name}" for m in pkgutil.iter_modules(pyro_vae.__path__)} | {"pyro_vae"}
     documented = set(automodules())
@@ -137,6 +212,41 @@ def test_params_name_parameters_of_the_signature():
     assert stale == [], "a :param: the signature does not have: " + "; ".join(stale)
 
 
+def test_every_parameter_is_documented():
+    objects = documented_objects()
+    exports = {name: getattr(pyro_vae, name) for name in pyro_vae.__all__}
+    callables = {name: obj for name, obj in exports.items() if callable(obj)}  # not MODELS
+    shown = {id(obj) for _, obj in objects}
+    assert [name for name, obj in callables.items() if id(obj) not in shown] == []
+    missing, checked = [], 0
+    for name, obj in objects:
+        documented = set(PARAM.findall(own_doc(obj) or ""))
+        required = required_params(obj)
+        checked += len(required)
+        missing += [f"{name}: {param}" for param in required if param not in documented]
+    assert checked > 500  # the rule reaches the parameters it is meant to
+    assert missing == [], "parameters with no :param: " + "; ".join(missing)
+
+
+def test_only_a_variadic_that_is_handed_on_is_passed_through():
+    def spread(*args, **kwargs):
+        return print(*args, **kwargs)
+
+    def whole(model, *args, **kwargs):
+        return model(args, kwargs)
+
+    def reads(*batch):
+        return print(batch[0])
+
+    def unused(*exc):
+        return None
+
+    assert passed_through(spread, "args") and passed_through(spread, "kwargs")
+    assert passed_through(whole, "args") and passed_through(whole, "kwargs")
+    assert not passed_through(reads, "batch") and not passed_through(unused, "exc")
+    assert required_params(spread) == [] and required_params(reads) == ["batch"]
+
+
 def test_docstrings_use_field_lists_not_google_or_numpy_sections():
     docs = [(name, importlib.import_module(name).__doc__ or "") for name in automodules()]
     docs += [(name, own_doc(obj) or "") for name, obj in documented_objects()]
@@ -156,3 +266,49 @@ def test_the_package_page_lists_every_export():
     exports = {name for name in pyro_vae.__all__ if name != "__version__"}
     missing = sorted(name for name in exports if id(getattr(pyro_vae, name)) not in objects)
     assert missing == [], "exports the API reference's first page does not list"
+
+
+def package_text() -> list[tuple[str, str]]:
+    """Each docstring and comment of the package's source, with where it is (``path:line``)."""
+    found = []
+    for path in sorted((ROOT / "pyro_vae").glob("*.py")):
+        source, where = path.read_text(), path.relative_to(ROOT)
+        for node in ast.walk(ast.parse(source)):
+            kinds = ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+            if isinstance(node, kinds) and ast.get_docstring(node, clean=False):
+                line = node.body[0].lineno
+                found.append((f"{where}:{line}", ast.get_docstring(node, clean=False)))
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.COMMENT:
+                found.append((f"{where}:{token.start[0]}", token.string))
+    return found
+
+
+def resolves(name: str) -> bool:
+    """Whether ``name`` is an attribute path from the package, once the module it starts with is
+    imported, as ``import pyro_vae.plots`` and then ``pyro_vae.plots.plot_elbo`` would have it.
+
+    A submodule shadowed by a name the package imports under the same name (the function
+    ``pyro_vae.train`` over a module ``pyro_vae/train.py``) does not resolve past that name.
+    """
+    parts = name.split(".")
+    # the package's own modules, found on its __path__ (an import could find others elsewhere)
+    modules = {f"pyro_vae.{m.name}" for m in pkgutil.iter_modules(pyro_vae.__path__)}
+    if ".".join(parts[:2]) in modules:
+        importlib.import_module(".".join(parts[:2]))
+    obj = pyro_vae
+    for part in parts[1:]:
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
+def test_dotted_names_in_the_docs_resolve():
+    pages = [p for pattern in PROSE for p in ROOT.glob(pattern) if "_build" not in p.parts]
+    texts = [(str(p.relative_to(ROOT)), p.read_text()) for p in pages]
+    texts += package_text()
+    names = [(where, name) for where, text in texts for name in DOTTED.findall(text)]
+    assert len({name for _, name in names}) > 50  # the scan finds the names it is meant to
+    broken = sorted({f"{where}: {name}" for where, name in names if not resolves(name)})
+    assert broken == [], "names that are no attribute path from pyro_vae: " + "; ".join(broken)

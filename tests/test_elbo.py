@@ -24,7 +24,7 @@ from pyro_vae.elbo import (
     make_loss,
     manual_elbo,
 )
-from pyro_vae.evaluate import kl_per_dim
+from pyro_vae.evaluation import kl_per_dim
 from pyro_vae.guides import DiagonalNormal
 
 COMBINATIONS = [pytest.param(*combo, id="-".join(combo)) for combo in covering_combinations()]

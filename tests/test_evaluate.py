@@ -9,7 +9,7 @@ from pyro_vae import VAE, evaluate, score, train
 from pyro_vae.cli import main
 from pyro_vae.data import eval_inputs
 from pyro_vae.elbo import iwae_bound
-from pyro_vae.evaluate import iwae_log_likelihood, kl_per_dim
+from pyro_vae.evaluation import iwae_log_likelihood, kl_per_dim
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 
 from pyro_vae import VAE, ConfigError, Run, RunConfig, train
 from pyro_vae.cli import build_parser, main, overlay
-from pyro_vae.evaluate import active_units
+from pyro_vae.evaluation import active_units
 from pyro_vae.guides import GUIDES
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.models import MODELS

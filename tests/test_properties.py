@@ -29,7 +29,7 @@ from pyro_vae.cli import main
 from pyro_vae.data import BINARIZATION, Dataset
 from pyro_vae.elbo import OBJECTIVES
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.evaluate import evaluate
+from pyro_vae.evaluation import evaluate
 from pyro_vae.guides import GUIDES
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.nets import NETS

@@ -18,9 +18,9 @@ from pyro_vae import VAE, PyroVAEError, train
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint, train_state
 from pyro_vae.cli import main
 from pyro_vae.run import CHECKPOINT, PREVIOUS, Run
-from pyro_vae.train import TrainingError, TrainingInterrupted
+from pyro_vae.training import TrainingError, TrainingInterrupted
 
-trainer = importlib.import_module("pyro_vae.train")  # the module; pyro_vae.train is the function
+trainer = importlib.import_module("pyro_vae.training")
 ROOT = Path(__file__).resolve().parents[1]
 # compile "off": "auto" decides by timing, and runs compared digit for digit must not decide apart
 RUN_FLAGS = ["--dataset", "digits", "--z-dim", "4", "--hidden-dims", "32", "--quiet"]

@@ -5,7 +5,7 @@ import torch
 from pyro_vae import VAE, ConfigError, DataError, Dataset, dataset_elbo, train
 from pyro_vae.data import eval_inputs, needs_binarization
 from pyro_vae.device import resolve_device
-from pyro_vae.evaluate import independent_pixel_log_likelihood
+from pyro_vae.evaluation import independent_pixel_log_likelihood
 from pyro_vae.likelihoods import Bernoulli
 
 

@@ -8,7 +8,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_vae import build_model, encode, score
-from pyro_vae.evaluate import iwae_estimate
+from pyro_vae.evaluation import iwae_estimate
 from pyro_vae.inspect import importance_diagnostics, posterior_samples
 
 

@@ -139,6 +139,9 @@ class TrainingInterrupted(PyroVAEError):
     """Training stopped between two steps because ``stop()`` said so (a signal, in the CLI).
 
     The state at the stop was handed to ``checkpoint`` before this was raised.
+
+    :param state: where training stopped: the state handed to ``checkpoint``.
+    :param steps_per_epoch: the steps of an epoch, for the message.
     """
 
     def __init__(self, state: TrainState, steps_per_epoch: int):
@@ -175,6 +178,22 @@ def train(
 ) -> History:
     """Fit ``vae`` to ``data.x_train`` by SVI; return the per-epoch history.
 
+    :param vae: the model, trained in place (and moved to ``device``): a
+        :class:`~pyro_vae.model.VAE`, :class:`~pyro_vae.conditional.CVAE` or
+        :class:`~pyro_vae.conditional.M2`, any model of :data:`~pyro_vae.models.MODELS` (as
+        :func:`~pyro_vae.models.build_model` makes them): an ``nn.Module`` whose Pyro programs
+        ``model`` and ``guide`` share its parameters.
+    :param data: the data set, a :class:`~pyro_vae.data.Dataset` as
+        :func:`~pyro_vae.data.load_dataset` gives it: training on ``x_train``, the test ELBO on
+        ``x_test``. Its examples must have the shape ``vae.x_shape``; the CVAE and M2 need its
+        labels.
+    :param epochs: the passes over the training set (for M2, over its unlabelled examples); with
+        ``resume``, the total, the epochs already done included.
+    :param batch_size: the examples of a step (the last batch of an epoch may be smaller); under
+        torchrun, of all the ranks together.
+    :param lr: Adam's learning rate.
+    :param device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (a CUDA GPU if there is one,
+        else the CPU), or a :class:`torch.device`: where the model and the data are put.
     :param objective: ``"trace"`` (``Trace_ELBO``), ``"meanfield"`` (``TraceMeanField_ELBO``),
         ``"iwae"`` (``RenyiELBO(alpha=0)``: the importance-weighted bound of Burda et al. 2015),
         or the hand-written twins ``"manual"`` (:func:`pyro_vae.elbo.manual_elbo`, plain
@@ -209,9 +228,13 @@ def train(
         through a ``DataLoader`` with ``workers`` worker processes (0: in this process), as is
         done anyway for a set larger than half the device's memory (:mod:`pyro_vae.loader`).
         The same steps as in memory, number for number; ``history.data`` says which was used.
+    :param workers: the ``DataLoader``'s worker processes for a streamed training set; 0 loads
+        the batches in this process. Unused when the set is kept on the device.
     :param seed: seeds the batch order, the binarization and the guide's noise. The initial
         weights come from the RNG state when ``vae`` was built: seed before building it
         (``pyro.set_rng_seed``) for a fully repeatable run.
+    :param progress: show a progress bar and say where the data live and what came of compiling
+        (on stderr; under torchrun, rank 0 alone).
     :param checkpoint: called with the :class:`TrainState` after every epoch and when ``stop``
         ends training early, e.g. to write a checkpoint.
     :param resume: a state handed to ``checkpoint`` earlier (``vae`` holding the weights of that
@@ -245,7 +268,12 @@ def train(
 
 def kl_weight_at(epoch: int, beta: float, kl_warmup: int) -> float:
     """The KL term's weight in ``epoch`` (counted from 1): ``beta * epoch / kl_warmup`` during a
-    warm-up of ``kl_warmup`` epochs, ``beta`` after it, or throughout when ``kl_warmup`` is 0."""
+    warm-up of ``kl_warmup`` epochs, ``beta`` after it, or throughout when ``kl_warmup`` is 0.
+
+    :param epoch: the epoch, counted from 1.
+    :param beta: the weight after the warm-up.
+    :param kl_warmup: the warm-up's length in epochs; 0 for none.
+    """
     return beta * min(1.0, epoch / kl_warmup) if kl_warmup else beta
 
 
@@ -262,7 +290,17 @@ def check_objective(
     ``epochs`` of training, the ``guide`` family and the ``model``: a warm-up longer than
     training, a KL weight for an objective with no KL term, more particles than the objective
     draws, or a guide or model the objective cannot use, is a :class:`ConfigError` naming the
-    setting."""
+    setting.
+
+    :param objective: the objective's name, as :func:`train` takes it.
+    :param num_particles: K, the particles per example.
+    :param beta: the weight of the KL term.
+    :param kl_warmup: the warm-up's length in epochs; 0 for none.
+    :param epochs: the epochs of training, which the warm-up must not outlast; ``None``: not
+        checked.
+    :param guide: the guide family's name; ``None``: not checked.
+    :param model: the model's name in :data:`~pyro_vae.models.MODELS`, whose objectives are allowed.
+    """
     objectives = MODEL_OBJECTIVES[model]
     if objective not in objectives:
         raise ConfigError(
@@ -304,7 +342,11 @@ def check_objective(
 
 def check_labeled(model: str, labeled: int | None) -> int | None:
     """``labeled``, the labelled examples of a semi-supervised ``model`` (M2), checked: M2 needs
-    it and the other models take none."""
+    it and the other models take none.
+
+    :param model: the model's name in :data:`~pyro_vae.models.MODELS`.
+    :param labeled: the number of labelled examples, or ``None``.
+    """
     semi_supervised = MODELS[checks.choice("model", model, list(MODELS))].labels == "some"
     if semi_supervised and labeled is None:
         raise ConfigError(
@@ -320,7 +362,24 @@ def check_labeled(model: str, labeled: int | None) -> int | None:
 class Trainer:
     """The moving parts of one training run, set up once: the data on the device, the loss, the
     optimizer, the random generators and the :class:`TrainState`. :meth:`step` is the hot path;
-    :meth:`fit` runs epochs of steps (see :func:`train` for the parameters)."""
+    :meth:`fit` runs epochs of steps. The parameters are :func:`train`'s, which says more.
+
+    :param vae: the model to train, in place: any model of :data:`~pyro_vae.models.MODELS`.
+    :param data: the data set: training on ``x_train``, the test ELBO on ``x_test``.
+    :param batch_size: the examples of a step, of all ranks together.
+    :param lr: Adam's learning rate.
+    :param device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a :class:`torch.device`.
+    :param seed: seeds the batch order, the binarization and the guide's noise.
+    :param objective: the objective's name (``"trace"``, ``"meanfield"``, ``"iwae"``, ...).
+    :param binarization: ``"dynamic"`` or ``"none"``.
+    :param compile: ``"on"``, ``"off"`` or ``"auto"`` (or ``True``, ``False``).
+    :param num_particles: K, the vectorized particles of each example's objective.
+    :param beta: the weight of the KL term (after the warm-up).
+    :param kl_warmup: the epochs over which the KL weight rises to ``beta``; 0 for none.
+    :param labeled: M2's number of labelled examples; ``None`` for the other models.
+    :param stream: stream the training set to the device by a ``DataLoader``, even if it fits.
+    :param workers: the ``DataLoader``'s worker processes, when streamed.
+    """
 
     def __init__(
         self,
@@ -461,7 +520,11 @@ class Trainer:
 
     def restore(self, state: TrainState) -> None:
         """Go on from ``state``, handed to ``checkpoint`` earlier, with the VAE holding the
-        weights of that moment: the same batches, draws and Adam moments as if never stopped."""
+        weights of that moment: the same batches, draws and Adam moments as if never stopped.
+
+        :param state: a state handed to ``checkpoint`` earlier, e.g. read back by
+            :func:`~pyro_vae.checkpoint.train_state`.
+        """
         rng = state.rng or {}
         if state.optimizer is None or "batch_order" not in rng or "ranks" not in rng:
             raise ConfigError("the checkpoint lacks the optimizer or random state needed to resume")
@@ -484,7 +547,11 @@ class Trainer:
         """One SVI step on ``batch``, this rank's shard of a batch (``x``, then the labels or
         labelled examples of the models that take them: see :meth:`batches`): the loss and its
         gradient (summed over ranks) and one Adam step. Returns the whole batch's loss,
-        detached, on the device."""
+        detached, on the device.
+
+        :param batch: this rank's shard of a batch, as :meth:`batches` gives it: ``x``, then the
+            CVAE's labels, or M2's labelled examples and their labels.
+        """
         if self.compiled is not None and len(batch[0]) == self.full_shard:
             loss, grads = self.compiled(*batch, *self.weight)
             for p, g in zip(self.parameters, grads, strict=True):
@@ -504,7 +571,11 @@ class Trainer:
     def batches(self, epoch: int, start: int) -> Iterator[tuple[int, tuple[torch.Tensor, ...]]]:
         """``(i, batch)`` for each batch ``i`` of ``epoch`` from ``start`` on, this rank's shard,
         binarized afresh if the likelihood needs it: ``(x,)``; ``(x, y)`` for the CVAE; for M2
-        ``(x, x_labeled, y_labeled)``, the unlabelled batch and the step's labelled examples."""
+        ``(x, x_labeled, y_labeled)``, the unlabelled batch and the step's labelled examples.
+
+        :param epoch: the epoch, counted from 1: M2's labelled examples follow the step count.
+        :param start: the first batch to give, counted from 0: a resumed epoch's next step.
+        """
         order = torch.randperm(len(self.x_train), generator=self.batch_order)
         indices = order.to(self.x_train.device).split(self.batch_size)[start:]
         if self.world > 1:
@@ -567,7 +638,14 @@ class Trainer:
         checkpoint: Callable[[TrainState], None] | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> History:
-        """Train until ``epochs`` epochs are done; see :func:`train`."""
+        """Train until ``epochs`` epochs are done; see :func:`train`.
+
+        :param epochs: the total of epochs, those already done included.
+        :param progress: show a progress bar (under torchrun, rank 0 alone).
+        :param checkpoint: called with the :class:`TrainState` after every epoch and when ``stop``
+            ends training early.
+        :param stop: asked after every step; true ends training with :class:`TrainingInterrupted`.
+        """
         epochs = checks.count("epochs", epochs)
         check_objective(
             self.objective,
@@ -600,7 +678,12 @@ class Trainer:
 
     def run_epoch(self, epoch: int, bar: tqdm, stop: Callable[[], bool]) -> bool:
         """Take the steps of ``epoch`` that are left and close it, or stop after a step when
-        ``stop`` asks to; returns whether it asked. ``self.state`` is then where training stands."""
+        ``stop`` asks to; returns whether it asked. ``self.state`` is then where training stands.
+
+        :param epoch: the epoch, counted from 1.
+        :param bar: the progress bar, advanced a step at a time.
+        :param stop: asked after every step whether to stop.
+        """
         state = self.state
         if self.kl_warmup:
             weight = kl_weight_at(epoch, self.beta, self.kl_warmup)
@@ -748,7 +831,15 @@ class Trainer:
         losses: list[torch.Tensor],
         seconds: float,
     ) -> TrainState:
-        """The state after ``epoch`` whole epochs and ``step_in_epoch`` steps of the next."""
+        """The state after ``epoch`` whole epochs and ``step_in_epoch`` steps of the next.
+
+        :param epoch: the whole epochs done.
+        :param step_in_epoch: the steps of the next epoch done.
+        :param order_state: the batch-order generator's state from before the unfinished epoch drew
+            its permutation.
+        :param losses: the losses of the unfinished epoch's steps, tensors on the device.
+        :param seconds: the time of those steps.
+        """
         ranks = distributed.gather_objects(_rng_state(self.device))
         return TrainState(
             epoch=epoch,

@@ -65,7 +65,12 @@ BITS_PER_DIM = {
 
 def independent_pixel_log_likelihood(x_train: torch.Tensor, x_test: torch.Tensor) -> float:
     """Mean log-likelihood (nats per example) of binary ``x_test`` under independent Bernoulli
-    pixels with p_i = (sum_n x_train[n, i] + 1/2) / (N + 1)."""
+    pixels with p_i = (sum_n x_train[n, i] + 1/2) / (N + 1).
+
+    :param x_train: the training set, floats in [0, 1], ``(N, *x_shape)``: each pixel's mean fits
+        its p_i.
+    :param x_test: binary test images (0 or 1), of the same shape per example.
+    """
     p = (x_train.double().sum(0) + 0.5) / (len(x_train) + 1)
     x = x_test.double()
     log_lik = x * p.log() + (1 - x) * torch.log1p(-p)
@@ -81,7 +86,12 @@ def independent_logistic_log_likelihood(
     scale ``std * sqrt(3) / pi``), :data:`BASELINE_STEPS` Adam steps, in float64.
 
     An independent model sees the data only through each value's histogram over the ``bins``
-    levels, so the fit works on the histograms: a step costs D x bins, whatever the examples."""
+    levels, so the fit works on the histograms: a step costs D x bins, whatever the examples.
+
+    :param x_train: the training set, floats ``k / (bins - 1)`` in [0, 1], ``(N, *x_shape)``.
+    :param x_test: the test set, likewise.
+    :param bins: the levels a value takes, 256 for 8-bit images.
+    """
     train_counts, test_counts = _level_counts(x_train, bins), _level_counts(x_test, bins)
     levels = torch.linspace(0, 1, bins, dtype=torch.float64, device=train_counts.device)
     share = train_counts / len(x_train)
@@ -115,13 +125,21 @@ def _level_counts(x: torch.Tensor, bins: int) -> torch.Tensor:
 
 def bits_per_dim(log_likelihood: float, x_shape: tuple[int, ...]) -> float:
     """``-log2 p(x) / D`` for a mean ``log_likelihood`` in nats of examples of ``x_shape`` with
-    D values each."""
+    D values each.
+
+    :param log_likelihood: a mean log-likelihood (or bound), nats per example.
+    :param x_shape: the shape of one example; D is the product of its sizes.
+    """
     return -log_likelihood / (math.prod(x_shape) * math.log(2))
 
 
 def add_bits_per_dim(result: dict[str, Any], vae: VAE) -> dict[str, Any]:
     """``result`` with each figure of :data:`BITS_PER_DIM` it holds also in bits per dimension,
-    when ``vae``'s likelihood gives probabilities (``likelihood.levels`` is not None)."""
+    when ``vae``'s likelihood gives probabilities (``likelihood.levels`` is not None).
+
+    :param result: figures by name, as :func:`evaluate` gives them; changed in place and returned.
+    :param vae: the model the figures are of: its likelihood and example shape decide.
+    """
     if getattr(vae.likelihood, "levels", None):
         for key, name in BITS_PER_DIM.items():
             if result.get(key) is not None:
@@ -134,7 +152,17 @@ def posterior_means(
 ) -> torch.Tensor:
     """E_q[z|x] for each example, ``(B, z_dim)``: exact where the guide has a mean, else the
     average of ``num_samples`` draws (flows); q(z|x,y) at the integer ``labels`` for the label
-    models (:func:`~pyro_vae.representations.encode`)."""
+    models (:func:`~pyro_vae.representations.encode`).
+
+    :param vae: the trained model: a :class:`~pyro_vae.model.VAE`,
+        :class:`~pyro_vae.conditional.CVAE` or :class:`~pyro_vae.conditional.M2`.
+    :param x: the examples, ``(N, *x_shape)``, floats as the model scores them
+        (:func:`~pyro_vae.data.eval_inputs`), on the model's device.
+    :param num_samples: the draws of z averaged per example where the guide has no closed-form mean
+        (flows).
+    :param labels: the examples' integer labels, ``(N,)``: the label models' q(z|x,y) is taken at
+        them; ``None`` for the VAE.
+    """
     return encode(vae, x, labels, num_samples=num_samples, progress=False).mean
 
 
@@ -146,6 +174,15 @@ def active_units(
 
     A unit is active when its posterior mean varies across inputs by more than ``threshold``
     (Burda, Grosse & Salakhutdinov 2015, "Importance Weighted Autoencoders", arXiv:1509.00519).
+
+    :param vae: the trained model: a :class:`~pyro_vae.model.VAE`,
+        :class:`~pyro_vae.conditional.CVAE` or :class:`~pyro_vae.conditional.M2`.
+    :param x: the examples, ``(N, *x_shape)``, floats as the model scores them
+        (:func:`~pyro_vae.data.eval_inputs`), on the model's device.
+    :param threshold: the variance across inputs of a unit's posterior mean above which it counts as
+        active.
+    :param labels: the examples' integer labels, ``(N,)``: the label models' q(z|x,y) is taken at
+        them; ``None`` for the VAE.
     """
     means = posterior_means(vae, x, labels=labels).double()
     # one example does not vary: no unit is active (var() would warn and give NaN)
@@ -161,7 +198,16 @@ def iwae_log_likelihood(
     vae: VAE, x: torch.Tensor, k: int, *, seed: int = 0, progress: bool = True
 ) -> float:
     """Mean IWAE estimate of log p(x), nats per example, with ``k`` particles and a fixed seed
-    (see :func:`iwae_estimate`, which can compile its chunks)."""
+    (see :func:`iwae_estimate`, which can compile its chunks).
+
+    :param vae: the trained model: a :class:`~pyro_vae.model.VAE`,
+        :class:`~pyro_vae.conditional.CVAE` or :class:`~pyro_vae.conditional.M2`.
+    :param x: the examples, ``(N, *x_shape)``, floats as the model scores them
+        (:func:`~pyro_vae.data.eval_inputs`), on the model's device.
+    :param k: the particles per example, k in the bound.
+    :param seed: seeds the draws of z; the global random state is left as it was.
+    :param progress: show a progress bar over the batches.
+    """
     return iwae_estimate(vae, x, k, seed=seed, progress=progress)[0]
 
 
@@ -200,10 +246,18 @@ def iwae_estimate(
     global random state is left as it was. Compiled chunks draw the same numbers and agree with
     eager ones to float32 rounding.
 
+    :param vae: the trained model: a :class:`~pyro_vae.model.VAE`,
+        :class:`~pyro_vae.conditional.CVAE` or :class:`~pyro_vae.conditional.M2`.
+    :param x: the examples, ``(N, *x_shape)``, floats as the model scores them
+        (:func:`~pyro_vae.data.eval_inputs`), on the model's device.
+    :param k: the particles per example, k in the bound.
+    :param seed: seeds the draws of z; the global random state is left as it was.
     :param progress: show a progress bar (tqdm) over the batches; ``False`` for none.
     :param compile: ``"on"`` compiles the chunk of the first batch's shape
         (:mod:`pyro_vae.compiled`), ``"auto"`` does so after timing the first batch if the
         chunks ahead repay it, ``"off"`` never.
+    :param labels: the examples' integer labels, ``(N,)``, which the conditional VAE is given;
+        unused by the VAE and M2 (which sums its labels out).
     """
     checks.choice("compile", compile, ("auto", "on", "off"))
     x = vae.inputs(x)
@@ -259,6 +313,16 @@ def kl_per_dim(
     In closed form where torch has it (a diagonal Gaussian guide against a Gaussian or Laplace
     prior), else by ``num_samples`` draws of z per input. The per-dimension KLs add up to the KL
     term of the ELBO. For the label models, of q(z|x,y) at the integer ``labels``.
+
+    :param vae: the trained model: a :class:`~pyro_vae.model.VAE`,
+        :class:`~pyro_vae.conditional.CVAE` or :class:`~pyro_vae.conditional.M2`.
+    :param x: the examples, ``(N, *x_shape)``, floats as the model scores them
+        (:func:`~pyro_vae.data.eval_inputs`), on the model's device.
+    :param seed: seeds the draws of z where the KL has no closed form; the global random state is
+        left as it was.
+    :param num_samples: the draws of z per input where the KL has no closed form.
+    :param labels: the examples' integer labels, ``(N,)``: the label models' q(z|x,y) is taken at
+        them; ``None`` for the VAE.
     """
     totals = None
     with random_state_kept(x.device):
@@ -287,7 +351,12 @@ def _factorizes(d: Any) -> bool:
 
 
 def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """``(classes, classes)`` counts: row = true label, column = predicted label."""
+    """``(classes, classes)`` counts: row = true label, column = predicted label.
+
+    :param predicted: the predicted int64 labels, ``(N,)``.
+    :param labels: the true int64 labels, ``(N,)``, on any device.
+    :param classes: K, the number of classes.
+    """
     index = labels.to(predicted.device) * classes + predicted
     return torch.bincount(index, minlength=classes * classes).reshape(classes, classes).cpu()
 
@@ -296,7 +365,12 @@ def baseline_log_likelihood(vae: VAE, x_train: torch.Tensor, x_test: torch.Tenso
     """The independent-pixel model of ``vae``'s likelihood family (:data:`BASELINES`) fitted to
     ``x_train`` (as stored: 8-bit images or floats): its mean log-likelihood of ``x_test``, the
     test set as ``vae`` scores it (:func:`~pyro_vae.data.eval_inputs`), nats per example;
-    ``None`` for a family without one."""
+    ``None`` for a family without one.
+
+    :param vae: the model, whose likelihood names the family.
+    :param x_train: the training set as stored: 8-bit ``uint8`` images or floats in [0, 1].
+    :param x_test: the test set as ``vae`` scores it, floats.
+    """
     fit = BASELINES.get(name_of(vae.likelihood))
     if fit is None:
         return None
@@ -330,7 +404,8 @@ def evaluate(
     test ELBO costs, so the default k = 1000 on 10,000 images takes minutes on a CPU (its
     progress bar says how long); ``iwae_k=0`` skips it, and 100 is a quick first look.
 
-    :param vae: the trained model.
+    :param vae: the trained model: a :class:`~pyro_vae.model.VAE`,
+        :class:`~pyro_vae.conditional.CVAE` or :class:`~pyro_vae.conditional.M2`.
     :param data: its data set; the test set is scored, the training set fits the baseline.
     :param seed: seeds every estimate.
     :param objective: the training objective, whose ELBO is the test ELBO
