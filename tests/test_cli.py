@@ -2,6 +2,7 @@ import argparse
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,8 +82,9 @@ def test_sample_and_reconstruct_write_pictures(run_dir, tmp_path):
         assert matplotlib.image.imread(tmp_path / name).std() > 0.05
 
 
-def test_sample_and_reconstruct_keep_the_pictures_training_drew(run_dir, capsys):
+def test_sample_and_reconstruct_keep_the_pictures_training_drew(run_dir, tmp_path, capsys):
     # issue 25: pyro-vae sample RUN overwrote training's samples.png with another draw
+    run_dir = Path(shutil.copytree(run_dir, tmp_path / "run"))  # the shared run keeps its files
     drawn = {name: (run_dir / name).read_bytes() for name in ("samples.png", "reconstructions.png")}
     for argv, name in (
         (["sample", str(run_dir)], "sample-seed0-n64.png"),
