@@ -24,7 +24,7 @@ import pyro
 import torch
 
 import pyro_vae
-from pyro_vae.data import Dataset
+from pyro_vae.data.sources import Dataset
 from pyro_vae.device import resolve_device
 from pyro_vae.errors import PyroVAEError
 

@@ -8,7 +8,7 @@ signal-to-noise ratio |E g| / std(g) of IWAE's encoder gradient falls like 1/sqr
 decoder's rises like sqrt(K); Tucker et al. (2018) show that DReG's encoder gradient does not
 fall. Here: a VAE (64-64-64-8 MLP, Bernoulli likelihood) trained for a few epochs on the digits,
 one fixed batch of test digits, and for each objective and K, ``--repeats`` independent gradient
-estimates of the batch's loss (``pyro_vae.elbo.make_loss``, one seed each); per parameter
+estimates of the batch's loss (``pyro_vae.infer.elbo.make_loss``, one seed each); per parameter
 element the SNR, then its median over the encoder's and over the decoder's elements whose
 gradient is not always zero (the weights of pixels that are blank in every digit of the batch).
 Results go to ``OUT/gradient-snr-<device>-<date>.md`` and ``.json``.
@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import pyro_vae  # noqa: E402
-from pyro_vae.data import eval_inputs  # noqa: E402
-from pyro_vae.elbo import make_loss  # noqa: E402
+from pyro_vae.data.sources import eval_inputs  # noqa: E402
+from pyro_vae.infer.elbo import make_loss  # noqa: E402
 
 OBJECTIVES = ("iwae", "iwae-dreg")
 

@@ -8,7 +8,8 @@ pixel baseline, and the memory and epoch time of a training set kept on the devi
 **Bits per dimension** (``--parts bits``): VAEs with the discretized logistic likelihood (256 bins,
 per pixel and channel) on the offline ``photos`` set (32x32 colour patches of scikit-learn's two
 sample photographs), one per network family (``--encoders``), trained through
-:func:`pyro_vae.train`; each scored on the test set by :func:`pyro_vae.evaluation.evaluate` (test
+:func:`pyro_vae.train`; each scored on the test set by
+:func:`pyro_vae.analysis.evaluation.evaluate` (test
 ELBO and the IWAE estimate with ``--iwae-k``), in bits per dimension, beside the independent
 discretized logistic per value fitted to the training set.
 
@@ -40,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import pyro_vae  # noqa: E402
-from pyro_vae.data import Dataset, as_floats  # noqa: E402
-from pyro_vae.evaluation import evaluate  # noqa: E402
+from pyro_vae.analysis.evaluation import evaluate  # noqa: E402
+from pyro_vae.data.sources import Dataset, as_floats  # noqa: E402
 
 MODES = ("float32 on the device", "uint8 on the device", "uint8 streamed")
 

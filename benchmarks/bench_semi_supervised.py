@@ -8,12 +8,12 @@ M2 (``--model m2``) as in Pyro's ss-vae tutorial: 784-500-{50 | 10} MLPs, a Bern
 dynamically binarized images, y enumerated for the unlabelled examples (TraceEnum_ELBO), the
 auxiliary term alpha log q(y|x) on the labelled ones (alpha = the library's default), Adam, trained
 through :func:`pyro_vae.train` (``compile="auto"``). The baseline is the very classifier network
-(:func:`pyro_vae.nets.make_classifier`) trained by cross-entropy on the same labelled examples (the
-same seeded, class-balanced choice, :func:`pyro_vae.data.labeled_split`), also on dynamically
-binarized images, with Adam for a fixed number of steps. Both are scored on the whole test set,
-binarized once with seed 0. The baseline's best accuracy over its steps (chosen on the test set:
-an optimistic figure no real run could pick) is reported beside its final one. Results go to
-``OUT/semi-supervised-<device>-<date>.md`` and ``.json``.
+(:func:`pyro_vae.parts.networks.make_classifier`) trained by cross-entropy on the same labelled
+examples (the same seeded, class-balanced choice, :func:`pyro_vae.data.sources.labeled_split`), also
+on dynamically binarized images, with Adam for a fixed number of steps. Both are scored on the whole
+test set, binarized once with seed 0. The baseline's best accuracy over its steps (chosen on the
+test set: an optimistic figure no real run could pick) is reported beside its final one. Results go
+to ``OUT/semi-supervised-<device>-<date>.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import pyro_vae  # noqa: E402
-from pyro_vae.data import TEST_BINARIZATION_SEED, binarize, binarize_afresh, labeled_split  # noqa: E402
+from pyro_vae.data.sources import TEST_BINARIZATION_SEED, binarize, binarize_afresh, labeled_split  # noqa: E402
 from pyro_vae.models import build_model  # noqa: E402
-from pyro_vae.nets import make_classifier  # noqa: E402
+from pyro_vae.parts.networks import make_classifier  # noqa: E402
 
 # Pyro's ss-vae tutorial, MNIST, 50,000 training images: M2 with the auxiliary loss (its table)
 TUTORIAL_MNIST = {100: (0.9319, 0.7713), 600: (0.9574, 0.8812), 1000: (0.9652, 0.9095),

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import pyro_vae  # noqa: E402
-from pyro_vae.data import Dataset  # noqa: E402
-from pyro_vae.training import Trainer  # noqa: E402
+from pyro_vae.data.sources import Dataset  # noqa: E402
+from pyro_vae.training.trainer import Trainer  # noqa: E402
 
 EVAL_IMAGES = 1000  # test images for the trainer's (untimed) test ELBO after each epoch
 LR = 1e-3
@@ -54,11 +54,11 @@ TRAINERS: dict[tuple, Trainer] = {}  # one per variant, network, batch and devic
 
 
 def trainer_variant(objective: str, compile: str = "off") -> Variant:
-    """The project's trainer, ``pyro_vae.training.Trainer``, as ``pyro_vae.train`` runs it: ``fit``
-    takes ``Trainer.step`` on each of ``Trainer.batches``; ``History.seconds`` times the steps,
-    not the test ELBO after the epoch. One trainer per network, batch and device trains on from
-    round to round, so that the warm-up epoch holds the first step (Pyro's validation) and, with
-    ``compile="on"``, the compiling (whose time goes into the results)."""
+    """The project's trainer, ``pyro_vae.training.trainer.Trainer``, as ``pyro_vae.train`` runs it:
+    ``fit`` takes ``Trainer.step`` on each of ``Trainer.batches``; ``History.seconds`` times the
+    steps, not the test ELBO after the epoch. One trainer per network, batch and device trains on
+    from round to round, so that the warm-up epoch holds the first step (Pyro's validation) and,
+    with ``compile="on"``, the compiling (whose time goes into the results)."""
 
     def run(vae, data: Dataset, batch: int, device: torch.device, seed: int) -> float:
         key = (objective, compile, batch, vae.x_shape, vae.hidden_dims, vae.z_dim, str(device))
@@ -93,7 +93,7 @@ def pyro_naive(vae, data: Dataset, batch: int, device: torch.device, seed: int) 
 VARIANTS: dict[str, Variant] = {
     "svi": trainer_variant("trace"),  # Trace_ELBO, eager
     "svi-compiled": trainer_variant("trace", compile="on"),  # the step captured and compiled
-    "manual": trainer_variant("manual"),  # pyro_vae.elbo.manual_elbo, no pyro.infer
+    "manual": trainer_variant("manual"),  # pyro_vae.infer.elbo.manual_elbo, no pyro.infer
     "pyro-naive": pyro_naive,
 }
 # name -> (numerator, denominator): ratios of median epoch times, reported where both ran.

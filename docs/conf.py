@@ -101,7 +101,7 @@ def write_guide_pages():
 
 
 def python_object(name):
-    """The object ``name`` (``pyro_vae.checks.ConfigError``) names in Python, or ``None``."""
+    """The object ``name`` (``pyro_vae.validation.ConfigError``) names in Python, or ``None``."""
     parts = name.split(".")
     for i in range(len(parts) - 1, 0, -1):
         try:
@@ -116,8 +116,8 @@ def python_object(name):
 
 def resolve_as_python_does(app, env, node, contnode):
     """Resolve a reference Sphinx did not find as Python resolves the name where the docstring
-    is: ``ConfigError`` in pyro_vae.checks, or ``pyro_vae.VAE``, is the class imported there, and
-    is documented where it is defined. A name Python does not know stays unresolved."""
+    is: ``ConfigError`` in pyro_vae.validation, or ``pyro_vae.VAE``, is the class imported there,
+    and is documented where it is defined. A name Python does not know stays unresolved."""
     if node.get("refdomain") != "py":
         return None
     target = node["reftarget"].lstrip(".~")

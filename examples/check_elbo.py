@@ -12,10 +12,10 @@ import argparse
 import pyro
 
 import pyro_vae
-from pyro_vae.check import check_elbo, format_check
-from pyro_vae.data import eval_inputs
-from pyro_vae.guides import GUIDES
-from pyro_vae.priors import PRIORS
+from pyro_vae.data.sources import eval_inputs
+from pyro_vae.infer.elbo_check import check_elbo, format_check
+from pyro_vae.parts.guides import GUIDES
+from pyro_vae.parts.priors import PRIORS
 
 
 def main() -> int:

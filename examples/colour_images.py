@@ -18,8 +18,8 @@ from pathlib import Path
 import pyro
 
 import pyro_vae
-from pyro_vae.data import Dataset, as_floats
-from pyro_vae.plots import plot_reconstructions, plot_samples
+from pyro_vae.analysis.plots import plot_reconstructions, plot_samples
+from pyro_vae.data.sources import Dataset, as_floats
 
 
 def main() -> None:

@@ -22,13 +22,13 @@ import pyro
 import torch
 
 import pyro_vae
-from pyro_vae.data import eval_inputs
-from pyro_vae.elbo import iwae_bound
-from pyro_vae.evaluation import active_units
-from pyro_vae.guides import GUIDES
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.plots import plot_samples
-from pyro_vae.priors import PRIORS
+from pyro_vae.analysis.evaluation import active_units
+from pyro_vae.analysis.plots import plot_samples
+from pyro_vae.data.sources import eval_inputs
+from pyro_vae.infer.elbo import iwae_bound
+from pyro_vae.parts.guides import GUIDES
+from pyro_vae.parts.likelihoods import LIKELIHOODS
+from pyro_vae.parts.priors import PRIORS
 
 CHOICES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}
 # Options a choice needs on the embedded digits, whose grey levels are k/16.

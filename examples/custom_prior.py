@@ -7,8 +7,8 @@ import pyro.distributions as dist
 import torch
 
 import pyro_vae
-from pyro_vae.check import check_elbo, format_check
-from pyro_vae.priors import PRIORS
+from pyro_vae.infer.elbo_check import check_elbo, format_check
+from pyro_vae.parts.priors import PRIORS
 
 
 class CauchyPrior(torch.nn.Module):
@@ -34,6 +34,6 @@ if __name__ == "__main__":
     history = pyro_vae.train(vae, data, epochs=epochs, lr=3e-3, device="cpu", progress=False)
     print(f"test ELBO with the Cauchy prior: {history.test_elbo[-1]:.2f} nats per example\n")
     # Pyro's Trace_ELBO against the hand-written ELBO on 64 binarized test images
-    report = check_elbo(vae, pyro_vae.data.binarize(data.x_test[:64], seed=0))
+    report = check_elbo(vae, pyro_vae.data.sources.binarize(data.x_test[:64], seed=0))
     print(format_check(report, 64), "\n", report.failures or "all equalities hold")
     raise SystemExit(1 if report.failures else 0)

@@ -14,15 +14,15 @@ import arviz as az
 import pyro
 
 import pyro_vae
-from pyro_vae.data import eval_inputs
-from pyro_vae.inspect import (
+from pyro_vae.analysis.inspection import (
     amortization_gap,
     compare_to_nuts,
     importance_diagnostics,
     nuts_posterior,
     posterior_samples,
 )
-from pyro_vae.plots import plot_guide_vs_nuts, plot_khat, plot_latent_scatter
+from pyro_vae.analysis.plots import plot_guide_vs_nuts, plot_khat, plot_latent_scatter
+from pyro_vae.data.sources import eval_inputs
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pyro
 
 import pyro_vae
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.plots import plot_reconstructions
+from pyro_vae.analysis.plots import plot_reconstructions
+from pyro_vae.parts.likelihoods import LIKELIHOODS
 
 OPTIONS = {"discretized-logistic": {"bins": 17}}  # the digits have grey levels k/16
 

@@ -13,8 +13,8 @@ import pyro
 import torch
 
 import pyro_vae
-from pyro_vae.plots import plot_samples
-from pyro_vae.priors import PRIORS
+from pyro_vae.analysis.plots import plot_samples
+from pyro_vae.parts.priors import PRIORS
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyro
 
 import pyro_vae
-from pyro_vae.plots import plot_elbo, plot_reconstructions, plot_samples
+from pyro_vae.analysis.plots import plot_elbo, plot_reconstructions, plot_samples
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pyro
 
 import pyro_vae
-from pyro_vae.data import as_floats
-from pyro_vae.plots import plot_elbo, plot_reconstructions, plot_samples
+from pyro_vae.analysis.plots import plot_elbo, plot_reconstructions, plot_samples
+from pyro_vae.data.sources import as_floats
 
 
 def main() -> None:

@@ -15,20 +15,20 @@ and then use it: ``pyro_vae.encode`` (codes), ``pyro_vae.linear_probe``, ``pyro_
 (log p(x) and out-of-distribution scores per example), ``pyro_vae.interpolate`` (latent walks).
 """
 
-from .conditional import CVAE, M2
-from .config import RunConfig
-from .data import Dataset, load_dataset
-from .elbo import dataset_elbo
-from .errors import ConfigError, DataError, PyroVAEError
-from .evaluation import evaluate
-from .interpolation import interpolate
-from .model import VAE
-from .models import MODELS, build_model
-from .representations import encode, linear_probe
-from .run import Run
-from .scores import score
-from .training import History, train
-from .version import __version__
+from pyro_vae.analysis.codes import encode, linear_probe
+from pyro_vae.analysis.evaluation import evaluate
+from pyro_vae.analysis.scores import score
+from pyro_vae.analysis.walks import interpolate
+from pyro_vae.config import RunConfig
+from pyro_vae.data.sources import Dataset, load_dataset
+from pyro_vae.errors import ConfigError, DataError, PyroVAEError
+from pyro_vae.infer.elbo import dataset_elbo
+from pyro_vae.models import MODELS, build_model
+from pyro_vae.models.conditional import CVAE, M2
+from pyro_vae.models.vae import VAE
+from pyro_vae.runs.folder import Run
+from pyro_vae.training.trainer import History, train
+from pyro_vae.version import __version__
 
 __all__ = [
     "CVAE",

@@ -7,8 +7,8 @@ or TOML), ``--resume`` compares it field by field, and a Python user builds it d
     config = RunConfig(dataset="digits", z_dim=8, epochs=50, lr=3e-3)
     run = pyro_vae.Run.create("runs/digits", config)
 
-Every field is checked when the object is made (:mod:`pyro_vae.checks`), so a bad value in a file
-is one error naming the setting, before any data is read or any file is written.
+Every field is checked when the object is made (:mod:`pyro_vae.validation`), so a bad value in a
+file is one error naming the setting, before any data is read or any file is written.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import checks
-from .conditional import DEFAULT_AUX_WEIGHT
-from .data import BINARIZATION, DATASETS
-from .errors import ConfigError
-from .guides import GUIDES
-from .likelihoods import LIKELIHOODS
-from .models import MODELS
-from .nets import NETS
-from .priors import PRIORS
-from .training import COMPILE, check_labeled, check_objective
+from pyro_vae import validation
+from pyro_vae.data.sources import BINARIZATION, DATASETS
+from pyro_vae.errors import ConfigError
+from pyro_vae.models import MODELS
+from pyro_vae.models.conditional import DEFAULT_AUX_WEIGHT
+from pyro_vae.parts.guides import GUIDES
+from pyro_vae.parts.likelihoods import LIKELIHOODS
+from pyro_vae.parts.networks import NETS
+from pyro_vae.parts.priors import PRIORS
+from pyro_vae.training.trainer import COMPILE, check_labeled, check_objective
 
 try:  # Python 3.11 reads TOML; on 3.10 a .toml config is refused with one line
     import tomllib
@@ -45,8 +45,9 @@ class RunConfig:
     """Every setting of a run: the data, the model, the training. ``pyro-vae train --help`` has
     a flag for each one; the defaults are the command line's.
 
-    :param dataset: the data set's name, one of :data:`~pyro_vae.data.DATASETS`.
-    :param data_dir: the folder its files are in; ``None``: :data:`~pyro_vae.data.DEFAULT_DATA_DIR`.
+    :param dataset: the data set's name, one of :data:`~pyro_vae.data.sources.DATASETS`.
+    :param data_dir: the folder its files are in; ``None``:
+    :data:`~pyro_vae.data.sources.DEFAULT_DATA_DIR`.
     :param data_path: the ``.npz`` file, for ``dataset="npz"`` only.
     :param image_size: pictures only: resized and centre-cropped to this many pixels a side;
         ``None``: as the files are.
@@ -56,9 +57,9 @@ class RunConfig:
     :param hidden_dims: the encoder's layer widths (``mlp``) or channel counts (``conv``,
         ``resnet``); the decoder mirrors them.
     :param encoder: the family of both networks: ``"mlp"``, ``"conv"`` or ``"resnet"``.
-    :param prior: the prior's name in :data:`~pyro_vae.priors.PRIORS`.
-    :param likelihood: the likelihood's name in :data:`~pyro_vae.likelihoods.LIKELIHOODS`.
-    :param guide: the guide family's name in :data:`~pyro_vae.guides.GUIDES`.
+    :param prior: the prior's name in :data:`~pyro_vae.parts.priors.PRIORS`.
+    :param likelihood: the likelihood's name in :data:`~pyro_vae.parts.likelihoods.LIKELIHOODS`.
+    :param guide: the guide family's name in :data:`~pyro_vae.parts.guides.GUIDES`.
     :param prior_options: the prior's keyword options, e.g. ``{"components": 10}``.
     :param likelihood_options: the likelihood's keyword options, e.g. ``{"bins": 17}``.
     :param guide_options: the guide family's keyword options, e.g. ``{"flow_steps": 4}``.
@@ -79,13 +80,15 @@ class RunConfig:
         ``"none"``.
     :param device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     :param compile: compile the training step: ``"auto"`` (when it pays), ``"on"`` or ``"off"``.
-    :param stream: bring the batches to the device by a ``DataLoader`` (:mod:`pyro_vae.loader`)
+    :param stream: bring the batches to the device by a ``DataLoader``
+    (:mod:`pyro_vae.data.streaming`)
         even when the training set fits there.
     :param workers: the ``DataLoader``'s worker processes, when streamed; 0: none.
-    :param tensorboard: write TensorBoard event files after every epoch (:mod:`pyro_vae.board`).
+    :param tensorboard: write TensorBoard event files after every epoch
+    (:mod:`pyro_vae.runs.board`).
     """
 
-    # the data (pyro_vae.data.load_dataset)
+    # the data (pyro_vae.data.sources.load_dataset)
     dataset: str = "digits"
     data_dir: str | None = None
     data_path: str | None = None
@@ -102,7 +105,7 @@ class RunConfig:
     prior_options: dict[str, Any] = field(default_factory=dict)
     likelihood_options: dict[str, Any] = field(default_factory=dict)
     guide_options: dict[str, Any] = field(default_factory=dict)
-    aux_weight: float = DEFAULT_AUX_WEIGHT  # M2's alpha (pyro_vae.conditional.M2)
+    aux_weight: float = DEFAULT_AUX_WEIGHT  # M2's alpha (pyro_vae.models.conditional.M2)
     # the training (pyro_vae.train)
     epochs: int = 20
     batch_size: int = 128
@@ -116,35 +119,35 @@ class RunConfig:
     binarization: str = "dynamic"
     device: str = "auto"
     compile: str = "auto"
-    stream: bool = False  # batches through a DataLoader (pyro_vae.loader)
+    stream: bool = False  # batches through a DataLoader (pyro_vae.data.streaming)
     workers: int = 2  # its worker processes
-    # the run folder (pyro_vae.run)
-    tensorboard: bool = False  # TensorBoard event files after every epoch (pyro_vae.board)
+    # the run folder (pyro_vae.runs.folder)
+    tensorboard: bool = False  # TensorBoard event files after every epoch (pyro_vae.runs.board)
 
     def __post_init__(self) -> None:
         checked = {
-            "dataset": checks.choice("dataset", self.dataset, DATASETS),
-            "model": checks.choice("model", self.model, list(MODELS)),
-            "data_dir": checks.path("data_dir", self.data_dir),
-            "data_path": checks.path("data_path", self.data_path),
-            "image_size": checks.optional(checks.size, "image_size", self.image_size),
-            "channels": checks.optional(checks.channels, "channels", self.channels),
-            "z_dim": checks.size("z_dim", self.z_dim),
-            "hidden_dims": checks.sizes("hidden_dims", self.hidden_dims),
-            "encoder": checks.choice("encoder", self.encoder, list(NETS)),
-            "prior": checks.choice("prior", self.prior, list(PRIORS)),
-            "likelihood": checks.choice("likelihood", self.likelihood, list(LIKELIHOODS)),
-            "guide": checks.choice("guide", self.guide, list(GUIDES)),
-            "epochs": checks.count("epochs", self.epochs),
-            "batch_size": checks.count("batch_size", self.batch_size),
-            "lr": checks.positive("lr", self.lr),
-            "seed": checks.seed("seed", self.seed),
-            "binarization": checks.choice("binarization", self.binarization, BINARIZATION),
-            "device": checks.text("device", self.device),
-            "compile": checks.choice("compile", self.compile, COMPILE),
-            "stream": checks.flag("stream", self.stream),
-            "workers": checks.whole("workers", self.workers, low=0),
-            "tensorboard": checks.flag("tensorboard", self.tensorboard),
+            "dataset": validation.choice("dataset", self.dataset, DATASETS),
+            "model": validation.choice("model", self.model, list(MODELS)),
+            "data_dir": validation.path("data_dir", self.data_dir),
+            "data_path": validation.path("data_path", self.data_path),
+            "image_size": validation.optional(validation.size, "image_size", self.image_size),
+            "channels": validation.optional(validation.channels, "channels", self.channels),
+            "z_dim": validation.size("z_dim", self.z_dim),
+            "hidden_dims": validation.sizes("hidden_dims", self.hidden_dims),
+            "encoder": validation.choice("encoder", self.encoder, list(NETS)),
+            "prior": validation.choice("prior", self.prior, list(PRIORS)),
+            "likelihood": validation.choice("likelihood", self.likelihood, list(LIKELIHOODS)),
+            "guide": validation.choice("guide", self.guide, list(GUIDES)),
+            "epochs": validation.count("epochs", self.epochs),
+            "batch_size": validation.count("batch_size", self.batch_size),
+            "lr": validation.positive("lr", self.lr),
+            "seed": validation.seed("seed", self.seed),
+            "binarization": validation.choice("binarization", self.binarization, BINARIZATION),
+            "device": validation.text("device", self.device),
+            "compile": validation.choice("compile", self.compile, COMPILE),
+            "stream": validation.flag("stream", self.stream),
+            "workers": validation.whole("workers", self.workers, low=0),
+            "tensorboard": validation.flag("tensorboard", self.tensorboard),
         }
         # the objective's settings are checked together, against the epochs too
         weighing = check_objective(
@@ -157,7 +160,7 @@ class RunConfig:
             checked["model"],
         )
         checked["labeled"] = check_labeled(checked["model"], self.labeled)
-        checked["aux_weight"] = checks.non_negative("aux_weight", self.aux_weight)
+        checked["aux_weight"] = validation.non_negative("aux_weight", self.aux_weight)
         if checked["aux_weight"] != DEFAULT_AUX_WEIGHT and checked["model"] != "m2":
             raise ConfigError(f"is for {{model}} 'm2', not {checked['model']!r}", "aux_weight")
         checked.update(zip(("num_particles", "beta", "kl_warmup"), weighing, strict=True))
@@ -234,7 +237,7 @@ class RunConfig:
         ]
 
     def data_options(self) -> dict[str, Any]:
-        """The settings :func:`pyro_vae.data.load_dataset` takes besides the name."""
+        """The settings :func:`pyro_vae.data.sources.load_dataset` takes besides the name."""
         names = ("data_dir", "data_path", "image_size", "channels")
         return {name: getattr(self, name) for name in names}
 

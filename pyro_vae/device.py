@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from .errors import ConfigError
+from pyro_vae.errors import ConfigError
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 

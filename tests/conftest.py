@@ -7,11 +7,11 @@ from pyro.infer import RenyiELBO
 from torch.overrides import TorchFunctionMode
 
 from pyro_vae import VAE, load_dataset
-from pyro_vae.data import eval_inputs
-from pyro_vae.guides import GUIDES
-from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.data.sources import eval_inputs
 from pyro_vae.models import build_model
-from pyro_vae.priors import PRIORS
+from pyro_vae.parts.guides import GUIDES
+from pyro_vae.parts.likelihoods import LIKELIHOODS
+from pyro_vae.parts.priors import PRIORS
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Workers share the cores: one thread each, and for the processes they start (examples,

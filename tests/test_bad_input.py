@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.cli import main
-from pyro_vae.run import CHECKPOINT, CONFIG, Run
+from pyro_vae.cli.commands import main
+from pyro_vae.runs.folder import CHECKPOINT, CONFIG, Run
 
 FAST = ["--z-dim", "4", "--hidden-dims", "32", "--epochs", "1", "--quiet"]
 DIGITS = ["--dataset", "digits", *FAST]
@@ -406,8 +406,8 @@ def test_a_picture_that_cannot_be_written_is_one_line(
 
 def test_a_gpu_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch):
     # CI has no GPU: raise what torch raises when a CUDA allocation fails
-    import pyro_vae.run
-    from pyro_vae.training import Trainer
+    import pyro_vae.runs.folder
+    from pyro_vae.training.trainer import Trainer
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -418,7 +418,7 @@ def test_a_gpu_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch)
         "pyro-vae: error: training ran out of the memory of cpu; try a smaller --batch-size or "
         "smaller --hidden-dims (the last checkpoint is kept)"
     )
-    monkeypatch.setattr(pyro_vae.run, "evaluate", out_of_memory)
+    monkeypatch.setattr(pyro_vae.runs.folder, "evaluate", out_of_memory)
     line = one_error_line(capsys, ["evaluate", str(run_dir), "--quiet"])
     assert line == "pyro-vae: error: the GPU ran out of memory; try --device cpu"
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torchvision.datasets
 
-from pyro_vae.cli import EXAMPLES, build_parser, main, overlay
+from pyro_vae.cli.commands import EXAMPLES, build_parser, main, overlay
 from pyro_vae.config import RunConfig
-from pyro_vae.run import PREVIOUS, RUN_FILES
+from pyro_vae.runs.folder import PREVIOUS, RUN_FILES
 
 FAST = ["--hidden-dims", "64", "--z-dim", "4", "--quiet"]
 
@@ -303,12 +303,12 @@ def test_console_script_and_module_entry_points():
 
 
 def test_ctrl_c_ends_with_status_130_and_keeps_the_config(tmp_path, capsys, monkeypatch):
-    import pyro_vae.run
+    import pyro_vae.runs.folder
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pyro_vae.run, "train", interrupted)
+    monkeypatch.setattr(pyro_vae.runs.folder, "train", interrupted)
     assert main(["train", "--out", str(tmp_path / "run"), *FAST]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert (tmp_path / "run" / "config.json").exists()

@@ -12,19 +12,19 @@ import torch
 from conftest import covering_combinations, make
 
 from pyro_vae import VAE, train
-from pyro_vae.checkpoint import load_checkpoint, save_checkpoint, train_state
-from pyro_vae.compiled import COLD_COMPILE_SECONDS, CaptureError, CompiledLoss, host_reads
-from pyro_vae.conditional import one_hot
-from pyro_vae.data import eval_inputs
-from pyro_vae.elbo import make_loss
-from pyro_vae.evaluation import iwae_estimate
-from pyro_vae.likelihoods import Bernoulli
-from pyro_vae.priors import StandardNormal
-from pyro_vae.training import TrainingInterrupted
+from pyro_vae.analysis.evaluation import iwae_estimate
+from pyro_vae.data.sources import eval_inputs
+from pyro_vae.infer.compiling import COLD_COMPILE_SECONDS, CaptureError, CompiledLoss, host_reads
+from pyro_vae.infer.elbo import make_loss
+from pyro_vae.models.conditional import one_hot
+from pyro_vae.parts.likelihoods import Bernoulli
+from pyro_vae.parts.priors import StandardNormal
+from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint, train_state
+from pyro_vae.training.trainer import TrainingInterrupted
 
-compiled_module = importlib.import_module("pyro_vae.compiled")
-elbo_module = importlib.import_module("pyro_vae.elbo")
-train_module = importlib.import_module("pyro_vae.training")
+compiled_module = importlib.import_module("pyro_vae.infer.compiling")
+elbo_module = importlib.import_module("pyro_vae.infer.elbo")
+train_module = importlib.import_module("pyro_vae.training.trainer")
 
 COMBINATIONS = [pytest.param(*combo, id="-".join(combo)) for combo in covering_combinations()]
 SMALL = dict(z_dim=4, hidden_dims=(32,))  # the one shape the compiling tests share

@@ -10,16 +10,16 @@ import torch
 from conftest import HostReads, covering_combinations, make
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
-from pyro_vae.cli import main
-from pyro_vae.conditional import M2, accuracy, one_hot
-from pyro_vae.data import labeled_split
-from pyro_vae.elbo import m2_aux_term, m2_elbo, m2_iwae_bound, make_loss, manual_elbo
+from pyro_vae.analysis.inspection import log_importance_weights, posterior_samples
+from pyro_vae.cli.commands import main
+from pyro_vae.data.sources import labeled_split
 from pyro_vae.errors import ConfigError
-from pyro_vae.inspect import log_importance_weights, posterior_samples
+from pyro_vae.infer.elbo import m2_aux_term, m2_elbo, m2_iwae_bound, make_loss, manual_elbo
+from pyro_vae.infer.sync_free import SyncFreeTraceEnum_ELBO
 from pyro_vae.models import build_model
-from pyro_vae.objectives import SyncFreeTraceEnum_ELBO
-from pyro_vae.run import Run
-from pyro_vae.training import Trainer, train
+from pyro_vae.models.conditional import M2, accuracy, one_hot
+from pyro_vae.runs.folder import Run
+from pyro_vae.training.trainer import Trainer, train
 
 TOLERANCE = 1e-5
 LABEL_COMBINATIONS = [c for c in covering_combinations() if c[0] != "vamp"]

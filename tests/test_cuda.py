@@ -9,7 +9,7 @@ from conftest import binary_batch
 from pyro import poutine
 
 from pyro_vae import VAE, Run, train
-from pyro_vae.cli import main
+from pyro_vae.cli.commands import main
 
 pytestmark = [
     pytest.mark.cuda,
@@ -57,8 +57,8 @@ def test_a_gpu_run_folder_evaluates_the_same_and_loads_on_the_cpu(tmp_path):
 def test_trace_elbo_equals_the_manual_elbo_on_the_gpu(digits):
     from pyro.infer import Trace_ELBO
 
-    from pyro_vae.data import eval_inputs
-    from pyro_vae.elbo import manual_elbo
+    from pyro_vae.data.sources import eval_inputs
+    from pyro_vae.infer.elbo import manual_elbo
 
     vae = VAE(digits.x_shape, z_dim=4, hidden_dims=(32,)).cuda()
     x = eval_inputs(vae.likelihood, digits.x_test[:64]).cuda()
@@ -75,8 +75,8 @@ def test_trace_elbo_equals_the_manual_elbo_on_the_gpu(digits):
 
 
 def test_resumed_gpu_training_takes_the_same_steps(digits, tmp_path):
-    from pyro_vae.checkpoint import load_checkpoint, save_checkpoint, train_state
-    from pyro_vae.training import Trainer, TrainingInterrupted
+    from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint, train_state
+    from pyro_vae.training.trainer import Trainer, TrainingInterrupted
 
     def fresh():
         pyro.set_rng_seed(0)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.cli import main
-from pyro_vae.data import (
+from pyro_vae.cli.commands import main
+from pyro_vae.data.sources import (
     DATASETS,
     DEFAULT_DATA_DIR,
     Dataset,

@@ -13,11 +13,11 @@ import torch.distributed as dist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pyro_vae import VAE, load_dataset
-from pyro_vae.data import binarize_afresh
-from pyro_vae.elbo import make_loss
+from pyro_vae.data.sources import binarize_afresh
+from pyro_vae.infer.elbo import make_loss
 from pyro_vae.models import build_model
-from pyro_vae.run import BOARD, CHECKPOINT, Run
-from pyro_vae.training import Trainer
+from pyro_vae.runs.folder import BOARD, CHECKPOINT, Run
+from pyro_vae.training.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is missing")
 
@@ -31,8 +31,8 @@ MODEL = dict(z_dim=4, hidden_dims=(32,))
 RANK_SCRIPT = f"""
 import gc, os, sys, time, pyro, torch, torch.distributed as dist
 from pyro_vae import VAE, load_dataset, train
-from pyro_vae.distributed import main_process_first
-from pyro_vae.training import TrainingInterrupted
+from pyro_vae.training.distributed import main_process_first
+from pyro_vae.training.trainer import TrainingInterrupted
 dist.init_process_group("gloo")
 with main_process_first():  # as a download would be: rank 0, then the others
     entered = time.monotonic()

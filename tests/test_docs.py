@@ -47,7 +47,7 @@ GOOGLE = re.compile(
     re.MULTILINE,
 )
 NUMPY = re.compile(r"^\s*[A-Z][\w ]*\n\s*-{3,}\s*$", re.MULTILINE)
-# a dotted name in the package (pyro_vae.training.TrainState), not a path (pyro_vae/run.py)
+# a dotted name in the package (pyro_vae.training.trainer.TrainState), not a path (pyro_vae/run.py)
 DOTTED = re.compile(r"(?<![\w./-])pyro_vae(?:\.\w+)+")
 # the prose that names the package's objects (docs/_build/ is the built site)
 PROSE = ["README.md", "notebooks/README.md", "docs/**/*.md", "docs/**/*.rst"]
@@ -286,7 +286,8 @@ def package_text() -> list[tuple[str, str]]:
 
 def resolves(name: str) -> bool:
     """Whether ``name`` is an attribute path from the package, once the module it starts with is
-    imported, as ``import pyro_vae.plots`` and then ``pyro_vae.plots.plot_elbo`` would have it.
+    imported, as ``import pyro_vae.analysis.plots`` and then ``pyro_vae.analysis.plots.plot_elbo``
+    would have it.
 
     A submodule shadowed by a name the package imports under the same name (the function
     ``pyro_vae.train`` over a module ``pyro_vae/train.py``) does not resolve past that name.

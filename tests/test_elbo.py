@@ -12,10 +12,10 @@ from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE, ConfigError, train
-from pyro_vae.cli import main
-from pyro_vae.conditional import one_hot
-from pyro_vae.data import eval_inputs
-from pyro_vae.elbo import (
+from pyro_vae.analysis.evaluation import kl_per_dim
+from pyro_vae.cli.commands import main
+from pyro_vae.data.sources import eval_inputs
+from pyro_vae.infer.elbo import (
     dataset_elbo,
     elbo_terms,
     iwae_bound,
@@ -24,8 +24,8 @@ from pyro_vae.elbo import (
     make_loss,
     manual_elbo,
 )
-from pyro_vae.evaluation import kl_per_dim
-from pyro_vae.guides import DiagonalNormal
+from pyro_vae.models.conditional import one_hot
+from pyro_vae.parts.guides import DiagonalNormal
 
 COMBINATIONS = [pytest.param(*combo, id="-".join(combo)) for combo in covering_combinations()]
 TOLERANCE = 1e-5
@@ -285,11 +285,11 @@ def test_iwae_bound_rises_with_k(trained_digits_vae):
 
 def test_iwae_bound_is_chunked_over_particles(trained_digits_vae, monkeypatch):
     vae, x = trained_digits_vae
-    import pyro_vae.elbo
+    import pyro_vae.infer.elbo
 
     torch.manual_seed(0)
     whole = iwae_bound(vae, x, 64)
-    monkeypatch.setattr(pyro_vae.elbo, "IWAE_CHUNK_ELEMENTS", 7 * len(x) * 64)
+    monkeypatch.setattr(pyro_vae.infer.elbo, "IWAE_CHUNK_ELEMENTS", 7 * len(x) * 64)
     torch.manual_seed(0)
     chunked = iwae_bound(vae, x, 64)  # 7 particles at a time: other draws, same quantity
     assert not torch.equal(whole, chunked)
@@ -394,7 +394,7 @@ def test_check_elbo_command(capsys, monkeypatch):
     assert all(row in out for row in rows) and "all equalities hold" in out
     assert "k=100" in out
 
-    import pyro_vae.check
+    import pyro_vae.infer.elbo_check
 
     def off_by_a_little(vae, x, num_particles=1, analytic_kl=False, kl_weight=1.0):
         return manual_elbo(vae, x, num_particles, analytic_kl, kl_weight=kl_weight) * 1.001
@@ -406,7 +406,7 @@ def test_check_elbo_command(capsys, monkeypatch):
         (off_by_a_little, "Trace_ELBO vs manual (K=1)"),
         (deaf_to_the_weight, "Trace_ELBO vs manual (K=1, KL weight 0.5)"),
     ]:
-        monkeypatch.setattr(pyro_vae.check, "manual_elbo", fake)
+        monkeypatch.setattr(pyro_vae.infer.elbo_check, "manual_elbo", fake)
         assert main(["check-elbo", "--batch-size", "16"]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"pyro-vae: check failed: {row}:"), err
@@ -415,7 +415,7 @@ def test_check_elbo_command(capsys, monkeypatch):
     def shifted_when_k_is_five(vae, x, k, full_chunk=None):
         return iwae_bound(vae, x, k) + (1e-2 if k == 5 else 0.0)
 
-    monkeypatch.setattr(pyro_vae.check, "iwae_bound", shifted_when_k_is_five)
+    monkeypatch.setattr(pyro_vae.infer.elbo_check, "iwae_bound", shifted_when_k_is_five)
     assert main(["check-elbo", "--batch-size", "16"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("pyro-vae: check failed: IWAE (RenyiELBO a=0) vs iwae_bound (K=5)")
@@ -425,7 +425,7 @@ def test_check_elbo_command(capsys, monkeypatch):
     def shifted_when_k_is_one(vae, x, k, full_chunk=None):
         return iwae_bound(vae, x, k) + (1e-3 if k == 1 else 0.0)
 
-    monkeypatch.setattr(pyro_vae.check, "iwae_bound", shifted_when_k_is_one)
+    monkeypatch.setattr(pyro_vae.infer.elbo_check, "iwae_bound", shifted_when_k_is_one)
     assert main(["check-elbo", "--batch-size", "16"]) == 1
     captured = capsys.readouterr()
     line = "IWAE k=1 against Pyro's single-sample ELBO, largest |difference|: "
@@ -442,7 +442,7 @@ def test_cli_trains_with_the_manual_objective(tmp_path, capsys):
 
 
 def test_check_elbo_is_not_fooled_by_float32_rounding_on_a_colour_image():
-    from pyro_vae.check import check_elbo, compare
+    from pyro_vae.infer.elbo_check import check_elbo, compare
 
     # a 3x32x32 image scores thousands of nats: in float32 the DReG gradients' rounding alone
     # exceeds the tolerance; the check runs in float64, passes, and leaves the model as it was

@@ -12,10 +12,17 @@ from conftest import HostReads, NoTorch, binary_batch
 from pyro.infer import Trace_ELBO
 from torch.distributions import kl_divergence
 
-from pyro_vae import VAE, ConfigError, guides, train
-from pyro_vae.elbo import closed_form_kl
-from pyro_vae.guides import GUIDES, MIN_SCALE, FullRankNormal, InverseAutoregressiveFlow, _IAFStep
-from pyro_vae.registry import describe
+from pyro_vae import VAE, ConfigError, train
+from pyro_vae.infer.elbo import closed_form_kl
+from pyro_vae.parts import guides
+from pyro_vae.parts.guides import (
+    GUIDES,
+    MIN_SCALE,
+    FullRankNormal,
+    InverseAutoregressiveFlow,
+    _IAFStep,
+)
+from pyro_vae.parts.registry import describe
 
 SETUPS = [(3, "mlp"), (2, "mlp"), (3, "conv")]
 

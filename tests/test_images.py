@@ -7,8 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.images import (
+from pyro_vae.data.images import (
     CATALOGUE,
     IMAGE_EXTENSIONS,
     Split,
@@ -16,6 +15,7 @@ from pyro_vae.images import (
     load_folder,
     load_photos,
 )
+from pyro_vae.errors import ConfigError, DataError
 
 H, W = 5, 6  # small pictures: 6 pixels wide, 5 high
 
@@ -460,7 +460,7 @@ def test_photos():
 def test_a_folder_of_colour_pictures_trains_and_scores_in_bits(tmp_path, capsys):
     import json
 
-    from pyro_vae.cli import main
+    from pyro_vae.cli.commands import main
 
     rng = np.random.default_rng(0)
     for k in range(24):  # two classes of 9x7 RGB pictures: reddish and bluish

@@ -22,10 +22,7 @@ from torch import nn  # noqa: E402
 from torch.distributions import MultivariateNormal, kl_divergence  # noqa: E402
 
 from pyro_vae import VAE, ConfigError, train  # noqa: E402
-from pyro_vae.data import eval_inputs  # noqa: E402
-from pyro_vae.elbo import iwae_bound  # noqa: E402
-from pyro_vae.guides import GUIDES, MIN_SCALE, DiagonalNormal  # noqa: E402
-from pyro_vae.inspect import (  # noqa: E402
+from pyro_vae.analysis.inspection import (  # noqa: E402
     amortization_gap,
     compare_to_nuts,
     importance_diagnostics,
@@ -34,7 +31,10 @@ from pyro_vae.inspect import (  # noqa: E402
     nuts_posterior,
     posterior_samples,
 )
-from pyro_vae.priors import PRIORS  # noqa: E402
+from pyro_vae.data.sources import eval_inputs  # noqa: E402
+from pyro_vae.infer.elbo import iwae_bound  # noqa: E402
+from pyro_vae.parts.guides import GUIDES, MIN_SCALE, DiagonalNormal  # noqa: E402
+from pyro_vae.parts.priors import PRIORS  # noqa: E402
 
 NUM_INPUTS = 8  # inputs for the guide-only checks
 NUTS_INPUTS = 3  # of which NUTS samples the first three

@@ -8,8 +8,12 @@ import torch
 from conftest import binary_batch
 
 from pyro_vae import VAE
-from pyro_vae.inspect import importance_diagnostics, importance_resample, posterior_samples
-from pyro_vae.plots import (
+from pyro_vae.analysis.inspection import (
+    importance_diagnostics,
+    importance_resample,
+    posterior_samples,
+)
+from pyro_vae.analysis.plots import (
     TRAVERSAL_VALUES,
     plot_guide_vs_nuts,
     plot_khat,

@@ -11,13 +11,13 @@ import torch.nn.functional as F
 
 import pyro_vae
 from pyro_vae import ConfigError, DataError
-from pyro_vae.distributions import (
+from pyro_vae.parts.distributions import (
     BETA_EPS,
     DiscretizedLogisticDistribution,
     StableContinuousBernoulli,
 )
-from pyro_vae.likelihoods import LIKELIHOODS, MIN_LOG_SCALE
-from pyro_vae.registry import describe
+from pyro_vae.parts.likelihoods import LIKELIHOODS, MIN_LOG_SCALE
+from pyro_vae.parts.registry import describe
 
 X_SHAPE = (1, 8, 8)
 # The options that fit the digits data set (values k/16).

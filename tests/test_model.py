@@ -8,9 +8,9 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae import VAE, ConfigError, train
-from pyro_vae.guides import GUIDES
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.priors import PRIORS
+from pyro_vae.parts.guides import GUIDES
+from pyro_vae.parts.likelihoods import LIKELIHOODS
+from pyro_vae.parts.priors import PRIORS
 
 SHAPES = [
     ("mlp", (1, 8, 8)),

@@ -9,7 +9,11 @@ import torch
 from conftest import HostReads, covering_combinations, make, renyi_loss_and_grads
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_vae.objectives import SyncFreeIWAE_ELBO, SyncFreeTrace_ELBO, SyncFreeTraceMeanField_ELBO
+from pyro_vae.infer.sync_free import (
+    SyncFreeIWAE_ELBO,
+    SyncFreeTrace_ELBO,
+    SyncFreeTraceMeanField_ELBO,
+)
 
 COMBINATIONS = [pytest.param(*combo, id="-".join(combo)) for combo in covering_combinations()]
 PAIRS = {"trace": (Trace_ELBO, SyncFreeTrace_ELBO)}

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from pyro_vae import VAE, ConfigError, Run, RunConfig, train
-from pyro_vae.cli import build_parser, main, overlay
-from pyro_vae.evaluation import active_units
-from pyro_vae.guides import GUIDES
-from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.analysis.evaluation import active_units
+from pyro_vae.cli.commands import build_parser, main, overlay
 from pyro_vae.models import MODELS
-from pyro_vae.priors import PRIORS
+from pyro_vae.parts.guides import GUIDES
+from pyro_vae.parts.likelihoods import LIKELIHOODS
+from pyro_vae.parts.priors import PRIORS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # what a part needs to train on the embedded digits, whose grey levels are k/16

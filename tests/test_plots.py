@@ -3,7 +3,13 @@ import pytest
 import torch
 from torchvision.utils import make_grid
 
-from pyro_vae.plots import as_images, image_grid, plot_elbo, plot_grid, plot_reconstructions
+from pyro_vae.analysis.plots import (
+    as_images,
+    image_grid,
+    plot_elbo,
+    plot_grid,
+    plot_reconstructions,
+)
 
 
 @pytest.mark.parametrize(

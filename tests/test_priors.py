@@ -13,11 +13,12 @@ from conftest import HostReads, NoTorch
 from torch import nn
 from torch.distributions import kl_divergence
 
-from pyro_vae import VAE, ConfigError, priors, train
-from pyro_vae.data import eval_inputs
-from pyro_vae.elbo import manual_elbo
-from pyro_vae.priors import PRIORS, VampPrior
-from pyro_vae.registry import describe
+from pyro_vae import VAE, ConfigError, train
+from pyro_vae.data.sources import eval_inputs
+from pyro_vae.infer.elbo import manual_elbo
+from pyro_vae.parts import priors
+from pyro_vae.parts.priors import PRIORS, VampPrior
+from pyro_vae.parts.registry import describe
 
 NAMES = list(PRIORS)
 LEARNED = {"normal", "mog", "vamp", "flow"}

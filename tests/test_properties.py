@@ -25,17 +25,17 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from pyro_vae import VAE, train
-from pyro_vae.cli import main
-from pyro_vae.data import BINARIZATION, Dataset
-from pyro_vae.elbo import OBJECTIVES
+from pyro_vae.analysis.evaluation import evaluate
+from pyro_vae.cli.commands import main
+from pyro_vae.data.sources import BINARIZATION, Dataset
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.evaluation import evaluate
-from pyro_vae.guides import GUIDES
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.nets import NETS
-from pyro_vae.priors import PRIORS
-from pyro_vae.registry import option_names
-from pyro_vae.run import CHECKPOINT
+from pyro_vae.infer.elbo import OBJECTIVES
+from pyro_vae.parts.guides import GUIDES
+from pyro_vae.parts.likelihoods import LIKELIHOODS
+from pyro_vae.parts.networks import NETS
+from pyro_vae.parts.priors import PRIORS
+from pyro_vae.parts.registry import option_names
+from pyro_vae.runs.folder import CHECKPOINT
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("PYRO_VAE_PROPERTY_EXAMPLES", 40)),  # more: a longer hunt

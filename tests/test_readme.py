@@ -26,12 +26,12 @@ PREAMBLE = f"""
 import dataclasses, os, sys
 import pyro_vae, pyro_vae.data
 
-load_digits = pyro_vae.data._load_digits  # the loader load_dataset("digits") calls
+load_digits = pyro_vae.data.sources._load_digits  # the loader load_dataset("digits") calls
 def fewer_digits():
     d = load_digits()
     return dataclasses.replace(d, x_train=d.x_train[:256], y_train=d.y_train[:256],
                                x_test=d.x_test[:64], y_test=d.y_test[:64])
-pyro_vae.data._load_digits = fewer_digits
+pyro_vae.data.sources._load_digits = fewer_digits
 
 sys.path.insert(0, {str(ROOT / "examples")!r})
 from custom_prior import CauchyPrior as MyPrior

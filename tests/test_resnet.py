@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from pyro_vae import VAE
-from pyro_vae.elbo import manual_elbo
 from pyro_vae.errors import ConfigError
-from pyro_vae.nets import (
+from pyro_vae.infer.elbo import manual_elbo
+from pyro_vae.parts.networks import (
     NETS,
     ConvDecoder,
     ResidualBlock,

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from pyro_vae import VAE, PyroVAEError, train
-from pyro_vae.checkpoint import load_checkpoint, save_checkpoint, train_state
-from pyro_vae.cli import main
-from pyro_vae.run import CHECKPOINT, PREVIOUS, Run
-from pyro_vae.training import TrainingError, TrainingInterrupted
+from pyro_vae.cli.commands import main
+from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint, train_state
+from pyro_vae.runs.folder import CHECKPOINT, PREVIOUS, Run
+from pyro_vae.training.trainer import TrainingError, TrainingInterrupted
 
-trainer = importlib.import_module("pyro_vae.training")
+trainer = importlib.import_module("pyro_vae.training.trainer")
 ROOT = Path(__file__).resolve().parents[1]
 # compile "off": "auto" decides by timing, and runs compared digit for digit must not decide apart
 RUN_FLAGS = ["--dataset", "digits", "--z-dim", "4", "--hidden-dims", "32", "--quiet"]
@@ -295,7 +295,7 @@ def test_non_finite_weights_are_never_written(digits, tmp_path):
 
 SLOW_WRITER = """
 import sys, time
-from pyro_vae.checkpoint import atomic_write
+from pyro_vae.runs.checkpoint import atomic_write
 
 def write(f):
     f.write(b"half a checkpoint")

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from pyro_vae import VAE, train
+from pyro_vae.analysis.evaluation import evaluate, independent_logistic_log_likelihood
 from pyro_vae.config import RunConfig
-from pyro_vae.data import Dataset
-from pyro_vae.evaluation import evaluate, independent_logistic_log_likelihood
+from pyro_vae.data.sources import Dataset
 from pyro_vae.models import build_model
-from pyro_vae.run import METRICS, Run
+from pyro_vae.runs.folder import METRICS, Run
 
-loader = importlib.import_module("pyro_vae.loader")
-trainer_module = importlib.import_module("pyro_vae.training")
+loader = importlib.import_module("pyro_vae.data.streaming")
+trainer_module = importlib.import_module("pyro_vae.training.trainer")
 OPTIONS = dict(epochs=2, batch_size=100, lr=3e-3, device="cpu", seed=5, progress=False)
 
 

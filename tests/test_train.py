@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from pyro_vae import VAE, ConfigError, DataError, Dataset, dataset_elbo, train
-from pyro_vae.data import eval_inputs, needs_binarization
+from pyro_vae.analysis.evaluation import independent_pixel_log_likelihood
+from pyro_vae.data.sources import eval_inputs, needs_binarization
 from pyro_vae.device import resolve_device
-from pyro_vae.evaluation import independent_pixel_log_likelihood
-from pyro_vae.likelihoods import Bernoulli
+from pyro_vae.parts.likelihoods import Bernoulli
 
 
 def test_a_few_hundred_svi_steps_beat_the_independent_pixel_model(digits):

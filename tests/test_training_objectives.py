@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pyro_vae import VAE, dataset_elbo, train
-from pyro_vae.data import eval_inputs
+from pyro_vae.data.sources import eval_inputs
 from pyro_vae.errors import ConfigError
 
 

@@ -8,8 +8,8 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_vae import build_model, encode, score
-from pyro_vae.evaluation import iwae_estimate
-from pyro_vae.inspect import importance_diagnostics, posterior_samples
+from pyro_vae.analysis.evaluation import iwae_estimate
+from pyro_vae.analysis.inspection import importance_diagnostics, posterior_samples
 
 
 @pytest.fixture(scope="module")

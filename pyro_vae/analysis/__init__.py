@@ -1,0 +1,2 @@
+"""Analysis of a trained model: evaluation, posterior inspection, codes, scores, latent
+walks and pictures."""

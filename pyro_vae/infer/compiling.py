@@ -1,0 +1,319 @@
+"""Compiled SVI: the Pyro program's loss and gradients, traced once and replayed as one graph.
+
+An SVI step runs Pyro's Python machinery (the guide and the model under poutine's handlers, the
+traces, the ELBO's sums) around a few hundred tensor operations, and those operations are the
+same at every step: they depend on the shapes, not on the values. So they are recorded once.
+``torch.fx.experimental.proxy_tensor.make_fx`` runs the objective (a sync-free ELBO of
+:mod:`pyro_vae.infer.sync_free`, or any loss function) and its gradient with respect to the VAE's
+parameters on one batch, with the parameters and the batch as inputs, and records every aten
+operation: a graph of the Pyro program, backward pass included. Inductor compiles that graph,
+and each step replays it on the current parameters and a new batch; Pyro's Python runs only at
+capture. Adam's update stays outside, one foreach call.
+
+Randomness: the guide's noise is drawn inside the graph from torch's global generator, and
+inductor's ``fallback_random`` makes it call the aten random operations eager PyTorch calls, so a
+compiled step draws the very numbers an eager one would. The compiler fuses and reorders the
+arithmetic, so the losses agree with eager ones to float32 rounding, not bit for bit.
+
+What a graph cannot hold is found at capture, and then :class:`CaptureError` says why: a
+program that reads a tensor's value into Python (``.item()``, a branch on a value) cannot be
+traced; one whose operations change from step to step gives two different graphs for two
+batches; an operation whose output's size depends on values (``nonzero``) would wait for the
+device at every step.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.fx import GraphModule
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from pyro_vae.device import random_state_kept
+
+# A compiled step takes at most this fraction of an eager one, and a first compile this many
+# seconds (benchmarks/results/compiled-*.md): what compile="auto" reckons with before it knows.
+COMPILED_FRACTION = 0.6
+COLD_COMPILE_SECONDS = {"cpu": 20.0, "cuda": 40.0}
+MIN_COMPILE_SECONDS = 2.0  # even a compile found in inductor's cache takes this long
+# aten operations that read a value back to the host, or whose output's size depends on values
+HOST_READS = frozenset(
+    f"aten.{name}"
+    for name in (
+        "_local_scalar_dense",
+        "item",
+        "is_nonzero",
+        "equal",
+        "allclose",
+        "nonzero",
+        "masked_select",
+        "unique",
+        "_unique",
+        "_unique2",
+        "unique_consecutive",
+        "unique_dim",
+    )
+)
+
+
+class CaptureError(Exception):
+    """The step cannot be captured as one graph; the message says why, in one line."""
+
+
+class _Objective(nn.Module):
+    """``loss_fn(x, *inputs)`` as a module that holds the VAE, so that ``functional_call`` can run
+    it on parameters given as inputs."""
+
+    def __init__(self, vae: nn.Module, loss_fn: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.vae = vae
+        self.loss_fn = loss_fn
+
+    def forward(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(x, *inputs)
+
+
+def host_reads(graph: GraphModule) -> list[str]:
+    """The operations of ``graph`` that would read a value back to the host (see HOST_READS).
+
+    :param graph: a graph that ``make_fx`` traced.
+    """
+    names = (str(node.target).rsplit(".", 1)[0] for node in graph.graph.nodes)
+    return sorted({name for name in names if name in HOST_READS})
+
+
+class CompiledLoss:
+    """The loss of ``loss_fn`` and its gradients with respect to ``vae``'s parameters (or, with
+    ``gradients=False``, its value alone: an estimate such as the test ELBO), for batches shaped
+    like ``x``: captured from one call as a graph, replayed as it is until :meth:`compile`
+    compiles it. Further tensor ``inputs`` (a KL weight that changes during training, say) are
+    inputs of the graph too, passed on to ``loss_fn(x, *inputs)``.
+
+    Capture and compilation run the program on ``x`` with the global random state put back
+    afterwards, so they draw nothing a step would have drawn; ``capture_seconds`` and
+    ``compile_seconds`` are the time they took.
+
+    :param vae: the model whose parameters the gradients are of.
+    :param loss_fn: ``loss_fn(x, *inputs)``, a 0-dim tensor: an objective's loss
+        (:func:`~pyro_vae.infer.elbo.make_loss`), say.
+    :param x: a batch of the shape the graph is for; the program runs on it at capture.
+    :param inputs: further tensors the graph takes and passes on to ``loss_fn``: a KL weight,
+        labels.
+    :param gradients: ``True``: the loss and each parameter's gradient; ``False``: the value alone.
+    """
+
+    def __init__(
+        self,
+        vae: nn.Module,
+        loss_fn: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        *inputs: torch.Tensor,
+        gradients: bool = True,
+    ):
+        start = time.perf_counter()
+        self.parameters = list(vae.parameters())
+        self.shape = tuple(x.shape)
+        self.device = x.device
+        objective = _Objective(vae, loss_fn)
+        names = [name for name, _ in objective.named_parameters()]
+
+        def loss_and_grads(params: list[torch.Tensor], x: torch.Tensor, *inputs: torch.Tensor):
+            with torch.set_grad_enabled(gradients):
+                named = dict(zip(names, params, strict=True))
+                loss = functional_call(objective, named, (x, *inputs))
+            if not gradients:
+                return loss.detach()
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            pairs = zip(params, grads, strict=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in pairs]
+            return loss.detach(), grads
+
+        self.inputs = inputs
+        self.graph = self._capture(loss_and_grads, x, inputs)
+        self.fn: Callable = self.graph
+        self.capture_seconds, self.compile_seconds = time.perf_counter() - start, 0.0
+
+    def _capture(
+        self, loss_and_grads: Callable, x: torch.Tensor, inputs: tuple[torch.Tensor, ...]
+    ) -> GraphModule:
+        """Trace the step twice, on ``x`` and on ``x`` reversed: the program must give the same
+        graph both times, with no read of a value into Python."""
+        graphs = []
+        # Pyro's param store and the global random state are as they were before, afterwards
+        with random_state_kept(x.device), pyro.get_param_store().scope():
+            with pyro.validation_enabled(False):
+                for batch in (x, x.flip(0)):
+                    params = [p.detach().requires_grad_() for p in self.parameters]
+                    try:
+                        graphs.append(make_fx(loss_and_grads)(params, batch, *inputs))
+                    except RuntimeError as e:  # make_fx refuses to read a traced value
+                        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+                        raise CaptureError(f"the program cannot be traced ({first})") from None
+        if graphs[0].code != graphs[1].code:
+            raise CaptureError("the program's operations change from one batch to the next")
+        reads = host_reads(graphs[0])
+        if reads:
+            raise CaptureError(f"the program reads values back to the host ({', '.join(reads)})")
+        return graphs[0]
+
+    def compile(self, x: torch.Tensor) -> None:
+        """Compile the graph with inductor now (on ``x`` and the inputs it was captured with), not
+        in the middle of a step.
+
+        :param x: a batch of the captured shape, which the compiled graph runs once.
+        """
+        start = time.perf_counter()
+        options = {"fallback_random": True}  # the same random draws as eager PyTorch
+        if self.device.type == "cuda":
+            options["triton.cudagraphs"] = True  # static inputs: no launch overhead per kernel
+        fn = torch.compile(self.graph, fullgraph=True, dynamic=False, options=options)
+        with random_state_kept(self.device), torch.no_grad(), _quiet_cpp_extension():
+            fn([p.detach() for p in self.parameters], x, *self.inputs)
+        self.fn = fn
+        self.compile_seconds = time.perf_counter() - start
+        _remember(self.key, self.compile_seconds)
+
+    @property
+    def seconds(self) -> float:
+        """Capturing and compiling, all told."""
+        return self.capture_seconds + self.compile_seconds
+
+    @property
+    def key(self) -> str:
+        """What identifies the compiled code: the graph, the device, the versions."""
+        text = f"{self.graph.code}|{self.device.type}|{torch.__version__}"
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def expected_compile_seconds(self) -> float:
+        """How long :meth:`compile` will take: as long as last time, when inductor's on-disk cache
+        (where that time is kept) has this graph; else a cold compile (see COLD_COMPILE_SECONDS)."""
+        return _recorded().get(self.key, COLD_COMPILE_SECONDS[self.device.type])
+
+    def __call__(self, x: torch.Tensor, *inputs: torch.Tensor) -> Any:
+        """The loss of batch ``x`` (detached) and the gradient of each parameter, or (without
+        gradients) the value alone."""
+        with torch.no_grad():
+            out = self.fn([p.detach() for p in self.parameters], x, *inputs)
+        # CUDA graphs write every replay's outputs into the same buffers: the losses kept for the
+        # end of the epoch (and the IWAE chunks) must be copies, or the next step overwrites them
+        return _copied(out) if self.device.type == "cuda" else out
+
+
+def _copied(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    return type(out)(_copied(o) for o in out)
+
+
+@contextmanager
+def _quiet_cpp_extension() -> Iterator[None]:
+    # On a machine with CUDA's headers and no GPU, inductor's C++ builder warns that it found no
+    # CUDA runtime: true, and of no concern for a CPU graph.
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _record_file() -> Path:
+    # beside inductor's own cache (its default folder), so that both go when it is cleared
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not folder:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # a user id with no name: inductor's own default fails too
+            user = "user"
+        folder = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
+    return Path(folder) / "pyro-vae-compile-seconds.json"
+
+
+def _recorded() -> dict[str, float]:
+    try:
+        records = json.loads(_record_file().read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: every compile counts as cold
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def _remember(key: str, seconds: float) -> None:
+    path = _record_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**_recorded(), key: round(seconds, 3)}))
+    except OSError:  # a read-only cache folder costs only the estimate next time
+        pass
+
+
+def compile_saving(eager_seconds: float, calls_ahead: int) -> float:
+    """The seconds compiling would save over ``calls_ahead`` calls, each COMPILED_FRACTION of an
+    eager one.
+
+    :param eager_seconds: the seconds of one eager call.
+    :param calls_ahead: the calls still to make.
+    """
+    return calls_ahead * eager_seconds * (1 - COMPILED_FRACTION)
+
+
+def compile_when_it_pays(
+    what: str,
+    capture: Callable[[], CompiledLoss],
+    x: torch.Tensor,
+    eager_seconds: float | None = None,
+    calls_ahead: int = 0,
+    agree: Callable[[bool], bool] = lambda worth: worth,
+) -> tuple[CompiledLoss | None, str, float]:
+    """Capture ``what`` (``capture()``) and compile it on ``x``: at once when ``eager_seconds`` is
+    ``None``, else only if ``calls_ahead`` calls of ``eager_seconds`` each would save more than
+    compiling takes.
+
+    :param what: what is compiled, for the message, e.g. ``"the training step"``.
+    :param capture: captures it: returns a :class:`CompiledLoss`, or raises :class:`CaptureError`.
+    :param x: a batch of the captured shape, to compile on.
+    :param eager_seconds: the seconds of one eager call, as timed; ``None``: compile whatever it
+        costs.
+    :param calls_ahead: the calls still to make, which compiling would speed up.
+    :param agree: makes the ranks of a torchrun decide alike.
+    :returns: the compiled function or ``None``, one line saying which and why, and the seconds
+        spent.
+    """
+    saving = 0.0 if eager_seconds is None else compile_saving(eager_seconds, calls_ahead)
+
+    def not_worth(compiling: float) -> str:
+        return (
+            f"{what} stays eager: compiling takes about {compiling:.0f} s and would save about "
+            f"{saving:.1f} s over the {calls_ahead} calls ahead ({1e3 * eager_seconds:.2f} ms each)"
+        )
+
+    if eager_seconds is not None and not agree(saving > MIN_COMPILE_SECONDS):
+        return None, not_worth(MIN_COMPILE_SECONDS), 0.0
+    try:
+        compiled = capture()
+    except CaptureError as e:
+        return None, f"{what} stays eager: {e}", 0.0
+    expected = compiled.expected_compile_seconds()
+    if eager_seconds is not None and not agree(saving > expected):
+        return None, not_worth(expected), compiled.seconds
+    try:
+        compiled.compile(x)
+    except Exception as e:  # whatever stops the compiler, the eager function still works
+        lines = str(e).strip().splitlines()
+        why = f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__
+        return None, f"{what} stays eager: it did not compile ({why})", compiled.seconds
+    return compiled, f"compiled {what} in {compiled.seconds:.1f} s", compiled.seconds

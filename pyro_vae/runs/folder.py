@@ -1,0 +1,570 @@
+"""The run folder: one training run on disk, created, checkpointed, finished and loaded here.
+
++------------------------+-------------------------------------------------------------------------+
+| ``config.json``        | the :class:`~pyro_vae.config.RunConfig`, exactly: ``--config`` reads it |
+| ``checkpoint.pt``      | weights, example shape, training state; after every epoch and on a stop |
+| ``checkpoint.prev.pt`` | the checkpoint before it, kept as the next is written: :meth:`Run.open` |
+|                        | goes back to it, saying so, when ``checkpoint.pt`` is unreadable        |
+| ``metrics.csv``        | ``epoch,train_elbo,test_elbo,seconds``, rewritten with the checkpoint   |
+| ``summary.json``       | the final figures, the device and the versions, when training ends      |
+| ``*.png``              | test images over their reconstructions, samples, ELBO curves, and for   |
+|                        | the label models a column of samples per class (``classes.png``)        |
+| ``evaluation.json``    | :meth:`Run.evaluate`'s figures, the linear probe's                      |
+|                        | (:meth:`~Run.record`)                                                   |
+| ``tensorboard/``       | with ``tensorboard``: TensorBoard event files, after every epoch        |
+|                        | (:mod:`pyro_vae.runs.board`)                                            |
++------------------------+-------------------------------------------------------------------------+
+
+::
+
+    run = Run.create("runs/a", RunConfig(epochs=50))    # writes config.json
+    run.train()                                         # checkpoints, summary, pictures
+    run = Run.open("runs/a")                            # the VAE as its last checkpoint left it
+    run.train(epochs=80)                                # goes on exactly where it stopped
+    run.evaluate(iwae_k=5000)                           # writes evaluation.json
+
+Under ``torchrun`` every rank holds the run and trains; rank 0 alone writes the folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from pyro_vae import validation
+from pyro_vae.analysis.codes import Probe, encode, linear_probe
+from pyro_vae.analysis.evaluation import (
+    active_units,
+    add_bits_per_dim,
+    baseline_log_likelihood,
+    confusion_matrix,
+    evaluate,
+)
+from pyro_vae.analysis.plots import (
+    plot_class_samples,
+    plot_elbo,
+    plot_reconstructions,
+    plot_samples,
+)
+from pyro_vae.config import RunConfig
+from pyro_vae.data.sources import (
+    Dataset,
+    as_floats,
+    check_labels,
+    check_shape,
+    eval_inputs,
+    labeled_split,
+    load_dataset,
+    num_classes,
+)
+from pyro_vae.device import resolve_device
+from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.models import MODELS, build_model
+from pyro_vae.models.conditional import accuracy, one_hot, predict
+from pyro_vae.models.vae import VAE
+from pyro_vae.runs import board
+from pyro_vae.runs.checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    train_state,
+    write_json,
+)
+from pyro_vae.training.trainer import History, TrainState, distributed, train
+from pyro_vae.version import __version__
+
+CONFIG, CHECKPOINT, METRICS, SUMMARY = "config.json", "checkpoint.pt", "metrics.csv", "summary.json"
+PREVIOUS = "checkpoint.prev.pt"  # the checkpoint before the last, kept for when that one is damaged
+PICTURES = ("reconstructions.png", "samples.png", "elbo.png")
+RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT, *PICTURES)
+EVALUATION = "evaluation.json"
+SPLITS = ("train", "test")
+CLASS_PICTURE = "classes.png"  # the label models' samples, a column per class
+BOARD = "tensorboard"  # the folder of TensorBoard's event files, for runs that write them
+RECONSTRUCTED = 32  # the test images pictured over their reconstructions
+
+
+class RunExists(ConfigError):
+    """:meth:`Run.create` was asked for a folder that already holds a run."""
+
+
+class Run:
+    """A run folder and what it holds: the config, the VAE, its data and the training state.
+
+    Make one with :meth:`create` (a new run) or :meth:`open` (a run on disk); :meth:`train` trains
+    it or goes on training it, and :meth:`evaluate` scores it.
+
+    :param path: the run folder.
+    :param config: the run's settings.
+    :param vae: its model, holding the weights as they are.
+    :param state: where its training stands.
+    :param device: the device the weights were last trained on, by name.
+    """
+
+    def __init__(self, path: Path, config: RunConfig, vae: VAE, state: TrainState, device: str):
+        self.path, self.config, self.vae, self.state = path, config, vae, state
+        self.device = device  # where the weights were last trained
+        self.summary: dict[str, Any] | None = None  # summary.json, once training is done
+        self._data: Dataset | None = None
+        # False after falling back: the unreadable checkpoint.pt must not become the previous one
+        self._keep_last = True
+
+    @classmethod
+    def create(cls, path: str | Path, config: RunConfig, *, overwrite: bool = False) -> Run:
+        """A new run of ``config`` in ``path``: the data loaded, the VAE built (its weights seeded
+        by ``config.seed``) and ``config.json`` written. A folder that already holds a run is
+        refused unless ``overwrite``, which deletes its checkpoints.
+
+        :param path: the folder to write the run into, made if missing.
+        :param config: the run's settings.
+        :param overwrite: replace a run already in ``path``.
+        """
+        path = Path(path)
+        if any((path / name).exists() for name in (CHECKPOINT, PREVIOUS)) and not overwrite:
+            raise RunExists(f"{path} already holds a trained run; open it to go on training it")
+        _check_board(config)
+        data = _load_data(config)
+        classes = (
+            0
+            if MODELS[config.model].labels == "none"
+            else num_classes(data, f"model {config.model!r}")
+        )
+        if config.labeled is not None:  # refused before the folder is written, not after
+            labeled_split(data.y_train, config.labeled, classes, config.seed)
+        pyro.set_rng_seed(config.seed)
+        vae = build_model(config.model, data.x_shape, classes, **config.vae_options())
+        if distributed.is_main_process():
+            path.mkdir(parents=True, exist_ok=True)
+            for name in (CHECKPOINT, PREVIOUS):  # an overwritten run's, never to be gone back to
+                (path / name).unlink(missing_ok=True)
+            write_json(path / CONFIG, config.to_dict())
+        run = cls(path, config, vae, TrainState(), str(resolve_device(config.device)))
+        run._data = data
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path, device: str | torch.device = "cpu") -> Run:
+        """The run in ``path`` as its last checkpoint left it, its VAE on ``device``; as the one
+        before left it (``checkpoint.prev.pt``), with one line on stderr saying so, when the last
+        is unreadable or does not fit the run's config.
+
+        :param path: the run folder, as ``pyro-vae train`` wrote it.
+        :param device: where to put the VAE: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a
+            :class:`torch.device`.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise PyroVAEError(f"no run folder at {path}")
+        if not (path / CONFIG).is_file():
+            raise PyroVAEError(f"{path} has no {CONFIG}; was it written by pyro-vae train?")
+        config = RunConfig.load(path / CONFIG)
+        try:
+            vae, state, trained_on = _restore(config, path / CHECKPOINT)
+            fell_back = False
+        except PyroVAEError as last:
+            vae, state, trained_on = _fall_back(config, path, last)
+            fell_back = True
+        run = cls(path, config, vae.to(resolve_device(device)), state, trained_on)
+        run._keep_last = not fell_back
+        return run
+
+    @property
+    def data(self) -> Dataset:
+        """The run's data set, loaded when first asked for and checked against its model."""
+        if self._data is None:
+            data, config = _load_data(self.config), self.config
+            source = f"{config.dataset} ({config.data_path})" if config.data_path else None
+            check_shape(
+                self.vae.x_shape, data, f"the data set of {self.path}, {source or config.dataset},"
+            )
+            if self.vae.num_classes:
+                check_labels(data, self.vae.num_classes)
+            self._data = data
+        return self._data
+
+    def train(
+        self,
+        *,
+        epochs: int | None = None,
+        lr: float | None = None,
+        device: str | None = None,
+        compile: str | None = None,
+        stream: bool | None = None,
+        workers: int | None = None,
+        tensorboard: bool | None = None,
+        progress: bool = True,
+        stop: Callable[[], bool] | None = None,
+    ) -> History:
+        """Train the run to ``epochs`` epochs (default: its config's), going on from its last
+        checkpoint exactly as if it had never stopped. ``epochs``, ``lr``, ``device``,
+        ``compile``, ``stream``, ``workers`` and ``tensorboard`` may differ from the run's
+        config, which is rewritten with them.
+
+        A checkpoint and ``metrics.csv`` are written after every epoch and when ``stop`` ends
+        training (:class:`~pyro_vae.training.trainer.TrainingInterrupted`), the checkpoint before
+        kept as ``checkpoint.prev.pt`` (:meth:`open` goes back to it), with ``tensorboard`` the
+        epoch's TensorBoard figures before them (:mod:`pyro_vae.runs.board`); ``summary.json`` and
+        the pictures when it is done.
+
+        :param epochs: the total of epochs to train to, those done included; ``None``: the config's.
+        :param lr: Adam's learning rate from now on; ``None``: the config's.
+        :param device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``None``: the config's.
+        :param compile: ``"auto"``, ``"on"`` or ``"off"``; ``None``: the config's.
+        :param stream: stream the batches by a ``DataLoader``; ``None``: the config's.
+        :param workers: the ``DataLoader``'s worker processes; ``None``: the config's.
+        :param tensorboard: write TensorBoard event files; ``None``: the config's.
+        :param progress: show a progress bar.
+        :param stop: asked after every step; when it returns true, the state is saved and
+            :class:`~pyro_vae.training.trainer.TrainingInterrupted` raised.
+        """
+        asked = {"epochs": epochs, "lr": lr, "device": device, "compile": compile}
+        asked.update(stream=stream, workers=workers, tensorboard=tensorboard)
+        config = self.config.replace(**{k: v for k, v in asked.items() if v is not None})
+        _check_board(config)
+        resume = self.state if self.state.optimizer is not None else None
+        if resume is not None and resume.epoch >= config.epochs:
+            raise ConfigError(
+                f"{self.path} has finished {resume.epoch} of {config.epochs} epochs; ask for more "
+                "{epochs} to train on"
+            )
+        if config != self.config and distributed.is_main_process():
+            write_json(self.path / CONFIG, config.to_dict())
+        self.config, self.device = config, str(resolve_device(config.device))
+        with self._checkpoints() as checkpoint:
+            history = train(
+                self.vae,
+                self.data,
+                **config.train_options(),
+                progress=progress,
+                checkpoint=checkpoint,
+                resume=resume,
+                stop=stop,
+            )
+        self.finish()
+        return history
+
+    @contextmanager
+    def _checkpoints(self) -> Iterator[Callable[[TrainState], None]]:
+        """What training hands each state to: :meth:`save`; for a run with ``tensorboard``, on
+        rank 0, :meth:`_watch` of a finished epoch first (before the checkpoint: an epoch whose
+        figures were written and whose checkpoint was not is trained again and rewritten)."""
+        if not (self.config.tensorboard and distributed.is_main_process()):
+            yield self.save
+            return
+
+        def checkpoint(state: TrainState) -> None:
+            if not state.step_in_epoch:  # a stop mid-epoch: its steps are written at its end
+                self._watch(watching, state.history)
+            self.save(state)
+
+        with board.Board(self.path / BOARD, self.state.history) as watching:
+            yield checkpoint
+
+    def _watch(self, watching: board.Board, history: History) -> None:
+        """Write the epochs of ``history`` that ``watching`` lacks, and the figures and pictures
+        of the VAE as it is, on the test set (:meth:`pyro_vae.runs.board.Board.write_epoch`)."""
+        x, labels = self.inputs("test")
+        reconstructions = self.reconstructions(RECONSTRUCTED, x.device)
+        config = self.config
+        watching.write_epoch(
+            history,
+            self.vae,
+            x,
+            labels,
+            reconstructions,
+            seed=config.seed,
+            objective=config.objective,
+        )
+
+    def save(self, state: TrainState) -> None:
+        """Write ``state`` and the weights as the run's checkpoint, the one before kept as the
+        previous (unless it is the unreadable one :meth:`open` went back from), with
+        ``metrics.csv``.
+
+        :param state: the training state, as training hands it over.
+        """
+        self.state = state
+        if distributed.is_main_process():
+            previous = self.path / PREVIOUS if self._keep_last else None
+            save_checkpoint(self.path / CHECKPOINT, self.vae, state, self.device, previous)
+            self._keep_last = True
+            atomic_write(self.path / METRICS, lambda f: f.write(_metrics_csv(state.history)))
+
+    def finish(self) -> None:
+        """Write ``summary.json`` (kept as ``self.summary``) and the pictures of the trained run."""
+        if not distributed.is_main_process():
+            return
+        history, data, binarization = self.state.history, self.data, self.config.binarization
+        x_test = eval_inputs(self.vae.likelihood, data.x_test, binarization).to(self.device)
+        labels = data.y_test.to(self.device) if self.vae.num_classes else None
+        self.summary = {
+            "test_elbo": history.test_elbo[-1],
+            "train_elbo": history.train_elbo[-1],
+            "epochs": history.epoch[-1],
+            "device": self.device,
+            "train_seconds": sum(history.seconds),
+            "compile": history.compile,
+            "compile_seconds": history.compile_seconds,
+            "data": history.data,
+            "baseline_log_likelihood": baseline_log_likelihood(self.vae, data.x_train, x_test),
+            "active_units": active_units(self.vae, x_test, labels=labels)[0],
+            "num_train": len(data.x_train),
+            "num_test": len(data.x_test),
+            "versions": versions(),
+        }
+        if self.vae.labels == "some":
+            self.summary["test_accuracy"] = accuracy(self.vae, x_test, labels)
+        add_bits_per_dim(self.summary, self.vae)
+        write_json(self.path / SUMMARY, self.summary)
+        vae = self.vae
+        reconstructions = self.reconstructions(RECONSTRUCTED, self.device)
+        plot_reconstructions(*reconstructions, self.path / PICTURES[0])
+        plot_samples(vae.sample(board.SAMPLES), self.path / PICTURES[1])
+        plot_elbo(history.__dict__, self.path / PICTURES[2])
+        if vae.num_classes:
+            plot_class_samples(vae, self.path / CLASS_PICTURE)
+
+    def reconstructions(
+        self, n: int, device: str | torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` test images spread evenly over the test set (the first and the last among them;
+        all of them for ``n`` at least its size), on ``device``, and their reconstructions: given
+        their labels for the conditional VAE, M2's most probable ones for M2. Spread, because a
+        test set may come in order: the photos' first 32 patches are all sky.
+
+        :param n: the number of test images.
+        :param device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a :class:`torch.device`.
+        """
+        vae, data = self.vae, self.data
+        m = len(data.x_test)
+        index = torch.linspace(0, m - 1, min(n, m)).round().long()
+        x = self.test_images(index, device)
+        given = (one_hot(data.y_test[index], vae.num_classes, x),) if vae.labels == "all" else ()
+        return x, vae.reconstruct(x, *given)
+
+    def test_images(self, index: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+        """The test images at ``index`` as they are (grey levels, not binarized), on ``device``:
+        the inputs of the pictures of reconstructions and interpolations.
+
+        :param index: the test images' indices, int64.
+        :param device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a :class:`torch.device`.
+        """
+        return as_floats(self.data.x_test[index].to(resolve_device(device)))
+
+    def classify(self, device: str | torch.device = "cpu") -> dict[str, Any]:
+        """The test accuracy of M2's classifier, argmax q(y|x) (``test_accuracy``), and the
+        ``confusion`` matrix, rows the true labels and columns the predicted ones.
+
+        :param device: where to run the classifier: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``
+            or a :class:`torch.device`.
+        """
+        vae = self.vae
+        if not hasattr(vae, "classify"):
+            raise ConfigError(
+                f"{self.path} holds model {vae.kind!r}, which has no classifier; train one with "
+                "{model} m2"
+            )
+        vae.to(resolve_device(device))
+        x = eval_inputs(vae.likelihood, self.data.x_test, self.config.binarization)
+        x, labels = x.to(resolve_device(device)), self.data.y_test
+        predicted = predict(vae, x)
+        return {
+            "test_accuracy": float((predicted.cpu() == labels).double().mean()),
+            "confusion": confusion_matrix(predicted, labels, vae.num_classes),
+        }
+
+    def same_data(self, config: RunConfig) -> bool:
+        """Whether ``config``'s data settings are the run's own.
+
+        :param config: settings whose data settings are compared with the run's.
+        """
+        mine = self.config
+        return (config.dataset, config.data_options()) == (mine.dataset, mine.data_options())
+
+    def data_of(self, config: RunConfig) -> Dataset:
+        """The data set that ``config``'s data settings name, checked against the run's model:
+        :attr:`data` when they are the run's own, another data set of the same shape otherwise.
+
+        :param config: settings whose data settings name the data set.
+        """
+        if self.same_data(config):
+            return self.data
+        data = load_dataset(config.dataset, **config.data_options())
+        check_shape(self.vae.x_shape, data, f"data set {config.dataset!r}")
+        return data
+
+    def inputs(
+        self, split: str = "test", data: Dataset | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``split`` (``"train"`` or ``"test"``) of ``data`` (default: the run's own) as the
+        model scores it, binarized as the run's test set is if the likelihood needs it
+        (:func:`~pyro_vae.data.sources.eval_inputs`), on the VAE's device, with its integer labels
+        (or ``None``).
+
+        :param split: ``"train"`` or ``"test"``.
+        :param data: a data set of the run's example shape; ``None``: the run's own.
+        """
+        data = self.data if data is None else data
+        x, y = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}[
+            validation.choice("split", split, SPLITS)
+        ]
+        device = next(self.vae.parameters()).device
+        x = eval_inputs(self.vae.likelihood, x.to(device), self.config.binarization)
+        return x, None if y is None else y.to(device)
+
+    def linear_probe(self, data: Dataset | None = None, *, progress: bool = True) -> Probe:
+        """A linear probe of the run's codes (:func:`~pyro_vae.analysis.codes.linear_probe`),
+        fitted on the training split of ``data`` (default: the run's own) and scored on its test
+        split. On the run's own data it is also recorded in ``evaluation.json``, as
+        ``linear_probe_accuracy`` and ``linear_probe_chance``. The label models' codes are of
+        q(z|x,y) at the true labels, so their probe says how much of y leaks into z.
+
+        :param data: a data set of the run's example shape (:meth:`data_of`); ``None``: the run's
+            own.
+        :param progress: show a progress bar while encoding.
+        """
+        seed = self.config.seed
+        train, test = (
+            encode(self.vae, *self.inputs(split, data), seed=seed, progress=progress)
+            for split in SPLITS
+        )
+        probe = linear_probe(train, test, seed=seed)
+        if data is None or data is self._data:
+            self.record(
+                {"linear_probe_accuracy": probe.accuracy, "linear_probe_chance": probe.chance}
+            )
+        return probe
+
+    def record(self, figures: dict[str, Any]) -> dict[str, Any]:
+        """Add ``figures`` to ``evaluation.json`` and return what it then holds: the figures
+        already there stay if they are of the same epoch (they are dropped otherwise).
+
+        :param figures: figures by name, plain JSON data.
+        """
+        path, kept = self.path / EVALUATION, {}
+        try:
+            kept = json.loads(path.read_text())
+        except (OSError, ValueError):  # none yet, or unreadable: these figures start it afresh
+            pass
+        if not isinstance(kept, dict) or kept.get("epoch") != self.state.epoch:
+            kept = {}
+        kept |= figures | {"epoch": self.state.epoch}
+        if distributed.is_main_process():
+            write_json(path, kept)
+        return kept
+
+    def evaluate(
+        self,
+        *,
+        seed: int | None = None,
+        device: str | None = None,
+        iwae_k: int = 1000,
+        progress: bool = True,
+        compile: str | None = None,
+    ) -> dict[str, Any]:
+        """Score the run on its own test set (:func:`pyro_vae.analysis.evaluation.evaluate`) and
+        write ``evaluation.json``. ``seed`` defaults to the run's seed and ``device`` to the one it
+        trained on (the CPU when that one is not present), so that the test ELBO equals the one
+        in ``summary.json``. ``compile`` (default: the run's) may compile the IWAE bound's
+        chunks (:func:`pyro_vae.analysis.evaluation.iwae_estimate`). The IWAE bound with ``iwae_k``
+        particles costs about ``iwae_k`` test ELBOs; ``progress`` shows its progress bar.
+
+        :param seed: seeds every estimate; ``None``: the run's seed.
+        :param device: where to score; ``None``: where it trained, or the CPU when that is not
+            present.
+        :param iwae_k: the particles of the IWAE estimate; 0 skips it.
+        :param progress: show a progress bar (tqdm) for the IWAE estimate; ``False`` for none.
+        :param compile: ``"on"``, ``"auto"`` or ``"off"``, for the IWAE bound's chunks; ``None``:
+            the run's.
+        """
+        if device is None:
+            device = self.device if self.device == "cpu" or torch.cuda.is_available() else "cpu"
+        self.vae.to(resolve_device(device))
+        seed = self.config.seed if seed is None else seed
+        settings = {"objective": self.config.objective, "binarization": self.config.binarization}
+        settings["compile"] = self.config.compile if compile is None else compile
+        result = evaluate(
+            self.vae, self.data, seed=seed, iwae_k=iwae_k, progress=progress, **settings
+        )
+        result["epoch"] = self.state.epoch
+        self.record(result)
+        return result
+
+
+def _restore(config: RunConfig, file: Path) -> tuple[VAE, TrainState, str]:
+    """The VAE of ``config`` with the weights of the checkpoint ``file``, the training state it
+    holds and the device it was trained on."""
+    checkpoint = load_checkpoint(file)
+    try:
+        shape, classes = checkpoint["x_shape"], checkpoint.get("num_classes", 0)
+        vae = build_model(config.model, shape, classes, **config.vae_options())
+    except (KeyError, PyroVAEError) as e:
+        raise PyroVAEError(f"{file} does not fit {file.parent / CONFIG} ({e})") from None
+    load_weights(vae, checkpoint, file)
+    return vae, train_state(checkpoint), str(checkpoint.get("device", "cpu"))
+
+
+def _fall_back(config: RunConfig, path: Path, last: PyroVAEError) -> tuple[VAE, TrainState, str]:
+    """:func:`_restore` of the previous checkpoint, since the last failed with ``last``; one line
+    says so. Decided by the files alone, so every rank of a torchrun goes back to the same one."""
+    previous = path / PREVIOUS
+    if not previous.exists():  # a run of one checkpoint so far: the last one's error stands
+        raise last
+    try:
+        vae, state, trained_on = _restore(config, previous)
+    except PyroVAEError as e:
+        raise PyroVAEError(f"{last.problem}; the previous one is no better: {e.problem}") from None
+    moment = f"epoch {state.epoch}"
+    if state.step_in_epoch:
+        moment = f"step {state.step_in_epoch} of epoch {state.epoch + 1}"
+    _note(f"{last.problem}; going back to {previous}, written after {moment}")
+    return vae, state, trained_on
+
+
+def _note(message: str) -> None:
+    """``pyro-vae: message`` on stderr, from rank 0 alone."""
+    # torchrun's RANK too: a run is opened before its processes have joined their group
+    if distributed.is_main_process() and os.environ.get("RANK", "0") == "0":
+        print(f"pyro-vae: {message}", file=sys.stderr)
+
+
+def _check_board(config: RunConfig) -> None:
+    """A run that writes TensorBoard's files needs the package, checked before any work."""
+    if config.tensorboard:
+        validation.installed("tensorboard", board.PACKAGE, board.EXTRA)
+
+
+def _load_data(config: RunConfig) -> Dataset:
+    # rank 0 first under torchrun: it may download the data set into the shared folder
+    with distributed.main_process_first():
+        return load_dataset(config.dataset, **config.data_options())
+
+
+def _metrics_csv(history: History) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history.columns))
+    writer.writeheader()
+    writer.writerows(history.rows())
+    return buffer.getvalue().encode()
+
+
+def versions() -> dict[str, str]:
+    """The versions a run was made with, recorded in its summary."""
+    return {
+        "pyro_vae": __version__,
+        "pyro": pyro.__version__,
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+    }
