@@ -19,7 +19,8 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 
 import pyro_vae
 from pyro_vae.data.sources import TEST_BINARIZATION_SEED, binarize, binarize_afresh, labeled_split
-from pyro_vae.models.conditional import accuracy, one_hot
+from pyro_vae.models.labels import one_hot
+from pyro_vae.models.m2 import accuracy
 
 
 def main() -> None:

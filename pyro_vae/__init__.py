@@ -24,7 +24,8 @@ from pyro_vae.data.sources import Dataset, load_dataset
 from pyro_vae.errors import ConfigError, DataError, PyroVAEError
 from pyro_vae.infer.elbo import dataset_elbo
 from pyro_vae.models import MODELS, build_model
-from pyro_vae.models.conditional import CVAE, M2
+from pyro_vae.models.cvae import CVAE
+from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.folder import Run
 from pyro_vae.training.trainer import History, train

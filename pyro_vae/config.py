@@ -23,7 +23,7 @@ from pyro_vae import validation
 from pyro_vae.data.sources import BINARIZATION, DATASETS
 from pyro_vae.errors import ConfigError
 from pyro_vae.models import MODELS
-from pyro_vae.models.conditional import DEFAULT_AUX_WEIGHT
+from pyro_vae.models.m2 import DEFAULT_AUX_WEIGHT
 from pyro_vae.parts.guides import GUIDES
 from pyro_vae.parts.likelihoods import LIKELIHOODS
 from pyro_vae.parts.networks import NETS
@@ -105,7 +105,7 @@ class RunConfig:
     prior_options: dict[str, Any] = field(default_factory=dict)
     likelihood_options: dict[str, Any] = field(default_factory=dict)
     guide_options: dict[str, Any] = field(default_factory=dict)
-    aux_weight: float = DEFAULT_AUX_WEIGHT  # M2's alpha (pyro_vae.models.conditional.M2)
+    aux_weight: float = DEFAULT_AUX_WEIGHT  # M2's alpha (pyro_vae.models.m2.M2)
     # the training (pyro_vae.train)
     epochs: int = 20
     batch_size: int = 128

@@ -59,7 +59,6 @@ def test_trace_elbo_equals_the_manual_elbo_on_the_gpu(digits):
 
     from pyro_vae.data.sources import eval_inputs
     from pyro_vae.infer.elbo import manual_elbo
-
     vae = VAE(digits.x_shape, z_dim=4, hidden_dims=(32,)).cuda()
     x = eval_inputs(vae.likelihood, digits.x_test[:64]).cuda()
     elbo = Trace_ELBO(vectorize_particles=True, max_plate_nesting=1)

@@ -295,7 +295,7 @@ def test_non_finite_weights_are_never_written(digits, tmp_path):
 
 SLOW_WRITER = """
 import sys, time
-from pyro_vae.runs.checkpoint import atomic_write
+from pyro_vae.files import atomic_write
 
 def write(f):
     f.write(b"half a checkpoint")

@@ -16,13 +16,11 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from pyro_vae.device import random_state_kept
 from pyro_vae.errors import DataError
-from pyro_vae.infer.elbo import label_batches
+from pyro_vae.files import atomic_write
+from pyro_vae.infer.passes import seeded_pass
 from pyro_vae.models.vae import VAE
-from pyro_vae.runs.checkpoint import atomic_write
 
 # A probe's logistic regression is fitted by L-BFGS to this many iterations at most: enough for
 # a few dozen standardized dimensions and ten classes to converge.
@@ -61,7 +59,7 @@ def encode(
 
     :param vae: the trained model.
     :param x: the examples, floats as the model scores them
-    (:func:`~pyro_vae.data.sources.eval_inputs`).
+        (:func:`~pyro_vae.data.sources.eval_inputs`).
     :param labels: the examples' integer labels: the label models' guide q(z|x,y) is taken at
         them, so those models need them; the codes keep them whatever the model.
     :param seed: seeds the draws of z, where there are draws.
@@ -70,13 +68,10 @@ def encode(
     :param progress: show a progress bar (tqdm); ``False`` for none.
     :raises DataError: for a label model without ``labels``.
     """
-    if vae.num_classes and labels is None:
-        raise DataError(f"model {vae.kind!r} encodes q(z|x,y) and needs the examples' labels")
+    given = vae.encoder_condition(labels, x)  # a label model refuses here without labels
     means, scales = [], []
-    with random_state_kept(x.device):
-        torch.manual_seed(seed)
-        batches = label_batches(x, labels, vae.num_classes)
-        for batch, *cond in tqdm(batches, desc="encode", disable=not progress):
+    with seeded_pass(x, given, seed=seed, progress=progress, desc="encode") as batches:
+        for batch, cond in batches:
             q = vae.posterior_dist(batch, *cond)
             try:
                 mean, scale = q.mean, q.stddev

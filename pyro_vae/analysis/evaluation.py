@@ -16,9 +16,10 @@
   of these figures as ``-log2 p(x) / D``, D the values of an example (pixels times channels), the
   unit of the image-modelling literature (:func:`bits_per_dim`).
 
-For the label models (:mod:`pyro_vae.models.conditional`): the conditional VAE's ELBO and IWAE
-figures are of log p(x | y) given the test labels; M2's of log p(x), its labels summed out
-(:func:`~pyro_vae.infer.elbo.m2_iwae_bound`), and ``test_accuracy`` is its classifier's, argmax
+Every figure comes from the model's protocol (:class:`~pyro_vae.models.program.Program`): for the
+label models (:mod:`pyro_vae.models.cvae`, :mod:`pyro_vae.models.m2`), the conditional VAE's ELBO
+and IWAE figures are of log p(x | y) given the test labels; M2's of log p(x), its labels summed out
+(:meth:`~pyro_vae.models.m2.M2.iwae_bound`), and ``test_accuracy`` is its classifier's, argmax
 q(y|x). Both models' ``kl_per_dim`` and ``active_units`` are of q(z | x, y) at the true test labels.
 """
 
@@ -32,23 +33,14 @@ from typing import Any, NamedTuple
 import pyro
 import torch
 from torch.distributions import Independent, kl_divergence
-from tqdm.auto import tqdm
 
 from pyro_vae import validation
 from pyro_vae.analysis.codes import encode
 from pyro_vae.data.sources import Dataset, as_floats, check_shape, eval_inputs
-from pyro_vae.device import random_state_kept
 from pyro_vae.infer.compiling import CompiledLoss, compile_when_it_pays
-from pyro_vae.infer.elbo import (
-    dataset_elbo,
-    iwae_bound,
-    iwae_chunk,
-    iwae_chunk_size,
-    label_batches,
-    m2_iwae_bound,
-)
-from pyro_vae.models.conditional import accuracy, every_label, one_hot
-from pyro_vae.models.vae import VAE
+from pyro_vae.infer.elbo import dataset_elbo
+from pyro_vae.infer.passes import EVAL_BATCH_SIZE, seeded_pass
+from pyro_vae.models.program import Program as VAE
 from pyro_vae.parts.distributions import DiscretizedLogisticDistribution
 from pyro_vae.parts.registry import name_of
 
@@ -155,7 +147,7 @@ def posterior_means(
     models (:func:`~pyro_vae.analysis.codes.encode`).
 
     :param vae: the trained model: a :class:`~pyro_vae.models.vae.VAE`,
-        :class:`~pyro_vae.models.conditional.CVAE` or :class:`~pyro_vae.models.conditional.M2`.
+        :class:`~pyro_vae.models.cvae.CVAE` or :class:`~pyro_vae.models.m2.M2`.
     :param x: the examples, ``(N, *x_shape)``, floats as the model scores them
         (:func:`~pyro_vae.data.sources.eval_inputs`), on the model's device.
     :param num_samples: the draws of z averaged per example where the guide has no closed-form mean
@@ -176,7 +168,7 @@ def active_units(
     (Burda, Grosse & Salakhutdinov 2015, "Importance Weighted Autoencoders", arXiv:1509.00519).
 
     :param vae: the trained model: a :class:`~pyro_vae.models.vae.VAE`,
-        :class:`~pyro_vae.models.conditional.CVAE` or :class:`~pyro_vae.models.conditional.M2`.
+        :class:`~pyro_vae.models.cvae.CVAE` or :class:`~pyro_vae.models.m2.M2`.
     :param x: the examples, ``(N, *x_shape)``, floats as the model scores them
         (:func:`~pyro_vae.data.sources.eval_inputs`), on the model's device.
     :param threshold: the variance across inputs of a unit's posterior mean above which it counts as
@@ -191,7 +183,7 @@ def active_units(
 
 
 def _chunk(vae: VAE, particles: int, x: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
-    return iwae_chunk(vae, x, particles, *cond)
+    return vae.iwae_chunk(x, particles, *cond)
 
 
 def iwae_log_likelihood(
@@ -201,7 +193,7 @@ def iwae_log_likelihood(
     (see :func:`iwae_estimate`, which can compile its chunks).
 
     :param vae: the trained model: a :class:`~pyro_vae.models.vae.VAE`,
-        :class:`~pyro_vae.models.conditional.CVAE` or :class:`~pyro_vae.models.conditional.M2`.
+        :class:`~pyro_vae.models.cvae.CVAE` or :class:`~pyro_vae.models.m2.M2`.
     :param x: the examples, ``(N, *x_shape)``, floats as the model scores them
         (:func:`~pyro_vae.data.sources.eval_inputs`), on the model's device.
     :param k: the particles per example, k in the bound.
@@ -238,7 +230,7 @@ def iwae_estimate(
 ) -> IWAEEstimate:
     """Mean IWAE estimate of log p(x), nats per example, with ``k`` particles and a fixed seed,
     and one line on whether its chunks were compiled: of log p(x | y) at the integer ``labels``
-    for the conditional VAE, of log p(x) (:func:`~pyro_vae.infer.elbo.m2_iwae_bound`) for M2.
+    for the conditional VAE, of log p(x) (:meth:`~pyro_vae.models.m2.M2.iwae_bound`) for M2.
 
     It costs about ``k`` test ELBOs: ``k`` codes of each example are decoded. The data go
     through in batches and each batch's particles in chunks (see
@@ -247,7 +239,7 @@ def iwae_estimate(
     eager ones to float32 rounding.
 
     :param vae: the trained model: a :class:`~pyro_vae.models.vae.VAE`,
-        :class:`~pyro_vae.models.conditional.CVAE` or :class:`~pyro_vae.models.conditional.M2`.
+        :class:`~pyro_vae.models.cvae.CVAE` or :class:`~pyro_vae.models.m2.M2`.
     :param x: the examples, ``(N, *x_shape)``, floats as the model scores them
         (:func:`~pyro_vae.data.sources.eval_inputs`), on the model's device.
     :param k: the particles per example, k in the bound.
@@ -261,21 +253,17 @@ def iwae_estimate(
     """
     validation.choice("compile", compile, ("auto", "on", "off"))
     x = vae.inputs(x)
-    batches = label_batches(x, labels if vae.labels == "all" else None, vae.num_classes)
-    summed = vae.labels == "some"  # M2: every label at once, then summed out
-    all_labels = every_label(vae.num_classes, x) if summed else None
-    first = (*batches[0], all_labels) if summed else batches[0]
-    chunk = iwae_chunk_size(vae, first[0], k, *first[1:])
+    given = vae.condition(labels, x)
+    first = (x[:EVAL_BATCH_SIZE], *(g[:EVAL_BATCH_SIZE] for g in given))
+    chunk = vae.iwae_chunk_size(*first[:1], k, *first[1:])
     per_batch = k // chunk  # full chunks per batch
-    full_chunks = sum(1 for b in batches if b[0].shape == batches[0][0].shape) * per_batch
+    full_chunks = max(1, len(x) // EVAL_BATCH_SIZE) * per_batch  # in batches shaped like the first
     decide_at = 0 if compile == "on" else 1  # "auto" first times a batch
     status = "off" if compile == "off" else "the IWAE bound stayed eager: too few batches to decide"
     compiled, total, elapsed, seconds, bounds = None, 0.0, 0.0, 0.0, []
-    with random_state_kept(x.device):
-        torch.manual_seed(seed)
-        for i, (batch, *cond) in enumerate(tqdm(batches, desc=f"IWAE k={k}", disable=not progress)):
-            cond = [all_labels] if summed else cond
-            if compile != "off" and i == decide_at and batch.shape == batches[0][0].shape:
+    with seeded_pass(x, given, seed=seed, progress=progress, desc=f"IWAE k={k}") as batches:
+        for i, (batch, cond) in enumerate(batches):
+            if compile != "off" and i == decide_at and batch.shape == first[0].shape:
                 compiled, status, seconds = compile_when_it_pays(
                     "the IWAE bound",
                     lambda b=batch, c=cond: CompiledLoss(
@@ -287,12 +275,8 @@ def iwae_estimate(
                 )
             start = time.perf_counter()
             full_chunk = compiled if compiled and batch.shape == compiled.shape else None
-            with torch.no_grad():
-                if summed:
-                    bound = m2_iwae_bound(vae, batch, k, full_chunk)
-                else:
-                    bound = iwae_bound(vae, batch, k, full_chunk, tuple(cond))
-                total += float(bound.sum())
+            bound = vae.iwae_bound(batch, k, full_chunk, cond)
+            total += float(bound.sum())
             bounds.append(bound)
             elapsed = time.perf_counter() - start
     return IWAEEstimate(total / len(x), status, seconds, torch.cat(bounds))
@@ -315,7 +299,7 @@ def kl_per_dim(
     term of the ELBO. For the label models, of q(z|x,y) at the integer ``labels``.
 
     :param vae: the trained model: a :class:`~pyro_vae.models.vae.VAE`,
-        :class:`~pyro_vae.models.conditional.CVAE` or :class:`~pyro_vae.models.conditional.M2`.
+        :class:`~pyro_vae.models.cvae.CVAE` or :class:`~pyro_vae.models.m2.M2`.
     :param x: the examples, ``(N, *x_shape)``, floats as the model scores them
         (:func:`~pyro_vae.data.sources.eval_inputs`), on the model's device.
     :param seed: seeds the draws of z where the KL has no closed form; the global random state is
@@ -325,9 +309,8 @@ def kl_per_dim(
         them; ``None`` for the VAE.
     """
     totals = None
-    with random_state_kept(x.device):
-        torch.manual_seed(seed)
-        for batch, *cond in label_batches(x, labels, vae.num_classes):
+    with seeded_pass(x, vae.encoder_condition(labels, x), seed=seed) as batches:
+        for batch, cond in batches:
             q, p = vae.posterior_dist(batch, *cond), vae.prior(len(batch), batch)
             if not (_factorizes(q) and _factorizes(p)):
                 return None
@@ -405,7 +388,7 @@ def evaluate(
     progress bar says how long); ``iwae_k=0`` skips it, and 100 is a quick first look.
 
     :param vae: the trained model: a :class:`~pyro_vae.models.vae.VAE`,
-        :class:`~pyro_vae.models.conditional.CVAE` or :class:`~pyro_vae.models.conditional.M2`.
+        :class:`~pyro_vae.models.cvae.CVAE` or :class:`~pyro_vae.models.m2.M2`.
     :param data: its data set; the test set is scored, the training set fits the baseline.
     :param seed: seeds every estimate.
     :param objective: the training objective, whose ELBO is the test ELBO
@@ -425,16 +408,9 @@ def evaluate(
     iwae_k = validation.whole("iwae_k", iwae_k, low=0)
     device = next(vae.parameters()).device
     x_test = eval_inputs(vae.likelihood, data.x_test, binarization).to(device)
-    labels = data.y_test.to(device) if vae.num_classes else None
-    given = labels if vae.labels == "all" else None
+    labels = None if data.y_test is None else data.y_test.to(device)
     result: dict[str, Any] = {
-        "test_elbo": dataset_elbo(
-            vae,
-            x_test,
-            seed=seed,
-            objective=objective,
-            labels=None if given is None else one_hot(given, vae.num_classes, x_test),
-        ),
+        "test_elbo": dataset_elbo(vae, x_test, seed=seed, objective=objective, labels=labels),
         "iwae_log_likelihood": None,
         "iwae_k": iwae_k,
         "kl_per_dim": kl_per_dim(vae, x_test, seed=seed, labels=labels),
@@ -442,8 +418,7 @@ def evaluate(
         "seed": seed,
         "num_test": len(x_test),
     }
-    if vae.labels == "some":
-        result["test_accuracy"] = accuracy(vae, x_test, labels)
+    result.update(vae.test_metrics(x_test, labels))
     if iwae_k > 0:
         estimate = iwae_estimate(
             vae, x_test, iwae_k, seed=seed, progress=progress, compile=compile, labels=labels

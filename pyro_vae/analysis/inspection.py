@@ -156,9 +156,9 @@ def _psis(log_w: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _unconditional_inputs(vae: VAE, x: torch.Tensor) -> torch.Tensor:
     """``x`` as ``vae`` takes it (:meth:`~pyro_vae.models.vae.VAE.inputs`), once ``vae`` is known to
     be a model without labels."""
-    if vae.num_classes:
+    if vae.drawable_labels:
         raise ConfigError(
-            f"posterior inspection scores q(z|x) and p(x|z) of the plain VAE; model {vae.kind!r} "
+            f"posterior inspection scores q(z|x) and p(x|z) of the plain VAE; model {vae.name!r} "
             "conditions them on a label"
         )
     return vae.inputs(x)

@@ -193,12 +193,12 @@ def plot_class_samples(model: Any, path: str | Path | None = None, per_class: in
     """``per_class`` samples of each class of a label model (E[x | y, z], z ~ p(z)), a column
     per class, labelled 0 .. K-1 from left to right.
 
-    :param model: a label model, a :class:`~pyro_vae.models.conditional.CVAE` or
-        :class:`~pyro_vae.models.conditional.M2`.
+    :param model: a label model, a :class:`~pyro_vae.models.cvae.CVAE` or
+        :class:`~pyro_vae.models.m2.M2`.
     :param path: where to save the figure as a PNG; ``None``: not saved.
     :param per_class: the samples of each class, one column's worth.
     """
-    k = model.num_classes
+    k = len(model.drawable_labels)
     images = model.sample(per_class * k)  # the labels 0, 1, ..., K-1 in turn: a column each
     title = f"samples of each class, columns 0 to {k - 1}"
     return plot_grid(images, nrow=k, title=title, path=path)
@@ -331,7 +331,7 @@ def _prior_mean(vae: Any) -> torch.Tensor:
     try:
         mean = prior.mean[0]
     except NotImplementedError:
-        device = vae._anchor().device
+        device = vae.anchor().device
         with random_state_kept(device):
             torch.manual_seed(0)
             mean = vae.prior_dist(4096).sample().mean(0)
@@ -356,7 +356,7 @@ def plot_traversals(
         (prior standard deviations for the N(0, I) prior).
     :param path: where to save the figure as a PNG; ``None``: not saved.
     """
-    anchor = vae._anchor()
+    anchor = vae.anchor()
     base = _prior_mean(vae) if z is None else torch.as_tensor(z).to(anchor).reshape(vae.z_dim)
     dims = list(range(vae.z_dim)) if dims is None else [int(d) for d in dims]
     values = torch.as_tensor(values).to(anchor).flatten()

@@ -37,9 +37,8 @@ from PIL import Image
 
 from pyro_vae import validation
 from pyro_vae.analysis.evaluation import bits_per_dim, iwae_estimate
-from pyro_vae.errors import DataError
+from pyro_vae.files import atomic_write
 from pyro_vae.models.vae import VAE
-from pyro_vae.runs.checkpoint import atomic_write
 
 #: Each score, the column of scores.csv that holds it, and what it is.
 COLUMNS = {
@@ -71,7 +70,7 @@ def score(
 
     :param vae: the trained model.
     :param x: the examples as the model scores them (see
-    :func:`~pyro_vae.data.sources.eval_inputs`).
+        :func:`~pyro_vae.data.sources.eval_inputs`).
     :param k: the particles of each example's IWAE bound.
     :param labels: the examples' integer labels, which the conditional VAE needs.
     :param seed: seeds the draws of z.
@@ -81,9 +80,8 @@ def score(
         (:func:`~pyro_vae.analysis.evaluation.iwae_estimate`).
     :raises DataError: for the conditional VAE without ``labels``.
     """
-    if vae.labels == "all" and labels is None:
-        raise DataError(f"model {vae.kind!r} scores log p(x | y) and needs the examples' labels")
     x = vae.inputs(x)
+    vae.condition(labels, x)  # a model that scores log p(x | y) refuses here without labels
     kind = {"labels": labels, "seed": seed, "progress": progress}
     log_px = iwae_estimate(vae, x, k, compile=compile, **kind).per_example.double().cpu()
     elbo = iwae_estimate(vae, x, 1, **kind).per_example.double().cpu()

@@ -77,9 +77,9 @@ def interpolate(
     """
     steps = validation.whole("steps", steps, low=2)
     walk = PATHS[validation.choice("path", path, list(PATHS))]
-    if vae.num_classes:
+    if vae.drawable_labels:
         raise ConfigError(
-            f"model {vae.kind!r} decodes p(x | y, z); interpolation walks the codes of a model "
+            f"model {vae.name!r} decodes p(x | y, z); interpolation walks the codes of a model "
             "of p(x | z), model 'vae'"
         )
     a, b = vae.encode(torch.stack([x_from, x_to]))[0]

@@ -40,17 +40,14 @@ from pyro_vae.data.sources import (
     BINARIZATION,
     DATASETS,
     Dataset,
-    check_labels,
     eval_inputs,
     load_dataset,
-    num_classes,
 )
 from pyro_vae.device import resolve_device
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.infer.elbo import OBJECTIVES
-from pyro_vae.infer.elbo_check import check_elbo, check_label_model, format_check
+from pyro_vae.infer.elbo_check import format_check
 from pyro_vae.models import MODELS, build_model
-from pyro_vae.models.conditional import one_hot
 from pyro_vae.parts.guides import GUIDES
 from pyro_vae.parts.likelihoods import LIKELIHOODS
 from pyro_vae.parts.networks import NETS
@@ -341,7 +338,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 )
             return 128 + signum
     if writer:
-        files = (*RUN_FILES, CLASS_PICTURE) if run.vae.num_classes else RUN_FILES
+        files = (*RUN_FILES, CLASS_PICTURE) if run.vae.drawable_labels else RUN_FILES
         files += (f"{BOARD}/",) if run.config.tensorboard else ()
         print(f"run folder: {run.path}  ({', '.join(files)})")
         baseline = run.summary["baseline_log_likelihood"]
@@ -545,25 +542,21 @@ def cmd_check_elbo(args: argparse.Namespace) -> int:
     else:
         config = overlay(RunConfig(), args)
         data = load_dataset(config.dataset, **config.data_options())
-        labels = MODELS[config.model].labels != "none"
-        classes = num_classes(data, f"model {config.model!r}") if labels else 0
+        classes = MODELS[config.model].label_classes(data)
         pyro.set_rng_seed(args.seed)
         vae = build_model(config.model, data.x_shape, classes, **config.vae_options())
         binarization = config.binarization
     x = eval_inputs(vae.likelihood, data.x_test[: args.batch_size], binarization)
-    if vae.num_classes:
-        check_labels(data, vae.num_classes)
-        y = one_hot(data.y_test[: args.batch_size], vae.num_classes, x)
-        report = check_label_model(vae, x, y, seed=args.seed, kl_weight=args.kl_weight)
-    else:
-        report = check_elbo(
-            vae,
-            x,
-            seed=args.seed,
-            num_particles=args.num_particles,
-            kl_weight=args.kl_weight,
-            iwae_particles=args.iwae_particles,
-        )
+    vae.check_data(data)
+    labels = None if data.y_test is None else data.y_test[: args.batch_size]
+    report = vae.check_elbo(
+        x,
+        labels,
+        seed=args.seed,
+        num_particles=args.num_particles,
+        kl_weight=args.kl_weight,
+        iwae_particles=args.iwae_particles,
+    )
     print(format_check(report, len(x)))
     if report.failures:
         print(f"pyro-vae: check failed: {report.failures[0]}", file=sys.stderr)

@@ -317,3 +317,87 @@ def compile_when_it_pays(
         why = f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__
         return None, f"{what} stays eager: it did not compile ({why})", compiled.seconds
     return compiled, f"compiled {what} in {compiled.seconds:.1f} s", compiled.seconds
+
+
+#: the compile settings: ``"auto"`` (when it pays), ``"on"`` or ``"off"``
+COMPILE = ("auto", "on", "off")
+
+
+class CompilePolicy:
+    """The one way pyro-vae decides to compile a computation (the training step, the test ELBO,
+    the IWAE bound's chunks): ``"off"`` never; ``"on"`` at the first call of the captured shape;
+    ``"auto"`` once ``timed`` eager calls of that shape are timed, if the calls ahead repay the
+    compile time (:func:`compile_when_it_pays`).
+
+    Before each eager call of the captured shape ask :meth:`ready`; when it says so, call
+    :meth:`decide`, which leaves ``compiled`` (or ``None``), ``message`` and ``seconds``.
+
+    :param what: what is compiled, for the message, e.g. ``"the training step"``.
+    :param mode: ``"auto"``, ``"on"`` or ``"off"``.
+    :param timed: the eager calls ``"auto"`` times before it decides.
+    :param device: where the calls run: the clock waits for a CUDA device before it reads.
+    :param agree: makes the ranks of a torchrun decide alike.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        mode: str,
+        *,
+        timed: int = 1,
+        device: torch.device | None = None,
+        agree: Callable[[bool], bool] = lambda worth: worth,
+    ):
+        self.what, self.mode, self.timed, self.device, self.agree = what, mode, timed, device, agree
+        self.decided = mode == "off"
+        self.compiled: CompiledLoss | None = None
+        self.message, self.seconds = "off", 0.0
+        self._start: float | None = None
+        self._calls, self._eager_seconds = 0, None
+
+    def restart(self) -> None:
+        """Time afresh from the next call (after work that is not a call, such as an epoch's
+        end)."""
+        self._start = None
+
+    def ready(self, calls: int = 1) -> bool:
+        """Whether the decision is due now, before an eager call of the captured shape; with
+        ``"auto"``, the first ask starts the clock and each later one counts ``calls`` calls made
+        since the last.
+
+        :param calls: the calls made since the last ask (a whole pass of them, say).
+        """
+        if self.decided:
+            return False
+        if self.mode == "on":
+            return True
+        now = self._clock()
+        if self._start is None:
+            self._start, self._calls = now, 0
+            return False
+        self._calls += calls
+        if self._calls < self.timed:
+            return False
+        self._eager_seconds = (now - self._start) / self._calls
+        return True
+
+    def decide(
+        self, capture: Callable[[], CompiledLoss], x: torch.Tensor, calls_ahead: int
+    ) -> CompiledLoss | None:
+        """Capture and compile, or not (:func:`compile_when_it_pays`); the result is also kept in
+        ``compiled``, with ``message`` and ``seconds``.
+
+        :param capture: captures the computation: returns a :class:`CompiledLoss`.
+        :param x: a batch of the captured shape, to compile on.
+        :param calls_ahead: the calls still to make, which compiling would speed up.
+        """
+        self.decided = True
+        self.compiled, self.message, self.seconds = compile_when_it_pays(
+            self.what, capture, x, self._eager_seconds, calls_ahead, self.agree
+        )
+        return self.compiled
+
+    def _clock(self) -> float:
+        if self.device is not None and self.device.type == "cuda":  # a few times a run
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()

@@ -26,66 +26,36 @@ bound of Burda et al. (arXiv:1509.00519), which tightens towards log p(x) as k g
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pyro.distributions as dist
 import torch
-from pyro import validation_enabled
 from pyro.infer import ELBO
 from torch.distributions import kl_divergence
 
-from pyro_vae.device import random_state_kept
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.infer.passes import EVAL_BATCH_SIZE, seeded_pass
 from pyro_vae.infer.sync_free import (
     SyncFreeIWAE_DReG_ELBO,
     SyncFreeIWAE_ELBO,
     SyncFreeTrace_ELBO,
-    SyncFreeTraceEnum_ELBO,
     SyncFreeTraceMeanField_ELBO,
 )
-from pyro_vae.models.conditional import CVAE, M2, every_label, one_hot
-from pyro_vae.models.vae import VAE
-from pyro_vae.parts.guides import DiagonalNormal
+from pyro_vae.parts.guides import normal_log_density
 from pyro_vae.parts.registry import name_of
 from pyro_vae.validation import MAX_PARTICLES
 
+if TYPE_CHECKING:  # the types of the models these functions take; the models import this module
+    from pyro_vae.models.program import Program
+    from pyro_vae.models.vae import VAE
+
 LossFn = Callable[..., torch.Tensor]  # (x, kl_weight=1.0) -> loss
 
-# Test-set estimates are made in chunks of this many examples. It is fixed because the Monte
-# Carlo draws, and so the estimate for a given seed, depend on how the data set is cut.
-EVAL_BATCH_SIZE = 1000
 # iwae_bound holds at most about this many decoder outputs at once, whatever k is.
 IWAE_CHUNK_ELEMENTS = 2**24
-
-
-def label_batches(x: torch.Tensor, y: torch.Tensor | None, classes: int) -> list[tuple]:
-    """``x`` in batches of EVAL_BATCH_SIZE, each with its one-hot labels ``(y,)`` from the
-    integer labels ``y``, or ``()`` without labels (``y`` or ``classes`` None or 0).
-
-    :param x: the examples, ``(N, *x_shape)``.
-    :param y: their integer labels, ``(N,)``, or ``None``.
-    :param classes: K, the number of classes; 0 for a model without labels.
-    """
-    batches = x.split(EVAL_BATCH_SIZE)
-    if y is None or not classes:
-        return [(batch,) for batch in batches]
-    labels = y.split(EVAL_BATCH_SIZE)
-    return [(b, one_hot(t, classes, b)) for b, t in zip(batches, labels, strict=True)]
-
-
-def normal_log_density(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """log N(z; loc, scale^2), elementwise, written out as ``torch.distributions.Normal`` does.
-
-    :param z: the points.
-    :param loc: the means, broadcasting against ``z``.
-    :param scale: the standard deviations, positive, broadcasting against ``z``.
-    """
-    var = scale**2
-    return -((z - loc) ** 2) / (2 * var) - scale.log() - math.log(math.sqrt(2 * math.pi))
 
 
 def log_weight_terms(
@@ -107,22 +77,12 @@ def log_weight_terms(
         ``(num_particles, B)``.
     """
     x = vae.inputs(x)
-    if isinstance(vae.posterior, DiagonalNormal):
-        loc, scale = vae.encode(x, *cond)
-        eps = torch.randn(num_particles, *loc.shape, dtype=loc.dtype, device=loc.device)
-        z = loc + eps * scale  # the reparameterization trick
-        q = dist.Normal(loc, scale).to_event(1)
-    else:  # other guide families bring their own reparameterized sample
-        q = vae.posterior(vae.encoder(x, *cond))
-        z = q.expand((num_particles, *q.batch_shape)).rsample()
+    z, q, log_q_at_z = vae.posterior.draw(vae.encoder(x, *cond), num_particles)
     p_z = vae.prior(x.shape[0], x)
     p_x = vae.likelihood_dist(z, *cond)
     log_p_z = p_z.log_prob(z)
     log_p_x = p_x.log_prob(x)
-    if isinstance(vae.posterior, DiagonalNormal):
-        log_q = normal_log_density(z, loc, scale).sum(-1)
-    else:
-        log_q = q.log_prob(z)
+    log_q = log_q_at_z()
     return log_p_x, log_p_z, log_q, q, p_z
 
 
@@ -211,7 +171,7 @@ def iwae_chunk_size(vae: VAE, x: torch.Tensor, k: int, *cond: torch.Tensor) -> i
 
 
 def iwae_bound(
-    vae: VAE,
+    model: Program,
     x: torch.Tensor,
     k: int,
     full_chunk: Callable[..., torch.Tensor] | None = None,
@@ -219,49 +179,32 @@ def iwae_bound(
 ) -> torch.Tensor:
     """The importance-weighted bound log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), per
     example of ``x`` (shape ``(B,)``, nats); with a label model's ``cond = (y,)``, the bound on
-    log p(x | y) (``(K, B)`` for y of shape ``(K, 1, K)``, every label at once).
+    log p(x | y).
 
     k = 1 is the single-sample ELBO; the bound rises towards log p(x) as k grows. Particles are
-    drawn in chunks (:func:`iwae_chunk`), combined with logsumexp, so that k = 5000 fits in
-    memory. It is differentiable: ``-iwae_bound(vae, x, k).sum()`` is the hand-written twin of
-    Pyro's IWAE objective (:class:`~pyro_vae.infer.sync_free.SyncFreeIWAE_ELBO`), the same value and
-    gradients under the same seed; estimates that need no gradient run it under
-    ``torch.no_grad()``. ``full_chunk``, if given, computes the chunks of
-    :func:`iwae_chunk_size` particles (a compiled :func:`iwae_chunk`, say).
+    drawn in chunks of ``model.iwae_chunk_size`` (each ``model.iwae_chunk``, for the VAE
+    :func:`iwae_chunk`), combined with logsumexp, so that k = 5000 fits in memory. It is
+    differentiable: ``-iwae_bound(vae, x, k).sum()`` is the hand-written twin of Pyro's IWAE
+    objective (:class:`~pyro_vae.infer.sync_free.SyncFreeIWAE_ELBO`), the same value and gradients
+    under the same seed; estimates that need no gradient run it under ``torch.no_grad()``.
 
-    :param vae: the model.
+    :param model: the model (:class:`~pyro_vae.models.program.Program`).
     :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
     :param k: the particles per example; 1 is the single-sample ELBO.
-    :param full_chunk: ``(x, *cond) -> chunk``, computing a chunk of :func:`iwae_chunk_size`
-        particles (a compiled :func:`iwae_chunk`, say); ``None``: :func:`iwae_chunk` computes every
-        chunk.
-    :param cond: a label model's ``(y,)``, one-hot; ``()`` for the VAE.
+    :param full_chunk: ``(x, *cond) -> chunk``, computing a chunk of ``model.iwae_chunk_size``
+        particles (a compiled ``model.iwae_chunk``, say); ``None``: ``model.iwae_chunk`` computes
+        every chunk.
+    :param cond: what the programs take after ``x``; ``()`` for the VAE.
     """
     if k < 1:
         raise ConfigError(f"the IWAE bound needs k >= 1 particles, got {k}")
-    chunk = iwae_chunk_size(vae, x, k, *cond)
+    chunk = model.iwae_chunk_size(x, k, *cond)
     partial_sums = []
     for start in range(0, k, chunk):
         size = min(chunk, k - start)
-        compute = full_chunk if full_chunk is not None and size == chunk else None
-        partial_sums.append(compute(x, *cond) if compute else iwae_chunk(vae, x, size, *cond))
+        full = full_chunk is not None and size == chunk
+        partial_sums.append(full_chunk(x, *cond) if full else model.iwae_chunk(x, size, *cond))
     return torch.logsumexp(torch.stack(partial_sums), dim=0) - math.log(k)
-
-
-def m2_iwae_bound(
-    m2: M2, x: torch.Tensor, k: int, full_chunk: Callable[..., torch.Tensor] | None = None
-) -> torch.Tensor:
-    """M2's bound on log p(x) = log sum_y p(y) p(x | y), per example: the labels summed out
-    exactly over the IWAE bounds on each log p(x | y), with ``k`` particles each. It is the log
-    of an unbiased estimate of p(x), so it is a lower bound in expectation, like IWAE's.
-
-    :param m2: the :class:`~pyro_vae.models.conditional.M2` model.
-    :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
-    :param k: the particles per example and label.
-    :param full_chunk: as for :func:`iwae_bound`, called with every label at once.
-    """
-    per_label = iwae_bound(m2, x, k, full_chunk, (every_label(m2.num_classes, x),))  # (K, B)
-    return torch.logsumexp(per_label, dim=0) - math.log(m2.num_classes)
 
 
 def iwae_dreg_gradients(
@@ -285,7 +228,7 @@ def iwae_dreg_gradients(
     :param parameters: the tensors the gradient is taken with respect to, e.g.
         ``list(vae.parameters())``; one not reached gets ``None``.
     """
-    if not isinstance(vae.posterior, DiagonalNormal):
+    if name_of(vae.posterior) != "diagonal":
         raise ConfigError(
             "the doubly reparameterized gradient needs the 'diagonal' {param}", "guide"
         )
@@ -312,74 +255,6 @@ def _added(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | Non
     return b if a is None else a if b is None else a + b
 
 
-def m2_elbo(
-    m2: M2,
-    x: torch.Tensor,
-    y: torch.Tensor | None = None,
-    kl_weight: float | torch.Tensor = 1.0,
-) -> torch.Tensor:
-    """M2's ELBO of the batch ``x``, summed over examples, written out with no ``pyro.infer``.
-    Unlabelled (``y`` None), y is summed out under q(y|x):
-
-        sum_y q(y|x) [ log p(y) + log p(x|y,z_y) + w log p(z_y) - w log q(z_y|x,y) ] + H(q(y|x)),
-
-    z_y = loc(x, y) + scale(x, y) * eps, drawn for all K labels at once; labelled (``y``
-    one-hot), the ELBO at the observed y plus log p(y). w is ``kl_weight``. Its negative equals
-    ``TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(m2.model, m2.guide, x, y, w)`` in
-    value and gradients under the same seed.
-
-    :param m2: the :class:`~pyro_vae.models.conditional.M2` model.
-    :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
-    :param y: their one-hot labels, ``(B, K)``; ``None``: unlabelled, y summed out.
-    :param kl_weight: w, the weight of the KL term: a number or a 0-dim tensor; 1 for the ELBO.
-    """
-    log_p_y = -math.log(m2.num_classes)
-    if y is not None:
-        log_p_x, log_p_z, log_q_z, _, _ = log_weight_terms(m2, x, 1, (y,))
-        return (log_p_y + log_p_x + kl_weight * (log_p_z - log_q_z)).sum()
-    log_q_y = torch.log_softmax(m2.classifier(x), dim=-1).T  # (K, B)
-    labels = every_label(m2.num_classes, x)
-    log_p_x, log_p_z, log_q_z, _, _ = log_weight_terms(m2, x, 1, (labels,))  # (1, K, B)
-    per_label = log_p_y + log_p_x[0] + kl_weight * (log_p_z[0] - log_q_z[0])
-    return (log_q_y.exp() * (per_label - log_q_y)).sum()
-
-
-def m2_aux_term(m2: M2, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``aux_weight * sum log q(y|x)`` over the labelled batch: the twin of the program
-    :meth:`~pyro_vae.models.conditional.M2.classify_model` (an observed site, no latent one).
-
-    :param m2: the :class:`~pyro_vae.models.conditional.M2` model.
-    :param x: a batch of labelled examples, ``(B, *x_shape)``.
-    :param y: their one-hot labels, ``(B, K)``.
-    """
-    log_q = (torch.log_softmax(m2.classifier(x), dim=-1) * y).sum(-1)
-    return m2.aux_weight * log_q.sum()
-
-
-def m2_objective(
-    m2: M2,
-    x: torch.Tensor,
-    x_labeled: torch.Tensor | None = None,
-    y_labeled: torch.Tensor | None = None,
-    kl_weight: float | torch.Tensor = 1.0,
-) -> torch.Tensor:
-    """What one M2 training step maximizes, by hand: the unlabelled batch's ELBO, the labelled
-    batch's ELBO and its auxiliary term (:func:`m2_elbo`, :func:`m2_aux_term`), in the order
-    Pyro's objective draws them. Without a labelled batch, the ELBO of log p(x).
-
-    :param m2: the :class:`~pyro_vae.models.conditional.M2` model.
-    :param x: the step's unlabelled batch, ``(B, *x_shape)``.
-    :param x_labeled: the step's labelled examples; ``None`` for none.
-    :param y_labeled: their one-hot labels, ``(B_l, K)``.
-    :param kl_weight: w, the weight of the KL term: a number or a 0-dim tensor; 1 for the ELBO.
-    """
-    objective = m2_elbo(m2, x, kl_weight=kl_weight)
-    if x_labeled is None:
-        return objective
-    objective = objective + m2_elbo(m2, x_labeled, y_labeled, kl_weight)
-    return objective + m2_aux_term(m2, x_labeled, y_labeled)
-
-
 def _pyro_loss(elbo_class: type[ELBO], vae: VAE, num_particles: int) -> LossFn:
     elbo = elbo_class(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     return partial(elbo.differentiable_loss, vae.model, vae.guide)
@@ -393,68 +268,43 @@ def _manual_iwae_loss(vae: VAE, num_particles: int) -> LossFn:
     return lambda x, kl_weight=1.0: -iwae_bound(vae, x, num_particles).sum()
 
 
-def _manual_cvae_loss(cvae: CVAE, num_particles: int) -> LossFn:
-    def loss(x: torch.Tensor, y: torch.Tensor, kl_weight: float | torch.Tensor = 1.0):
-        return -manual_elbo(cvae, x, num_particles, kl_weight=kl_weight, cond=(y,))
-
-    return loss
-
-
-def _m2_loss(m2: M2, num_particles: int) -> LossFn:
-    """``(x, x_labeled=None, y_labeled=None, kl_weight=1)``: Pyro's M2 objective. The unlabelled
-    program under ``TraceEnum_ELBO`` (y enumerated), the labelled one and the auxiliary term
-    under ``Trace_ELBO`` (no site to enumerate: the same value, without TraceEnum's warning)."""
-    enum = SyncFreeTraceEnum_ELBO(max_plate_nesting=1)
-    trace = SyncFreeTrace_ELBO(max_plate_nesting=1)
-
-    def loss(x, x_labeled=None, y_labeled=None, kl_weight=1.0):
-        value = enum.differentiable_loss(m2.model, m2.guide, x, None, kl_weight)
-        if x_labeled is None:
-            return value
-        value = value + trace.differentiable_loss(
-            m2.model, m2.guide, x_labeled, y_labeled, kl_weight
-        )
-        return value + trace.differentiable_loss(
-            m2.classify_model, m2.classify_guide, x_labeled, y_labeled
-        )
-
-    return loss
-
-
-def _manual_m2_loss(m2: M2, num_particles: int) -> LossFn:
-    return lambda *batch: -m2_objective(m2, *batch)
-
-
 @dataclass(frozen=True)
 class Objective:
     """A training objective, by the name :func:`make_loss` takes.
 
-    :param make: ``make(vae, num_particles)`` gives its loss ``(x, kl_weight) -> -objective``,
-        summed over the batch.
+    :param make: ``make(model, num_particles)`` gives its loss ``(*batch, kl_weight) ->
+        -objective``, summed over the batch.
     :param weighs_kl: whether it has a KL term for a beta or a warm-up to weigh.
     :param elbo: the name of the objective whose one-particle value is the ELBO reported for runs
         trained with this one (the test ELBO).
     :param guides: the guide families it works with; ``()`` for any.
     :param max_particles: the most particles it may draw per example.
     :param analytic_kl: whether its KL term is in closed form (``TraceMeanField_ELBO``'s).
+    :param twin: the name of its hand-written twin among the model's objectives, which
+        ``check-elbo`` holds it against; ``None`` for a twin itself, or none.
     """
 
-    make: Callable[[VAE, int], LossFn]
+    make: Callable[[Program, int], LossFn]
     weighs_kl: bool
     elbo: str
     guides: tuple[str, ...] = ()
     max_particles: int = MAX_PARTICLES
     analytic_kl: bool = False
+    twin: str | None = None
 
 
-OBJECTIVES: dict[str, Objective] = {
-    # Pyro's Trace_ELBO, TraceMeanField_ELBO and RenyiELBO(alpha=0) without their host round
-    # trips (pyro_vae.infer.sync_free), and their hand-written twins
-    "trace": Objective(partial(_pyro_loss, SyncFreeTrace_ELBO), True, "trace"),
-    "meanfield": Objective(
-        partial(_pyro_loss, SyncFreeTraceMeanField_ELBO), True, "meanfield", analytic_kl=True
-    ),
-    "iwae": Objective(partial(_pyro_loss, SyncFreeIWAE_ELBO), False, "trace"),
+TRACE = Objective(partial(_pyro_loss, SyncFreeTrace_ELBO), True, "trace", twin="manual")
+MEANFIELD = Objective(
+    partial(_pyro_loss, SyncFreeTraceMeanField_ELBO), True, "meanfield", analytic_kl=True
+)
+IWAE = Objective(partial(_pyro_loss, SyncFreeIWAE_ELBO), False, "trace", twin="manual-iwae")
+#: the objectives of any Pyro program whose ``model`` and ``guide`` take ``(*batch, kl_weight)``:
+#: Pyro's Trace_ELBO, TraceMeanField_ELBO and RenyiELBO(alpha=0) without their host round trips
+#: (:mod:`pyro_vae.infer.sync_free`)
+PYRO_OBJECTIVES: dict[str, Objective] = {"trace": TRACE, "meanfield": MEANFIELD, "iwae": IWAE}
+#: the VAE's: Pyro's, the IWAE bound with the doubly reparameterized gradient, and the
+#: hand-written twins
+OBJECTIVES: dict[str, Objective] = PYRO_OBJECTIVES | {
     "iwae-dreg": Objective(
         partial(_pyro_loss, SyncFreeIWAE_DReG_ELBO), False, "trace", guides=("diagonal",)
     ),
@@ -463,64 +313,31 @@ OBJECTIVES: dict[str, Objective] = {
 }
 
 
-# The objectives of the label-conditioned models. For M2, "trace" is TraceEnum_ELBO: y is summed
-# out exactly, and one particle of z per label is drawn (see m2_elbo).
-CVAE_OBJECTIVES: dict[str, Objective] = {
-    name: OBJECTIVES[name] for name in ("trace", "meanfield")
-} | {"manual": Objective(_manual_cvae_loss, True, "manual")}
-M2_OBJECTIVES: dict[str, Objective] = {
-    "trace": Objective(_m2_loss, True, "trace", max_particles=1),
-    "manual": Objective(_manual_m2_loss, True, "manual", max_particles=1),
-}
-# each model kind (pyro_vae.models.MODELS) and the objectives it trains with
-MODEL_OBJECTIVES: dict[str, dict[str, Objective]] = {
-    "vae": OBJECTIVES,
-    "cvae": CVAE_OBJECTIVES,
-    "m2": M2_OBJECTIVES,
-}
+def make_loss(model: Program, objective: str = "trace", num_particles: int = 1) -> LossFn:
+    """``(*batch, kl_weight=1) -> -objective(batch)`` summed over the batch, differentiable, by
+    the objective's name among ``model.objectives``: for the VAE ``trace`` (Pyro's
+    ``Trace_ELBO``), ``meanfield`` (``TraceMeanField_ELBO``), ``iwae`` (``RenyiELBO(alpha=0)``,
+    the IWAE bound), ``iwae-dreg`` (the same bound with the doubly reparameterized guide
+    gradient), or their hand-written twins ``manual`` (:func:`manual_elbo`, no ``pyro.infer``)
+    and ``manual-iwae`` (:func:`iwae_bound`), each with ``num_particles`` vectorized particles.
+    ``kl_weight`` weighs the KL term of the ELBOs.
 
-
-def make_loss(vae: VAE, objective: str = "trace", num_particles: int = 1) -> LossFn:
-    """``(x, kl_weight=1) -> -objective(x)`` summed over the batch, differentiable, by objective
-    name: ``trace`` (Pyro's ``Trace_ELBO``), ``meanfield`` (``TraceMeanField_ELBO``), ``iwae``
-    (``RenyiELBO(alpha=0)``, the IWAE bound), ``iwae-dreg`` (the same bound with the doubly
-    reparameterized guide gradient), or their hand-written twins ``manual``
-    (:func:`manual_elbo`, no ``pyro.infer``) and ``manual-iwae`` (:func:`iwae_bound`), each with
-    ``num_particles`` vectorized particles. ``kl_weight`` weighs the KL term of the ELBOs.
-
-    :param vae: the model whose programs the loss scores, any of :data:`~pyro_vae.models.MODELS`.
-    :param objective: the objective's name, one of those of the model's kind (the CVAE and M2 have
-        fewer).
+    :param model: the model whose programs the loss scores
+        (:class:`~pyro_vae.models.program.Program`).
+    :param objective: the objective's name, one of ``model.objectives``.
     :param num_particles: the vectorized particles per example.
     """
-    objectives = MODEL_OBJECTIVES[vae.kind]
+    objectives = model.objectives
     if objective not in objectives:
         raise ConfigError(
-            f"unknown objective {objective!r} for model {vae.kind!r}; choose one of: "
+            f"unknown objective {objective!r} for model {model.name!r}; choose one of: "
             f"{', '.join(objectives)}"
         )
-    return objectives[objective].make(vae, num_particles)
-
-
-@contextmanager
-def _seeded_batches(
-    x: torch.Tensor, labels: torch.Tensor | None, seed: int
-) -> Iterator[Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]]:
-    """``x`` in batches of :data:`EVAL_BATCH_SIZE`, each with its rows of ``labels`` as the
-    conditioning tuple (``()`` without labels), to be scored under torch's generator seeded with
-    ``seed``, without gradients or Pyro's validation (overflowing outputs give a NaN to check,
-    not a ValueError); the global random state is restored afterwards. Estimates that iterate
-    them make the same draws: :func:`dataset_elbo` and :func:`elbo_terms`."""
-    conds = [()] * -(-len(x) // EVAL_BATCH_SIZE)
-    if labels is not None:
-        conds = [(y,) for y in labels.split(EVAL_BATCH_SIZE)]
-    with random_state_kept(x.device), torch.no_grad(), validation_enabled(False):
-        torch.manual_seed(seed)
-        yield zip(x.split(EVAL_BATCH_SIZE), conds, strict=True)
+    return objectives[objective].make(model, num_particles)
 
 
 def dataset_elbo(
-    vae: VAE,
+    model: Program,
     x: torch.Tensor,
     *,
     seed: int,
@@ -531,11 +348,12 @@ def dataset_elbo(
 ) -> float:
     """The mean ELBO per example of ``x`` in nats, a Monte Carlo estimate with a fixed seed.
 
-    The same ``vae``, ``x`` and ``seed`` give the same number on the same device. The global
-    random state is saved and restored, so estimating never changes the course of training.
-    M2's is the ELBO of log p(x), its labels summed out.
+    The same ``model``, ``x`` and ``seed`` give the same number on the same device. The global
+    random state is saved and restored, so estimating never changes the course of training
+    (:func:`~pyro_vae.infer.passes.seeded_pass`). M2's is the ELBO of log p(x), its labels summed
+    out; the conditional VAE's that of log p(x | y) at the given ``labels``.
 
-    :param vae: the model.
+    :param model: the model.
     :param x: the examples, as the model scores them (:func:`~pyro_vae.data.sources.eval_inputs`).
     :param seed: seeds the draws of z.
     :param objective: the ELBO of this objective, with weight 1 (``trace`` for ``iwae``: see
@@ -543,14 +361,15 @@ def dataset_elbo(
     :param num_particles: the particles each example's ELBO averages over.
     :param full_batch: if given, computes the loss of the batches shaped like the first (a
         compiled objective, say).
-    :param labels: one-hot, one row per example, for a model whose programs take them (the CVAE).
+    :param labels: the examples' integer labels, ``(N,)``, for a model whose programs take them
+        (:meth:`~pyro_vae.models.program.Program.condition`); ``None`` for none.
     :raises PyroVAEError: if the estimate is not finite (weights or outputs that overflow, as
         after a diverged training step).
     """
-    loss = make_loss(vae, MODEL_OBJECTIVES[vae.kind][objective].elbo, num_particles)
+    loss = make_loss(model, model.objectives[objective].elbo, num_particles)
     shape = x[:EVAL_BATCH_SIZE].shape
     total = 0.0
-    with _seeded_batches(x, labels, seed) as batches:
+    with seeded_pass(x, model.condition(labels, x), seed=seed) as batches:
         for batch, cond in batches:
             compute = full_batch if full_batch is not None and batch.shape == shape else loss
             total += float(compute(batch, *cond))
@@ -574,7 +393,7 @@ class ELBOTerms(NamedTuple):
 
 
 def elbo_terms(
-    vae: VAE,
+    model: Program,
     x: torch.Tensor,
     *,
     seed: int,
@@ -586,51 +405,42 @@ def elbo_terms(
         ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)),
 
     estimated with the very draws of :func:`dataset_elbo` with the same ``seed``, ``objective``
-    and ``labels``, so that ``reconstruction - kl`` is its ELBO to float rounding. The KL term
-    is in closed form where that objective's ELBO takes it so (``meanfield``), else
-    ``log q(z|x) - log p(z)`` at the same draw of z. For M2, whose labels are summed out, both
-    terms are averaged over q(y|x), and the KL is that of q(y, z|x) against p(y) p(z):
-    E_q(y|x)[KL(q(z|x,y) || p(z))] + KL(q(y|x) || p(y)).
+    and ``labels``, so that ``reconstruction - kl`` is its ELBO to float rounding
+    (:meth:`~pyro_vae.models.program.Program.elbo_terms`). The KL term is in closed form where that
+    objective's ELBO takes it so (``meanfield``), else ``log q(z|x) - log p(z)`` at the same draw
+    of z. For M2, whose labels are summed out, both terms are averaged over q(y|x), and the KL is
+    that of q(y, z|x) against p(y) p(z): E_q(y|x)[KL(q(z|x,y) || p(z))] + KL(q(y|x) || p(y)).
 
     The global random state is left as it was, as by :func:`dataset_elbo`.
 
-    :param vae: the model.
+    :param model: the model.
     :param x: the examples, as the model scores them (:func:`~pyro_vae.data.sources.eval_inputs`).
     :param seed: seeds the draws of z, as for :func:`dataset_elbo`.
     :param objective: the training objective, whose ELBO is split (``meanfield``: the KL in closed
         form).
-    :param labels: one-hot, one row per example, for a model whose programs take them (the CVAE).
+    :param labels: the examples' integer labels, for a model whose programs take them.
     """
-    elbo = MODEL_OBJECTIVES[vae.kind][objective].elbo
-    analytic = MODEL_OBJECTIVES[vae.kind][elbo].analytic_kl
+    elbo = model.objectives[objective].elbo
+    analytic = model.objectives[elbo].analytic_kl
     totals = torch.zeros(2, dtype=torch.float64, device=x.device)
-    with _seeded_batches(x, labels, seed) as batches:
+    with seeded_pass(x, model.condition(labels, x), seed=seed) as batches:
         for batch, cond in batches:
-            totals += torch.stack(TERMS[vae.labels](vae, batch, cond, analytic)).double()
+            totals += torch.stack(model.elbo_terms(batch, cond, analytic)).double()
     reconstruction, kl = (totals / len(x)).tolist()
     return ELBOTerms(reconstruction, kl)
 
 
-def _terms(
+def vae_elbo_terms(
     vae: VAE, x: torch.Tensor, cond: tuple[torch.Tensor, ...], analytic: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's summed log p(x|z) and KL, one draw of z per example (given ``cond``)."""
+    """The batch's summed log p(x|z) and KL, one hand-written draw of z per example (given
+    ``cond``): the VAE's :meth:`~pyro_vae.models.program.Program.elbo_terms`.
+
+    :param vae: the model.
+    :param x: a batch of examples, ``(B, *x_shape)``.
+    :param cond: what its networks take after ``x``.
+    :param analytic: the KL in closed form rather than at the draw.
+    """
     log_p_x, log_p_z, log_q, q, p_z = log_weight_terms(vae, x, 1, cond)
     kl = closed_form_kl(vae, q, p_z) if analytic else log_q - log_p_z
     return log_p_x.sum(), kl.sum()
-
-
-def _m2_terms(
-    m2: M2, x: torch.Tensor, cond: tuple[torch.Tensor, ...], analytic: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """M2's, its label summed out under q(y|x) as in :func:`m2_elbo` (drawn in its order)."""
-    log_q_y = torch.log_softmax(m2.classifier(x), dim=-1).T  # (K, B)
-    labels = every_label(m2.num_classes, x)
-    log_p_x, log_p_z, log_q_z, _, _ = log_weight_terms(m2, x, 1, (labels,))  # (1, K, B)
-    q_y = log_q_y.exp()
-    kl = log_q_z[0] - log_p_z[0] + log_q_y + math.log(m2.num_classes)  # log p(y) = -log K
-    return (q_y * log_p_x[0]).sum(), (q_y * kl).sum()
-
-
-# each kind of model's terms, by what it knows of the labels (VAE.labels)
-TERMS = {"none": _terms, "all": _terms, "some": _m2_terms}

@@ -21,26 +21,18 @@ import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.elbo import (
-    OBJECTIVES,
-    iwae_bound,
-    iwae_dreg_gradients,
-    m2_aux_term,
-    m2_elbo,
-    m2_objective,
-    make_loss,
-    manual_elbo,
-)
-from pyro_vae.models.conditional import CVAE
-from pyro_vae.models.vae import VAE
+from pyro_vae.infer.elbo import OBJECTIVES, iwae_bound, iwae_dreg_gradients, make_loss, manual_elbo
+
+if TYPE_CHECKING:  # the types of the models checked; the models import this module
+    from pyro_vae.models.program import Program
+    from pyro_vae.models.vae import VAE
 
 # Largest difference accepted, relative to the size of the quantity (at least 1): rounding of
 # sums in a different order, never a different estimator. compare() alone may see float32.
@@ -277,66 +269,25 @@ def _record_failures(report: ElboCheck) -> None:
 
 
 def check_label_model(
-    model: CVAE, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0, kl_weight: float = 0.5
+    model: Program, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0, kl_weight: float = 0.5
 ) -> ElboCheck:
     """Compare Pyro's objectives of a label model with the hand-written ones on batch ``x`` and its
-    one-hot labels ``y``. The conditional VAE: ``Trace_ELBO`` and ``TraceMeanField_ELBO`` against
-    :func:`~pyro_vae.infer.elbo.manual_elbo` given y. M2: Pyro's own ``TraceEnum_ELBO`` on the
-    unlabelled program against :func:`~pyro_vae.infer.elbo.m2_elbo` (y summed out), ``Trace_ELBO``
-    on the labelled program and on the auxiliary one against ``m2_elbo`` at y and
-    :func:`~pyro_vae.infer.elbo.m2_aux_term`, and the step as trained (``x`` unlabelled, then ``x``
-    labelled; the sync-free objective) against :func:`~pyro_vae.infer.elbo.m2_objective`, at weight
-    1 and with the KL term weighed by ``kl_weight``.
+    one-hot labels ``y``, at weight 1 and with the KL term weighed by ``kl_weight``: the rows the
+    model's ``twin_rows`` names (:meth:`~pyro_vae.models.cvae.CVAE.twin_rows`: ``Trace_ELBO`` and
+    ``TraceMeanField_ELBO`` against :func:`~pyro_vae.infer.elbo.manual_elbo` given y;
+    :meth:`~pyro_vae.models.m2.M2.twin_rows`: ``TraceEnum_ELBO`` on the unlabelled program against
+    :func:`~pyro_vae.models.m2.m2_elbo`, the labelled and auxiliary programs, and the step as
+    trained against :func:`~pyro_vae.models.m2.m2_objective`).
 
-    :param model: a :class:`~pyro_vae.models.conditional.CVAE` or
-    :class:`~pyro_vae.models.conditional.M2`; a
-        float64 copy is checked.
+    :param model: a label model with ``twin_rows``; a float64 copy is checked.
     :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
     :param y: their one-hot labels, ``(B, K)``.
     :param seed: seeds each computation alike.
     :param kl_weight: the KL weight of the weighed comparisons.
     """
     model, x = _in_float64(model, x)
-    y = y.double()
     report = ElboCheck()
-    trace, enum = Trace_ELBO(max_plate_nesting=1), TraceEnum_ELBO(max_plate_nesting=1)
-    rows: list[tuple[str, Callable, Callable, tuple]] = []
-    for w in (1.0, kl_weight):
-        weight = f", KL weight {w:g}" if w != 1 else ""
-        if model.labels == "all":
-            for name, elbo, analytic in (
-                ("Trace_ELBO", trace, False),
-                ("TraceMeanField", TraceMeanField_ELBO(), True),
-            ):
-                pyro_fn = partial(elbo.differentiable_loss, model.model, model.guide)
-                manual = partial(_cvae_manual_loss, model, analytic)
-                rows.append(
-                    (f"CVAE {name} vs manual (given y{weight})", pyro_fn, manual, (x, y, w))
-                )
-            continue
-        unlabeled = partial(enum.differentiable_loss, model.model, model.guide)
-        labeled = partial(trace.differentiable_loss, model.model, model.guide)
-        manual = partial(_negated(m2_elbo), model)
-        rows += [
-            (
-                f"M2 TraceEnum_ELBO vs manual (y summed out{weight})",
-                unlabeled,
-                manual,
-                (x, None, w),
-            ),
-            (f"M2 Trace_ELBO vs manual (y observed{weight})", labeled, manual, (x, y, w)),
-            (
-                f"M2 step, as trained, vs manual{weight}",
-                make_loss(model, "trace"),
-                partial(_negated(m2_objective), model),
-                (x, x, y, w),
-            ),
-        ]
-    if model.labels == "some":
-        aux = partial(trace.differentiable_loss, model.classify_model, model.classify_guide)
-        rows.append(("M2 auxiliary term vs manual", aux, partial(_negated(m2_aux_term), model),
-                     (x, y)))  # fmt: skip
-    for name, pyro_fn, manual_fn, args in rows:
+    for name, pyro_fn, manual_fn, args in model.twin_rows(x, y.double(), (1.0, kl_weight)):
         try:
             report.comparisons.append(_compared(name, model, pyro_fn, manual_fn, args, seed))
         except ConfigError as e:  # no closed-form KL for this prior: nothing to compare
@@ -345,14 +296,49 @@ def check_label_model(
     return report
 
 
-def _cvae_manual_loss(
-    model: CVAE, analytic: bool, x: torch.Tensor, y: torch.Tensor, kl_weight: float
-) -> torch.Tensor:
-    return -manual_elbo(model, x, 1, analytic, kl_weight, cond=(y,))
+def check_twins(
+    model: Program,
+    batch: tuple[torch.Tensor, ...],
+    *,
+    seed: int = 0,
+    num_particles: int = 1,
+    kl_weight: float = 0.5,
+) -> ElboCheck:
+    """Compare each of ``model.objectives`` that names a hand-written ``twin`` with that twin on
+    ``batch`` (a training step's arguments), loss and gradients, at weight 1 and (for the
+    objectives with a KL term) with it weighed by ``kl_weight``: the check of a model with no
+    rows of its own.
+
+    :param model: the model; a float64 copy is checked.
+    :param batch: what a training step takes, ``(x, ...)``, floats as the likelihood scores them.
+    :param seed: seeds each computation alike.
+    :param num_particles: the particles of each objective.
+    :param kl_weight: the KL weight of the weighed comparisons.
+    """
+    model = copy.deepcopy(model).double()
+    batch = tuple(t.double() for t in batch)
+    report = ElboCheck()
+    for name, objective in model.objectives.items():
+        if objective.twin is None:
+            continue
+        pyro_fn = make_loss(model, name, num_particles)
+        twin = make_loss(model, objective.twin, num_particles)
+        for w in (1.0, kl_weight) if objective.weighs_kl else (1.0,):
+            label = f"{name} vs {objective.twin}" + (f", KL weight {w:g}" if w != 1 else "")
+            report.comparisons.append(
+                _compared(label, model, pyro_fn, twin, (*batch, w), seed)
+            )
+    _record_failures(report)
+    return report
 
 
-def _negated(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+def negated(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``fn``'s value negated: a hand-written objective as a loss, to hold against Pyro's.
+
+    :param fn: a function returning a tensor.
+    """
     return lambda *args, **kwargs: -fn(*args, **kwargs)
+
 
 
 def format_check(report: ElboCheck, batch_size: int) -> str:

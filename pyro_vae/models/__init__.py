@@ -1,5 +1,8 @@
-"""The models by name: ``vae`` (:class:`~pyro_vae.models.vae.VAE`), ``cvae`` and ``m2``
-(:mod:`pyro_vae.models.conditional`). Adding one is one class and one line in :data:`MODELS`."""
+"""The models: one protocol (:class:`~pyro_vae.models.program.Program`) and the kinds that
+implement it, by name: ``vae`` (:class:`~pyro_vae.models.vae.VAE`), ``cvae``
+(:class:`~pyro_vae.models.cvae.CVAE`) and ``m2`` (:class:`~pyro_vae.models.m2.M2`). The rest of
+the library asks a model through the protocol and never which kind it is, so adding a kind is one
+file and one line in :data:`MODELS`."""
 
 from __future__ import annotations
 
@@ -7,15 +10,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from pyro_vae import validation
-from pyro_vae.models.conditional import CVAE, M2
+from pyro_vae.models.cvae import CVAE
+from pyro_vae.models.m2 import M2
+from pyro_vae.models.program import Program
 from pyro_vae.models.vae import VAE
 
 #: the models by name, as :func:`~pyro_vae.models.build_model` and ``--model`` take them
-MODELS: dict[str, type[VAE]] = {"vae": VAE, "cvae": CVAE, "m2": M2}
+MODELS: dict[str, type[Program]] = {"vae": VAE, "cvae": CVAE, "m2": M2}
 
 
-def build_model(name: str, x_shape: Sequence[int], num_classes: int = 0, **options: Any) -> VAE:
-    """The model ``name`` over examples of shape ``x_shape``.
+def build_model(
+    name: str, x_shape: Sequence[int], num_classes: int = 0, **options: Any
+) -> Program:
+    """The model ``name`` over examples of shape ``x_shape`` (its class's
+    :meth:`~pyro_vae.models.program.Program.build`).
 
     :param name: a name of :data:`MODELS`: ``"vae"``, ``"cvae"`` or ``"m2"``.
     :param x_shape: the shape of one example.
@@ -23,7 +31,6 @@ def build_model(name: str, x_shape: Sequence[int], num_classes: int = 0, **optio
     :param options: the model class's other keyword arguments (:class:`~pyro_vae.models.vae.VAE`'s,
         and ``aux_weight`` for M2).
     """
-    cls = MODELS[validation.choice("model", name, list(MODELS))]
-    if cls.labels == "none":
-        return cls(x_shape, **options)
-    return cls(x_shape, num_classes, **options)
+    return MODELS[validation.choice("model", name, list(MODELS))].build(
+        x_shape, num_classes, **options
+    )

@@ -20,6 +20,7 @@ becomes ``E_q[log p(x|z)] - w * KL(q(z|x) || p(z))``; w = 1 is the ELBO.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,19 +28,20 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from torch import nn
 
 from pyro_vae import validation
-from pyro_vae.data.sources import as_floats
 from pyro_vae.errors import ConfigError
+from pyro_vae.infer.elbo import OBJECTIVES, iwae_chunk, iwae_chunk_size, vae_elbo_terms
+from pyro_vae.infer.elbo_check import ElboCheck, check_elbo
+from pyro_vae.models.program import Program
 from pyro_vae.parts.guides import GUIDES
 from pyro_vae.parts.likelihoods import LIKELIHOODS
-from pyro_vae.parts.networks import make_nets
+from pyro_vae.parts.networks import activation_numbers, make_nets
 from pyro_vae.parts.priors import PRIORS
 from pyro_vae.parts.registry import build, name_of
 
 
-class VAE(nn.Module):
+class VAE(Program):
     """A variational autoencoder over examples of shape ``x_shape``.
 
     :param x_shape: per-example shape, ``(C, H, W)`` for images or ``(D,)`` for flat vectors.
@@ -65,11 +67,10 @@ class VAE(nn.Module):
     and never reads the param store, so any number of VAEs can be trained in one process.
     """
 
-    kind = "vae"  # the name in pyro_vae.models.MODELS
+    name = "vae"
     description = "p(x|z) p(z) and q(z|x): the VAE (default)"
-    # the labels the programs take: "none", "all" (every example's, observed) or "some" (M2)
-    labels = "none"
-    num_classes = 0  # the models that learn from labels (pyro_vae.models.conditional) set theirs
+    objectives = OBJECTIVES
+    num_classes = 0  # the label dimensions its networks take besides x or z: none
 
     def __init__(
         self,
@@ -163,18 +164,6 @@ class VAE(nn.Module):
         """
         return self.posterior.params(self.encoder(self.inputs(x)))
 
-    def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch ``x`` as the programs take it, on this VAE's device: a data set's own tensors
-        whatever their storage (8-bit ``uint8`` images become ``k / 255``, floats stay as they
-        are). Every method that takes images calls it first.
-
-        Grey values pass as they are: a binary likelihood scores binarized images
-        (:func:`~pyro_vae.data.sources.eval_inputs`).
-
-        :param x: a batch of examples, ``(B, *x_shape)``: ``uint8`` or floats, on any device.
-        """
-        return as_floats(x.to(self._anchor().device))
-
     def posterior_dist(self, x: torch.Tensor) -> dist.Distribution:
         """q(z|x) for a batch ``x``: batch shape ``(B,)``, event shape ``(z_dim,)``.
 
@@ -187,7 +176,7 @@ class VAE(nn.Module):
 
         :param batch_size: the number of examples, the batch shape of p(z).
         """
-        return self.prior(batch_size, self._anchor())
+        return self.prior(batch_size, self.anchor())
 
     def likelihood_dist(self, z: torch.Tensor) -> dist.Distribution:
         """p(x|z) for codes ``z`` of shape ``(..., z_dim)``; event shape ``x_shape``.
@@ -209,7 +198,8 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True, label: int | None = None) -> torch.Tensor:
         """``n`` images from the model: z ~ p(z), then E[x|z] (``mean=True``) or x ~ p(x|z).
-        ``label`` is for the models of :mod:`pyro_vae.models.conditional`; this one has no labels.
+        ``label`` is for the models that know labels (:mod:`pyro_vae.models.cvae`,
+        :mod:`pyro_vae.models.m2`); this one has none.
 
         :param n: the number of images.
         :param mean: ``True``: each image is E[x|z]; ``False``: a draw x ~ p(x|z).
@@ -217,11 +207,59 @@ class VAE(nn.Module):
         """
         if label is not None:
             raise ConfigError(
-                f"{{label}} is for the models that know labels (cvae, m2), not {self.kind!r}"
+                f"{{label}} is for the models that know labels (cvae, m2), not {self.name!r}"
             )
         z = self.prior_dist(n).sample()
         return self.likelihood.mean(self.decoder(z)) if mean else self.likelihood_dist(z).sample()
 
-    def _anchor(self) -> torch.Tensor:
-        # Any parameter carries the device and dtype that new tensors must be made on.
-        return next(self.decoder.parameters())
+    def elbo_terms(
+        self, x: torch.Tensor, cond: Sequence[torch.Tensor], analytic: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's summed log p(x|z) and KL at one hand-written draw of z per example
+        (:func:`~pyro_vae.infer.elbo.vae_elbo_terms`), the draws of the test ELBO.
+
+        :param x: a batch of examples, ``(B, *x_shape)``.
+        :param cond: what the networks take after ``x``.
+        :param analytic: the KL in closed form rather than at the draw.
+        """
+        return vae_elbo_terms(self, x, tuple(cond), analytic)
+
+    def iwae_chunk(self, x: torch.Tensor, particles: int, *cond: torch.Tensor) -> torch.Tensor:
+        """One chunk of the IWAE bound, hand-written (:func:`~pyro_vae.infer.elbo.iwae_chunk`).
+
+        :param x: a batch of examples, ``(B, *x_shape)``.
+        :param particles: the draws per example.
+        :param cond: what the networks take after ``x``.
+        """
+        return iwae_chunk(self, x, particles, *cond)
+
+    def iwae_chunk_size(self, x: torch.Tensor, k: int, *cond: torch.Tensor) -> int:
+        """The particles drawn at once, so that a chunk's decoder outputs fit
+        (:func:`~pyro_vae.infer.elbo.iwae_chunk_size`).
+
+        :param x: a batch of examples.
+        :param k: the particles of the whole bound.
+        :param cond: what the networks take after ``x``.
+        """
+        return iwae_chunk_size(self, x, k, *cond)
+
+    def check_elbo(
+        self, x: torch.Tensor, labels: torch.Tensor | None, *, seed: int = 0, **settings: Any
+    ) -> ElboCheck:
+        """Pyro's objectives against the hand-written ones on the batch ``x``
+        (:func:`~pyro_vae.infer.elbo_check.check_elbo`: the two ELBOs, the IWAE bound and its
+        doubly reparameterized gradient).
+
+        :param x: a batch of examples, floats as the likelihood scores them.
+        :param labels: unused: the VAE takes none.
+        :param seed: seeds each computation alike.
+        :param settings: :func:`~pyro_vae.infer.elbo_check.check_elbo`'s ``num_particles``,
+            ``kl_weight`` and ``iwae_particles``.
+        """
+        return check_elbo(self, x, seed=seed, **settings)
+
+    def activation_numbers(self) -> int:
+        """The decoder's activations and the likelihood's numbers for one particle of one
+        example: what the backward pass keeps."""
+        z = torch.zeros(1, self.z_dim, device=self.anchor().device)
+        return activation_numbers(self.decoder, z) + 4 * math.prod(self.x_shape)

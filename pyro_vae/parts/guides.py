@@ -18,7 +18,10 @@ Adding a family is one class and one line in :data:`GUIDES`.
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Callable
+from typing import NamedTuple
 
 import pyro.distributions as dist
 import torch
@@ -34,7 +37,49 @@ from pyro_vae.device import check_numbers_fit
 MIN_SCALE = 1e-5
 
 
-class DiagonalNormal(nn.Module):
+def normal_log_density(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """log N(z; loc, scale^2), elementwise, written out as ``torch.distributions.Normal`` does.
+
+    :param z: the points.
+    :param loc: the means, broadcasting against ``z``.
+    :param scale: the standard deviations, positive, broadcasting against ``z``.
+    """
+    var = scale**2
+    return -((z - loc) ** 2) / (2 * var) - scale.log() - math.log(math.sqrt(2 * math.pi))
+
+
+class Draw(NamedTuple):
+    """Reparameterized draws from q(z|x), as :meth:`GuideFamily.draw` gives them.
+
+    :param z: the draws, ``(num_particles, B, z_dim)``.
+    :param q: q(z|x), batch ``(B,)``.
+    :param log_q: ``() -> log q(z|x)`` at the draws, ``(num_particles, B)``: computed when called,
+        so that the hand-written ELBO scores it where Pyro does, after the model.
+    """
+
+    z: torch.Tensor
+    q: dist.Distribution
+    log_q: Callable[[], torch.Tensor]
+
+
+class GuideFamily(nn.Module):
+    """A family of guides q(z|x): ``forward(h)`` is the distribution for the encoder's output
+    ``h``, ``params(h)`` its parameters (the representative code first); :meth:`draw` the
+    hand-written ELBO's reparameterized draws."""
+
+    def draw(self, h: torch.Tensor, num_particles: int) -> Draw:
+        """``num_particles`` reparameterized draws of z for each row of the encoder's output ``h``:
+        by default the distribution's own ``rsample`` and ``log_prob``.
+
+        :param h: the encoder's output, ``(B, encoder_outputs)``.
+        :param num_particles: the draws per example.
+        """
+        q = self(h)
+        z = q.expand((num_particles, *q.batch_shape)).rsample()
+        return Draw(z, q, lambda: q.log_prob(z))
+
+
+class DiagonalNormal(GuideFamily):
     """q(z|x) = N(mu(x), diag(sigma(x)^2)), sigma = softplus(.) + MIN_SCALE.
 
     Sampling is z = mu + sigma * eps with eps ~ N(0, I): the reparameterization trick.
@@ -66,8 +111,21 @@ class DiagonalNormal(nn.Module):
         """
         return dist.Normal(*self.params(h)).to_event(1)
 
+    def draw(self, h: torch.Tensor, num_particles: int) -> Draw:
+        """z = mu + sigma * eps, eps ~ N(0, I) drawn with ``torch.randn`` as Pyro draws it, and
+        log q(z|x) written out (:func:`normal_log_density`).
 
-class FullRankNormal(nn.Module):
+        :param h: the encoder's output, ``(B, encoder_outputs)``.
+        :param num_particles: the draws per example.
+        """
+        loc, scale = self.params(h)
+        eps = torch.randn(num_particles, *loc.shape, dtype=loc.dtype, device=loc.device)
+        z = loc + eps * scale  # the reparameterization trick
+        q = dist.Normal(loc, scale).to_event(1)
+        return Draw(z, q, lambda: normal_log_density(z, loc, scale).sum(-1))
+
+
+class FullRankNormal(GuideFamily):
     """q(z|x) = N(mu(x), L(x) L(x)^T) with L lower-triangular: any correlation between the z's.
 
     The encoder gives mu (``z_dim`` numbers) and the ``z_dim (z_dim + 1) / 2`` entries of L on and
@@ -172,7 +230,7 @@ def _iaf_floats(z_dim: int, context_dim: int) -> int:
     return 2 * ((z_dim + context_dim) * hidden + hidden * 2 * z_dim) + hidden + 4 * z_dim
 
 
-class InverseAutoregressiveFlow(nn.Module):
+class InverseAutoregressiveFlow(GuideFamily):
     """A diagonal Gaussian pushed through ``flow_steps`` inverse autoregressive flow steps, each
     conditioned on a context h(x) from the encoder: Algorithm 1 of Kingma et al., "Improving
     Variational Inference with Inverse Autoregressive Flow" (arXiv:1606.04934).
@@ -272,7 +330,7 @@ class InverseAutoregressiveFlow(nn.Module):
 
 
 #: the guide families by name, as ``VAE(guide=...)`` and ``--guide`` take them
-GUIDES: dict[str, type[nn.Module]] = {
+GUIDES: dict[str, type[GuideFamily]] = {
     DiagonalNormal.name: DiagonalNormal,
     FullRankNormal.name: FullRankNormal,
     InverseAutoregressiveFlow.name: InverseAutoregressiveFlow,

@@ -32,7 +32,6 @@ from pyro_vae.analysis.evaluation import active_units
 from pyro_vae.analysis.plots import picture, reconstruction_rows
 from pyro_vae.device import random_state_kept
 from pyro_vae.infer.elbo import elbo_terms
-from pyro_vae.models.conditional import one_hot
 from pyro_vae.models.vae import VAE
 from pyro_vae.training.trainer import History
 
@@ -143,9 +142,8 @@ def figures(
     :param seed: the run's seed, for the same draws at every epoch.
     :param objective: the run's training objective, whose ELBO is split into its terms.
     """
-    given = one_hot(labels, vae.num_classes, x) if vae.labels == "all" else None
-    terms = elbo_terms(vae, x, seed=seed, objective=objective, labels=given)
-    units = active_units(vae, x, labels=labels if vae.num_classes else None)[0]
+    terms = elbo_terms(vae, x, seed=seed, objective=objective, labels=labels)
+    units = active_units(vae, x, labels=labels)[0]
     return {
         "test/reconstruction": terms.reconstruction,
         "test/kl": terms.kl,

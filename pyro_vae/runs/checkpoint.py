@@ -13,57 +13,20 @@ tensors and plain data and refuses anything that would run code.
 
 from __future__ import annotations
 
-import json
-import os
 import zipfile
-from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
 from pyro_vae.errors import PyroVAEError
+from pyro_vae.files import atomic_write
 from pyro_vae.models.vae import VAE
 from pyro_vae.training.trainer import History, TrainState
 
 CHECKPOINT_FORMAT = 2
-
-
-def atomic_write(
-    path: str | Path, write: Callable[[IO[bytes]], Any], previous: str | Path | None = None
-) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    :param path: the file to write.
-    :param write: writes the whole contents to the open file it is given.
-    :param previous: where the file already at ``path``, if any, is renamed to once the new one is
-        complete and before it takes its place: a complete file is on disk at every moment.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if previous is not None:
-            with suppress(FileNotFoundError):  # the first one written has none to keep
-                os.replace(path, previous)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """``obj`` as indented JSON, written atomically.
-
-    :param path: the file to write.
-    :param obj: plain JSON data: dicts, lists, strings, numbers.
-    """
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def save_checkpoint(
@@ -91,7 +54,7 @@ def save_checkpoint(
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "x_shape": list(vae.x_shape),
-        "num_classes": vae.num_classes,
+        "num_classes": vae.config.get("num_classes", 0),
         "device": str(device),
         "model": vae.state_dict(),
         "epoch": state.epoch,

@@ -61,27 +61,19 @@ from pyro_vae.config import RunConfig
 from pyro_vae.data.sources import (
     Dataset,
     as_floats,
-    check_labels,
     check_shape,
     eval_inputs,
     labeled_split,
     load_dataset,
-    num_classes,
 )
 from pyro_vae.device import resolve_device
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.files import atomic_write, write_json
 from pyro_vae.models import MODELS, build_model
-from pyro_vae.models.conditional import accuracy, one_hot, predict
+from pyro_vae.models.m2 import predict
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs import board
-from pyro_vae.runs.checkpoint import (
-    atomic_write,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-    train_state,
-    write_json,
-)
+from pyro_vae.runs.checkpoint import load_checkpoint, load_weights, save_checkpoint, train_state
 from pyro_vae.training.trainer import History, TrainState, distributed, train
 from pyro_vae.version import __version__
 
@@ -136,11 +128,7 @@ class Run:
             raise RunExists(f"{path} already holds a trained run; open it to go on training it")
         _check_board(config)
         data = _load_data(config)
-        classes = (
-            0
-            if MODELS[config.model].labels == "none"
-            else num_classes(data, f"model {config.model!r}")
-        )
+        classes = MODELS[config.model].label_classes(data)
         if config.labeled is not None:  # refused before the folder is written, not after
             labeled_split(data.y_train, config.labeled, classes, config.seed)
         pyro.set_rng_seed(config.seed)
@@ -189,8 +177,7 @@ class Run:
             check_shape(
                 self.vae.x_shape, data, f"the data set of {self.path}, {source or config.dataset},"
             )
-            if self.vae.num_classes:
-                check_labels(data, self.vae.num_classes)
+            self.vae.check_data(data)
             self._data = data
         return self._data
 
@@ -308,7 +295,7 @@ class Run:
             return
         history, data, binarization = self.state.history, self.data, self.config.binarization
         x_test = eval_inputs(self.vae.likelihood, data.x_test, binarization).to(self.device)
-        labels = data.y_test.to(self.device) if self.vae.num_classes else None
+        labels = None if data.y_test is None else data.y_test.to(self.device)
         self.summary = {
             "test_elbo": history.test_elbo[-1],
             "train_elbo": history.train_elbo[-1],
@@ -324,8 +311,7 @@ class Run:
             "num_test": len(data.x_test),
             "versions": versions(),
         }
-        if self.vae.labels == "some":
-            self.summary["test_accuracy"] = accuracy(self.vae, x_test, labels)
+        self.summary.update(self.vae.test_metrics(x_test, labels))
         add_bits_per_dim(self.summary, self.vae)
         write_json(self.path / SUMMARY, self.summary)
         vae = self.vae
@@ -333,7 +319,7 @@ class Run:
         plot_reconstructions(*reconstructions, self.path / PICTURES[0])
         plot_samples(vae.sample(board.SAMPLES), self.path / PICTURES[1])
         plot_elbo(history.__dict__, self.path / PICTURES[2])
-        if vae.num_classes:
+        if vae.drawable_labels:
             plot_class_samples(vae, self.path / CLASS_PICTURE)
 
     def reconstructions(
@@ -351,8 +337,8 @@ class Run:
         m = len(data.x_test)
         index = torch.linspace(0, m - 1, min(n, m)).round().long()
         x = self.test_images(index, device)
-        given = (one_hot(data.y_test[index], vae.num_classes, x),) if vae.labels == "all" else ()
-        return x, vae.reconstruct(x, *given)
+        labels = None if data.y_test is None else data.y_test[index]
+        return x, vae.reconstruct(x, *vae.condition(labels, x))
 
     def test_images(self, index: torch.Tensor, device: str | torch.device) -> torch.Tensor:
         """The test images at ``index`` as they are (grey levels, not binarized), on ``device``:
@@ -373,7 +359,7 @@ class Run:
         vae = self.vae
         if not hasattr(vae, "classify"):
             raise ConfigError(
-                f"{self.path} holds model {vae.kind!r}, which has no classifier; train one with "
+                f"{self.path} holds model {vae.name!r}, which has no classifier; train one with "
                 "{model} m2"
             )
         vae.to(resolve_device(device))
@@ -382,7 +368,7 @@ class Run:
         predicted = predict(vae, x)
         return {
             "test_accuracy": float((predicted.cpu() == labels).double().mean()),
-            "confusion": confusion_matrix(predicted, labels, vae.num_classes),
+            "confusion": confusion_matrix(predicted, labels, len(vae.drawable_labels)),
         }
 
     def same_data(self, config: RunConfig) -> bool:

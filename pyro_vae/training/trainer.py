@@ -36,27 +36,18 @@ from pyro_vae.data.sources import (
     Dataset,
     as_floats,
     binarize_afresh,
-    check_labels,
     check_shape,
     eval_inputs,
-    labeled_split,
     needs_binarization,
 )
 from pyro_vae.data.streaming import should_stream, stream_batches
 from pyro_vae.device import check_fits, resolve_device
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.infer.compiling import CompiledLoss, compile_when_it_pays
-from pyro_vae.infer.elbo import (
-    EVAL_BATCH_SIZE,
-    MODEL_OBJECTIVES,
-    closed_form_kl,
-    dataset_elbo,
-    make_loss,
-)
+from pyro_vae.infer.elbo import closed_form_kl, dataset_elbo, make_loss
+from pyro_vae.infer.passes import EVAL_BATCH_SIZE
 from pyro_vae.models import MODELS
-from pyro_vae.models.conditional import accuracy, one_hot
 from pyro_vae.models.vae import VAE
-from pyro_vae.parts.networks import activation_numbers
 from pyro_vae.parts.registry import name_of
 from pyro_vae.training import distributed
 
@@ -186,8 +177,8 @@ def train(
     """Fit ``vae`` to ``data.x_train`` by SVI; return the per-epoch history.
 
     :param vae: the model, trained in place (and moved to ``device``): a
-        :class:`~pyro_vae.models.vae.VAE`, :class:`~pyro_vae.models.conditional.CVAE` or
-        :class:`~pyro_vae.models.conditional.M2`, any model of :data:`~pyro_vae.models.MODELS` (as
+        :class:`~pyro_vae.models.vae.VAE`, :class:`~pyro_vae.models.cvae.CVAE` or
+        :class:`~pyro_vae.models.m2.M2`, any model of :data:`~pyro_vae.models.MODELS` (as
         :func:`~pyro_vae.models.build_model` makes them): an ``nn.Module`` whose Pyro programs
         ``model`` and ``guide`` share its parameters.
     :param data: the data set, a :class:`~pyro_vae.data.sources.Dataset` as
@@ -213,7 +204,7 @@ def train(
         first, 2 beta/N in the second, ..., beta in the N-th and after (Bowman et al. 2016,
         Sonderby et al. 2016); 0: beta throughout. ``history.kl_weight`` has each epoch's weight;
         the test ELBO is always the ELBO itself, weight 1.
-    :param labeled: for M2 (``vae.labels == "some"``), the number of training examples whose
+    :param labeled: for a semi-supervised model (M2), the number of training examples whose
         labels it sees, chosen with ``seed`` and balanced over the classes
         (:func:`pyro_vae.data.sources.labeled_split`); the others are its unlabelled examples. An
         epoch is one pass over the unlabelled ones, ``batch_size`` a step; each step also takes the
@@ -308,7 +299,7 @@ def check_objective(
     :param guide: the guide family's name; ``None``: not checked.
     :param model: the model's name in :data:`~pyro_vae.models.MODELS`, whose objectives are allowed.
     """
-    objectives = MODEL_OBJECTIVES[model]
+    objectives = MODELS[validation.choice("model", model, list(MODELS))].objectives
     if objective not in objectives:
         raise ConfigError(
             f"{objective!r} is not one of: {', '.join(objectives)} (the objectives of {{model}} "
@@ -354,16 +345,7 @@ def check_labeled(model: str, labeled: int | None) -> int | None:
     :param model: the model's name in :data:`~pyro_vae.models.MODELS`.
     :param labeled: the number of labelled examples, or ``None``.
     """
-    semi_supervised = MODELS[validation.choice("model", model, list(MODELS))].labels == "some"
-    if semi_supervised and labeled is None:
-        raise ConfigError(
-            f"is needed by {{model}} {model!r}: the number of training examples whose labels it "
-            "sees",
-            "labeled",
-        )
-    if not semi_supervised and labeled is not None:
-        raise ConfigError(f"is for {{model}} 'm2', not {model!r}", "labeled")
-    return None if labeled is None else validation.count("labeled", labeled)
+    return MODELS[validation.choice("model", model, list(MODELS))].check_labeled(labeled)
 
 
 class Trainer:
@@ -409,7 +391,7 @@ class Trainer:
     ):
         self.batch_size = validation.count("batch_size", batch_size)
         self.num_particles, self.beta, self.kl_warmup = check_objective(
-            objective, num_particles, beta, kl_warmup, guide=name_of(vae.posterior), model=vae.kind
+            objective, num_particles, beta, kl_warmup, guide=name_of(vae.posterior), model=vae.name
         )
         self.compile = validation.choice(
             "compile", {True: "on", False: "off"}.get(compile, compile), COMPILE
@@ -451,30 +433,21 @@ class Trainer:
             distributed.broadcast_parameters(vae)
 
     def _set_up_labels(self, data: Dataset, labeled: int | None) -> None:
-        """What the steps draw from: ``x_train`` (for M2, its unlabelled part), and the labels
-        the programs take: every example's for the CVAE (``y_train``, and ``test_cond`` for the
-        test ELBO), the ``labeled`` examples' for M2 (``x_labeled``, ``y_labeled``); one-hot."""
-        vae, device, floats = self.vae, self.device, self.x_test
-        check_labeled(vae.kind, labeled)
-        self.x_labeled = self.y_labeled = self.y_train = None
-        self.test_cond: tuple[torch.Tensor, ...] = ()
-        x_train = data.x_train
+        """What the steps draw from, as the model says (its ``training_data``): ``x_train``,
+        the per-example tensors each step takes after x (``given``, where x lives), and a pool of
+        labelled examples (``labeled_pool``, on the device); and the test set's labels."""
+        vae, device = self.vae, self.device
+        vae.check_labeled(labeled)
         home = torch.device("cpu") if self.streamed else device  # where the training set lives
-        if vae.labels != "none":
-            check_labels(data, vae.num_classes)
-            y_train = one_hot(data.y_train, vae.num_classes, floats.to("cpu"))
-        if vae.labels == "all":
-            self.y_train = y_train.to(home)
-            self.test_cond = (one_hot(data.y_test, vae.num_classes, floats).to(device),)
-        if vae.labels == "some":
-            self.y_test = data.y_test.to(device)
-            index, rest = labeled_split(data.y_train, labeled, vae.num_classes, self.seed)
-            self.x_labeled, self.y_labeled = x_train[index].to(device), y_train[index].to(device)
-            x_train = x_train[rest]
-        self.x_train = x_train.to(home)
-        # M2: the labelled examples each step takes, as many as unlabelled ones (all, if fewer)
-        labeled_count = 0 if self.x_labeled is None else len(self.x_labeled)
-        self.labeled_per_step = min(labeled_count, self.batch_size)
+        data_for_steps = vae.training_data(data, labeled, self.seed)
+        self.x_train = data_for_steps.x.to(home)
+        self.given = tuple(t.to(home) for t in data_for_steps.given)
+        self.labeled_pool = tuple(t.to(device) for t in data_for_steps.labeled)
+        self.y_test = None if data.y_test is None else data.y_test.to(device)
+        self.test_cond = vae.condition(self.y_test, self.x_test.to(device))
+        # the pool's examples each step takes, as many as the batch's (all, if fewer)
+        pool = len(self.labeled_pool[0]) if self.labeled_pool else 0
+        self.labeled_per_step = min(pool, self.batch_size)
         self._labeled_order: tuple[int, torch.Generator, torch.Tensor] | None = None
 
     def _set_up_objective(self) -> None:
@@ -485,7 +458,7 @@ class Trainer:
         # a weight that changes from epoch to epoch is an input of the (compiled) step
         self.loss_fn = loss if self.kl_warmup else partial(loss, kl_weight=self.beta)
         self.weight: tuple[torch.Tensor, ...] = ()  # the warm-up's weight in this epoch
-        self.elbo_fn = make_loss(vae, MODEL_OBJECTIVES[vae.kind][objective].elbo)
+        self.elbo_fn = make_loss(vae, vae.objectives[objective].elbo)
         if objective == "meanfield":  # Pyro would quietly fall back to the sampled KL instead
             with torch.no_grad():
                 q = vae.posterior_dist(self.x_test[:1], *(y[:1] for y in self.test_cond))
@@ -507,18 +480,8 @@ class Trainer:
         data_bytes = self.x_test.numel() * self.x_test.element_size()
         data_bytes += 0 if streamed else train_bytes
         check_fits(4 * weights + data_bytes, self.device, "the weights, Adam's state and the data")
-        # each particle of each example runs the decoder and the likelihoods (M2's, once for
-        # every label it sums over); kept for backward
-        vae = self.vae
-        where = next(vae.parameters()).device  # the caller's VAE may be on the GPU already
-        z, cond = (
-            torch.zeros(1, vae.z_dim, device=where),
-            (torch.zeros(1, vae.num_classes, device=where),),
-        )
-        decoded = activation_numbers(vae.decoder, z, *cond[: bool(vae.num_classes)])
-        per_particle = decoded + 4 * data.x_train[0].numel()
-        if vae.labels == "some":
-            per_particle *= vae.num_classes
+        # each particle of each example keeps its activations for backward
+        per_particle = self.vae.activation_numbers()
         shard = -(-min(self.batch_size, len(data.x_train)) // self.world)
         needed = 2 * self.num_particles * shard * per_particle * self.x_test.element_size()
         what = f"{{param}} = {self.num_particles}: the activations of {self.num_particles} "
@@ -577,8 +540,9 @@ class Trainer:
 
     def batches(self, epoch: int, start: int) -> Iterator[tuple[int, tuple[torch.Tensor, ...]]]:
         """``(i, batch)`` for each batch ``i`` of ``epoch`` from ``start`` on, this rank's shard,
-        binarized afresh if the likelihood needs it: ``(x,)``; ``(x, y)`` for the CVAE; for M2
-        ``(x, x_labeled, y_labeled)``, the unlabelled batch and the step's labelled examples.
+        binarized afresh if the likelihood needs it: ``x``, its rows of the model's given tensors
+        (the CVAE's labels), and the step's examples of its labelled pool (M2's ``x_labeled,
+        y_labeled``): see :meth:`~pyro_vae.models.program.Program.training_data`.
 
         :param epoch: the epoch, counted from 1: M2's labelled examples follow the step count.
         :param start: the first batch to give, counted from 0: a resumed epoch's next step.
@@ -587,23 +551,20 @@ class Trainer:
         indices = order.to(self.x_train.device).split(self.batch_size)[start:]
         if self.world > 1:
             indices = [index.tensor_split(self.world)[self.rank] for index in indices]
-        for i, rows in enumerate(self._rows(indices), start=start):
-            x = self._binarized(as_floats(rows[0]))
-            if self.y_train is not None:
-                yield i, (x, rows[1])
-            elif self.x_labeled is not None:
-                labeled = self._labeled_index((epoch - 1) * self.steps_per_epoch + i)
+        for i, (x, *given) in enumerate(self._rows(indices), start=start):
+            batch = (self._binarized(as_floats(x)), *given)
+            if self.labeled_pool:
+                pool = self._labeled_index((epoch - 1) * self.steps_per_epoch + i)
                 if self.world > 1:
-                    labeled = labeled.tensor_split(self.world)[self.rank]
-                x_labeled = as_floats(self.x_labeled[labeled])
-                yield i, (x, self._binarized(x_labeled), self.y_labeled[labeled])
-            else:
-                yield i, (x,)
+                    pool = pool.tensor_split(self.world)[self.rank]
+                x_pool, *given_pool = (t[pool] for t in self.labeled_pool)
+                batch += (self._binarized(as_floats(x_pool)), *given_pool)
+            yield i, batch
 
     def _rows(self, indices: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, ...]]:
-        """The training examples (and the CVAE's labels) at each batch of ``indices``, on the
+        """The training examples and their given rows at each batch of ``indices``, on the
         device: indexed there, or streamed to it."""
-        tensors = (self.x_train,) + (() if self.y_train is None else (self.y_train,))
+        tensors = (self.x_train, *self.given)
         if self.streamed:
             yield from stream_batches(tensors, indices, self.device, self.workers)
         else:
@@ -617,7 +578,7 @@ class Trainer:
         """The labelled examples of training step ``step`` (counted from 0 over the whole run):
         the next :attr:`labeled_per_step` of the endless stream of permutations of them, a
         function of the step alone, so a resumed run takes the very same ones."""
-        n, size = len(self.x_labeled), self.labeled_per_step
+        n, size = len(self.labeled_pool[0]), self.labeled_per_step
         start, parts = step * size, []
         while size:
             permutation, offset = divmod(start, n)
@@ -633,7 +594,8 @@ class Trainer:
             self._labeled_order = (-1, torch.Generator().manual_seed(self.seed), torch.empty(0))
         drawn, generator, permutation = self._labeled_order
         while drawn < j:
-            permutation, drawn = torch.randperm(len(self.x_labeled), generator=generator), drawn + 1
+            n = len(self.labeled_pool[0])
+            permutation, drawn = torch.randperm(n, generator=generator), drawn + 1
         self._labeled_order = (drawn, generator, permutation)
         return permutation.to(self.device)
 
@@ -661,7 +623,7 @@ class Trainer:
             self.kl_warmup,
             epochs,
             None,
-            self.vae.kind,
+            self.vae.name,
         )
         total = epochs * self.steps_per_epoch
         done = self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
@@ -760,7 +722,7 @@ class Trainer:
             seed=self.seed,
             objective=self.objective,
             full_batch=self.eval,
-            labels=self.test_cond[0] if self.test_cond else None,
+            labels=self.y_test,
         )
         if not self._eval_decided:
             self._eval_decided = True
@@ -824,9 +786,9 @@ class Trainer:
         test_elbo = self._test_elbo(epoch)
         history.test_elbo.append(test_elbo)
         shown = {"train_elbo": f"{history.train_elbo[-1]:.2f}", "test_elbo": f"{test_elbo:.2f}"}
-        if self.vae.labels == "some":
-            history.test_accuracy.append(accuracy(self.vae, self.x_test, self.y_test))
-            shown["test_accuracy"] = f"{history.test_accuracy[-1]:.4f}"
+        for name, value in self.vae.test_metrics(self.x_test, self.y_test).items():
+            getattr(history, name).append(value)
+            shown[name] = f"{value:.4f}"
         bar.set_postfix(shown)
         self.state = self.snapshot(epoch, 0, self.batch_order.get_state(), [], 0.0)
 
