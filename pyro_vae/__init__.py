@@ -28,7 +28,8 @@ from pyro_vae.models.cvae import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.folder import Run
-from pyro_vae.training.trainer import History, train
+from pyro_vae.training.state import History
+from pyro_vae.training.trainer import train
 from pyro_vae.version import __version__
 
 __all__ = [

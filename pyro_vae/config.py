@@ -22,13 +22,14 @@ from typing import Any
 from pyro_vae import validation
 from pyro_vae.data.sources import BINARIZATION, DATASETS
 from pyro_vae.errors import ConfigError
+from pyro_vae.infer.compiling import COMPILE
 from pyro_vae.models import MODELS
 from pyro_vae.models.m2 import DEFAULT_AUX_WEIGHT
 from pyro_vae.parts.guides import GUIDES
 from pyro_vae.parts.likelihoods import LIKELIHOODS
 from pyro_vae.parts.networks import NETS
 from pyro_vae.parts.priors import PRIORS
-from pyro_vae.training.trainer import COMPILE, check_labeled, check_objective
+from pyro_vae.training.trainer import check_labeled, check_objective
 
 try:  # Python 3.11 reads TOML; on 3.10 a .toml config is refused with one line
     import tomllib

@@ -20,11 +20,12 @@ from pyro_vae.models.labels import one_hot
 from pyro_vae.parts.likelihoods import Bernoulli
 from pyro_vae.parts.priors import StandardNormal
 from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint, train_state
-from pyro_vae.training.trainer import TrainingInterrupted
+from pyro_vae.training.state import TrainingInterrupted
 
 compiled_module = importlib.import_module("pyro_vae.infer.compiling")
 vae_module = importlib.import_module("pyro_vae.models.vae")
-train_module = importlib.import_module("pyro_vae.training.trainer")
+step_module = importlib.import_module("pyro_vae.training.step")
+test_set_module = importlib.import_module("pyro_vae.training.test_set")
 
 COMBINATIONS = [pytest.param(*combo, id="-".join(combo)) for combo in covering_combinations()]
 SMALL = dict(z_dim=4, hidden_dims=(32,))  # the one shape the compiling tests share
@@ -146,7 +147,8 @@ def test_compiled_training_agrees_with_eager_to_float32_rounding(digits, monkeyp
             super().__init__(*args, **kwargs)
             captured.append(kwargs.get("gradients", True))
 
-    monkeypatch.setattr(train_module, "CompiledLoss", Counted)
+    monkeypatch.setattr(step_module, "CompiledLoss", Counted)
+    monkeypatch.setattr(test_set_module, "CompiledLoss", Counted)
     runs = {}
     for mode in ("off", "on"):
         vae = fresh(digits)

@@ -139,23 +139,25 @@ def test_each_m2_step_takes_the_next_labelled_examples_of_the_stream(digits):
     m2 = build_model("m2", digits.x_shape, 10, z_dim=2, hidden_dims=(8,))
     settings = dict(batch_size=100, lr=1e-3, device="cpu", seed=0, objective="trace")
     trainer = Trainer(m2, digits, binarization="dynamic", labeled=150, **settings)
-    assert len(trainer.x_train) == len(digits.x_train) - 150
-    assert trainer.labeled_per_step == 100  # as many as unlabelled ones
-    stream = torch.cat([trainer._labeled_index(step) for step in range(6)])
+    source = trainer.source
+    assert len(source.x) == len(digits.x_train) - 150
+    assert source.pool_per_step == 100  # as many as unlabelled ones
+    stream = torch.cat([source._pool_index(step) for step in range(6)])
     # one permutation of the 150 labelled examples after another, steps crossing from one to
     # the next (step 1 ends the first and begins the second)
     for start in (0, 150, 300):
         assert sorted(stream[start : start + 150].tolist()) == list(range(150))
     assert not torch.equal(stream[:150], stream[150:300])  # each a fresh draw
     # a function of the step alone: asked again in another order, the same examples
-    assert torch.equal(trainer._labeled_index(4), stream[400:500])
-    assert torch.equal(trainer._labeled_index(1), stream[100:200])
-    batch = next(trainer.batches(epoch=1, start=0))[1]
+    assert torch.equal(source._pool_index(4), stream[400:500])
+    assert torch.equal(source._pool_index(1), stream[100:200])
+    batch = next(source.epoch(epoch=1, start=0))[1]
     assert [len(t) for t in batch] == [100, 100, 100]
-    assert torch.equal(batch[2].argmax(-1), trainer.y_labeled[stream[:100]].argmax(-1))
+    y_labeled = source.pool[1]
+    assert torch.equal(batch[2].argmax(-1), y_labeled[stream[:100]].argmax(-1))
     # epoch 2 goes on where epoch 1 (13 steps) left the stream
-    second = next(trainer.batches(epoch=2, start=0))[1]
-    assert torch.equal(second[2], trainer.y_labeled[trainer._labeled_index(13)])
+    second = next(source.epoch(epoch=2, start=0))[1]
+    assert torch.equal(second[2], y_labeled[source._pool_index(13)])
 
 
 def test_m2_learns_to_classify_the_digits_from_fifty_labels(digits):

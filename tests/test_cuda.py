@@ -75,7 +75,8 @@ def test_trace_elbo_equals_the_manual_elbo_on_the_gpu(digits):
 
 def test_resumed_gpu_training_takes_the_same_steps(digits, tmp_path):
     from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint, train_state
-    from pyro_vae.training.trainer import Trainer, TrainingInterrupted
+    from pyro_vae.training.state import TrainingInterrupted
+    from pyro_vae.training.trainer import Trainer
 
     def fresh():
         pyro.set_rng_seed(0)
@@ -106,8 +107,9 @@ def test_resumed_gpu_training_takes_the_same_steps(digits, tmp_path):
         binarization="dynamic",
     )  # fmt: skip
     trainer.restore(train_state(saved))
-    assert all(s["step"].device.type == "cpu" for s in trainer.optimizer.state.values())
-    assert all(s["exp_avg"].is_cuda for s in trainer.optimizer.state.values())
+    optimizer = trainer.step.optimizer
+    assert all(s["step"].device.type == "cpu" for s in optimizer.state.values())
+    assert all(s["exp_avg"].is_cuda for s in optimizer.state.values())
 
 
 def test_compiled_training_on_the_gpu_agrees_with_eager(digits):

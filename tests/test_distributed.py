@@ -32,7 +32,7 @@ RANK_SCRIPT = f"""
 import gc, os, sys, time, pyro, torch, torch.distributed as dist
 from pyro_vae import VAE, load_dataset, train
 from pyro_vae.training.distributed import main_process_first
-from pyro_vae.training.trainer import TrainingInterrupted
+from pyro_vae.training.state import TrainingInterrupted
 dist.init_process_group("gloo")
 with main_process_first():  # as a download would be: rank 0, then the others
     entered = time.monotonic()
@@ -197,7 +197,7 @@ def m2_single_process_reference(world=2, labeled=50):
         streams.append(torch.get_rng_state())
     with torch.random.fork_rng():
         for epoch in range(1, EPOCHS + 1):
-            for _, batch in trainer.batches(epoch, 0):
+            for _, batch in trainer.source.epoch(epoch, 0):
                 for rank in range(world):
                     torch.set_rng_state(streams[rank])
                     loss_fn(*(t.tensor_split(world)[rank] for t in batch)).backward()

@@ -47,7 +47,7 @@ GOOGLE = re.compile(
     re.MULTILINE,
 )
 NUMPY = re.compile(r"^\s*[A-Z][\w ]*\n\s*-{3,}\s*$", re.MULTILINE)
-# a dotted name in the package (pyro_vae.training.trainer.TrainState), not a path (pyro_vae/run.py)
+# a dotted name in the package (pyro_vae.training.state.TrainState), not a path (pyro_vae/run.py)
 DOTTED = re.compile(r"(?<![\w./-])pyro_vae(?:\.\w+)+")
 # the prose that names the package's objects (docs/_build/ is the built site)
 PROSE = ["README.md", "notebooks/README.md", "docs/**/*.md", "docs/**/*.rst"]

@@ -18,9 +18,9 @@ from pyro_vae import VAE, PyroVAEError, train
 from pyro_vae.cli.commands import main
 from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint, train_state
 from pyro_vae.runs.folder import CHECKPOINT, PREVIOUS, Run
-from pyro_vae.training.trainer import TrainingError, TrainingInterrupted
+from pyro_vae.training.state import TrainingError, TrainingInterrupted
 
-trainer = importlib.import_module("pyro_vae.training.trainer")
+step_module = importlib.import_module("pyro_vae.training.step")
 ROOT = Path(__file__).resolve().parents[1]
 # compile "off": "auto" decides by timing, and runs compared digit for digit must not decide apart
 RUN_FLAGS = ["--dataset", "digits", "--z-dim", "4", "--hidden-dims", "32", "--quiet"]
@@ -239,7 +239,7 @@ def test_a_signal_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, unsto
 
 
 def failing_loss_from(step):
-    make_loss = trainer.make_loss
+    make_loss = step_module.make_loss
 
     def make(vae, objective, num_particles=1):
         loss_fn = make_loss(vae, objective, num_particles)
@@ -256,7 +256,7 @@ def failing_loss_from(step):
 
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(trainer, "make_loss", failing_loss_from(12 + 5))
+    monkeypatch.setattr(step_module, "make_loss", failing_loss_from(12 + 5))
     assert main(["train", *RUN_FLAGS, "--epochs", "4", "--out", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "at step 5 of 12 in epoch 2" in err and "lower --lr (now 0.001)" in err
@@ -267,7 +267,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, ca
 
 
 def test_a_non_finite_loss_raises_before_the_epoch_is_saved(digits, monkeypatch):
-    monkeypatch.setattr(trainer, "make_loss", failing_loss_from(3))
+    monkeypatch.setattr(step_module, "make_loss", failing_loss_from(3))
     saved = []
     with pytest.raises(TrainingError, match="at step 3 of 12 in epoch 1"):
         train(

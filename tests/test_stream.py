@@ -17,6 +17,7 @@ from pyro_vae.runs.folder import METRICS, Run
 
 loader = importlib.import_module("pyro_vae.data.streaming")
 trainer_module = importlib.import_module("pyro_vae.training.trainer")
+batches_module = importlib.import_module("pyro_vae.training.batches")
 OPTIONS = dict(epochs=2, batch_size=100, lr=3e-3, device="cpu", seed=5, progress=False)
 
 
@@ -107,7 +108,7 @@ def test_each_rank_streams_only_its_shard_of_every_batch(digits, monkeypatch):
     vae = VAE(data.x_shape, z_dim=2, hidden_dims=(8,), likelihood="gaussian")
     settings = dict(objective="trace", binarization="none", stream=True, workers=0)
     t = trainer_module.Trainer(vae, data, batch_size=100, lr=1e-3, device="cpu", seed=5, **settings)
-    batches = [batch[0] for _, batch in t.batches(1, 0)]
+    batches = [batch[0] for _, batch in t.source.epoch(1, 0)]
     order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(5))
     shards = [index.tensor_split(2)[1] for index in order.split(100)]
     assert [len(i) for i in fetched] == [len(s) for s in shards]  # rank 1's rows, no others

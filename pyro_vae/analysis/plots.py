@@ -234,7 +234,7 @@ def plot_elbo(history: Mapping[str, Sequence[float]], path: str | Path | None = 
     """Train and test ELBO (nats per example) by epoch, from a history's columns.
 
     :param history: columns by name, with ``epoch``, ``train_elbo`` and ``test_elbo``: a
-        :class:`~pyro_vae.training.trainer.History`'s ``__dict__``, or a dict of lists.
+        :class:`~pyro_vae.training.state.History`'s ``__dict__``, or a dict of lists.
     :param path: where to save the figure as a PNG; ``None``: not saved.
     """
     fig = Figure(figsize=(6, 4))

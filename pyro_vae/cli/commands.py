@@ -45,6 +45,7 @@ from pyro_vae.data.sources import (
 )
 from pyro_vae.device import resolve_device
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.infer.compiling import COMPILE
 from pyro_vae.infer.elbo import OBJECTIVES
 from pyro_vae.infer.elbo_check import format_check
 from pyro_vae.models import MODELS, build_model
@@ -63,8 +64,9 @@ from pyro_vae.runs.folder import (
     Run,
     RunExists,
 )
+from pyro_vae.training import distributed
 from pyro_vae.training.signals import StopOnSignals
-from pyro_vae.training.trainer import COMPILE, TrainingInterrupted, distributed
+from pyro_vae.training.state import TrainingInterrupted
 from pyro_vae.version import __version__
 
 REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}

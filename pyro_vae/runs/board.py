@@ -33,7 +33,7 @@ from pyro_vae.analysis.plots import picture, reconstruction_rows
 from pyro_vae.device import random_state_kept
 from pyro_vae.infer.elbo import elbo_terms
 from pyro_vae.models.vae import VAE
-from pyro_vae.training.trainer import History
+from pyro_vae.training.state import History
 
 PACKAGE, EXTRA = "tensorboard", "tensorboard"  # the optional dependency, and what installs it
 EVENT_FILES = "events.out.tfevents.*"

@@ -2,7 +2,7 @@
 
 A checkpoint holds the model weights, the shape of one example (the VAE's other settings are the
 run's :class:`~pyro_vae.config.RunConfig`) and the training state
-(:class:`~pyro_vae.training.trainer.TrainState`: epoch and step, optimizer state, random states,
+(:class:`~pyro_vae.training.state.TrainState`: epoch and step, optimizer state, random states,
 history), so that a run can be resumed exactly. It is written to a temporary file in the same
 folder, flushed to disk and renamed over the old one, so a crash mid-write leaves the previous
 checkpoint intact; the old one may be kept under another name first (``previous``), renamed too, so
@@ -24,7 +24,7 @@ from torch.serialization import get_unsafe_globals_in_checkpoint
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.files import atomic_write
 from pyro_vae.models.vae import VAE
-from pyro_vae.training.trainer import History, TrainState
+from pyro_vae.training.state import History, TrainState
 
 CHECKPOINT_FORMAT = 2
 
@@ -107,7 +107,7 @@ def _gist(e: Exception) -> str:
 
 
 def train_state(checkpoint: dict[str, Any]) -> TrainState:
-    """The :class:`~pyro_vae.training.trainer.TrainState` stored in a loaded checkpoint, to resume
+    """The :class:`~pyro_vae.training.state.TrainState` stored in a loaded checkpoint, to resume
     from.
 
     :param checkpoint: a checkpoint as :func:`load_checkpoint` reads it.

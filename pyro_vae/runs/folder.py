@@ -74,7 +74,9 @@ from pyro_vae.models.m2 import predict
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs import board
 from pyro_vae.runs.checkpoint import load_checkpoint, load_weights, save_checkpoint, train_state
-from pyro_vae.training.trainer import History, TrainState, distributed, train
+from pyro_vae.training import distributed
+from pyro_vae.training.state import History, TrainState
+from pyro_vae.training.trainer import train
 from pyro_vae.version import __version__
 
 CONFIG, CHECKPOINT, METRICS, SUMMARY = "config.json", "checkpoint.pt", "metrics.csv", "summary.json"
@@ -200,7 +202,7 @@ class Run:
         config, which is rewritten with them.
 
         A checkpoint and ``metrics.csv`` are written after every epoch and when ``stop`` ends
-        training (:class:`~pyro_vae.training.trainer.TrainingInterrupted`), the checkpoint before
+        training (:class:`~pyro_vae.training.state.TrainingInterrupted`), the checkpoint before
         kept as ``checkpoint.prev.pt`` (:meth:`open` goes back to it), with ``tensorboard`` the
         epoch's TensorBoard figures before them (:mod:`pyro_vae.runs.board`); ``summary.json`` and
         the pictures when it is done.
@@ -214,7 +216,7 @@ class Run:
         :param tensorboard: write TensorBoard event files; ``None``: the config's.
         :param progress: show a progress bar.
         :param stop: asked after every step; when it returns true, the state is saved and
-            :class:`~pyro_vae.training.trainer.TrainingInterrupted` raised.
+            :class:`~pyro_vae.training.state.TrainingInterrupted` raised.
         """
         asked = {"epochs": epochs, "lr": lr, "device": device, "compile": compile}
         asked.update(stream=stream, workers=workers, tensorboard=tensorboard)

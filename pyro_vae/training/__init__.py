@@ -1,20 +1,14 @@
-"""Training: the trainer (:mod:`pyro_vae.training.trainer`), torchrun
-(:mod:`pyro_vae.training.distributed`) and stopping on signals
-(:mod:`pyro_vae.training.signals`)."""
+"""Training: the trainer (:mod:`pyro_vae.training.trainer`), its batches
+(:mod:`pyro_vae.training.batches`), step (:mod:`pyro_vae.training.step`), test ELBO
+(:mod:`pyro_vae.training.test_set`) and watchers (:mod:`pyro_vae.training.callbacks`), where it
+stands (:mod:`pyro_vae.training.state`), torchrun (:mod:`pyro_vae.training.distributed`) and
+stopping on signals (:mod:`pyro_vae.training.signals`)."""
 
-from pyro_vae.training.trainer import (  # noqa: F401
-    ACCURACY_COLUMN,
-    AUTO_TIMED_STEPS,
-    CHECK_EVERY,
-    COMPILE,
-    EPOCH_COLUMNS,
+from pyro_vae.training.state import (  # noqa: F401
     History,
-    Trainer,
     TrainingError,
     TrainingInterrupted,
     TrainState,
-    check_labeled,
-    check_objective,
     kl_weight_at,
-    train,
 )
+from pyro_vae.training.trainer import Trainer, train  # noqa: F401

@@ -1,0 +1,103 @@
+"""One SVI step: the objective's loss and gradient, summed over ranks, and one Adam step.
+
+This is ``pyro.infer.SVI.step`` with one ``torch.optim.Adam`` over ``model.parameters()`` in
+place of ``pyro.optim``'s one optimizer per parameter: the same update, without the global param
+store, so that the optimizer's state is a plain ``state_dict`` and any number of models can train
+in one process. It is also the optimizer of the hand-written objectives (``objective="manual"``,
+no ``pyro.infer``), so that Pyro's and the hand-written trainer take the very same steps and
+their loss trajectories can be compared number for number. :meth:`SVIStep.__call__` never waits
+for the device.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from pyro_vae.infer.compiling import CompiledLoss, CompilePolicy
+from pyro_vae.infer.elbo import make_loss
+from pyro_vae.models.program import Program
+from pyro_vae.training import distributed
+
+
+class SVIStep:
+    """The training step of ``model`` by ``objective``: eager, or compiled once its
+    :class:`~pyro_vae.infer.compiling.CompilePolicy` decides so.
+
+    :param model: the model, whose parameters Adam updates.
+    :param objective: the objective's name among ``model.objectives``.
+    :param num_particles: K, the vectorized particles of each example's objective.
+    :param lr: Adam's learning rate.
+    :param kl_weight: the KL term's weight: a number, or ``None`` when it changes from epoch to
+        epoch (a warm-up), which makes it an input of the step (:meth:`set_kl_weight`).
+    :param policy: when to compile the step.
+    :param world: the number of processes under torchrun, whose gradients are summed.
+    """
+
+    def __init__(
+        self,
+        model: Program,
+        objective: str,
+        num_particles: int,
+        lr: float,
+        kl_weight: float | None,
+        policy: CompilePolicy,
+        world: int = 1,
+    ):
+        self.model, self.policy, self.world = model, policy, world
+        loss = make_loss(model, objective, num_particles)
+        # a weight that changes from epoch to epoch is an input of the (compiled) step
+        self.loss_fn = loss if kl_weight is None else partial(loss, kl_weight=kl_weight)
+        self.weight: tuple[torch.Tensor, ...] = ()  # the warm-up's weight in this epoch
+        self.parameters = list(model.parameters())
+        # foreach: one call per step for all parameters, bitwise the for-loop Adam's numbers
+        self.optimizer = torch.optim.Adam(self.parameters, lr=lr, foreach=True)
+        self.device = self.parameters[0].device
+
+    def set_kl_weight(self, weight: float) -> None:
+        """This epoch's KL weight, during a warm-up: a device tensor, the step's input.
+
+        :param weight: the KL term's weight.
+        """
+        self.weight = (torch.tensor(weight, device=self.device),)
+
+    def consider_compiling(self, batch: tuple[torch.Tensor, ...], steps_left: int) -> str | None:
+        """Before an eager step on a full batch: capture and compile the step when the policy
+        says it is time; returns the policy's one line once it has decided.
+
+        :param batch: a full batch, the shape compiled.
+        :param steps_left: the steps still to take, which compiling would speed up.
+        """
+        if not self.policy.ready():
+            return None
+        self.policy.decide(
+            lambda: CompiledLoss(self.model, self.loss_fn, *batch, *self.weight),
+            batch[0],
+            steps_left,
+        )
+        return self.policy.message
+
+    def __call__(self, *batch: torch.Tensor, full: bool = True) -> torch.Tensor:
+        """One step on ``batch``, this rank's shard: the loss and its gradient (summed over ranks)
+        and one Adam step. Returns the whole batch's loss, detached, on the device.
+
+        :param batch: this rank's shard of a batch, as the batch source gives it.
+        :param full: whether it has the compiled shape.
+        """
+        compiled = self.policy.compiled
+        if compiled is not None and full:
+            loss, grads = compiled(*batch, *self.weight)
+            for p, g in zip(self.parameters, grads, strict=True):
+                p.grad = g
+        else:
+            empty = not len(batch[0])
+            zero = torch.zeros((), device=self.device)
+            loss = zero if empty else self.loss_fn(*batch, *self.weight)
+            if loss.requires_grad:
+                loss.backward()
+        if self.world > 1:
+            loss = distributed.all_reduce_gradients(self.parameters, loss)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
