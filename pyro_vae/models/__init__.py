@@ -1,5 +1,11 @@
-"""The models by name: ``vae`` (:class:`~pyro_vae.models.vae.VAE`), ``cvae`` and ``m2``
-(:mod:`pyro_vae.models.conditional`). Adding one is one class and one line in :data:`MODELS`."""
+"""The models, Pyro programs that pair a generative model p(x|z) p(z) with an amortized guide:
+the VAE (:class:`~pyro_vae.models.vae.VAE`), the conditional VAE and the semi-supervised M2
+(:mod:`pyro_vae.models.conditional`), and here the models by name, ``vae``, ``cvae`` and ``m2``
+(:data:`MODELS`, :func:`build_model`). Adding one is one class and one line in :data:`MODELS`.
+
+In the flow data -> parts and models -> infer (the objectives) -> training -> runs -> analysis ->
+cli, a model is assembled from the parts of :mod:`pyro_vae.parts` and reads the data's tensors
+(:mod:`pyro_vae.data`); it imports nothing further along, and every later step takes it."""
 
 from __future__ import annotations
 
