@@ -4,6 +4,10 @@ The documented API is what the pages under docs/api/ ask autodoc for, read from 
 ``.. automodule::`` directives, and each module's public members as autodoc picks them: the
 names of ``__all__`` where a module has one, else the functions and classes it defines whose
 names do not start with an underscore, and the methods and properties those classes define.
+Every module of the package, its subpackages' included, has a page; a subpackage's page opens
+with the package (its docstring), and each object is documented once, in the module that
+defines it: a name a package imports from its modules (``pyro_vae.data.load_dataset``) is
+documented under that module, not under the package.
 ``make docs`` builds the pages themselves, with warnings as errors; these tests check what
 Sphinx does not.
 
@@ -37,6 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 API = ROOT / "docs" / "api"
 # the modules with no page: ``python -m pyro_vae``, and the version (pyro_vae.__version__)
 UNDOCUMENTED_MODULES = {"pyro_vae.__main__", "pyro_vae.version"}
+# every module of the package, its subpackages and their modules included
+MODULES = {"pyro_vae"} | {m.name for m in pkgutil.walk_packages(pyro_vae.__path__, "pyro_vae.")}
 
 AUTOMODULE = re.compile(r"^\.\. automodule:: (\S+)\n((?:   :.*\n)*)", re.MULTILINE)
 PARAM = re.compile(r":param(?: [^:\n]+)? \\?\*{0,2}(\w+):")
@@ -47,7 +53,7 @@ GOOGLE = re.compile(
     re.MULTILINE,
 )
 NUMPY = re.compile(r"^\s*[A-Z][\w ]*\n\s*-{3,}\s*$", re.MULTILINE)
-# a dotted name in the package (pyro_vae.training.state.TrainState), not a path (pyro_vae/run.py)
+# a dotted name (pyro_vae.training.state.TrainState), not a path (pyro_vae/runs/folder.py)
 DOTTED = re.compile(r"(?<![\w./-])pyro_vae(?:\.\w+)+")
 # the prose that names the package's objects (docs/_build/ is the built site)
 PROSE = ["README.md", "notebooks/README.md", "docs/**/*.md", "docs/**/*.rst"]
@@ -56,16 +62,22 @@ PROSE = ["README.md", "notebooks/README.md", "docs/**/*.md", "docs/**/*.rst"]
 def automodules() -> dict[str, list[str] | None]:
     """Each documented module, with the members its directive names (``None``: autodoc's pick,
     for a bare ``:members:``; none without the option)."""
+    return {name: members for page in pages().values() for name, members in page.items()}
+
+
+def pages() -> dict[str, dict[str, list[str] | None]]:
+    """Each page of docs/api/, with its modules in order, as :func:`automodules` gives them."""
     found = {}
     for page in sorted(API.glob("*.rst")):
+        found[page.name] = modules = {}
         for name, options in AUTOMODULE.findall(page.read_text()):
             members = re.search(r":members:(.*)", options)
             if members is None:
-                found[name] = []
+                modules[name] = []
             elif members.group(1).strip():
-                found[name] = [m.strip() for m in members.group(1).split(",")]
+                modules[name] = [m.strip() for m in members.group(1).split(",")]
             else:
-                found[name] = None
+                modules[name] = None
     return found
 
 
@@ -81,8 +93,9 @@ def own_doc(obj) -> str | None:
     return inspect.cleandoc(doc) if doc else None
 
 
-def public_members(module) -> list[tuple[str, object]]:
-    """The module's members autodoc documents with ``:members:``: functions and classes."""
+def autodoc_members(module) -> list[tuple[str, object]]:
+    """The module's members autodoc documents with a bare ``:members:``: functions and classes,
+    those of ``__all__`` wherever they are defined, else those the module defines."""
     if hasattr(module, "__all__"):
         names = module.__all__
     else:
@@ -96,6 +109,23 @@ def public_members(module) -> list[tuple[str, object]]:
             continue  # imported from elsewhere, documented there
         members.append((f"{module.__name__}.{name}", obj))
     return members
+
+
+def chosen_members(name: str, members: list[str] | None) -> list[tuple[str, object]]:
+    """The functions and classes the directive of module ``name`` documents, by full name."""
+    module = importlib.import_module(name)
+    if members is None:
+        return autodoc_members(module)
+    chosen = [(f"{name}.{m}", getattr(module, m)) for m in members]
+    return [(n, obj) for n, obj in chosen if inspect.isfunction(obj) or inspect.isclass(obj)]
+
+
+def public_members(module) -> list[tuple[str, object]]:
+    """The functions and classes documented under ``module`` with ``:members:``: those it
+    defines. What a package imports from its own modules (``pyro_vae.data`` of
+    ``pyro_vae.data.sources``) is documented in the module that defines it, and counted there
+    (:func:`test_each_object_is_documented_where_it_is_defined` holds the pages to that)."""
+    return [(n, obj) for n, obj in autodoc_members(module) if obj.__module__ == module.__name__]
 
 
 def class_members(cls) -> list[tuple[str, object]]:
@@ -118,6 +148,7 @@ def documented_objects() -> list[tuple[str, object]]:
             chosen = public_members(module)
         else:
             chosen = [(f"{name}.{m}", getattr(module, m)) for m in members]
+            chosen = [(n, obj) for n, obj in chosen if getattr(obj, "__module__", name) == name]
         for full_name, obj in chosen:
             objects.append((full_name, obj))
             if inspect.isclass(obj):
@@ -191,10 +222,35 @@ def required_params(obj) -> list[str]:
 
 
 def test_every_module_has_a_page():
-    modules = {f"pyro_vae.{m.name}" for m in pkgutil.iter_modules(pyro_vae.__path__)} | {"pyro_vae"}
+    assert {"pyro_vae.data.sources", "pyro_vae.runs.folder"} <= MODULES  # subpackages walked
     documented = set(automodules())
-    assert sorted(modules - documented - UNDOCUMENTED_MODULES) == [], "modules with no page"
-    assert sorted(documented - modules) == [], "pages of modules that do not exist"
+    assert sorted(MODULES - documented - UNDOCUMENTED_MODULES) == [], "modules with no page"
+    assert sorted(documented - MODULES) == [], "pages of modules that do not exist"
+
+
+def test_a_subpackage_page_opens_with_the_package_and_holds_its_modules():
+    packages = {m for m in MODULES if hasattr(importlib.import_module(m), "__path__")}
+    wrong = []
+    for page, modules in pages().items():
+        for package in packages & set(modules) - {"pyro_vae"}:
+            if list(modules)[0] != package:
+                wrong.append(f"{page}: {package} is not its first automodule")
+            own = {package} | {m for m in MODULES if m.rpartition(".")[0] == package}
+            if strays := sorted(set(modules) - own):
+                wrong.append(f"{page}: {', '.join(strays)}, of another package")
+            if missing := sorted(own - set(modules) - UNDOCUMENTED_MODULES):
+                wrong.append(f"{page}: {', '.join(missing)} not on the package's page")
+    assert wrong == []
+
+
+def test_each_object_is_documented_where_it_is_defined():
+    elsewhere = [
+        f"{name} (defined in {obj.__module__})"
+        for module, members in automodules().items()
+        for name, obj in chosen_members(module, members)
+        if obj.__module__ != module
+    ]
+    assert elsewhere == [], "documented under a module that imports it: " + ", ".join(elsewhere)
 
 
 def test_every_documented_object_has_a_docstring():
@@ -271,7 +327,7 @@ def test_the_package_page_lists_every_export():
 def package_text() -> list[tuple[str, str]]:
     """Each docstring and comment of the package's source, with where it is (``path:line``)."""
     found = []
-    for path in sorted((ROOT / "pyro_vae").glob("*.py")):
+    for path in sorted((ROOT / "pyro_vae").rglob("*.py")):
         source, where = path.read_text(), path.relative_to(ROOT)
         for node in ast.walk(ast.parse(source)):
             kinds = ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
@@ -293,10 +349,12 @@ def resolves(name: str) -> bool:
     ``pyro_vae.train`` over a module ``pyro_vae/train.py``) does not resolve past that name.
     """
     parts = name.split(".")
-    # the package's own modules, found on its __path__ (an import could find others elsewhere)
-    modules = {f"pyro_vae.{m.name}" for m in pkgutil.iter_modules(pyro_vae.__path__)}
-    if ".".join(parts[:2]) in modules:
-        importlib.import_module(".".join(parts[:2]))
+    # the longest of the package's own modules the name starts with (MODULES: found on the
+    # package's __path__; an import could find others elsewhere)
+    for i in range(len(parts), 1, -1):
+        if ".".join(parts[:i]) in MODULES:
+            importlib.import_module(".".join(parts[:i]))
+            break
     obj = pyro_vae
     for part in parts[1:]:
         if not hasattr(obj, part):

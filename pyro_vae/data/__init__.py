@@ -1,6 +1,14 @@
-"""The data: the sources (:mod:`pyro_vae.data.sources`), pictures from folders and
-archives (:mod:`pyro_vae.data.images`) and streaming to the device
-(:mod:`pyro_vae.data.streaming`)."""
+"""The data, where the flow of the work begins: data sets as tensors of images and the
+binarization policy (:mod:`pyro_vae.data.sources`: :func:`~pyro_vae.data.sources.load_dataset`,
+:class:`~pyro_vae.data.sources.Dataset`), pictures from folders and archives
+(:mod:`pyro_vae.data.images`), and where a training set lives while it trains, on the device or
+streamed to it (:mod:`pyro_vae.data.streaming`).
+
+The flow is data -> parts and models -> infer (the objectives) -> training -> runs (the run
+folder) -> analysis -> cli. This subpackage imports only the package's base modules
+(:mod:`pyro_vae.errors`, :mod:`pyro_vae.validation`, :mod:`pyro_vae.device`); every other
+subpackage may import it. The names imported here are those of :mod:`pyro_vae.data.sources`,
+documented there."""
 
 from pyro_vae.data.sources import (  # noqa: F401
     BINARIZATION,

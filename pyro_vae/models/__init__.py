@@ -1,8 +1,14 @@
 """The models: one protocol (:class:`~pyro_vae.models.program.Program`) and the kinds that
 implement it, by name: ``vae`` (:class:`~pyro_vae.models.vae.VAE`), ``cvae``
-(:class:`~pyro_vae.models.cvae.CVAE`) and ``m2`` (:class:`~pyro_vae.models.m2.M2`). The rest of
-the library asks a model through the protocol and never which kind it is, so adding a kind is one
-file and one line in :data:`MODELS`."""
+(:class:`~pyro_vae.models.cvae.CVAE`) and ``m2`` (:class:`~pyro_vae.models.m2.M2`), each a Pyro
+program pairing a generative model with an amortized guide. The rest of the library asks a model
+through the protocol and never which kind it is, so adding a kind is one file and one line in
+:data:`MODELS`.
+
+A model is assembled from the parts of :mod:`pyro_vae.parts`, reads the data's tensors
+(:mod:`pyro_vae.data`), and names its objectives among those of :mod:`pyro_vae.infer` (written
+over the protocol, for any program), with its own hand-written twins; training, analysis, run
+folders and the command line take it. Nothing here imports them."""
 
 from __future__ import annotations
 
