@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae import validation
+from pyro_vae.config import COMPILE, check_labeled, check_objective
 from pyro_vae.data.sources import (
     Dataset,
     as_floats,
@@ -53,7 +54,6 @@ from pyro_vae.infer.elbo import (
     dataset_elbo,
     make_loss,
 )
-from pyro_vae.models import MODELS
 from pyro_vae.models.conditional import accuracy, one_hot
 from pyro_vae.models.vae import VAE
 from pyro_vae.parts.networks import activation_numbers
@@ -65,7 +65,6 @@ ACCURACY_COLUMN = "test_accuracy"  # M2's, after EPOCH_COLUMNS
 #: Steps between looks at the device's values: the losses' finiteness, the progress bar's loss,
 #: and (under torchrun) whether any rank was asked to stop.
 CHECK_EVERY = 10
-COMPILE = ("auto", "on", "off")
 # compile="auto" times this many eager steps before it decides (compiled.compile_when_it_pays)
 AUTO_TIMED_STEPS = 5
 
@@ -282,88 +281,6 @@ def kl_weight_at(epoch: int, beta: float, kl_warmup: int) -> float:
     :param kl_warmup: the warm-up's length in epochs; 0 for none.
     """
     return beta * min(1.0, epoch / kl_warmup) if kl_warmup else beta
-
-
-def check_objective(
-    objective: str,
-    num_particles: int = 1,
-    beta: float = 1.0,
-    kl_warmup: int = 0,
-    epochs: int | None = None,
-    guide: str | None = None,
-    model: str = "vae",
-) -> tuple[int, float, int]:
-    """``(num_particles, beta, kl_warmup)``, checked against each other, the objective, the
-    ``epochs`` of training, the ``guide`` family and the ``model``: a warm-up longer than
-    training, a KL weight for an objective with no KL term, more particles than the objective
-    draws, or a guide or model the objective cannot use, is a :class:`ConfigError` naming the
-    setting.
-
-    :param objective: the objective's name, as :func:`train` takes it.
-    :param num_particles: K, the particles per example.
-    :param beta: the weight of the KL term.
-    :param kl_warmup: the warm-up's length in epochs; 0 for none.
-    :param epochs: the epochs of training, which the warm-up must not outlast; ``None``: not
-        checked.
-    :param guide: the guide family's name; ``None``: not checked.
-    :param model: the model's name in :data:`~pyro_vae.models.MODELS`, whose objectives are allowed.
-    """
-    objectives = MODEL_OBJECTIVES[model]
-    if objective not in objectives:
-        raise ConfigError(
-            f"{objective!r} is not one of: {', '.join(objectives)} (the objectives of {{model}} "
-            f"{model!r})",
-            "objective",
-        )
-    families = objectives[objective].guides
-    if guide is not None and families and guide not in families:
-        raise ConfigError(
-            f"objective {objective!r} needs the guide {' or '.join(map(repr, families))}, not "
-            f"{{guide}} {guide!r}: it scores z with the guide's parameters held fixed",
-        )
-    most = objectives[objective].max_particles
-    if most == 1 and num_particles != 1:
-        raise ConfigError(
-            f"must be 1 for {{model}} {model!r}, which sums over the labels exactly and draws "
-            "one z per label",
-            "num_particles",
-        )
-    num_particles = validation.whole("num_particles", num_particles, high=most)
-    beta = validation.positive("beta", beta)
-    kl_warmup = validation.whole("kl_warmup", kl_warmup, low=0)
-    if epochs is not None and kl_warmup > epochs:
-        raise ConfigError(
-            f"({kl_warmup} epochs) is longer than the training ({{epochs}} {epochs})",
-            "kl_warmup",
-        )
-    if not objectives[objective].weighs_kl:
-        for name, value, default in (("beta", beta, 1.0), ("kl_warmup", kl_warmup, 0)):
-            if value != default:
-                raise ConfigError(
-                    f"weighs the KL term of the ELBO, and objective {objective!r}, the IWAE "
-                    "bound, has none: use it with objective 'trace' or 'meanfield'",
-                    name,
-                )
-    return num_particles, beta, kl_warmup
-
-
-def check_labeled(model: str, labeled: int | None) -> int | None:
-    """``labeled``, the labelled examples of a semi-supervised ``model`` (M2), checked: M2 needs
-    it and the other models take none.
-
-    :param model: the model's name in :data:`~pyro_vae.models.MODELS`.
-    :param labeled: the number of labelled examples, or ``None``.
-    """
-    semi_supervised = MODELS[validation.choice("model", model, list(MODELS))].labels == "some"
-    if semi_supervised and labeled is None:
-        raise ConfigError(
-            f"is needed by {{model}} {model!r}: the number of training examples whose labels it "
-            "sees",
-            "labeled",
-        )
-    if not semi_supervised and labeled is not None:
-        raise ConfigError(f"is for {{model}} 'm2', not {model!r}", "labeled")
-    return None if labeled is None else validation.count("labeled", labeled)
 
 
 class Trainer:
