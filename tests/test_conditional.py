@@ -11,7 +11,7 @@ from conftest import HostReads, covering_combinations, make
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.analysis.inspection import log_importance_weights, posterior_samples
-from pyro_vae.cli.commands import main
+from pyro_vae.cli import main
 from pyro_vae.data.sources import labeled_split
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.elbo import m2_aux_term, m2_elbo, m2_iwae_bound, make_loss, manual_elbo

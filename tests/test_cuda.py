@@ -9,7 +9,7 @@ from conftest import binary_batch
 from pyro import poutine
 
 from pyro_vae import VAE, Run, train
-from pyro_vae.cli.commands import main
+from pyro_vae.cli import main
 
 pytestmark = [
     pytest.mark.cuda,
