@@ -507,17 +507,7 @@ class RunConfig:
             object.__setattr__(self, name, _section(cls, name, given[name], own))
         tensorboard = setting_of("tensorboard").checked("tensorboard", tensorboard)
         object.__setattr__(self, "tensorboard", tensorboard)
-        model, objective = self.model, self.objective
-        check_objective(
-            objective.objective,
-            objective.num_particles,
-            objective.beta,
-            objective.kl_warmup,
-            self.training.epochs,
-            model.guide,
-            model.model,
-        )
-        check_labeled(model.model, self.training.labeled)
+        _check_across(self)
 
     def settings(self) -> dict[str, Any]:
         """Every setting by name, the sections' and ``tensorboard``: what :meth:`changes`
@@ -639,6 +629,22 @@ class RunConfig:
         return options
 
 
+def _check_across(config: RunConfig) -> None:
+    """The rules across sections: the objective against the model, its guide and the epochs;
+    M2's labelled examples against the model."""
+    model, objective = config.model, config.objective
+    check_objective(
+        objective.objective,
+        objective.num_particles,
+        objective.beta,
+        objective.kl_warmup,
+        config.training.epochs,
+        model.guide,
+        model.model,
+    )
+    check_labeled(model.model, config.training.labeled)
+
+
 def _section(cls: type[Section], name: str, base: Any, changes: dict[str, Any]) -> Section:
     """Section ``name`` of a new config: ``base`` (a ``cls``, or ``None`` for the defaults) with
     ``changes``."""
@@ -680,8 +686,7 @@ def check_objective(
     :param num_particles: K, the particles per example.
     :param beta: the weight of the KL term.
     :param kl_warmup: the warm-up's length in epochs; 0 for none.
-    :param epochs: the epochs of training, which the warm-up must not outlast; ``None``: not
-        checked.
+    :param epochs: the epochs of training, which the warm-up must not outlast; ``None``: unchecked.
     :param guide: the guide family's name; ``None``: not checked.
     :param model: the model's name in :data:`~pyro_vae.models.MODELS`, whose objectives are allowed.
     """
