@@ -151,7 +151,7 @@ def main() -> None:
     md = Path(args.out) / f"ood-{C.results_path(args.out, device).name}"
     payload = {"auroc": rows, "means": _means(scored), "train_seconds": train_seconds}
     payload["probe"] = probe and probe._asdict()
-    key = f"ood-{run.config.likelihood}"
+    key = f"ood-{run.config.model.likelihood}"
     C.write_results(md, key, "\n".join(lines) + "\n", payload, measured)
     print("\n".join(lines))
     print(md)
@@ -171,18 +171,18 @@ def _means(scored: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, fl
 
 
 def _report(args, run, measured, scored, seconds, rows, train_seconds) -> list[str]:
-    config = run.config
+    model, t = run.config.model, run.config.training
     trained = "reused" if math.isnan(train_seconds) else f"{train_seconds:.0f} s of training"
     num_train = json.loads((run.path / SUMMARY).read_text())["num_train"]
     lines = [
         "## Out-of-distribution detection: Fashion-MNIST against MNIST digits and noise "
-        f"({config.likelihood})",
+        f"({model.likelihood})",
         "",
         *measured.lines(),
         "",
-        f"A VAE of {config.likelihood} likelihood, {config.encoder} networks "
-        f"{list(config.hidden_dims)}, z_dim {config.z_dim}, trained {config.epochs} epoch(s) of "
-        f"batch {config.batch_size} (Adam lr {config.lr:g}, seed {config.seed}; {trained}) on "
+        f"A VAE of {model.likelihood} likelihood, {model.encoder} networks "
+        f"{list(model.hidden_dims)}, z_dim {model.z_dim}, trained {t.epochs} epoch(s) of "
+        f"batch {t.batch_size} (Adam lr {t.lr:g}, seed {t.seed}; {trained}) on "
         f"{num_train} images; each image scored with IWAE k = {args.iwae_k}. "
         "AUROC: the chance that a random inlier scores above a random outlier (1 perfect, 0.5 "
         "chance, below 0.5 the wrong way round).",

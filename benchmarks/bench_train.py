@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import pyro_vae  # noqa: E402
+from pyro_vae.config import training_sections  # noqa: E402
 from pyro_vae.data.sources import Dataset  # noqa: E402
 from pyro_vae.training.trainer import Trainer  # noqa: E402
 
@@ -64,9 +65,9 @@ def trainer_variant(objective: str, compile: str = "off") -> Variant:
         key = (objective, compile, batch, vae.x_shape, vae.hidden_dims, vae.z_dim, str(device))
         key += (len(data.x_train),)
         if key not in TRAINERS:
-            settings = dict(lr=LR, device=device, seed=seed, binarization="dynamic")
-            TRAINERS[key] = Trainer(vae, data, batch_size=batch, objective=objective,
-                                    compile=compile, **settings)  # fmt: skip
+            settings = dict(lr=LR, device=device, seed=seed, binarization="dynamic",
+                            batch_size=batch, compile=compile)  # fmt: skip
+            TRAINERS[key] = Trainer(vae, data, *training_sections(None, objective, settings))
         trainer = TRAINERS[key]
         history = trainer.fit(trainer.state.epoch + 1, progress=False)
         return history.seconds[-1]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-
 from pyro_vae.version import __version__
 
 if TYPE_CHECKING:  # what a type checker and an editor see: the names below, from their modules

@@ -2,7 +2,7 @@
 
 import sys
 
-from pyro_vae.cli.commands import main
+from pyro_vae.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

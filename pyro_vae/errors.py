@@ -9,6 +9,16 @@ from collections.abc import Callable
 _MENTION = re.compile(r'\{([a-z_]+(?:\["[a-z_]+"\])?)\}')
 
 
+def mention(text: str, spell: Callable[[str], str]) -> str:
+    """``text`` with every parameter it names in braces (``{z_dim}``) spelled as ``spell(name)``:
+    how a message or a setting's help text reads in the library and on the command line.
+
+    :param text: the text, parameters written in braces.
+    :param spell: turns a parameter's library name into the name to show, e.g. a flag.
+    """
+    return _MENTION.sub(lambda m: spell(m[1]), text)
+
+
 class PyroVAEError(Exception):
     """A problem with the user's input or environment, stated in one line.
 
@@ -39,7 +49,7 @@ class PyroVAEError(Exception):
         if self.param is not None and "{param}" not in template:
             template = "{param} " + template
         name = {"param": self.param}
-        return _MENTION.sub(lambda m: spell(name.get(m[1]) or m[1]), template)
+        return mention(template, lambda m: spell(name.get(m) or m))
 
 
 class DataError(PyroVAEError):

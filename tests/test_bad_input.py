@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.cli.commands import main
+from pyro_vae.cli import main
+from pyro_vae.config import SECTION_OF
 from pyro_vae.runs.folder import CHECKPOINT, CONFIG, Run
 
 FAST = ["--z-dim", "4", "--hidden-dims", "32", "--epochs", "1", "--quiet"]
@@ -83,7 +84,8 @@ def broken_runs(run_dir, tmp_path_factory):
     runs["other config"] = root / "other-config"
     shutil.copytree(run_dir, runs["other config"])
     config = json.loads((run_dir / CONFIG).read_text())
-    (runs["other config"] / CONFIG).write_text(json.dumps({**config, "z_dim": 5}))
+    config["model"]["z_dim"] = 5
+    (runs["other config"] / CONFIG).write_text(json.dumps(config))
     return runs
 
 
@@ -136,9 +138,11 @@ def test_a_checkpoint_without_a_run_config_is_one_line(run_dir, tmp_path, capsys
     ],
 )
 def test_a_bad_config_file_is_one_line(run_dir, tmp_path, capsys, change, expected):
-    config = {**json.loads((run_dir / CONFIG).read_text()), **change}
     if "likelihood_options" in change:
-        config["likelihood"] = "gaussian"
+        change = {**change, "likelihood": "gaussian"}
+    config = json.loads((run_dir / CONFIG).read_text())
+    for name, value in change.items():  # into its section's table; an unknown name at the top
+        config.get(SECTION_OF.get(name), config)[name] = value
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     line = one_error_line(capsys, ["train", "--config", str(path), "--out", str(tmp_path / "r")])

@@ -10,7 +10,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pyro_vae import ConfigError, Run, RunConfig
-from pyro_vae.cli.commands import main
+from pyro_vae.cli import main
 from pyro_vae.runs.folder import BOARD, CHECKPOINT, CONFIG, SUMMARY
 
 # compile "off": "auto" decides by timing, and runs compared digit for digit must not decide apart

@@ -13,7 +13,8 @@ import pytest
 import torch
 import torchvision.datasets
 
-from pyro_vae.cli.commands import EXAMPLES, build_parser, main, overlay
+from pyro_vae.cli.flags import given
+from pyro_vae.cli.program import EXAMPLES, build_parser, main
 from pyro_vae.config import RunConfig
 from pyro_vae.runs.folder import PREVIOUS, RUN_FILES
 
@@ -38,16 +39,18 @@ def test_train_writes_every_file_of_the_run_folder(run_dir):
     assert summary["epochs"] == 2 and summary["device"] == "cpu"
     assert summary["test_elbo"] == float(rows[-1]["test_elbo"])
     assert summary["baseline_log_likelihood"] == pytest.approx(-26.98, abs=0.01)
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["z_dim"] == 4 and config["hidden_dims"] == [64]
-    assert {k: config[k] for k in ("epochs", "batch_size", "lr", "seed", "objective")} == {
+    config = json.loads((run_dir / "config.json").read_text())  # a table for each section
+    assert list(config) == ["data", "model", "objective", "training", "tensorboard"]
+    assert config["model"]["z_dim"] == 4 and config["model"]["hidden_dims"] == [64]
+    training = config["training"]
+    assert {k: training[k] for k in ("epochs", "batch_size", "lr", "seed")} == {
         "epochs": 2,
         "batch_size": 128,
         "lr": 0.001,
         "seed": 0,
-        "objective": "trace",
     }
-    assert config["binarization"] == "dynamic" and config["device"] == "auto"
+    assert config["objective"]["objective"] == "trace" and training["clip_norm"] is None
+    assert training["binarization"] == "dynamic" and training["device"] == "auto"
     assert set(summary["versions"]) == {"pyro_vae", "pyro", "torch", "python"}
     for picture in ("reconstructions.png", "samples.png", "elbo.png"):
         image = matplotlib.image.imread(run_dir / picture)
@@ -102,7 +105,7 @@ def test_train_with_no_flags_trains_on_digits(tmp_path, monkeypatch):
     assert main(["train", "--quiet", "--epochs", "1"]) == 0
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("digits-")
-    assert json.loads((run / "config.json").read_text())["dataset"] == "digits"
+    assert json.loads((run / "config.json").read_text())["data"]["dataset"] == "digits"
 
 
 def metrics(run_dir):
@@ -128,8 +131,8 @@ def test_flags_override_a_toml_config_file(tmp_path):
     out = tmp_path / "run"
     argv = ["train", "--config", str(config_file), "--epochs", "1", "--lr", "0.01"]
     assert main([*argv, "--prior-components", "4", "--out", str(out), "--quiet"]) == 0
-    config = json.loads((out / "config.json").read_text())
-    assert (config["z_dim"], config["hidden_dims"], config["prior"]) == (3, [16], "mog")
+    config = RunConfig.load(out / "config.json").settings()
+    assert (config["z_dim"], config["hidden_dims"], config["prior"]) == (3, (16,), "mog")
     assert (config["epochs"], config["lr"], config["prior_options"]) == (1, 0.01, {"components": 4})
     assert len(metrics(out)) == 1
 
@@ -180,15 +183,15 @@ def printed_defaults(parser):
         required = [["x"] if not a.option_strings else [a.option_strings[0], "0"]
                     for a in sub._actions if a.required]
         args = parser.parse_args([name, *sum(required, [])])
-        config = overlay(RunConfig(), args) if name == "train" else None
+        config = RunConfig().replace(**given(args)).settings() if name == "train" else None
         formatter = sub._get_formatter()
         for action in sub._actions:
             match = re.search(r"\(default: ([^)]*)\)$", formatter._get_help_string(action))
             if not action.option_strings or not match:
                 continue
             used = getattr(args, action.dest)
-            if used is None and config is not None and hasattr(config, action.dest):
-                used = getattr(config, action.dest)
+            if used is None and config is not None and action.dest in config:
+                used = config[action.dest]
             if used is None:  # "the run's", "as the files are": said in words, decided later
                 continue
             text = match.group(1)
@@ -275,6 +278,10 @@ def test_bad_input_is_one_clear_line(run_dir, tmp_path, capsys, monkeypatch):
         "must be a positive finite number": ["--lr", "-1"],
         "comma-separated positive sizes": ["--hidden-dims", "a,b"],
         "invalid choice: 'gamma'": ["--prior", "gamma"],
+        "--flow-steps does not apply to the prior 'standard-normal' and the guide 'diagonal'": [
+            "--flow-steps",
+            "4",
+        ],
     }
     if not torch.cuda.is_available():
         cases["no CUDA GPU is available"] = ["--device", "cuda"]

@@ -11,7 +11,8 @@ from conftest import HostReads, covering_combinations, make
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.analysis.inspection import log_importance_weights, posterior_samples
-from pyro_vae.cli.commands import main
+from pyro_vae.cli import main
+from pyro_vae.config import training_sections
 from pyro_vae.data.sources import labeled_split
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.elbo import make_loss, manual_elbo
@@ -138,7 +139,8 @@ def test_each_m2_step_takes_the_next_labelled_examples_of_the_stream(digits):
     pyro.set_rng_seed(0)
     m2 = build_model("m2", digits.x_shape, 10, z_dim=2, hidden_dims=(8,))
     settings = dict(batch_size=100, lr=1e-3, device="cpu", seed=0, objective="trace")
-    trainer = Trainer(m2, digits, binarization="dynamic", labeled=150, **settings)
+    settings.update(binarization="dynamic", labeled=150)
+    trainer = Trainer(m2, digits, *training_sections(None, None, settings))
     source = trainer.source
     assert len(source.x) == len(digits.x_train) - 150
     assert source.pool_per_step == 100  # as many as unlabelled ones

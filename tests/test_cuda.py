@@ -9,7 +9,8 @@ from conftest import binary_batch
 from pyro import poutine
 
 from pyro_vae import VAE, Run, train
-from pyro_vae.cli.commands import main
+from pyro_vae.cli import main
+from pyro_vae.config import training_sections
 
 pytestmark = [
     pytest.mark.cuda,
@@ -102,10 +103,8 @@ def test_resumed_gpu_training_takes_the_same_steps(digits, tmp_path):
     for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
     # Adam's step counters stay on the CPU: on the GPU each would cost a sync per step
-    trainer = Trainer(
-        fresh(), digits, batch_size=128, lr=3e-3, device="cuda", seed=0, objective="trace",
-        binarization="dynamic",
-    )  # fmt: skip
+    settings = dict(batch_size=128, lr=3e-3, device="cuda", seed=0, binarization="dynamic")
+    trainer = Trainer(fresh(), digits, *training_sections(None, "trace", settings))
     trainer.restore(train_state(saved))
     optimizer = trainer.step.optimizer
     assert all(s["step"].device.type == "cpu" for s in optimizer.state.values())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.cli.commands import main
+from pyro_vae.cli import main
 from pyro_vae.data.sources import (
     DATASETS,
     DEFAULT_DATA_DIR,

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pyro_vae import VAE, load_dataset
+from pyro_vae.config import training_sections
 from pyro_vae.data.sources import binarize_afresh
 from pyro_vae.infer.elbo import make_loss
 from pyro_vae.models import build_model
@@ -189,7 +190,8 @@ def m2_single_process_reference(world=2, labeled=50):
     pyro.set_rng_seed(SEED)
     m2 = build_model("m2", data.x_shape, 10, likelihood="gaussian", **MODEL)
     settings = dict(batch_size=BATCH, lr=LR, device="cpu", seed=SEED, binarization="dynamic")
-    trainer = Trainer(m2, data, objective="trace", labeled=labeled, **settings)
+    settings.update(objective="trace", labeled=labeled)
+    trainer = Trainer(m2, data, *training_sections(None, None, settings))
     loss_fn, optimizer = make_loss(m2, "trace"), torch.optim.Adam(m2.parameters(), lr=LR)
     streams = []
     for rank in range(world):

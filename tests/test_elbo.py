@@ -13,7 +13,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE, ConfigError, train
 from pyro_vae.analysis.evaluation import kl_per_dim
-from pyro_vae.cli.commands import main
+from pyro_vae.cli import main
 from pyro_vae.data.sources import eval_inputs
 from pyro_vae.infer.elbo import (
     dataset_elbo,

@@ -7,7 +7,7 @@ from torch.distributions import kl_divergence
 
 from pyro_vae import VAE, evaluate, score, train
 from pyro_vae.analysis.evaluation import iwae_log_likelihood, kl_per_dim
-from pyro_vae.cli.commands import main
+from pyro_vae.cli import main
 from pyro_vae.data.sources import eval_inputs
 from pyro_vae.infer.elbo import iwae_bound
 

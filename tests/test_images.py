@@ -460,7 +460,7 @@ def test_photos():
 def test_a_folder_of_colour_pictures_trains_and_scores_in_bits(tmp_path, capsys):
     import json
 
-    from pyro_vae.cli.commands import main
+    from pyro_vae.cli import main
 
     rng = np.random.default_rng(0)
     for k in range(24):  # two classes of 9x7 RGB pictures: reddish and bluish

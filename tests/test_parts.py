@@ -13,7 +13,8 @@ import torch
 
 from pyro_vae import VAE, ConfigError, Run, RunConfig, train
 from pyro_vae.analysis.evaluation import active_units
-from pyro_vae.cli.commands import build_parser, main, overlay
+from pyro_vae.cli import build_parser, main
+from pyro_vae.cli.flags import given
 from pyro_vae.models import MODELS
 from pyro_vae.parts.guides import GUIDES
 from pyro_vae.parts.likelihoods import LIKELIHOODS
@@ -41,9 +42,9 @@ def test_train_help_lists_every_name(capsys):
 
 
 def options_of(argv):
-    config = overlay(RunConfig(), build_parser().parse_args(["train", *argv]))
+    config = RunConfig().replace(**given(build_parser().parse_args(["train", *argv])))
     return {
-        name: getattr(config, name)
+        name: getattr(config.model, name)
         for name in ("prior_options", "likelihood_options", "guide_options")
     }
 
@@ -61,10 +62,10 @@ def test_option_flags_reach_the_parts_that_take_them():
     ] == {"scale": 0.2}
     with pytest.raises(
         ConfigError,
-        match="--flow-steps does not apply to the prior 'standard-normal' and the guide 'diagonal'",
+        match="flow_steps does not apply to the prior 'standard-normal' and the guide 'diagonal'",
     ):
         options_of(["--flow-steps", "4"])
-    with pytest.raises(ConfigError, match="--prior-df does not apply to the prior 'mog'"):
+    with pytest.raises(ConfigError, match="prior_df does not apply to the prior 'mog'"):
         options_of(["--prior", "mog", "--prior-df", "4"])
 
 
@@ -134,7 +135,7 @@ def test_a_run_with_options_reloads_identically(tmp_path):
         "--quiet",
     ]
     assert main(argv) == 0
-    config = json.loads((out / "config.json").read_text())
+    config = json.loads((out / "config.json").read_text())["model"]
     assert config["prior_options"] == {"components": 3}
     assert config["guide_options"] == {"flow_steps": 1}
     vae = Run.open(out).vae
@@ -218,5 +219,5 @@ def test_every_name_trains_from_the_cli(tmp_path, flag, name):
         str(tmp_path / "run"),
     ]
     assert main(argv) == 0
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert config[flag[2:]] == name

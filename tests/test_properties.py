@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from pyro_vae import VAE, train
 from pyro_vae.analysis.evaluation import evaluate
-from pyro_vae.cli.commands import main
+from pyro_vae.cli import main
 from pyro_vae.data.sources import BINARIZATION, Dataset
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.infer.elbo import OBJECTIVES

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pyro_vae import VAE, PyroVAEError, train
-from pyro_vae.cli.commands import main
+from pyro_vae.cli import main
 from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint, train_state
 from pyro_vae.runs.folder import CHECKPOINT, PREVIOUS, Run
 from pyro_vae.training.state import TrainingError, TrainingInterrupted

@@ -2,17 +2,28 @@
 without the command line, and the command line reading what Python wrote (and back)."""
 
 import csv
-import dataclasses
 import json
 
 import pytest
 
 from pyro_vae import ConfigError, Run, RunConfig
-from pyro_vae.cli.commands import main
+from pyro_vae.cli import main
+from pyro_vae.config import FIELDS, SECTIONS
 from pyro_vae.runs.folder import CONFIG, SUMMARY, RunExists
 
 # compile "off": "auto" decides by timing, and two runs on a busy machine may decide apart
 SMALL = RunConfig(z_dim=4, hidden_dims=(32,), epochs=2, lr=3e-3, compile="off")
+# SMALL's config.json as the runs written before the config had sections hold it: flat
+SMALL_BEFORE_SECTIONS = (
+    '{"dataset": "digits", "data_dir": null, "data_path": null, "image_size": null, '
+    '"channels": null, "model": "vae", "z_dim": 4, "hidden_dims": [32], "encoder": "mlp", '
+    '"prior": "standard-normal", "likelihood": "bernoulli", "guide": "diagonal", '
+    '"prior_options": {}, "likelihood_options": {}, "guide_options": {}, "aux_weight": 50.0, '
+    '"epochs": 2, "batch_size": 128, "lr": 0.003, "seed": 0, "objective": "trace", '
+    '"num_particles": 1, "beta": 1.0, "kl_warmup": 0, "labeled": null, "binarization": '
+    '"dynamic", "device": "auto", "compile": "off", "stream": false, "workers": 2, '
+    '"tensorboard": false}'
+)
 
 
 def metrics(run_dir):
@@ -59,7 +70,7 @@ def test_a_run_trains_on_from_python_as_if_never_stopped(tmp_path):
 
 def test_the_config_checks_every_field_and_round_trips(tmp_path):
     config = RunConfig(prior="mog", prior_options={"components": 3}, hidden_dims=[64, 32])
-    assert config.hidden_dims == (64, 32)  # a list from a file becomes the tuple it is
+    assert config.model.hidden_dims == (64, 32)  # a list from a file becomes the tuple it is
     assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     toml = tmp_path / "run.toml"
     toml.write_text('prior = "mog"\nhidden_dims = [64, 32]\n[prior_options]\ncomponents = 3\n')
@@ -70,7 +81,32 @@ def test_the_config_checks_every_field_and_round_trips(tmp_path):
     ]
     with pytest.raises(ConfigError, match="has unknown setting"):
         RunConfig.from_dict({"zdim": 3})
-    for field in dataclasses.fields(RunConfig):  # no field takes an object of the wrong kind
+    for name in [*FIELDS, *SECTIONS]:  # no setting or section takes an object of another kind
         with pytest.raises(ConfigError) as error:
-            RunConfig(**{field.name: object()})
-        assert error.value.param == field.name
+            RunConfig(**{name: object()})
+        assert error.value.param == name
+
+
+def test_a_run_written_before_the_sections_opens_and_trains_on(tmp_path):
+    run_dir = tmp_path / "old"
+    Run.create(run_dir, SMALL).train(progress=False)
+    (run_dir / CONFIG).write_text(SMALL_BEFORE_SECTIONS)
+    assert Run.open(run_dir).config == SMALL
+    run = Run.resume(run_dir, {"epochs": 3})
+    assert run.train(progress=False).epoch == [1, 2, 3]
+    assert json.loads((run_dir / CONFIG).read_text()) == SMALL.replace(epochs=3).to_dict()
+    assert "model" in json.loads((run_dir / CONFIG).read_text())  # rewritten in sections
+
+
+def test_resuming_changes_only_what_a_resumed_run_may(tmp_path):
+    Run.create(tmp_path / "run", SMALL.replace(epochs=1)).train(progress=False)
+    with pytest.raises(ConfigError) as error:
+        Run.resume(tmp_path / "run", {"epochs": 2, "z_dim": 5})
+    assert error.value.param == "resume"
+    assert "(z_dim: 4 -> 5); only epochs, lr, device, compile, stream, workers" in str(error.value)
+    with pytest.raises(ConfigError, match="prior_components does not apply to the prior"):
+        Run.resume(tmp_path / "run", {"prior_components": 3})
+    run = Run.resume(tmp_path / "run", {"epochs": 2, "lr": 0.01})
+    assert run.config == SMALL.replace(lr=0.01) and RunConfig.load(tmp_path / "run" / CONFIG) == (
+        SMALL.replace(epochs=1)
+    )  # written when it trains

@@ -10,7 +10,7 @@ import torch
 
 from pyro_vae import VAE, train
 from pyro_vae.analysis.evaluation import evaluate, independent_logistic_log_likelihood
-from pyro_vae.config import RunConfig
+from pyro_vae.config import RunConfig, training_sections
 from pyro_vae.data.sources import Dataset
 from pyro_vae.models import build_model
 from pyro_vae.runs.folder import METRICS, Run
@@ -107,7 +107,8 @@ def test_each_rank_streams_only_its_shard_of_every_batch(digits, monkeypatch):
     pyro.set_rng_seed(0)
     vae = VAE(data.x_shape, z_dim=2, hidden_dims=(8,), likelihood="gaussian")
     settings = dict(objective="trace", binarization="none", stream=True, workers=0)
-    t = trainer_module.Trainer(vae, data, batch_size=100, lr=1e-3, device="cpu", seed=5, **settings)
+    settings.update(batch_size=100, lr=1e-3, device="cpu", seed=5)
+    t = trainer_module.Trainer(vae, data, *training_sections(None, None, settings))
     batches = [batch[0] for _, batch in t.source.epoch(1, 0)]
     order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(5))
     shards = [index.tensor_split(2)[1] for index in order.split(100)]

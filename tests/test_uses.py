@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from pyro_vae.analysis.codes import Codes, encode, linear_probe
 from pyro_vae.analysis.scores import auroc, compressed_bits, most_and_least_typical, score
 from pyro_vae.analysis.walks import interpolate, linear, spherical
-from pyro_vae.cli.commands import main
+from pyro_vae.cli import main
 from pyro_vae.config import RunConfig
 from pyro_vae.infer.elbo import iwae_bound, manual_elbo
 from pyro_vae.runs.folder import EVALUATION, Run

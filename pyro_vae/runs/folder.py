@@ -11,6 +11,9 @@
 |                        | the label models a column of samples per class (``classes.png``)        |
 | ``evaluation.json``    | :meth:`Run.evaluate`'s figures, the linear probe's                      |
 |                        | (:meth:`~Run.record`)                                                   |
+| ``sample-seedS-nN.png``| what the commands on a trained run write, each to a name of its own     |
+| ``reconstruct-nN.png`` | (:func:`sample_picture`, :func:`reconstruct_picture`, ...), so that     |
+| ``codes.npz``, ...     | training's pictures are kept                                            |
 | ``tensorboard/``       | with ``tensorboard``: TensorBoard event files, after every epoch        |
 |                        | (:mod:`pyro_vae.runs.board`)                                            |
 +------------------------+-------------------------------------------------------------------------+
@@ -21,6 +24,7 @@
     run.train()                                         # checkpoints, summary, pictures
     run = Run.open("runs/a")                            # the VAE as its last checkpoint left it
     run.train(epochs=80)                                # goes on exactly where it stopped
+    run = Run.resume("runs/a", {"epochs": 90})          # the same, settings checked first
     run.evaluate(iwae_k=5000)                           # writes evaluation.json
 
 Under ``torchrun`` every rank holds the run and trains; rank 0 alone writes the folder.
@@ -34,6 +38,7 @@ import json
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,14 +62,13 @@ from pyro_vae.analysis.plots import (
     plot_reconstructions,
     plot_samples,
 )
-from pyro_vae.config import RunConfig
+from pyro_vae.config import RESUMABLE, ModelConfig, RunConfig
 from pyro_vae.data.sources import (
     Dataset,
     as_floats,
     check_shape,
     eval_inputs,
     labeled_split,
-    load_dataset,
 )
 from pyro_vae.device import resolve_device
 from pyro_vae.errors import ConfigError, PyroVAEError
@@ -88,6 +92,61 @@ SPLITS = ("train", "test")
 CLASS_PICTURE = "classes.png"  # the label models' samples, a column per class
 BOARD = "tensorboard"  # the folder of TensorBoard's event files, for runs that write them
 RECONSTRUCTED = 32  # the test images pictured over their reconstructions
+# what the commands on a trained run write by default (pyro_vae.cli)
+CODES, SCORES, TYPICAL, CONFUSION = "codes.npz", "scores.csv", "typical.png", "confusion.png"
+
+
+def sample_picture(seed: int, num: int, label: int | None = None) -> str:
+    """The name of a picture of ``num`` samples drawn with ``seed``, of class ``label`` if one is
+    given: ``sample-seedS-nN.png`` or ``sample-classK-seedS-nN.png`` (training's are
+    ``samples.png``, kept).
+
+    :param seed: the seed of the draws.
+    :param num: the number of samples.
+    :param label: the class of every sample, or ``None`` for the classes in turn.
+    """
+    of_class = "" if label is None else f"-class{label}"
+    return f"sample{of_class}-seed{seed}-n{num}.png"
+
+
+def reconstruct_picture(num: int) -> str:
+    """The name of a picture of ``num`` test images over their reconstructions,
+    ``reconstruct-nN.png`` (training's are ``reconstructions.png``, kept).
+
+    :param num: the number of test images.
+    """
+    return f"reconstruct-n{num}.png"
+
+
+def interpolation_picture(start: int, end: int) -> str:
+    """The name of a picture of a walk from test example ``start`` to ``end``,
+    ``interpolation-I-J.png``.
+
+    :param start: the test example it starts from.
+    :param end: the test example it ends at.
+    """
+    return f"interpolation-{start}-{end}.png"
+
+
+def default_path(config: RunConfig) -> Path:
+    """Where a new run of ``config`` goes when no folder is named: ``runs/DATASET-DATE-TIME``.
+
+    :param config: the run's settings.
+    """
+    return Path("runs") / f"{config.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def new_model(config: ModelConfig, data: Dataset, seed: int) -> VAE:
+    """The untrained model ``config`` names, for ``data``'s examples (and classes, for a model
+    that learns from labels), its initial weights seeded by ``seed``: what a new run starts from.
+
+    :param config: the model's settings.
+    :param data: the data set it is for.
+    :param seed: seeds the initial weights.
+    """
+    classes = MODELS[config.model].label_classes(data)
+    pyro.set_rng_seed(seed)
+    return build_model(config.model, data.x_shape, classes, **config.options())
 
 
 class RunExists(ConfigError):
@@ -110,6 +169,7 @@ class Run:
     def __init__(self, path: Path, config: RunConfig, vae: VAE, state: TrainState, device: str):
         self.path, self.config, self.vae, self.state = path, config, vae, state
         self.device = device  # where the weights were last trained
+        self._written = config  # config.json, which train() rewrites when self.config differs
         self.summary: dict[str, Any] | None = None  # summary.json, once training is done
         self._data: Dataset | None = None
         # False after falling back: the unreadable checkpoint.pt must not become the previous one
@@ -118,7 +178,7 @@ class Run:
     @classmethod
     def create(cls, path: str | Path, config: RunConfig, *, overwrite: bool = False) -> Run:
         """A new run of ``config`` in ``path``: the data loaded, the VAE built (its weights seeded
-        by ``config.seed``) and ``config.json`` written. A folder that already holds a run is
+        by the config's seed) and ``config.json`` written. A folder that already holds a run is
         refused unless ``overwrite``, which deletes its checkpoints.
 
         :param path: the folder to write the run into, made if missing.
@@ -129,18 +189,17 @@ class Run:
         if any((path / name).exists() for name in (CHECKPOINT, PREVIOUS)) and not overwrite:
             raise RunExists(f"{path} already holds a trained run; open it to go on training it")
         _check_board(config)
-        data = _load_data(config)
-        classes = MODELS[config.model].label_classes(data)
-        if config.labeled is not None:  # refused before the folder is written, not after
-            labeled_split(data.y_train, config.labeled, classes, config.seed)
-        pyro.set_rng_seed(config.seed)
-        vae = build_model(config.model, data.x_shape, classes, **config.vae_options())
+        data, training = _load_data(config), config.training
+        vae = new_model(config.model, data, training.seed)
+        if training.labeled is not None:  # refused before the folder is written, not after
+            classes = MODELS[config.model.model].label_classes(data)
+            labeled_split(data.y_train, training.labeled, classes, training.seed)
         if distributed.is_main_process():
             path.mkdir(parents=True, exist_ok=True)
             for name in (CHECKPOINT, PREVIOUS):  # an overwritten run's, never to be gone back to
                 (path / name).unlink(missing_ok=True)
             write_json(path / CONFIG, config.to_dict())
-        run = cls(path, config, vae, TrainState(), str(resolve_device(config.device)))
+        run = cls(path, config, vae, TrainState(), str(resolve_device(training.device)))
         run._data = data
         return run
 
@@ -170,11 +229,40 @@ class Run:
         run._keep_last = not fell_back
         return run
 
+    @classmethod
+    def resume(cls, path: str | Path, settings: dict[str, Any] | None = None) -> Run:
+        """The run in ``path`` (:meth:`open`), to go on training with ``settings`` on top of its
+        config; :meth:`train` writes them into ``config.json``. Only the settings a resumed run
+        may change (:data:`~pyro_vae.config.RESUMABLE`: the epochs, the learning rate, where and
+        how it runs) may differ from the run's: any other difference is an error naming them.
+
+        :param path: the run folder, as ``pyro-vae train`` wrote it.
+        :param settings: settings by name, as :meth:`RunConfig.replace
+            <pyro_vae.config.RunConfig.replace>` takes them, e.g. ``{"epochs": 80}``; ``None``: the
+            run's own.
+        """
+        run = cls.open(path)
+        config = run.config.replace(**(settings or {}))
+        changed = [
+            f"{{{name}}}: {old!r} -> {new!r}"
+            for name, old, new in run.config.changes(config)
+            if name not in RESUMABLE
+        ]
+        if changed:
+            resumable = ", ".join(f"{{{name}}}" for name in RESUMABLE)
+            raise ConfigError(
+                f"{{param}}: asks for other settings than the run in {path} "
+                f"({'; '.join(changed)}); only {resumable} may change",
+                "resume",
+            )
+        run.config = config
+        return run
+
     @property
     def data(self) -> Dataset:
         """The run's data set, loaded when first asked for and checked against its model."""
         if self._data is None:
-            data, config = _load_data(self.config), self.config
+            data, config = _load_data(self.config), self.config.data
             source = f"{config.dataset} ({config.data_path})" if config.data_path else None
             check_shape(
                 self.vae.x_shape, data, f"the data set of {self.path}, {source or config.dataset},"
@@ -199,7 +287,7 @@ class Run:
         """Train the run to ``epochs`` epochs (default: its config's), going on from its last
         checkpoint exactly as if it had never stopped. ``epochs``, ``lr``, ``device``,
         ``compile``, ``stream``, ``workers`` and ``tensorboard`` may differ from the run's
-        config, which is rewritten with them.
+        config (the settings of :meth:`resume` too), which is rewritten with them.
 
         A checkpoint and ``metrics.csv`` are written after every epoch and when ``stop`` ends
         training (:class:`~pyro_vae.training.state.TrainingInterrupted`), the checkpoint before
@@ -221,21 +309,18 @@ class Run:
         asked = {"epochs": epochs, "lr": lr, "device": device, "compile": compile}
         asked.update(stream=stream, workers=workers, tensorboard=tensorboard)
         config = self.config.replace(**{k: v for k, v in asked.items() if v is not None})
-        _check_board(config)
         resume = self.state if self.state.optimizer is not None else None
-        if resume is not None and resume.epoch >= config.epochs:
-            raise ConfigError(
-                f"{self.path} has finished {resume.epoch} of {config.epochs} epochs; ask for more "
-                "{epochs} to train on"
-            )
-        if config != self.config and distributed.is_main_process():
+        self._check_can_train(config, resume)
+        if config != self._written and distributed.is_main_process():
             write_json(self.path / CONFIG, config.to_dict())
-        self.config, self.device = config, str(resolve_device(config.device))
+        self.config = self._written = config
+        self.device = str(resolve_device(config.training.device))
         with self._checkpoints() as checkpoint:
             history = train(
                 self.vae,
                 self.data,
-                **config.train_options(),
+                config.training,
+                config.objective,
                 progress=progress,
                 checkpoint=checkpoint,
                 resume=resume,
@@ -243,6 +328,21 @@ class Run:
             )
         self.finish()
         return history
+
+    def _check_can_train(self, config: RunConfig, resume: TrainState | None) -> None:
+        """Refuse, before any work, settings the run cannot train on with from ``resume``."""
+        _check_board(config)
+        epochs = config.training.epochs
+        if resume is not None and resume.epoch >= epochs:
+            raise ConfigError(
+                f"{self.path} has finished {resume.epoch} of {epochs} epochs; ask for more "
+                "{epochs} to train on"
+            )
+
+    def files(self) -> tuple[str, ...]:
+        """The files (and folders, ending in ``/``) training writes into the run folder."""
+        files = (*RUN_FILES, CLASS_PICTURE) if self.vae.drawable_labels else RUN_FILES
+        return files + ((f"{BOARD}/",) if self.config.tensorboard else ())
 
     @contextmanager
     def _checkpoints(self) -> Iterator[Callable[[TrainState], None]]:
@@ -266,15 +366,14 @@ class Run:
         of the VAE as it is, on the test set (:meth:`pyro_vae.runs.board.Board.write_epoch`)."""
         x, labels = self.inputs("test")
         reconstructions = self.reconstructions(RECONSTRUCTED, x.device)
-        config = self.config
         watching.write_epoch(
             history,
             self.vae,
             x,
             labels,
             reconstructions,
-            seed=config.seed,
-            objective=config.objective,
+            seed=self.config.training.seed,
+            objective=self.config.objective.objective,
         )
 
     def save(self, state: TrainState) -> None:
@@ -295,7 +394,8 @@ class Run:
         """Write ``summary.json`` (kept as ``self.summary``) and the pictures of the trained run."""
         if not distributed.is_main_process():
             return
-        history, data, binarization = self.state.history, self.data, self.config.binarization
+        history, data = self.state.history, self.data
+        binarization = self.config.training.binarization
         x_test = eval_inputs(self.vae.likelihood, data.x_test, binarization).to(self.device)
         labels = None if data.y_test is None else data.y_test.to(self.device)
         self.summary = {
@@ -365,7 +465,7 @@ class Run:
                 "{model} m2"
             )
         vae.to(resolve_device(device))
-        x = eval_inputs(vae.likelihood, self.data.x_test, self.config.binarization)
+        x = eval_inputs(vae.likelihood, self.data.x_test, self.config.training.binarization)
         x, labels = x.to(resolve_device(device)), self.data.y_test
         predicted = predict(vae, x)
         return {
@@ -378,8 +478,7 @@ class Run:
 
         :param config: settings whose data settings are compared with the run's.
         """
-        mine = self.config
-        return (config.dataset, config.data_options()) == (mine.dataset, mine.data_options())
+        return config.data == self.config.data
 
     def data_of(self, config: RunConfig) -> Dataset:
         """The data set that ``config``'s data settings name, checked against the run's model:
@@ -389,8 +488,8 @@ class Run:
         """
         if self.same_data(config):
             return self.data
-        data = load_dataset(config.dataset, **config.data_options())
-        check_shape(self.vae.x_shape, data, f"data set {config.dataset!r}")
+        data = config.data.load()
+        check_shape(self.vae.x_shape, data, f"data set {config.data.dataset!r}")
         return data
 
     def inputs(
@@ -409,7 +508,7 @@ class Run:
             validation.choice("split", split, SPLITS)
         ]
         device = next(self.vae.parameters()).device
-        x = eval_inputs(self.vae.likelihood, x.to(device), self.config.binarization)
+        x = eval_inputs(self.vae.likelihood, x.to(device), self.config.training.binarization)
         return x, None if y is None else y.to(device)
 
     def linear_probe(self, data: Dataset | None = None, *, progress: bool = True) -> Probe:
@@ -423,7 +522,7 @@ class Run:
             own.
         :param progress: show a progress bar while encoding.
         """
-        seed = self.config.seed
+        seed = self.config.training.seed
         train, test = (
             encode(self.vae, *self.inputs(split, data), seed=seed, progress=progress)
             for split in SPLITS
@@ -480,9 +579,11 @@ class Run:
         if device is None:
             device = self.device if self.device == "cpu" or torch.cuda.is_available() else "cpu"
         self.vae.to(resolve_device(device))
-        seed = self.config.seed if seed is None else seed
-        settings = {"objective": self.config.objective, "binarization": self.config.binarization}
-        settings["compile"] = self.config.compile if compile is None else compile
+        training = self.config.training
+        seed = training.seed if seed is None else seed
+        settings = {"objective": self.config.objective.objective}
+        settings |= {"binarization": training.binarization}
+        settings["compile"] = training.compile if compile is None else compile
         result = evaluate(
             self.vae, self.data, seed=seed, iwae_k=iwae_k, progress=progress, **settings
         )
@@ -497,7 +598,7 @@ def _restore(config: RunConfig, file: Path) -> tuple[VAE, TrainState, str]:
     checkpoint = load_checkpoint(file)
     try:
         shape, classes = checkpoint["x_shape"], checkpoint.get("num_classes", 0)
-        vae = build_model(config.model, shape, classes, **config.vae_options())
+        vae = build_model(config.model.model, shape, classes, **config.model.options())
     except (KeyError, PyroVAEError) as e:
         raise PyroVAEError(f"{file} does not fit {file.parent / CONFIG} ({e})") from None
     load_weights(vae, checkpoint, file)
@@ -537,7 +638,7 @@ def _check_board(config: RunConfig) -> None:
 def _load_data(config: RunConfig) -> Dataset:
     # rank 0 first under torchrun: it may download the data set into the shared folder
     with distributed.main_process_first():
-        return load_dataset(config.dataset, **config.data_options())
+        return config.data.load()
 
 
 def _metrics_csv(history: History) -> bytes:

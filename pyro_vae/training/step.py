@@ -33,6 +33,8 @@ class SVIStep:
         epoch (a warm-up), which makes it an input of the step (:meth:`set_kl_weight`).
     :param policy: when to compile the step.
     :param world: the number of processes under torchrun, whose gradients are summed.
+    :param clip_norm: the largest global norm of the gradients, which are scaled down to it when
+        larger (after the all-reduce, so alike on every rank); ``None``: not clipped.
     """
 
     def __init__(
@@ -44,8 +46,9 @@ class SVIStep:
         kl_weight: float | None,
         policy: CompilePolicy,
         world: int = 1,
+        clip_norm: float | None = None,
     ):
-        self.model, self.policy, self.world = model, policy, world
+        self.model, self.policy, self.world, self.clip_norm = model, policy, world, clip_norm
         loss = make_loss(model, objective, num_particles)
         # a weight that changes from epoch to epoch is an input of the (compiled) step
         self.loss_fn = loss if kl_weight is None else partial(loss, kl_weight=kl_weight)
@@ -98,6 +101,8 @@ class SVIStep:
                 loss.backward()
         if self.world > 1:
             loss = distributed.all_reduce_gradients(self.parameters, loss)
+        if self.clip_norm is not None:  # foreach, no error check: no read back to the host
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_norm, foreach=True)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()

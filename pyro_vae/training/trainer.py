@@ -14,17 +14,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pyro
 import torch
 
 from pyro_vae import validation
+from pyro_vae.config import (
+    ObjectiveConfig,
+    TrainingConfig,
+    check_objective,
+    training_sections,
+)
 from pyro_vae.data.sources import Dataset, check_shape, eval_inputs, needs_binarization
 from pyro_vae.device import resolve_device
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.compiling import COMPILE, CompilePolicy
+from pyro_vae.infer.compiling import CompilePolicy
 from pyro_vae.infer.elbo import closed_form_kl
-from pyro_vae.models import MODELS
 from pyro_vae.models.program import Program
 from pyro_vae.parts.registry import name_of
 from pyro_vae.training import distributed
@@ -46,259 +52,118 @@ AUTO_TIMED_STEPS = 5
 
 
 def train(
-    vae: Program,
+    model: Program,
     data: Dataset,
+    training: TrainingConfig | None = None,
+    objective: ObjectiveConfig | str | None = None,
     *,
-    epochs: int = 10,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    objective: str = "trace",
-    num_particles: int = 1,
-    beta: float = 1.0,
-    kl_warmup: int = 0,
-    labeled: int | None = None,
-    binarization: str = "dynamic",
-    compile: str | bool = "off",
-    stream: bool = False,
-    workers: int = 2,
     progress: bool = True,
     checkpoint: Callable[[TrainState], None] | None = None,
     resume: TrainState | None = None,
     stop: Callable[[], bool] | None = None,
+    **settings: Any,
 ) -> History:
-    """Fit ``vae`` to ``data.x_train`` by SVI; return the per-epoch history.
+    """Fit ``model`` to ``data.x_train`` by SVI; return the per-epoch history.
 
-    :param vae: the model, trained in place (and moved to ``device``): a
-        :class:`~pyro_vae.models.vae.VAE`, :class:`~pyro_vae.models.cvae.CVAE` or
-        :class:`~pyro_vae.models.m2.M2`, any model of :data:`~pyro_vae.models.MODELS` (as
-        :func:`~pyro_vae.models.build_model` makes them): an ``nn.Module`` whose Pyro programs
-        ``model`` and ``guide`` share its parameters.
-    :param data: the data set, a :class:`~pyro_vae.data.sources.Dataset` as
-        :func:`~pyro_vae.data.sources.load_dataset` gives it: training on ``x_train``, the test ELBO
-        on ``x_test``. Its examples must have the shape ``vae.x_shape``; the CVAE and M2 need its
-        labels.
-    :param epochs: the passes over the training set (for M2, over its unlabelled examples); with
-        ``resume``, the total, the epochs already done included.
-    :param batch_size: the examples of a step (the last batch of an epoch may be smaller); under
-        torchrun, of all the ranks together.
-    :param lr: Adam's learning rate.
-    :param device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (a CUDA GPU if there is one,
-        else the CPU), or a :class:`torch.device`: where the model and the data are put.
-    :param objective: ``"trace"`` (``Trace_ELBO``), ``"meanfield"`` (``TraceMeanField_ELBO``),
-        ``"iwae"`` (``RenyiELBO(alpha=0)``: the importance-weighted bound of Burda et al. 2015),
-        or the hand-written twins ``"manual"`` (:func:`pyro_vae.infer.elbo.manual_elbo`, plain
-        PyTorch, no ``pyro.infer``) and ``"manual-iwae"`` (:func:`pyro_vae.infer.elbo.iwae_bound`).
-    :param num_particles: K, the vectorized particles each example's objective averages over
-        (the ELBOs) or log-mean-exps over (the IWAE bound).
-    :param beta: the weight of the KL term, ``E_q[log p(x|z)] - beta KL(q(z|x) || p(z))``
-        (Higgins et al. 2017); 1 is the ELBO. Not for the IWAE objectives, which have no KL term.
-    :param kl_warmup: N > 0: the weight rises linearly over the first N epochs, beta/N in the
-        first, 2 beta/N in the second, ..., beta in the N-th and after (Bowman et al. 2016,
-        Sonderby et al. 2016); 0: beta throughout. ``history.kl_weight`` has each epoch's weight;
-        the test ELBO is always the ELBO itself, weight 1.
-    :param labeled: for a semi-supervised model (M2), the number of training examples whose
-        labels it sees, chosen with ``seed`` and balanced over the classes
-        (:func:`pyro_vae.data.sources.labeled_split`); the others are its unlabelled examples. An
-        epoch is one pass over the unlabelled ones, ``batch_size`` a step; each step also takes the
-        next ``min(batch_size, labeled)`` labelled examples from an endless stream of seeded
-        permutations of them, so every step's batch mixes both, half and half (one shape, one
-        compiled graph), and the few labelled examples are seen far more often than once an
-        epoch (``benchmarks/results/semi-supervised-*.md``: this beat the tutorial's once an epoch).
-        The CVAE (``"all"``) takes every example's label; both need ``data``'s labels.
-    :param binarization: ``"dynamic"``: for a binary likelihood, grey training data is binarized
-        afresh in every batch and the test set once with a fixed seed (:mod:`pyro_vae.data`);
-        ``"none"``: the data are used as they are.
-    :param compile: ``"on"`` (or ``True``): after the first step, capture the step on a full
-        batch (the Pyro program's loss and gradients) as one graph and compile it
-        (:mod:`pyro_vae.infer.compiling`); ``"off"`` (``False``): every step eager; ``"auto"``: time
-        a few eager steps and compile when the steps ahead repay the compile time. A program that
-        cannot be captured trains eagerly; ``history.compile`` says what happened, in one line.
-        Compiled steps agree with eager ones to float32 rounding.
-    :param stream: keep the training set in host memory and bring each batch to the device
-        through a ``DataLoader`` with ``workers`` worker processes (0: in this process), as is
-        done anyway for a set larger than half the device's memory (:mod:`pyro_vae.data.streaming`).
-        The same steps as in memory, number for number; ``history.data`` says which was used.
-    :param workers: the ``DataLoader``'s worker processes for a streamed training set; 0 loads
-        the batches in this process. Unused when the set is kept on the device.
-    :param seed: seeds the batch order, the binarization and the guide's noise. The initial
-        weights come from the RNG state when ``vae`` was built: seed before building it
-        (``pyro.set_rng_seed``) for a fully repeatable run.
+    How training runs is a :class:`~pyro_vae.config.TrainingConfig` and what it maximizes an
+    :class:`~pyro_vae.config.ObjectiveConfig`, the sections of a run's
+    :class:`~pyro_vae.config.RunConfig`, with their defaults and help text; any of their settings
+    may also be given by name, ``train(vae, data, epochs=50, objective="iwae", num_particles=5)``.
+    Among them: ``epochs`` counts the passes over the training set (for M2, over its unlabelled
+    examples; with ``resume``, the epochs already done included); ``batch_size`` the examples of
+    a step, of all ranks together under torchrun; ``seed`` seeds the batch order, the
+    binarization and the guide's noise (seed the initial weights with ``pyro.set_rng_seed``
+    before building the model); ``kl_warmup`` N makes the KL weight rise as beta/N, 2 beta/N, ...
+    over the first N epochs (``history.kl_weight``; the test ELBO is always the ELBO itself);
+    ``labeled``, for M2, picks that many labelled examples, balanced over the classes, and every
+    step takes the next ``min(batch_size, labeled)`` of an endless stream of seeded permutations
+    of them beside its unlabelled batch (one shape, one compiled graph;
+    ``benchmarks/results/semi-supervised-*.md``); ``compile`` ``"auto"`` times a few eager steps
+    and compiles the step (:mod:`pyro_vae.infer.compiling`) when the steps ahead repay it, and
+    ``history.compile`` says what happened; ``stream`` brings the batches from host memory by a
+    ``DataLoader`` (:mod:`pyro_vae.data.streaming`), the same steps number for number;
+    ``clip_norm`` clips the gradients' global norm, after the all-reduce under torchrun.
+
+    :param model: the model, trained in place (and moved to the device): any model of
+        :data:`~pyro_vae.models.MODELS` (:func:`~pyro_vae.models.build_model`), or any
+        :class:`~pyro_vae.models.program.Program`.
+    :param data: the data set, as :func:`~pyro_vae.data.sources.load_dataset` gives it: training
+        on ``x_train``, the test ELBO on ``x_test``; examples of the shape ``model.x_shape``, and
+        labels for the models that take them.
+    :param training: how training runs; ``None``: the defaults.
+    :param objective: what training maximizes, or the objective's name (``"trace"``,
+        ``"meanfield"``, ``"iwae"``, ...); ``None``: the defaults.
     :param progress: show a progress bar and say where the data live and what came of compiling
         (on stderr; under torchrun, rank 0 alone).
-    :param checkpoint: called with the :class:`TrainState` after every epoch and when ``stop``
-        ends training early, e.g. to write a checkpoint.
-    :param resume: a state handed to ``checkpoint`` earlier (``vae`` holding the weights of that
+    :param checkpoint: called with the :class:`~pyro_vae.training.state.TrainState` after every
+        epoch and when ``stop`` ends training early, e.g. to write a checkpoint.
+    :param resume: a state handed to ``checkpoint`` earlier (``model`` holding the weights of that
         moment): training goes on from it and takes the very steps the uninterrupted run would.
     :param stop: asked after every step; when it returns true, the state is handed to
-        ``checkpoint`` and :class:`TrainingInterrupted` is raised. Under torchrun the ranks agree
-        every :data:`CHECK_EVERY` steps, so all of them stop after the same step.
+        ``checkpoint`` and :class:`~pyro_vae.training.state.TrainingInterrupted` is raised. Under
+        torchrun the ranks agree every :data:`~pyro_vae.training.callbacks.CHECK_EVERY` steps, so
+        all of them stop after the same step.
+    :param settings: settings of either section by name, over ``training`` and ``objective``.
 
-    The test ELBO after each epoch is :func:`pyro_vae.infer.elbo.dataset_elbo` with ``seed``. A loss
-    that stops being finite raises :class:`TrainingError` (checked every :data:`CHECK_EVERY`
-    steps and at the end of each epoch), before ``checkpoint`` can see the broken weights.
-
-    Inside a ``torch.distributed`` process group (``torchrun``), each rank trains on its shard
-    of every global batch of ``batch_size`` and the gradients are summed over ranks
-    (:mod:`pyro_vae.training.distributed`); the history is the same on every rank.
+    The test ELBO after each epoch is :func:`pyro_vae.infer.elbo.dataset_elbo` with the seed. A
+    loss that stops being finite raises :class:`~pyro_vae.training.state.TrainingError`, before
+    ``checkpoint`` can see the broken weights. Inside a ``torch.distributed`` process group
+    (``torchrun``), each rank trains on its shard of every global batch and the gradients are
+    summed over ranks (:mod:`pyro_vae.training.distributed`); the history is the same on every
+    rank.
     """
-    settings = dict(seed=seed, objective=objective, binarization=binarization, compile=compile)
-    settings.update(num_particles=num_particles, beta=beta, kl_warmup=kl_warmup, labeled=labeled)
-    settings.update(stream=stream, workers=workers)
+    training, objective = training_sections(training, objective, settings)
     try:
-        trainer = Trainer(vae, data, batch_size=batch_size, lr=lr, device=device, **settings)
+        trainer = Trainer(model, data, training, objective)
         if resume is not None:
             trainer.restore(resume)
-        return trainer.fit(epochs, progress=progress, checkpoint=checkpoint, stop=stop)
+        return trainer.fit(training.epochs, progress=progress, checkpoint=checkpoint, stop=stop)
     except torch.OutOfMemoryError:  # the GPU's: activations come on top of Trainer's arithmetic
         raise ConfigError(
-            f"training ran out of the memory of {resolve_device(device)}; try a smaller "
+            f"training ran out of the memory of {resolve_device(training.device)}; try a smaller "
             "{batch_size} or smaller {hidden_dims} (the last checkpoint is kept)"
         ) from None
-
-
-def check_objective(
-    objective: str,
-    num_particles: int = 1,
-    beta: float = 1.0,
-    kl_warmup: int = 0,
-    epochs: int | None = None,
-    guide: str | None = None,
-    model: str = "vae",
-) -> tuple[int, float, int]:
-    """``(num_particles, beta, kl_warmup)``, checked against each other, the objective, the
-    ``epochs`` of training, the ``guide`` family and the ``model``: a warm-up longer than
-    training, a KL weight for an objective with no KL term, more particles than the objective
-    draws, or a guide or model the objective cannot use, is a :class:`ConfigError` naming the
-    setting.
-
-    :param objective: the objective's name, as :func:`train` takes it.
-    :param num_particles: K, the particles per example.
-    :param beta: the weight of the KL term.
-    :param kl_warmup: the warm-up's length in epochs; 0 for none.
-    :param epochs: the epochs of training, which the warm-up must not outlast; ``None``: not
-        checked.
-    :param guide: the guide family's name; ``None``: not checked.
-    :param model: the model's name in :data:`~pyro_vae.models.MODELS`, whose objectives are allowed.
-    """
-    objectives = MODELS[validation.choice("model", model, list(MODELS))].objectives
-    if objective not in objectives:
-        raise ConfigError(
-            f"{objective!r} is not one of: {', '.join(objectives)} (the objectives of {{model}} "
-            f"{model!r})",
-            "objective",
-        )
-    families = objectives[objective].guides
-    if guide is not None and families and guide not in families:
-        raise ConfigError(
-            f"objective {objective!r} needs the guide {' or '.join(map(repr, families))}, not "
-            f"{{guide}} {guide!r}: it scores z with the guide's parameters held fixed",
-        )
-    most = objectives[objective].max_particles
-    if most == 1 and num_particles != 1:
-        raise ConfigError(
-            f"must be 1 for {{model}} {model!r}, which sums over the labels exactly and draws "
-            "one z per label",
-            "num_particles",
-        )
-    num_particles = validation.whole("num_particles", num_particles, high=most)
-    beta = validation.positive("beta", beta)
-    kl_warmup = validation.whole("kl_warmup", kl_warmup, low=0)
-    if epochs is not None and kl_warmup > epochs:
-        raise ConfigError(
-            f"({kl_warmup} epochs) is longer than the training ({{epochs}} {epochs})",
-            "kl_warmup",
-        )
-    if not objectives[objective].weighs_kl:
-        for name, value, default in (("beta", beta, 1.0), ("kl_warmup", kl_warmup, 0)):
-            if value != default:
-                raise ConfigError(
-                    f"weighs the KL term of the ELBO, and objective {objective!r}, the IWAE "
-                    "bound, has none: use it with objective 'trace' or 'meanfield'",
-                    name,
-                )
-    return num_particles, beta, kl_warmup
-
-
-def check_labeled(model: str, labeled: int | None) -> int | None:
-    """``labeled``, the labelled examples of a semi-supervised ``model`` (M2), checked: M2 needs
-    it and the other models take none.
-
-    :param model: the model's name in :data:`~pyro_vae.models.MODELS`.
-    :param labeled: the number of labelled examples, or ``None``.
-    """
-    return MODELS[validation.choice("model", model, list(MODELS))].check_labeled(labeled)
 
 
 class Trainer:
     """The moving parts of one training run, set up once: the batches, the step, the random
     generators and the :class:`~pyro_vae.training.state.TrainState`; :meth:`fit` runs epochs of
-    steps. The parameters are :func:`~pyro_vae.training.train`'s, which says more.
+    steps. :func:`~pyro_vae.training.train` says more.
 
     :param model: the model to train, in place (:class:`~pyro_vae.models.program.Program`).
     :param data: the data set: training on ``x_train``, the test ELBO on ``x_test``.
-    :param batch_size: the examples of a step, of all ranks together.
-    :param lr: Adam's learning rate.
-    :param device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a :class:`torch.device`.
-    :param seed: seeds the batch order, the binarization and the guide's noise.
-    :param objective: the objective's name (``"trace"``, ``"meanfield"``, ``"iwae"``, ...).
-    :param binarization: ``"dynamic"`` or ``"none"``.
-    :param compile: ``"on"``, ``"off"`` or ``"auto"`` (or ``True``, ``False``).
-    :param num_particles: K, the vectorized particles of each example's objective.
-    :param beta: the weight of the KL term (after the warm-up).
-    :param kl_warmup: the epochs over which the KL weight rises to ``beta``; 0 for none.
-    :param labeled: the labelled examples of a semi-supervised model; ``None`` for the others.
-    :param stream: stream the training set to the device by a ``DataLoader``, even if it fits.
-    :param workers: the ``DataLoader``'s worker processes, when streamed.
+    :param training: how training runs.
+    :param objective: what training maximizes.
     """
 
     def __init__(
-        self,
-        model: Program,
-        data: Dataset,
-        *,
-        batch_size: int,
-        lr: float,
-        device: str | torch.device,
-        seed: int,
-        objective: str,
-        binarization: str,
-        compile: str | bool = "off",
-        num_particles: int = 1,
-        beta: float = 1.0,
-        kl_warmup: int = 0,
-        labeled: int | None = None,
-        stream: bool = False,
-        workers: int = 2,
+        self, model: Program, data: Dataset, training: TrainingConfig, objective: ObjectiveConfig
     ):
-        batch_size = validation.count("batch_size", batch_size)
         self.num_particles, self.beta, self.kl_warmup = check_objective(
-            objective, num_particles, beta, kl_warmup, guide=_guide_of(model), model=model.name
-        )
-        compile = {True: "on", False: "off"}.get(compile, compile)
-        compile = validation.choice("compile", compile, COMPILE)
-        self.lr, self.seed = validation.positive("lr", lr), validation.seed("seed", seed)
+            objective.objective, objective.num_particles, objective.beta, objective.kl_warmup,
+            guide=_guide_of(model), model=model.name, objectives=model.objectives,
+        )  # fmt: skip
+        self.training, self.objective = training, objective.objective
+        self.lr, self.seed, self.batch_size = training.lr, training.seed, training.batch_size
         check_shape(model.x_shape, data)
         self.rank, self.world = distributed.rank_and_world()
-        if batch_size < self.world:
+        if self.batch_size < self.world:
             raise ConfigError(
-                f"{batch_size} is smaller than the {self.world} processes", "batch_size"
+                f"{self.batch_size} is smaller than the {self.world} processes", "batch_size"
             )
-        self.model, self.objective, self.device = model, objective, resolve_device(device)
-        self.batch_size, self.compile = batch_size, compile
-        workers = validation.whole("workers", workers, low=0)
-        self.x_test = eval_inputs(model.likelihood, data.x_test, binarization)
+        self.model, self.device = model, resolve_device(training.device)
+        self.x_test = eval_inputs(model.likelihood, data.x_test, training.binarization)
         streamed, self.placement = placement(
-            model, data, self.device, stream=validation.flag("stream", stream), workers=workers,
-            batch_size=batch_size, num_particles=self.num_particles, world=self.world,
+            model, data, self.device, stream=training.stream, workers=training.workers,
+            batch_size=self.batch_size, num_particles=self.num_particles, world=self.world,
             x_test=self.x_test,
         )  # fmt: skip
-        model.check_labeled(labeled)
+        model.check_labeled(training.labeled)
         self.source = BatchSource(
-            model, data, self.device, batch_size=batch_size, seed=self.seed, labeled=labeled,
-            streamed=streamed, workers=workers, rank=self.rank, world=self.world,
-            dynamic=needs_binarization(model.likelihood, data.x_train, binarization),
+            model, data, self.device, batch_size=self.batch_size, seed=self.seed,
+            labeled=training.labeled, streamed=streamed, workers=training.workers,
+            rank=self.rank, world=self.world,
+            dynamic=needs_binarization(model.likelihood, data.x_train, training.binarization),
         )  # fmt: skip
         self.x_test = self.x_test.to(self.device)
         self.y_test = None if data.y_test is None else data.y_test.to(self.device)
@@ -315,14 +180,14 @@ class Trainer:
     def _set_up_step(self) -> None:
         """The training step, the test ELBO's loss, and one compile policy for each."""
         model, agree = self.model, lambda worth: distributed.any_rank(worth, self.device)
-        policy = CompilePolicy("the training step", self.compile, timed=AUTO_TIMED_STEPS,
+        compile, clip_norm = self.training.compile, self.training.clip_norm
+        policy = CompilePolicy("the training step", compile, timed=AUTO_TIMED_STEPS,
                                device=self.device, agree=agree)  # fmt: skip
         weight = None if self.kl_warmup else self.beta
-        self.step = SVIStep(
-            model, self.objective, self.num_particles, self.lr, weight, policy, self.world
-        )
+        self.step = SVIStep(model, self.objective, self.num_particles, self.lr, weight, policy,
+                            self.world, clip_norm)  # fmt: skip
         self.test_elbo = TestELBO(model, self.x_test, self.y_test, seed=self.seed,
-                                  objective=self.objective, compile=self.compile,
+                                  objective=self.objective, compile=compile,
                                   agree=agree)  # fmt: skip
         if self.objective == "meanfield":  # Pyro would quietly fall back to the sampled KL instead
             with torch.no_grad():
@@ -362,7 +227,7 @@ class Trainer:
         """
         epochs = validation.count("epochs", epochs)
         check_objective(self.objective, self.num_particles, self.beta, self.kl_warmup, epochs,
-                        None, self.model.name)  # fmt: skip
+                        None, self.model.name, self.model.objectives)  # fmt: skip
         total = epochs * self.steps_per_epoch
         done = self.state.epoch * self.steps_per_epoch + self.state.step_in_epoch
         self.steps_left, self.epochs = total - done, epochs
