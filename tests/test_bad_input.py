@@ -411,12 +411,12 @@ def test_a_picture_that_cannot_be_written_is_one_line(
 def test_a_gpu_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch):
     # CI has no GPU: raise what torch raises when a CUDA allocation fails
     import pyro_vae.runs.folder
-    from pyro_vae.training.trainer import Trainer
+    from pyro_vae.training.step import SVIStep
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(Trainer, "step", out_of_memory)
+    monkeypatch.setattr(SVIStep, "__call__", out_of_memory)
     line = one_error_line(capsys, ["train", *DIGITS, "--out", str(tmp_path / "new")])
     assert line == (
         "pyro-vae: error: training ran out of the memory of cpu; try a smaller --batch-size or "

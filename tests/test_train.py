@@ -113,7 +113,7 @@ def test_validation_is_on_for_the_first_step(digits):
         ({"beta": float("inf")}, "beta must be a positive finite number, got inf"),
         ({"num_particles": 0}, "num_particles must be at least 1, got 0"),
         ({"kl_warmup": -1}, "kl_warmup must be at least 0, got -1"),
-        ({"kl_warmup": 11}, r"kl_warmup \(11 epochs\) is longer than the training \(epochs 10\)"),
+        ({"kl_warmup": 21}, r"kl_warmup \(21 epochs\) is longer than the training \(epochs 20\)"),
         ({"objective": "iwae", "beta": 2.0}, "^beta weighs the KL term of the ELBO, and objective"),
         ({"objective": "manual-iwae", "kl_warmup": 2}, "kl_warmup weighs the KL term of the"),
     ],

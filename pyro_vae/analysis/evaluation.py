@@ -26,7 +26,6 @@ q(y|x). Both models' ``kl_per_dim`` and ``active_units`` are of q(z | x, y) at t
 from __future__ import annotations
 
 import math
-import time
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -37,7 +36,7 @@ from torch.distributions import Independent, kl_divergence
 from pyro_vae import validation
 from pyro_vae.analysis.codes import encode
 from pyro_vae.data.sources import Dataset, as_floats, check_shape, eval_inputs
-from pyro_vae.infer.compiling import CompiledLoss, compile_when_it_pays
+from pyro_vae.infer.compiling import COMPILE, CompiledLoss, CompilePolicy
 from pyro_vae.infer.elbo import dataset_elbo
 from pyro_vae.infer.passes import EVAL_BATCH_SIZE, seeded_pass
 from pyro_vae.models.program import Program as VAE
@@ -251,35 +250,34 @@ def iwae_estimate(
     :param labels: the examples' integer labels, ``(N,)``, which the conditional VAE is given;
         unused by the VAE and M2 (which sums its labels out).
     """
-    validation.choice("compile", compile, ("auto", "on", "off"))
+    validation.choice("compile", compile, COMPILE)
     x = vae.inputs(x)
     given = vae.condition(labels, x)
     first = (x[:EVAL_BATCH_SIZE], *(g[:EVAL_BATCH_SIZE] for g in given))
     chunk = vae.iwae_chunk_size(*first[:1], k, *first[1:])
     per_batch = k // chunk  # full chunks per batch
     full_chunks = max(1, len(x) // EVAL_BATCH_SIZE) * per_batch  # in batches shaped like the first
-    decide_at = 0 if compile == "on" else 1  # "auto" first times a batch
-    status = "off" if compile == "off" else "the IWAE bound stayed eager: too few batches to decide"
-    compiled, total, elapsed, seconds, bounds = None, 0.0, 0.0, 0.0, []
+    policy = CompilePolicy("the IWAE bound", compile, timed=per_batch, device=x.device)
+    total, bounds = 0.0, []
     with seeded_pass(x, given, seed=seed, progress=progress, desc=f"IWAE k={k}") as batches:
         for i, (batch, cond) in enumerate(batches):
-            if compile != "off" and i == decide_at and batch.shape == first[0].shape:
-                compiled, status, seconds = compile_when_it_pays(
-                    "the IWAE bound",
+            # "auto" times the first batch's chunks and decides at the second
+            if batch.shape == first[0].shape and policy.ready(calls=per_batch):
+                policy.decide(
                     lambda b=batch, c=cond: CompiledLoss(
                         vae, partial(_chunk, vae, chunk), b, *c, gradients=False
                     ),
                     batch,
-                    None if compile == "on" else elapsed / max(1, per_batch),
                     full_chunks - i * per_batch,
                 )
-            start = time.perf_counter()
+            compiled = policy.compiled
             full_chunk = compiled if compiled and batch.shape == compiled.shape else None
             bound = vae.iwae_bound(batch, k, full_chunk, cond)
             total += float(bound.sum())
             bounds.append(bound)
-            elapsed = time.perf_counter() - start
-    return IWAEEstimate(total / len(x), status, seconds, torch.cat(bounds))
+    undecided = "the IWAE bound stayed eager: too few batches to decide"
+    status = policy.message if policy.decided else undecided
+    return IWAEEstimate(total / len(x), status, policy.seconds, torch.cat(bounds))
 
 
 @torch.no_grad()
