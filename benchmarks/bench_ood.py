@@ -36,7 +36,8 @@ import _common as C  # noqa: E402
 from pyro_vae.analysis.scores import auroc, score  # noqa: E402
 from pyro_vae.config import RunConfig  # noqa: E402
 from pyro_vae.data.sources import Dataset  # noqa: E402
-from pyro_vae.runs.folder import CHECKPOINT, SUMMARY, Run  # noqa: E402
+from pyro_vae.runs.folder import Run  # noqa: E402
+from pyro_vae.runs.layout import CHECKPOINT, SUMMARY  # noqa: E402
 
 # the scores compared, each larger for a more typical image: (name, from score()'s columns)
 SCORES = {

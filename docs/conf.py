@@ -49,12 +49,14 @@ nitpicky = True
 EXTERNAL = (
     "torch|pyro|numpy|np|arviz|az|matplotlib|sklearn|scipy|tqdm|torchvision|PIL"
     "|collections|typing|pathlib|os|argparse|contextlib|dataclasses|enum|types|signal|datetime"
-    "|nn|Path"
+    "|nn|Path|dist"
 )
 nitpick_ignore_regex = [
     (r"py:.*", rf"({EXTERNAL})(\..*)?"),
     # a private name (a helper class in a type hint, say) is undocumented by design
     (r"py:.*", r"(.*\.)?_[A-Za-z]\w*"),
+    # the loss functions' type alias of pyro_vae.infer.elbo, a Callable
+    (r"py:class", r"(.*\.)?LossFn"),
 ]
 
 # the notebooks are rendered as committed, outputs and all: the docs build never runs them

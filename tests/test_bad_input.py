@@ -14,7 +14,8 @@ import torch
 
 from pyro_vae.cli import main
 from pyro_vae.config import SECTION_OF
-from pyro_vae.runs.folder import CHECKPOINT, CONFIG, Run
+from pyro_vae.runs.folder import Run
+from pyro_vae.runs.layout import CHECKPOINT, CONFIG
 
 FAST = ["--z-dim", "4", "--hidden-dims", "32", "--epochs", "1", "--quiet"]
 DIGITS = ["--dataset", "digits", *FAST]
@@ -410,7 +411,7 @@ def test_a_picture_that_cannot_be_written_is_one_line(
 
 def test_a_gpu_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch):
     # CI has no GPU: raise what torch raises when a CUDA allocation fails
-    import pyro_vae.runs.folder
+    import pyro_vae.runs.reports
     from pyro_vae.training.step import SVIStep
 
     def out_of_memory(*args, **kwargs):
@@ -422,7 +423,7 @@ def test_a_gpu_out_of_memory_is_one_line(run_dir, tmp_path, capsys, monkeypatch)
         "pyro-vae: error: training ran out of the memory of cpu; try a smaller --batch-size or "
         "smaller --hidden-dims (the last checkpoint is kept)"
     )
-    monkeypatch.setattr(pyro_vae.runs.folder, "evaluate", out_of_memory)
+    monkeypatch.setattr(pyro_vae.runs.reports, "evaluate", out_of_memory)
     line = one_error_line(capsys, ["evaluate", str(run_dir), "--quiet"])
     assert line == "pyro-vae: error: the GPU ran out of memory; try --device cpu"
 

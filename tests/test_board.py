@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from pyro_vae import ConfigError, Run, RunConfig
 from pyro_vae.cli import main
-from pyro_vae.runs.folder import BOARD, CHECKPOINT, CONFIG, SUMMARY
+from pyro_vae.runs.layout import BOARD, CHECKPOINT, CONFIG, SUMMARY
 
 # compile "off": "auto" decides by timing, and runs compared digit for digit must not decide apart
 SMALL = RunConfig(z_dim=4, hidden_dims=(32,), epochs=2, lr=3e-3, compile="off")

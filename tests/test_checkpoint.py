@@ -7,7 +7,8 @@ from conftest import binary_batch
 
 from pyro_vae import PyroVAEError, Run, RunConfig, train
 from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint
-from pyro_vae.runs.folder import CHECKPOINT, CONFIG, PREVIOUS, RunExists
+from pyro_vae.runs.folder import RunExists
+from pyro_vae.runs.layout import CHECKPOINT, CONFIG, PREVIOUS
 from pyro_vae.training.state import TrainState
 
 CONFIG_OF_SMALL_VAE = RunConfig(z_dim=4, hidden_dims=(32,))  # the conftest's small_vae

@@ -16,7 +16,7 @@ import torchvision.datasets
 from pyro_vae.cli.flags import given
 from pyro_vae.cli.program import EXAMPLES, build_parser, main
 from pyro_vae.config import RunConfig
-from pyro_vae.runs.folder import PREVIOUS, RUN_FILES
+from pyro_vae.runs.layout import PREVIOUS, RUN_FILES
 
 FAST = ["--hidden-dims", "64", "--z-dim", "4", "--quiet"]
 

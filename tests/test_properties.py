@@ -35,7 +35,7 @@ from pyro_vae.parts.likelihoods import LIKELIHOODS
 from pyro_vae.parts.networks import NETS
 from pyro_vae.parts.priors import PRIORS
 from pyro_vae.parts.registry import option_names
-from pyro_vae.runs.folder import CHECKPOINT
+from pyro_vae.runs.layout import CHECKPOINT
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("PYRO_VAE_PROPERTY_EXAMPLES", 40)),  # more: a longer hunt

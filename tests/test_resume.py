@@ -17,7 +17,8 @@ import torch
 from pyro_vae import VAE, PyroVAEError, train
 from pyro_vae.cli import main
 from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint, train_state
-from pyro_vae.runs.folder import CHECKPOINT, PREVIOUS, Run
+from pyro_vae.runs.folder import Run
+from pyro_vae.runs.layout import CHECKPOINT, PREVIOUS
 from pyro_vae.training.state import TrainingError, TrainingInterrupted
 
 step_module = importlib.import_module("pyro_vae.training.step")

@@ -9,7 +9,10 @@ import pytest
 from pyro_vae import ConfigError, Run, RunConfig
 from pyro_vae.cli import main
 from pyro_vae.config import FIELDS, SECTIONS
-from pyro_vae.runs.folder import CONFIG, SUMMARY, RunExists
+
+# compile "off": "auto" decides by timing, and two runs on a busy machine may decide apart
+from pyro_vae.runs.folder import RunExists
+from pyro_vae.runs.layout import CONFIG, SUMMARY
 
 # compile "off": "auto" decides by timing, and two runs on a busy machine may decide apart
 SMALL = RunConfig(z_dim=4, hidden_dims=(32,), epochs=2, lr=3e-3, compile="off")

@@ -13,7 +13,8 @@ from pyro_vae.analysis.evaluation import evaluate, independent_logistic_log_like
 from pyro_vae.config import RunConfig, training_sections
 from pyro_vae.data.sources import Dataset
 from pyro_vae.models import build_model
-from pyro_vae.runs.folder import METRICS, Run
+from pyro_vae.runs.folder import Run
+from pyro_vae.runs.layout import METRICS
 
 loader = importlib.import_module("pyro_vae.data.streaming")
 trainer_module = importlib.import_module("pyro_vae.training.trainer")

@@ -18,7 +18,8 @@ from pyro_vae.analysis.walks import interpolate, linear, spherical
 from pyro_vae.cli import main
 from pyro_vae.config import RunConfig
 from pyro_vae.infer.elbo import iwae_bound, manual_elbo
-from pyro_vae.runs.folder import EVALUATION, Run
+from pyro_vae.runs.folder import Run
+from pyro_vae.runs.layout import EVALUATION
 
 SEED = 3
 

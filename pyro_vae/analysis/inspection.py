@@ -154,8 +154,8 @@ def _psis(log_w: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _unconditional_inputs(vae: VAE, x: torch.Tensor) -> torch.Tensor:
-    """``x`` as ``vae`` takes it (:meth:`~pyro_vae.models.vae.VAE.inputs`), once ``vae`` is known to
-    be a model without labels."""
+    """``x`` as ``vae`` takes it (:meth:`~pyro_vae.models.program.Program.inputs`), once ``vae``
+    is known to be a model without labels."""
     if vae.drawable_labels:
         raise ConfigError(
             f"posterior inspection scores q(z|x) and p(x|z) of the plain VAE; model {vae.name!r} "

@@ -16,7 +16,8 @@ from pyro_vae.cli.flags import add_settings, given, whole
 from pyro_vae.cli.outputs import output_path, picture_path, write_output
 from pyro_vae.config import DataConfig
 from pyro_vae.data.sources import Dataset
-from pyro_vae.runs.folder import CODES, EVALUATION, SCORES, SPLITS, TYPICAL, Run
+from pyro_vae.runs.folder import Run
+from pyro_vae.runs.layout import CODES, EVALUATION, SCORES, SPLITS, TYPICAL
 
 TYPICAL_SHOWN = 8  # examples in each row of score's picture
 

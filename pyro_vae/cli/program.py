@@ -10,6 +10,7 @@ traceback.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
@@ -51,7 +52,7 @@ EXAMPLES = {
 }
 
 
-def build_parser() -> ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """The parser of every command, each command's ``func`` the function that runs it."""
     parser = ArgumentParser(
         prog="pyro-vae", description="Variational autoencoders written as Pyro programs."

@@ -21,10 +21,10 @@ from pyro_vae.analysis.walks import PATHS, interpolate
 from pyro_vae.cli.flags import whole
 from pyro_vae.cli.outputs import picture_path, write_output
 from pyro_vae.config import COMPILE
-from pyro_vae.runs.folder import (
+from pyro_vae.runs.folder import Run
+from pyro_vae.runs.layout import (
     CONFUSION,
     EVALUATION,
-    Run,
     interpolation_picture,
     reconstruct_picture,
     sample_picture,

@@ -13,7 +13,8 @@ from pyro_vae.cli.flags import add_settings, flag_for, given
 from pyro_vae.config import FIELDS, PART_OPTIONS, RESUMABLE, RunConfig
 from pyro_vae.device import resolve_device
 from pyro_vae.errors import ConfigError
-from pyro_vae.runs.folder import CHECKPOINT, Run, RunExists, default_path
+from pyro_vae.runs.folder import Run, RunExists
+from pyro_vae.runs.layout import CHECKPOINT, default_path
 from pyro_vae.training import distributed
 from pyro_vae.training.signals import StopOnSignals
 from pyro_vae.training.trainer import TrainingInterrupted

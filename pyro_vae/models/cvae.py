@@ -89,7 +89,7 @@ class CVAE(VAE):
         """p(x, z | y) = p(z) p(x | y, z) for a batch ``x`` and its one-hot labels ``y``.
 
         :param x: the examples, ``(B, *x_shape)``, as a data set stores them
-            (:meth:`~pyro_vae.models.vae.VAE.inputs`).
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
         :param y: their one-hot labels, ``(B, K)``.
         :param kl_weight: w, the weight of the KL term: a positive number or a 0-dim tensor; 1 for
             the ELBO.
@@ -106,7 +106,7 @@ class CVAE(VAE):
         """q(z | x, y), amortized over the batch.
 
         :param x: the examples, ``(B, *x_shape)``, as a data set stores them
-            (:meth:`~pyro_vae.models.vae.VAE.inputs`).
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
         :param y: their one-hot labels, ``(B, K)``.
         :param kl_weight: w, the weight of the KL term: a positive number or a 0-dim tensor; 1 for
             the ELBO.
@@ -120,7 +120,7 @@ class CVAE(VAE):
         """The guide's parameters for ``x`` with labels ``y`` (one-hot).
 
         :param x: the examples, ``(B, *x_shape)``, as a data set stores them
-            (:meth:`~pyro_vae.models.vae.VAE.inputs`).
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
         :param y: their one-hot labels, ``(B, K)``.
         """
         return self.posterior.params(self.encoder(self.inputs(x), y))
@@ -130,8 +130,9 @@ class CVAE(VAE):
         every label at once).
 
         :param x: the examples, ``(B, *x_shape)``, as a data set stores them
-            (:meth:`~pyro_vae.models.vae.VAE.inputs`).
-        :param y: one-hot labels: ``(B, K)``, or :func:`every_label`'s ``(K, 1, K)``.
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
+        :param y: one-hot labels: ``(B, K)``, or
+            :func:`~pyro_vae.models.labels.every_label`'s ``(K, 1, K)``.
         """
         return self.posterior(self.encoder(self.inputs(x), y))
 
@@ -148,7 +149,7 @@ class CVAE(VAE):
         """E[x | y, z = the posterior code of q(z | x, y)]: each input's reconstruction.
 
         :param x: the examples, ``(B, *x_shape)``, as a data set stores them
-            (:meth:`~pyro_vae.models.vae.VAE.inputs`).
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
         :param y: their one-hot labels, ``(B, K)``.
         """
         return self.likelihood.mean(self.decoder(self.encode(x, y)[0], y))

@@ -199,7 +199,7 @@ class M2(CVAE):
         """q(y | x): the classifier's categorical distribution, batch ``(B,)``.
 
         :param x: the examples, ``(B, *x_shape)``, as a data set stores them
-            (:meth:`~pyro_vae.models.vae.VAE.inputs`).
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
         """
         return dist.OneHotCategorical(logits=self.classifier(self.inputs(x)))
 
@@ -212,7 +212,7 @@ class M2(CVAE):
         """p(x, y, z) = p(y) p(z) p(x | y, z); ``y`` (one-hot) observed when given.
 
         :param x: the examples, ``(B, *x_shape)``, as a data set stores them
-            (:meth:`~pyro_vae.models.vae.VAE.inputs`).
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
         :param y: their one-hot labels, ``(B, K)``, observed; ``None`` for unlabelled examples.
         :param kl_weight: w, the weight of the KL term: a positive number or a 0-dim tensor; 1 for
             the ELBO.
@@ -233,7 +233,7 @@ class M2(CVAE):
         """q(y | x) q(z | x, y); y is enumerated (all K values at once) when not given.
 
         :param x: the examples, ``(B, *x_shape)``, as a data set stores them
-            (:meth:`~pyro_vae.models.vae.VAE.inputs`).
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
         :param y: their one-hot labels, ``(B, K)``; ``None``: y is enumerated.
         :param kl_weight: w, the weight of the KL term: a positive number or a 0-dim tensor; 1 for
             the ELBO.
@@ -271,7 +271,7 @@ class M2(CVAE):
         (``None``) the classifier's most probable ones.
 
         :param x: the examples, ``(B, *x_shape)``, as a data set stores them
-            (:meth:`~pyro_vae.models.vae.VAE.inputs`).
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
         :param y: their one-hot labels, ``(B, K)``; ``None``: the classifier's.
         """
         x = self.inputs(x)
@@ -284,7 +284,7 @@ class M2(CVAE):
         """q(y | x) for each example: ``(B, K)`` class probabilities.
 
         :param x: the examples, ``(B, *x_shape)``, as a data set stores them
-            (:meth:`~pyro_vae.models.vae.VAE.inputs`).
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
         """
         return torch.softmax(self.classifier(self.inputs(x)), dim=-1)
 

@@ -5,28 +5,23 @@ A model is an ``nn.Module`` whose Pyro programs ``model(x, *given, kl_weight)`` 
 evaluation, the run folder, the pictures and the command line ask the model, through the methods
 below, for everything that differs between kinds of model; none of them asks which kind it is.
 :class:`Program` is the protocol with a default for each method, so a new kind overrides only
-what it does differently:
+what it does differently (the defaults in brackets):
 
-=============================  ==================================================================
-what differs                   the protocol                            (default)
-=============================  ==================================================================
-what a training step takes     :meth:`~Program.training_data`: the     x alone
-                               examples, per-example tensors the
-                               programs take after x, a labelled pool
-labels it must be told         :meth:`~Program.check_labeled`          none taken
-objectives and their twins     :attr:`~Program.objectives`             Pyro's ``Trace_ELBO``,
-                                                                       ``TraceMeanField_ELBO``,
-                                                                       IWAE
-how evaluation conditions      :meth:`~Program.condition` (the         nothing
-                               programs), :meth:`~Program.
-                               encoder_condition` (q(z|x, ...))
-its test metrics               :meth:`~Program.test_metrics`           none
-the ELBO's two terms           :meth:`~Program.elbo_terms`             from Pyro's traces
-the IWAE bound                 :meth:`~Program.iwae_chunk`             from Pyro's traces,
-                                                                       vectorized particles
-what it can draw               :attr:`~Program.drawable_labels`        no labels
-memory per particle            :meth:`~Program.activation_numbers`     4 numbers per input number
-=============================  ==================================================================
+- what a training step takes: :meth:`~Program.training_data`, the examples, per-example tensors
+  the programs take after x and a labelled pool (default: x alone); :meth:`~Program.check_labeled`,
+  how many labelled examples it must be told (none);
+- the objectives it trains with, :attr:`~Program.objectives`, each naming its hand-written twin,
+  and :meth:`~Program.check_elbo`, which holds them together (Pyro's ``Trace_ELBO``,
+  ``TraceMeanField_ELBO`` and IWAE, no twins);
+- how evaluation conditions: :meth:`~Program.condition` (the programs' labels) and
+  :meth:`~Program.encoder_condition` (q(z|x, ...)'s) (nothing);
+- its test metrics, :meth:`~Program.test_metrics` (none); the ELBO's two terms,
+  :meth:`~Program.elbo_terms`, and the IWAE bound, :meth:`~Program.iwae_chunk` and
+  :meth:`~Program.iwae_bound` (from Pyro's traces, the particles vectorized);
+- what it can draw, :attr:`~Program.drawable_labels` (no labels); the memory a particle keeps,
+  :meth:`~Program.activation_numbers` (four numbers per input number);
+- how it is built for a data set: :meth:`~Program.build`, :meth:`~Program.label_classes` and
+  :meth:`~Program.check_data` (from the examples' shape alone).
 
 A kind is registered by name in :data:`pyro_vae.models.MODELS`; ``pyro-vae train --model NAME``
 builds it with :func:`pyro_vae.models.build_model`.

@@ -133,7 +133,8 @@ class VAE(Program):
         """p(x, z) = p(z) p(x|z) for a batch ``x`` of shape ``(B, *x_shape)``; log p(z) weighted
         by ``kl_weight`` (a positive number or 0-dim tensor).
 
-        :param x: the examples, ``(B, *x_shape)``, as a data set stores them (:meth:`inputs`).
+        :param x: the examples, ``(B, *x_shape)``, as a data set stores them
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
         :param kl_weight: w, the weight of the KL term: a positive number or a 0-dim tensor; 1 for
             the ELBO.
         """
@@ -147,7 +148,8 @@ class VAE(Program):
         """q(z|x), amortized: one encoder pass gives the posterior of every example; log q(z|x)
         weighted by ``kl_weight``, as log p(z) is in the model.
 
-        :param x: the examples, ``(B, *x_shape)``, as a data set stores them (:meth:`inputs`).
+        :param x: the examples, ``(B, *x_shape)``, as a data set stores them
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
         :param kl_weight: w, the weight of the KL term: a positive number or a 0-dim tensor; 1 for
             the ELBO.
         """
@@ -160,14 +162,16 @@ class VAE(Program):
         """The guide's parameters for ``x``: ``(loc, scale)`` of q(z|x), each ``(B, z_dim)``, for
         the diagonal family (other families: see their ``params``).
 
-        :param x: the examples, ``(B, *x_shape)``, as a data set stores them (:meth:`inputs`).
+        :param x: the examples, ``(B, *x_shape)``, as a data set stores them
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
         """
         return self.posterior.params(self.encoder(self.inputs(x)))
 
     def posterior_dist(self, x: torch.Tensor) -> dist.Distribution:
         """q(z|x) for a batch ``x``: batch shape ``(B,)``, event shape ``(z_dim,)``.
 
-        :param x: the examples, ``(B, *x_shape)``, as a data set stores them (:meth:`inputs`).
+        :param x: the examples, ``(B, *x_shape)``, as a data set stores them
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
         """
         return self.posterior(self.encoder(self.inputs(x)))
 
@@ -190,7 +194,8 @@ class VAE(Program):
         """E[x | z = posterior code of q(z|x)] (its mean for Gaussian guides): each input's
         reconstruction, shaped like ``x``.
 
-        :param x: the examples, ``(B, *x_shape)``, as a data set stores them (:meth:`inputs`).
+        :param x: the examples, ``(B, *x_shape)``, as a data set stores them
+            (:meth:`~pyro_vae.models.program.Program.inputs`).
         """
         code = self.encode(x)[0]  # every guide family puts its representative code first
         return self.likelihood.mean(self.decoder(code))

@@ -12,8 +12,8 @@
 | ``evaluation.json``    | :meth:`Run.evaluate`'s figures, the linear probe's                      |
 |                        | (:meth:`~Run.record`)                                                   |
 | ``sample-seedS-nN.png``| what the commands on a trained run write, each to a name of its own     |
-| ``reconstruct-nN.png`` | (:func:`sample_picture`, :func:`reconstruct_picture`, ...), so that     |
-| ``codes.npz``, ...     | training's pictures are kept                                            |
+| ``reconstruct-nN.png`` | (:mod:`pyro_vae.runs.layout`), so that training's pictures are kept     |
+| ``codes.npz``, ...     |                                                                         |
 | ``tensorboard/``       | with ``tensorboard``: TensorBoard event files, after every epoch        |
 |                        | (:mod:`pyro_vae.runs.board`)                                            |
 +------------------------+-------------------------------------------------------------------------+
@@ -27,18 +27,16 @@
     run = Run.resume("runs/a", {"epochs": 90})          # the same, settings checked first
     run.evaluate(iwae_k=5000)                           # writes evaluation.json
 
-Under ``torchrun`` every rank holds the run and trains; rank 0 alone writes the folder.
+Under ``torchrun`` every rank holds the run and trains; rank 0 alone writes the folder. The
+reports of a trained run (the summary, pictures, evaluation) are :mod:`pyro_vae.runs.reports`'.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import os
-import platform
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,92 +46,33 @@ import pyro
 import torch
 
 from pyro_vae import validation
-from pyro_vae.analysis.codes import Probe, encode, linear_probe
-from pyro_vae.analysis.evaluation import (
-    active_units,
-    add_bits_per_dim,
-    baseline_log_likelihood,
-    confusion_matrix,
-    evaluate,
-)
-from pyro_vae.analysis.plots import (
-    plot_class_samples,
-    plot_elbo,
-    plot_reconstructions,
-    plot_samples,
-)
 from pyro_vae.config import RESUMABLE, ModelConfig, RunConfig
 from pyro_vae.data.sources import (
     Dataset,
-    as_floats,
     check_shape,
-    eval_inputs,
     labeled_split,
 )
 from pyro_vae.device import resolve_device
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.files import atomic_write, write_json
 from pyro_vae.models import MODELS, build_model
-from pyro_vae.models.m2 import predict
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs import board
 from pyro_vae.runs.checkpoint import load_checkpoint, load_weights, save_checkpoint, train_state
+from pyro_vae.runs.layout import (
+    BOARD,
+    CHECKPOINT,
+    CLASS_PICTURE,
+    CONFIG,
+    METRICS,
+    PREVIOUS,
+    RECONSTRUCTED,
+    RUN_FILES,
+)
+from pyro_vae.runs.reports import RunReports
 from pyro_vae.training import distributed
 from pyro_vae.training.state import History, TrainState
 from pyro_vae.training.trainer import train
-from pyro_vae.version import __version__
-
-CONFIG, CHECKPOINT, METRICS, SUMMARY = "config.json", "checkpoint.pt", "metrics.csv", "summary.json"
-PREVIOUS = "checkpoint.prev.pt"  # the checkpoint before the last, kept for when that one is damaged
-PICTURES = ("reconstructions.png", "samples.png", "elbo.png")
-RUN_FILES = (CONFIG, METRICS, SUMMARY, CHECKPOINT, *PICTURES)
-EVALUATION = "evaluation.json"
-SPLITS = ("train", "test")
-CLASS_PICTURE = "classes.png"  # the label models' samples, a column per class
-BOARD = "tensorboard"  # the folder of TensorBoard's event files, for runs that write them
-RECONSTRUCTED = 32  # the test images pictured over their reconstructions
-# what the commands on a trained run write by default (pyro_vae.cli)
-CODES, SCORES, TYPICAL, CONFUSION = "codes.npz", "scores.csv", "typical.png", "confusion.png"
-
-
-def sample_picture(seed: int, num: int, label: int | None = None) -> str:
-    """The name of a picture of ``num`` samples drawn with ``seed``, of class ``label`` if one is
-    given: ``sample-seedS-nN.png`` or ``sample-classK-seedS-nN.png`` (training's are
-    ``samples.png``, kept).
-
-    :param seed: the seed of the draws.
-    :param num: the number of samples.
-    :param label: the class of every sample, or ``None`` for the classes in turn.
-    """
-    of_class = "" if label is None else f"-class{label}"
-    return f"sample{of_class}-seed{seed}-n{num}.png"
-
-
-def reconstruct_picture(num: int) -> str:
-    """The name of a picture of ``num`` test images over their reconstructions,
-    ``reconstruct-nN.png`` (training's are ``reconstructions.png``, kept).
-
-    :param num: the number of test images.
-    """
-    return f"reconstruct-n{num}.png"
-
-
-def interpolation_picture(start: int, end: int) -> str:
-    """The name of a picture of a walk from test example ``start`` to ``end``,
-    ``interpolation-I-J.png``.
-
-    :param start: the test example it starts from.
-    :param end: the test example it ends at.
-    """
-    return f"interpolation-{start}-{end}.png"
-
-
-def default_path(config: RunConfig) -> Path:
-    """Where a new run of ``config`` goes when no folder is named: ``runs/DATASET-DATE-TIME``.
-
-    :param config: the run's settings.
-    """
-    return Path("runs") / f"{config.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def new_model(config: ModelConfig, data: Dataset, seed: int) -> VAE:
@@ -153,11 +92,11 @@ class RunExists(ConfigError):
     """:meth:`Run.create` was asked for a folder that already holds a run."""
 
 
-class Run:
+class Run(RunReports):
     """A run folder and what it holds: the config, the VAE, its data and the training state.
 
     Make one with :meth:`create` (a new run) or :meth:`open` (a run on disk); :meth:`train` trains
-    it or goes on training it, and :meth:`evaluate` scores it.
+    it or goes on training it, and :meth:`~pyro_vae.runs.reports.RunReports.evaluate` scores it.
 
     :param path: the run folder.
     :param config: the run's settings.
@@ -274,20 +213,15 @@ class Run:
     def train(
         self,
         *,
-        epochs: int | None = None,
-        lr: float | None = None,
-        device: str | None = None,
-        compile: str | None = None,
-        stream: bool | None = None,
-        workers: int | None = None,
-        tensorboard: bool | None = None,
         progress: bool = True,
         stop: Callable[[], bool] | None = None,
+        **settings: Any,
     ) -> History:
-        """Train the run to ``epochs`` epochs (default: its config's), going on from its last
-        checkpoint exactly as if it had never stopped. ``epochs``, ``lr``, ``device``,
-        ``compile``, ``stream``, ``workers`` and ``tensorboard`` may differ from the run's
-        config (the settings of :meth:`resume` too), which is rewritten with them.
+        """Train the run to its config's epochs, going on from its last checkpoint exactly as if
+        it had never stopped. ``settings`` may change what a resumed run may change
+        (:data:`~pyro_vae.config.RESUMABLE`: ``epochs``, ``lr``, ``device``, ``compile``,
+        ``stream``, ``workers``, ``tensorboard``); the config, with :meth:`resume`'s settings too,
+        is rewritten with them.
 
         A checkpoint and ``metrics.csv`` are written after every epoch and when ``stop`` ends
         training (:class:`~pyro_vae.training.state.TrainingInterrupted`), the checkpoint before
@@ -295,19 +229,19 @@ class Run:
         epoch's TensorBoard figures before them (:mod:`pyro_vae.runs.board`); ``summary.json`` and
         the pictures when it is done.
 
-        :param epochs: the total of epochs to train to, those done included; ``None``: the config's.
-        :param lr: Adam's learning rate from now on; ``None``: the config's.
-        :param device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``None``: the config's.
-        :param compile: ``"auto"``, ``"on"`` or ``"off"``; ``None``: the config's.
-        :param stream: stream the batches by a ``DataLoader``; ``None``: the config's.
-        :param workers: the ``DataLoader``'s worker processes; ``None``: the config's.
-        :param tensorboard: write TensorBoard event files; ``None``: the config's.
         :param progress: show a progress bar.
         :param stop: asked after every step; when it returns true, the state is saved and
             :class:`~pyro_vae.training.state.TrainingInterrupted` raised.
+        :param settings: resumable settings by name (``epochs=80``); ``None`` values are the
+            config's.
         """
-        asked = {"epochs": epochs, "lr": lr, "device": device, "compile": compile}
-        asked.update(stream=stream, workers=workers, tensorboard=tensorboard)
+        unknown = sorted(set(settings) - set(RESUMABLE))
+        if unknown:
+            raise TypeError(
+                f"Run.train() cannot change {', '.join(unknown)}; a run may change "
+                f"{', '.join(RESUMABLE)}"
+            )
+        asked = settings
         config = self.config.replace(**{k: v for k, v in asked.items() if v is not None})
         resume = self.state if self.state.optimizer is not None else None
         self._check_can_train(config, resume)
@@ -390,207 +324,6 @@ class Run:
             self._keep_last = True
             atomic_write(self.path / METRICS, lambda f: f.write(_metrics_csv(state.history)))
 
-    def finish(self) -> None:
-        """Write ``summary.json`` (kept as ``self.summary``) and the pictures of the trained run."""
-        if not distributed.is_main_process():
-            return
-        history, data = self.state.history, self.data
-        binarization = self.config.training.binarization
-        x_test = eval_inputs(self.vae.likelihood, data.x_test, binarization).to(self.device)
-        labels = None if data.y_test is None else data.y_test.to(self.device)
-        self.summary = {
-            "test_elbo": history.test_elbo[-1],
-            "train_elbo": history.train_elbo[-1],
-            "epochs": history.epoch[-1],
-            "device": self.device,
-            "train_seconds": sum(history.seconds),
-            "compile": history.compile,
-            "compile_seconds": history.compile_seconds,
-            "data": history.data,
-            "baseline_log_likelihood": baseline_log_likelihood(self.vae, data.x_train, x_test),
-            "active_units": active_units(self.vae, x_test, labels=labels)[0],
-            "num_train": len(data.x_train),
-            "num_test": len(data.x_test),
-            "versions": versions(),
-        }
-        self.summary.update(self.vae.test_metrics(x_test, labels))
-        add_bits_per_dim(self.summary, self.vae)
-        write_json(self.path / SUMMARY, self.summary)
-        vae = self.vae
-        reconstructions = self.reconstructions(RECONSTRUCTED, self.device)
-        plot_reconstructions(*reconstructions, self.path / PICTURES[0])
-        plot_samples(vae.sample(board.SAMPLES), self.path / PICTURES[1])
-        plot_elbo(history.__dict__, self.path / PICTURES[2])
-        if vae.drawable_labels:
-            plot_class_samples(vae, self.path / CLASS_PICTURE)
-
-    def reconstructions(
-        self, n: int, device: str | torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` test images spread evenly over the test set (the first and the last among them;
-        all of them for ``n`` at least its size), on ``device``, and their reconstructions: given
-        their labels for the conditional VAE, M2's most probable ones for M2. Spread, because a
-        test set may come in order: the photos' first 32 patches are all sky.
-
-        :param n: the number of test images.
-        :param device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a :class:`torch.device`.
-        """
-        vae, data = self.vae, self.data
-        m = len(data.x_test)
-        index = torch.linspace(0, m - 1, min(n, m)).round().long()
-        x = self.test_images(index, device)
-        labels = None if data.y_test is None else data.y_test[index]
-        return x, vae.reconstruct(x, *vae.condition(labels, x))
-
-    def test_images(self, index: torch.Tensor, device: str | torch.device) -> torch.Tensor:
-        """The test images at ``index`` as they are (grey levels, not binarized), on ``device``:
-        the inputs of the pictures of reconstructions and interpolations.
-
-        :param index: the test images' indices, int64.
-        :param device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a :class:`torch.device`.
-        """
-        return as_floats(self.data.x_test[index].to(resolve_device(device)))
-
-    def classify(self, device: str | torch.device = "cpu") -> dict[str, Any]:
-        """The test accuracy of M2's classifier, argmax q(y|x) (``test_accuracy``), and the
-        ``confusion`` matrix, rows the true labels and columns the predicted ones.
-
-        :param device: where to run the classifier: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``
-            or a :class:`torch.device`.
-        """
-        vae = self.vae
-        if not hasattr(vae, "classify"):
-            raise ConfigError(
-                f"{self.path} holds model {vae.name!r}, which has no classifier; train one with "
-                "{model} m2"
-            )
-        vae.to(resolve_device(device))
-        x = eval_inputs(vae.likelihood, self.data.x_test, self.config.training.binarization)
-        x, labels = x.to(resolve_device(device)), self.data.y_test
-        predicted = predict(vae, x)
-        return {
-            "test_accuracy": float((predicted.cpu() == labels).double().mean()),
-            "confusion": confusion_matrix(predicted, labels, len(vae.drawable_labels)),
-        }
-
-    def same_data(self, config: RunConfig) -> bool:
-        """Whether ``config``'s data settings are the run's own.
-
-        :param config: settings whose data settings are compared with the run's.
-        """
-        return config.data == self.config.data
-
-    def data_of(self, config: RunConfig) -> Dataset:
-        """The data set that ``config``'s data settings name, checked against the run's model:
-        :attr:`data` when they are the run's own, another data set of the same shape otherwise.
-
-        :param config: settings whose data settings name the data set.
-        """
-        if self.same_data(config):
-            return self.data
-        data = config.data.load()
-        check_shape(self.vae.x_shape, data, f"data set {config.data.dataset!r}")
-        return data
-
-    def inputs(
-        self, split: str = "test", data: Dataset | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The ``split`` (``"train"`` or ``"test"``) of ``data`` (default: the run's own) as the
-        model scores it, binarized as the run's test set is if the likelihood needs it
-        (:func:`~pyro_vae.data.sources.eval_inputs`), on the VAE's device, with its integer labels
-        (or ``None``).
-
-        :param split: ``"train"`` or ``"test"``.
-        :param data: a data set of the run's example shape; ``None``: the run's own.
-        """
-        data = self.data if data is None else data
-        x, y = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}[
-            validation.choice("split", split, SPLITS)
-        ]
-        device = next(self.vae.parameters()).device
-        x = eval_inputs(self.vae.likelihood, x.to(device), self.config.training.binarization)
-        return x, None if y is None else y.to(device)
-
-    def linear_probe(self, data: Dataset | None = None, *, progress: bool = True) -> Probe:
-        """A linear probe of the run's codes (:func:`~pyro_vae.analysis.codes.linear_probe`),
-        fitted on the training split of ``data`` (default: the run's own) and scored on its test
-        split. On the run's own data it is also recorded in ``evaluation.json``, as
-        ``linear_probe_accuracy`` and ``linear_probe_chance``. The label models' codes are of
-        q(z|x,y) at the true labels, so their probe says how much of y leaks into z.
-
-        :param data: a data set of the run's example shape (:meth:`data_of`); ``None``: the run's
-            own.
-        :param progress: show a progress bar while encoding.
-        """
-        seed = self.config.training.seed
-        train, test = (
-            encode(self.vae, *self.inputs(split, data), seed=seed, progress=progress)
-            for split in SPLITS
-        )
-        probe = linear_probe(train, test, seed=seed)
-        if data is None or data is self._data:
-            self.record(
-                {"linear_probe_accuracy": probe.accuracy, "linear_probe_chance": probe.chance}
-            )
-        return probe
-
-    def record(self, figures: dict[str, Any]) -> dict[str, Any]:
-        """Add ``figures`` to ``evaluation.json`` and return what it then holds: the figures
-        already there stay if they are of the same epoch (they are dropped otherwise).
-
-        :param figures: figures by name, plain JSON data.
-        """
-        path, kept = self.path / EVALUATION, {}
-        try:
-            kept = json.loads(path.read_text())
-        except (OSError, ValueError):  # none yet, or unreadable: these figures start it afresh
-            pass
-        if not isinstance(kept, dict) or kept.get("epoch") != self.state.epoch:
-            kept = {}
-        kept |= figures | {"epoch": self.state.epoch}
-        if distributed.is_main_process():
-            write_json(path, kept)
-        return kept
-
-    def evaluate(
-        self,
-        *,
-        seed: int | None = None,
-        device: str | None = None,
-        iwae_k: int = 1000,
-        progress: bool = True,
-        compile: str | None = None,
-    ) -> dict[str, Any]:
-        """Score the run on its own test set (:func:`pyro_vae.analysis.evaluation.evaluate`) and
-        write ``evaluation.json``. ``seed`` defaults to the run's seed and ``device`` to the one it
-        trained on (the CPU when that one is not present), so that the test ELBO equals the one
-        in ``summary.json``. ``compile`` (default: the run's) may compile the IWAE bound's
-        chunks (:func:`pyro_vae.analysis.evaluation.iwae_estimate`). The IWAE bound with ``iwae_k``
-        particles costs about ``iwae_k`` test ELBOs; ``progress`` shows its progress bar.
-
-        :param seed: seeds every estimate; ``None``: the run's seed.
-        :param device: where to score; ``None``: where it trained, or the CPU when that is not
-            present.
-        :param iwae_k: the particles of the IWAE estimate; 0 skips it.
-        :param progress: show a progress bar (tqdm) for the IWAE estimate; ``False`` for none.
-        :param compile: ``"on"``, ``"auto"`` or ``"off"``, for the IWAE bound's chunks; ``None``:
-            the run's.
-        """
-        if device is None:
-            device = self.device if self.device == "cpu" or torch.cuda.is_available() else "cpu"
-        self.vae.to(resolve_device(device))
-        training = self.config.training
-        seed = training.seed if seed is None else seed
-        settings = {"objective": self.config.objective.objective}
-        settings |= {"binarization": training.binarization}
-        settings["compile"] = training.compile if compile is None else compile
-        result = evaluate(
-            self.vae, self.data, seed=seed, iwae_k=iwae_k, progress=progress, **settings
-        )
-        result["epoch"] = self.state.epoch
-        self.record(result)
-        return result
-
 
 def _restore(config: RunConfig, file: Path) -> tuple[VAE, TrainState, str]:
     """The VAE of ``config`` with the weights of the checkpoint ``file``, the training state it
@@ -647,13 +380,3 @@ def _metrics_csv(history: History) -> bytes:
     writer.writeheader()
     writer.writerows(history.rows())
     return buffer.getvalue().encode()
-
-
-def versions() -> dict[str, str]:
-    """The versions a run was made with, recorded in its summary."""
-    return {
-        "pyro_vae": __version__,
-        "pyro": pyro.__version__,
-        "torch": str(torch.__version__),
-        "python": platform.python_version(),
-    }

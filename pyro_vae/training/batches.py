@@ -78,7 +78,7 @@ class BatchSource:
         """``(i, batch)`` for each batch ``i`` of ``epoch`` from ``start`` on, this rank's shard,
         binarized afresh if the likelihood needs it: ``x``, its rows of the model's given tensors
         (the CVAE's labels), and the step's rows of the labelled pool (M2's ``x_labeled,
-        y_labeled``). The batch order is drawn from :attr:`order` as the epoch begins.
+        y_labeled``). The batch order is drawn from ``order`` as the epoch begins.
 
         :param epoch: the epoch, counted from 1: the pool's rows follow the step count.
         :param start: the first batch to give, counted from 0: a resumed epoch's next step.

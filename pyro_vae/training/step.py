@@ -5,7 +5,7 @@ place of ``pyro.optim``'s one optimizer per parameter: the same update, without 
 store, so that the optimizer's state is a plain ``state_dict`` and any number of models can train
 in one process. It is also the optimizer of the hand-written objectives (``objective="manual"``,
 no ``pyro.infer``), so that Pyro's and the hand-written trainer take the very same steps and
-their loss trajectories can be compared number for number. :meth:`SVIStep.__call__` never waits
+their loss trajectories can be compared number for number. A step (:class:`SVIStep`) never waits
 for the device.
 """
 
