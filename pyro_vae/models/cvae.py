@@ -223,11 +223,7 @@ class CVAE(VAE):
         :param labels: the examples' integer labels, ``(N,)``; required.
         :param like: a tensor whose dtype and device the one-hot rows take.
         """
-        if labels is None:
-            raise DataError(
-                f"model {self.name!r} scores log p(x | y) and needs the examples' labels"
-            )
-        return (one_hot(labels, self.num_classes, like),)
+        return (self._one_hot(labels, like, "scores log p(x | y)"),)
 
     def encoder_condition(
         self, labels: torch.Tensor | None, like: torch.Tensor
@@ -237,11 +233,12 @@ class CVAE(VAE):
         :param labels: the examples' integer labels, ``(N,)``; required.
         :param like: a tensor whose dtype and device the one-hot rows take.
         """
+        return (self._one_hot(labels, like, "encodes q(z|x,y)"),)
+
+    def _one_hot(self, labels: torch.Tensor | None, like: torch.Tensor, what: str) -> torch.Tensor:
         if labels is None:
-            raise DataError(
-                f"model {self.name!r} encodes q(z|x,y) and needs the examples' labels"
-            )
-        return (one_hot(labels, self.num_classes, like),)
+            raise DataError(f"model {self.name!r} {what} and needs the examples' labels")
+        return one_hot(labels, self.num_classes, like)
 
     def twin_rows(
         self, x: torch.Tensor, y: torch.Tensor, weights: Sequence[float]

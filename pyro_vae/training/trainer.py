@@ -69,20 +69,13 @@ def train(
     :class:`~pyro_vae.config.ObjectiveConfig`, the sections of a run's
     :class:`~pyro_vae.config.RunConfig`, with their defaults and help text; any of their settings
     may also be given by name, ``train(vae, data, epochs=50, objective="iwae", num_particles=5)``.
-    Among them: ``epochs`` counts the passes over the training set (for M2, over its unlabelled
-    examples; with ``resume``, the epochs already done included); ``batch_size`` the examples of
-    a step, of all ranks together under torchrun; ``seed`` seeds the batch order, the
-    binarization and the guide's noise (seed the initial weights with ``pyro.set_rng_seed``
-    before building the model); ``kl_warmup`` N makes the KL weight rise as beta/N, 2 beta/N, ...
-    over the first N epochs (``history.kl_weight``; the test ELBO is always the ELBO itself);
-    ``labeled``, for M2, picks that many labelled examples, balanced over the classes, and every
-    step takes the next ``min(batch_size, labeled)`` of an endless stream of seeded permutations
-    of them beside its unlabelled batch (one shape, one compiled graph;
-    ``benchmarks/results/semi-supervised-*.md``); ``compile`` ``"auto"`` times a few eager steps
-    and compiles the step (:mod:`pyro_vae.infer.compiling`) when the steps ahead repay it, and
-    ``history.compile`` says what happened; ``stream`` brings the batches from host memory by a
-    ``DataLoader`` (:mod:`pyro_vae.data.streaming`), the same steps number for number;
-    ``clip_norm`` clips the gradients' global norm, after the all-reduce under torchrun.
+    Among them: ``epochs`` counts all epochs, with ``resume`` those already done too (for M2, passes
+    over its unlabelled examples, each step also taking the next ``min(batch_size, labeled)`` of an
+    endless stream of seeded permutations of its labelled ones); ``seed`` seeds the batch order,
+    the binarization and the guide's noise (seed the initial weights with ``pyro.set_rng_seed``
+    before building the model); ``compile`` ``"auto"`` compiles the step
+    (:mod:`pyro_vae.infer.compiling`) when the steps ahead repay it, ``history.compile`` says what
+    happened; ``clip_norm`` clips the gradients' global norm, after the all-reduce under torchrun.
 
     :param model: the model, trained in place (and moved to the device): any model of
         :data:`~pyro_vae.models.MODELS` (:func:`~pyro_vae.models.build_model`), or any
@@ -105,12 +98,9 @@ def train(
         all of them stop after the same step.
     :param settings: settings of either section by name, over ``training`` and ``objective``.
 
-    The test ELBO after each epoch is :func:`pyro_vae.infer.elbo.dataset_elbo` with the seed. A
-    loss that stops being finite raises :class:`~pyro_vae.training.state.TrainingError`, before
-    ``checkpoint`` can see the broken weights. Inside a ``torch.distributed`` process group
-    (``torchrun``), each rank trains on its shard of every global batch and the gradients are
-    summed over ranks (:mod:`pyro_vae.training.distributed`); the history is the same on every
-    rank.
+    A loss that stops being finite raises :class:`~pyro_vae.training.state.TrainingError` before
+    ``checkpoint`` sees the broken weights. Under torchrun each rank trains on its shard of every
+    global batch and the gradients are summed (:mod:`pyro_vae.training.distributed`).
     """
     training, objective = training_sections(training, objective, settings)
     try:
