@@ -7,7 +7,7 @@ import math
 import pyro
 import pytest
 import torch
-from conftest import HostReads, covering_combinations, make
+from helpers import HostReads, covering_combinations, make
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.analysis.inspection import log_importance_weights, posterior_samples

@@ -7,7 +7,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import covering_combinations, make, renyi_loss_and_grads
+from helpers import covering_combinations, make, renyi_loss_and_grads
 from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 

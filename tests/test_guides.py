@@ -8,7 +8,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import HostReads, NoTorch, binary_batch
+from helpers import HostReads, NoTorch, binary_batch
 from pyro.infer import Trace_ELBO
 from torch.distributions import kl_divergence
 

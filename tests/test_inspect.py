@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pyro  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import binary_batch  # noqa: E402
+from helpers import binary_batch  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 from pyro import poutine  # noqa: E402
 from torch import nn  # noqa: E402

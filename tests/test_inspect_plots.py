@@ -5,7 +5,7 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from conftest import binary_batch
+from helpers import binary_batch
 
 from pyro_vae import VAE
 from pyro_vae.analysis.inspection import (

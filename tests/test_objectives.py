@@ -6,7 +6,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import HostReads, covering_combinations, make, renyi_loss_and_grads
+from helpers import HostReads, covering_combinations, make, renyi_loss_and_grads
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.infer.sync_free import (

@@ -9,7 +9,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import HostReads, NoTorch
+from helpers import HostReads, NoTorch
 from torch import nn
 from torch.distributions import kl_divergence
 
