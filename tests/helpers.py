@@ -2,6 +2,8 @@
 conftest.py. pytest's default import mode puts this folder on ``sys.path`` (it has no
 ``__init__.py``), as it does for conftest.py."""
 
+import csv
+
 import pyro
 import torch
 from pyro.infer import RenyiELBO
@@ -93,6 +95,12 @@ def make(digits, prior, likelihood, guide, encoder, n=32, model="vae"):
         likelihood_options=DIGITS_OPTIONS.get(likelihood),
     )
     return vae, eval_inputs(vae.likelihood, digits.x_test[:n])
+
+
+def metrics(run_dir):
+    """metrics.csv without the seconds column, which no two runs share."""
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
 def renyi_loss_and_grads(vae, x, num_particles, seed=1):

@@ -1,11 +1,11 @@
 """The run folder from Python: the typed config, creating, training, resuming and evaluating a run
 without the command line, and the command line reading what Python wrote (and back)."""
 
-import csv
 import dataclasses
 import json
 
 import pytest
+from helpers import metrics
 
 from pyro_vae import ConfigError, Run, RunConfig
 from pyro_vae.cli.commands import main
@@ -13,12 +13,6 @@ from pyro_vae.runs.folder import CONFIG, SUMMARY, RunExists
 
 # compile "off": "auto" decides by timing, and two runs on a busy machine may decide apart
 SMALL = RunConfig(z_dim=4, hidden_dims=(32,), epochs=2, lr=3e-3, compile="off")
-
-
-def metrics(run_dir):
-    """metrics.csv without the seconds column, which no two runs share."""
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
 def test_python_and_the_command_line_share_run_folders(tmp_path):
