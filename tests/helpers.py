@@ -10,6 +10,7 @@ from pyro.infer import RenyiELBO
 from torch.overrides import TorchFunctionMode
 
 from pyro_vae.data.sources import eval_inputs
+from pyro_vae.infer import elbo_check
 from pyro_vae.models import build_model
 from pyro_vae.parts.guides import GUIDES
 from pyro_vae.parts.likelihoods import LIKELIHOODS
@@ -101,6 +102,20 @@ def metrics(run_dir):
     """metrics.csv without the seconds column, which no two runs share."""
     with open(run_dir / "metrics.csv") as f:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def loss_and_grads(model, loss_fn, *args, seed=1):
+    """``loss_fn(*args)`` under ``seed`` and the gradients of ``model``'s parameters (``None``
+    where unused), by the library's own :func:`pyro_vae.infer.elbo_check.loss_and_grads`; the
+    loss comes back as the tensor it was (detached), whose dtype and bits the tests compare."""
+    losses = []
+
+    def kept(*a):
+        losses.append(loss_fn(*a))
+        return losses[-1]
+
+    _, grads = elbo_check.loss_and_grads(model, kept, args, seed)
+    return losses[0].detach(), grads
 
 
 def renyi_loss_and_grads(vae, x, num_particles, seed=1):

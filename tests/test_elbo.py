@@ -7,7 +7,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import covering_combinations, make, renyi_loss_and_grads
+from helpers import covering_combinations, loss_and_grads, make, renyi_loss_and_grads
 from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
@@ -30,12 +30,6 @@ from pyro_vae.parts.guides import DiagonalNormal
 COMBINATIONS = [pytest.param(*combo, id="-".join(combo)) for combo in covering_combinations()]
 TOLERANCE = 1e-5
 IWAE_TOLERANCE = 1e-4  # the weights exp(log w - logsumexp) carry the rounding of log w (check.py)
-
-
-def loss_and_grads(vae, loss_fn, x, seed=1):
-    torch.manual_seed(seed)
-    loss = loss_fn(x)
-    return loss.detach(), torch.autograd.grad(loss, list(vae.parameters()))
 
 
 def assert_equal_to_float32_rounding(vae, pyro_loss_fn, manual_loss_fn, x, bitwise):
