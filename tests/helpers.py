@@ -9,6 +9,7 @@ import torch
 from pyro.infer import RenyiELBO
 from torch.overrides import TorchFunctionMode
 
+from pyro_vae import VAE
 from pyro_vae.data.sources import eval_inputs
 from pyro_vae.infer import elbo_check
 from pyro_vae.models import build_model
@@ -96,6 +97,13 @@ def make(digits, prior, likelihood, guide, encoder, n=32, model="vae"):
         likelihood_options=DIGITS_OPTIONS.get(likelihood),
     )
     return vae, eval_inputs(vae.likelihood, digits.x_test[:n])
+
+
+def tiny_vae(z_dim=3, seed=0, **options):
+    """An untrained VAE of 1x8x8 images with one hidden layer of 16, its weights drawn under
+    ``seed``; ``options`` are the VAE's (``prior``, ``guide``, ``encoder``, ...)."""
+    pyro.set_rng_seed(seed)
+    return VAE((1, 8, 8), z_dim=z_dim, hidden_dims=(16,), **options)
 
 
 def metrics(run_dir):
