@@ -5,6 +5,7 @@ import os
 import pyro
 import pytest
 import torch
+from helpers import trained_on_digits
 
 from pyro_vae import VAE, load_dataset
 
@@ -24,6 +25,13 @@ def digits():
 def small_vae(digits):
     pyro.set_rng_seed(0)
     return VAE(digits.x_shape, z_dim=4, hidden_dims=(32,))
+
+
+@pytest.fixture(scope="session")
+def trained_vae(digits):
+    """A VAE (z_dim 6, one hidden layer of 64) trained for 15 epochs on the digits: the tests that
+    need trained weights and do not change them."""
+    return trained_on_digits(digits, epochs=15, z_dim=6, hidden_dims=(64,))
 
 
 @pytest.fixture(autouse=True)

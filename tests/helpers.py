@@ -9,7 +9,7 @@ import torch
 from pyro.infer import RenyiELBO
 from torch.overrides import TorchFunctionMode
 
-from pyro_vae import VAE
+from pyro_vae import VAE, train
 from pyro_vae.data.sources import eval_inputs
 from pyro_vae.infer import elbo_check
 from pyro_vae.models import build_model
@@ -104,6 +104,15 @@ def tiny_vae(z_dim=3, seed=0, **options):
     ``seed``; ``options`` are the VAE's (``prior``, ``guide``, ``encoder``, ...)."""
     pyro.set_rng_seed(seed)
     return VAE((1, 8, 8), z_dim=z_dim, hidden_dims=(16,), **options)
+
+
+def trained_on_digits(digits, epochs, lr=3e-3, **options):
+    """A VAE of the digits (``options``: ``z_dim``, ``hidden_dims``, ...), its weights drawn under
+    seed 0, trained for ``epochs`` on the CPU."""
+    pyro.set_rng_seed(0)
+    vae = VAE(digits.x_shape, **options)
+    train(vae, digits, epochs=epochs, lr=lr, device="cpu", progress=False)
+    return vae
 
 
 def metrics(run_dir):

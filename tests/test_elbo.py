@@ -225,14 +225,6 @@ def test_independent_draws_agree_within_four_standard_errors(
     assert s1 > 0 and s2 > 0  # the draws really are random
 
 
-@pytest.fixture(scope="module")
-def trained_digits_vae(digits):
-    pyro.set_rng_seed(0)
-    vae = VAE(digits.x_shape, z_dim=8, hidden_dims=(400,))
-    train(vae, digits, epochs=20, lr=3e-3, device="cpu", progress=False)
-    return vae, eval_inputs(vae.likelihood, digits.x_test)
-
-
 def elbo_terms_from_pyro_traces(vae, x):
     """log p(x|z) + log p(z) - log q(z|x) per example, for one draw z of Pyro's guide, scored by
     the distributions of Pyro's guide trace and of the model replayed with the guide's z."""
@@ -267,8 +259,8 @@ def test_iwae_with_one_particle_is_pyros_single_sample_elbo(
     assert (bound - other_draw).abs().max() > 0.1
 
 
-def test_iwae_bound_rises_with_k(trained_digits_vae):
-    vae, x = trained_digits_vae
+def test_iwae_bound_rises_with_k(trained_vae, digits):
+    vae, x = trained_vae, eval_inputs(trained_vae.likelihood, digits.x_test)
     bounds = []
     for k in (1, 10, 100):
         torch.manual_seed(0)
@@ -277,8 +269,8 @@ def test_iwae_bound_rises_with_k(trained_digits_vae):
     assert bounds[2] - bounds[0] > 0.2  # nats per example: a real gap, not rounding
 
 
-def test_iwae_bound_is_chunked_over_particles(trained_digits_vae, monkeypatch):
-    vae, x = trained_digits_vae
+def test_iwae_bound_is_chunked_over_particles(trained_vae, digits, monkeypatch):
+    vae, x = trained_vae, eval_inputs(trained_vae.likelihood, digits.x_test)
     import pyro_vae.infer.elbo
 
     torch.manual_seed(0)
@@ -291,10 +283,10 @@ def test_iwae_bound_is_chunked_over_particles(trained_digits_vae, monkeypatch):
 
 
 @pytest.mark.parametrize("k", [1, 10, 100])
-def test_iwae_bound_matches_pyros_renyi_elbo_with_alpha_zero(trained_digits_vae, k):
+def test_iwae_bound_matches_pyros_renyi_elbo_with_alpha_zero(trained_vae, digits, k):
     # RenyiELBO(alpha=0) log-mean-exps over the particles of each example (the data plate is
     # shared by every site, so it is not summed first): the IWAE bound, summed over the batch.
-    vae, x = trained_digits_vae
+    vae, x = trained_vae, eval_inputs(trained_vae.likelihood, digits.x_test)
     renyi = RenyiELBO(alpha=0, num_particles=k, vectorize_particles=True, max_plate_nesting=1)
     for i in range(3):
         torch.manual_seed(i)
