@@ -108,7 +108,8 @@ LR = mostly(
 def plain_count(text, largest):
     """Whether ``text`` is a count as the valid strategies draw it: ASCII digits, 1 to
     ``largest``."""
-    return text.isascii() and text.isdigit() and 1 <= int(text) <= largest
+    short = len(text) <= len(str(largest))  # int() refuses strings of over 4,300 digits
+    return text.isascii() and text.isdigit() and short and 1 <= int(text) <= largest
 
 
 def plainly_valid(epochs, batch_size, z_dim, lr, hidden_dims):
