@@ -1,17 +1,13 @@
+"""The fixtures every test file may ask for; the shared functions and classes are in helpers.py."""
+
 import os
 
 import pyro
 import pytest
 import torch
-from pyro.infer import RenyiELBO
-from torch.overrides import TorchFunctionMode
+from helpers import trained_on_digits
 
 from pyro_vae import VAE, load_dataset
-from pyro_vae.data.sources import eval_inputs
-from pyro_vae.models import build_model
-from pyro_vae.parts.guides import GUIDES
-from pyro_vae.parts.likelihoods import LIKELIHOODS
-from pyro_vae.parts.priors import PRIORS
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Workers share the cores: one thread each, and for the processes they start (examples,
@@ -31,6 +27,13 @@ def small_vae(digits):
     return VAE(digits.x_shape, z_dim=4, hidden_dims=(32,))
 
 
+@pytest.fixture(scope="session")
+def trained_vae(digits):
+    """A VAE (z_dim 6, one hidden layer of 64) trained for 15 epochs on the digits: the tests that
+    need trained weights and do not change them."""
+    return trained_on_digits(digits, epochs=15, z_dim=6, hidden_dims=(64,))
+
+
 @pytest.fixture(autouse=True)
 def _fresh_pyro_state():
     # Tests must not leak Pyro's global param store or validation flag into each other.
@@ -38,96 +41,3 @@ def _fresh_pyro_state():
     yield
     pyro.clear_param_store()
     pyro.enable_validation(True)
-
-
-def binary_batch(n: int, shape=(1, 8, 8), seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.bernoulli(torch.rand(n, *shape, generator=g), generator=g)
-
-
-class HostReads(TorchFunctionMode):
-    """Records each time a tensor's value goes to Python (``item``, ``bool``, ``__index__``, a
-    tensor as an index, ...): on a GPU each one waits for the device."""
-
-    TO_PYTHON = {"__index__", "__bool__", "__int__", "__float__", "item", "tolist"}
-
-    def __init__(self):
-        super().__init__()
-        self.reads = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in ("__getitem__", "__setitem__"):
-            index = args[1] if isinstance(args[1], tuple) else (args[1],)
-            if any(isinstance(i, torch.Tensor) for i in index):
-                self.reads.append(f"{name} with a tensor index")
-        elif name in self.TO_PYTHON:
-            self.reads.append(name)
-        return func(*args, **(kwargs or {}))
-
-
-class NoTorch(TorchFunctionMode):
-    """Fails at any torch call but ``torch.device``: code run under it allocates no tensor."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is torch.device:
-            return func(*args, **(kwargs or {}))
-        raise AssertionError(f"{func} was called")
-
-
-def covering_combinations() -> list[tuple[str, str, str, str]]:
-    """Prior x likelihood x guide x encoder combinations in which every registered part meets at
-    least two partners of each other kind: each part with the defaults of the other two, then
-    a cyclic pass that pairs it with others. Grows linearly with the registries, not as their
-    product."""
-    priors, likelihoods, guides = list(PRIORS), list(LIKELIHOODS), list(GUIDES)
-    combos = [(p, likelihoods[0], guides[0]) for p in priors]
-    combos += [(priors[0], lik, guides[0]) for lik in likelihoods]
-    combos += [(priors[0], likelihoods[0], g) for g in guides]
-    n = max(len(priors), len(likelihoods), len(guides))
-    combos += [
-        (
-            priors[i % len(priors)],
-            likelihoods[(i + 1) % len(likelihoods)],
-            guides[(i + 2) % len(guides)],
-        )
-        for i in range(n)
-    ]
-    unique = list(dict.fromkeys(combos))
-    return [(*c, "conv" if i % 2 else "mlp") for i, c in enumerate(unique)] + [
-        (priors[0], likelihoods[0], guides[0], "conv")
-    ]
-
-
-# what a part needs on the embedded digits, whose grey levels are k/16
-DIGITS_OPTIONS = {"discretized-logistic": {"bins": 17}}
-
-
-def make(digits, prior, likelihood, guide, encoder, n=32, model="vae"):
-    pyro.set_rng_seed(0)
-    vae = build_model(
-        model,
-        digits.x_shape,
-        10,
-        z_dim=3,
-        hidden_dims=(16, 8),
-        encoder=encoder,
-        prior=prior,
-        likelihood=likelihood,
-        guide=guide,
-        likelihood_options=DIGITS_OPTIONS.get(likelihood),
-    )
-    return vae, eval_inputs(vae.likelihood, digits.x_test[:n])
-
-
-def renyi_loss_and_grads(vae, x, num_particles, seed=1):
-    """Pyro's own RenyiELBO(alpha=0) on the VAE, which has no differentiable_loss: the float its
-    loss_and_grads returns, and the gradients it leaves in .grad."""
-    renyi = RenyiELBO(
-        alpha=0, num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1
-    )
-    vae.zero_grad(set_to_none=True)
-    torch.manual_seed(seed)
-    with pyro.validation_enabled(False):
-        loss = renyi.loss_and_grads(vae.model, vae.guide, x)
-    return loss, [p.grad for p in vae.parameters()]

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+from helpers import metrics
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pyro_vae import ConfigError, Run, RunConfig
@@ -33,12 +34,6 @@ def events(run_dir, purge=True):
 
 def scalars(reader, tag):
     return [(event.step, event.value) for event in reader.Scalars(tag)]
-
-
-def metrics(run_dir):
-    """metrics.csv without the seconds column, which no two runs share."""
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
 def test_the_board_holds_the_history_the_elbo_terms_and_pictures_and_changes_no_step(tmp_path):

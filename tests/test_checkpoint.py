@@ -3,7 +3,7 @@ import os
 
 import pytest
 import torch
-from conftest import binary_batch
+from helpers import binary_batch
 
 from pyro_vae import PyroVAEError, Run, RunConfig, train
 from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint

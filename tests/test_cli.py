@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets
+from helpers import metrics
 
 from pyro_vae.cli.flags import given
 from pyro_vae.cli.program import EXAMPLES, build_parser, main
@@ -106,12 +107,6 @@ def test_train_with_no_flags_trains_on_digits(tmp_path, monkeypatch):
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("digits-")
     assert json.loads((run / "config.json").read_text())["data"]["dataset"] == "digits"
-
-
-def metrics(run_dir):
-    """metrics.csv without the seconds column, which no two runs share."""
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
 def test_a_runs_config_file_reproduces_it(run_dir, tmp_path):

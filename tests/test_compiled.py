@@ -9,7 +9,7 @@ import importlib
 import pyro
 import pytest
 import torch
-from conftest import covering_combinations, make
+from helpers import covering_combinations, make
 
 from pyro_vae import VAE, train
 from pyro_vae.analysis.evaluation import iwae_estimate

@@ -7,7 +7,7 @@ import math
 import pyro
 import pytest
 import torch
-from conftest import HostReads, covering_combinations, make
+from helpers import HostReads, covering_combinations, loss_and_grads, make
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.analysis.inspection import log_importance_weights, posterior_samples
@@ -27,16 +27,10 @@ TOLERANCE = 1e-5
 LABEL_COMBINATIONS = [c for c in covering_combinations() if c[0] != "vamp"]
 
 
-def loss_and_grads(model, loss_fn, *args, seed=1):
-    torch.manual_seed(seed)
-    with pyro.validation_enabled(False):
-        loss = loss_fn(*args)
-    return loss.detach(), torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
-
-
 def assert_equal_objectives(model, pyro_fn, manual_fn, *args):
-    pyro_loss, pyro_grads = loss_and_grads(model, pyro_fn, *args)
-    manual_loss, manual_grads = loss_and_grads(model, lambda *a: -manual_fn(*a), *args)
+    with pyro.validation_enabled(False):
+        pyro_loss, pyro_grads = loss_and_grads(model, pyro_fn, *args)
+        manual_loss, manual_grads = loss_and_grads(model, lambda *a: -manual_fn(*a), *args)
     assert abs(float(pyro_loss - manual_loss)) <= TOLERANCE * max(1.0, abs(float(pyro_loss)))
     compared = [(a, b) for a, b in zip(pyro_grads, manual_grads, strict=True) if a is not None]
     assert len(compared) == sum(g is not None for g in manual_grads) > 0
@@ -77,11 +71,12 @@ def test_m2s_training_objective_equals_its_twin_and_never_waits_for_the_device(
 def test_the_sync_free_enumeration_is_pyros_traceenum_elbo(digits):
     # it reads Pyro's private "_enumerate_dim" of the enumerated site: a change fails here
     m2, x = make(digits, "mog", "bernoulli", "full-rank", "mlp", n=24, model="m2")
-    (loss, grads), (pyro_loss, pyro_grads) = [
-        loss_and_grads(m2, elbo(max_plate_nesting=1).differentiable_loss, m2.model, m2.guide, x,
-                       None, 0.3)
-        for elbo in (SyncFreeTraceEnum_ELBO, TraceEnum_ELBO)
-    ]  # fmt: skip
+    with pyro.validation_enabled(False):
+        (loss, grads), (pyro_loss, pyro_grads) = [
+            loss_and_grads(m2, elbo(max_plate_nesting=1).differentiable_loss, m2.model, m2.guide,
+                           x, None, 0.3)
+            for elbo in (SyncFreeTraceEnum_ELBO, TraceEnum_ELBO)
+        ]  # fmt: skip
     assert torch.allclose(loss, pyro_loss, rtol=1e-6)
     for a, b in zip(grads, pyro_grads, strict=True):
         assert (a is None) == (b is None)

@@ -5,7 +5,7 @@ import json
 import pyro
 import pytest
 import torch
-from conftest import binary_batch
+from helpers import binary_batch
 from pyro import poutine
 
 from pyro_vae import VAE, Run, train

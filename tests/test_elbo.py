@@ -7,7 +7,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import covering_combinations, make, renyi_loss_and_grads
+from helpers import covering_combinations, loss_and_grads, make, renyi_loss_and_grads
 from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
@@ -29,12 +29,6 @@ from pyro_vae.parts.guides import DiagonalNormal
 COMBINATIONS = [pytest.param(*combo, id="-".join(combo)) for combo in covering_combinations()]
 TOLERANCE = 1e-5
 IWAE_TOLERANCE = 1e-4  # the weights exp(log w - logsumexp) carry the rounding of log w (check.py)
-
-
-def loss_and_grads(vae, loss_fn, x, seed=1):
-    torch.manual_seed(seed)
-    loss = loss_fn(x)
-    return loss.detach(), torch.autograd.grad(loss, list(vae.parameters()))
 
 
 def assert_equal_to_float32_rounding(vae, pyro_loss_fn, manual_loss_fn, x, bitwise):
@@ -230,14 +224,6 @@ def test_independent_draws_agree_within_four_standard_errors(
     assert s1 > 0 and s2 > 0  # the draws really are random
 
 
-@pytest.fixture(scope="module")
-def trained_digits_vae(digits):
-    pyro.set_rng_seed(0)
-    vae = VAE(digits.x_shape, z_dim=8, hidden_dims=(400,))
-    train(vae, digits, epochs=20, lr=3e-3, device="cpu", progress=False)
-    return vae, eval_inputs(vae.likelihood, digits.x_test)
-
-
 def elbo_terms_from_pyro_traces(vae, x):
     """log p(x|z) + log p(z) - log q(z|x) per example, for one draw z of Pyro's guide, scored by
     the distributions of Pyro's guide trace and of the model replayed with the guide's z."""
@@ -272,8 +258,8 @@ def test_iwae_with_one_particle_is_pyros_single_sample_elbo(
     assert (bound - other_draw).abs().max() > 0.1
 
 
-def test_iwae_bound_rises_with_k(trained_digits_vae):
-    vae, x = trained_digits_vae
+def test_iwae_bound_rises_with_k(trained_vae, digits):
+    vae, x = trained_vae, eval_inputs(trained_vae.likelihood, digits.x_test)
     bounds = []
     for k in (1, 10, 100):
         torch.manual_seed(0)
@@ -282,8 +268,8 @@ def test_iwae_bound_rises_with_k(trained_digits_vae):
     assert bounds[2] - bounds[0] > 0.2  # nats per example: a real gap, not rounding
 
 
-def test_iwae_bound_is_chunked_over_particles(trained_digits_vae, monkeypatch):
-    vae, x = trained_digits_vae
+def test_iwae_bound_is_chunked_over_particles(trained_vae, digits, monkeypatch):
+    vae, x = trained_vae, eval_inputs(trained_vae.likelihood, digits.x_test)
     import pyro_vae.infer.elbo
 
     torch.manual_seed(0)
@@ -296,10 +282,10 @@ def test_iwae_bound_is_chunked_over_particles(trained_digits_vae, monkeypatch):
 
 
 @pytest.mark.parametrize("k", [1, 10, 100])
-def test_iwae_bound_matches_pyros_renyi_elbo_with_alpha_zero(trained_digits_vae, k):
+def test_iwae_bound_matches_pyros_renyi_elbo_with_alpha_zero(trained_vae, digits, k):
     # RenyiELBO(alpha=0) log-mean-exps over the particles of each example (the data plate is
     # shared by every site, so it is not summed first): the IWAE bound, summed over the batch.
-    vae, x = trained_digits_vae
+    vae, x = trained_vae, eval_inputs(trained_vae.likelihood, digits.x_test)
     renyi = RenyiELBO(alpha=0, num_particles=k, vectorize_particles=True, max_plate_nesting=1)
     for i in range(3):
         torch.manual_seed(i)

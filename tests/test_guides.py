@@ -8,7 +8,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import HostReads, NoTorch, binary_batch
+from helpers import HostReads, NoTorch, binary_batch, tiny_vae
 from pyro.infer import Trace_ELBO
 from torch.distributions import kl_divergence
 
@@ -25,11 +25,6 @@ from pyro_vae.parts.guides import (
 from pyro_vae.parts.registry import describe
 
 SETUPS = [(3, "mlp"), (2, "mlp"), (3, "conv")]
-
-
-def make(guide, z_dim=3, encoder="mlp", **options):
-    pyro.set_rng_seed(0)
-    return VAE((1, 8, 8), z_dim=z_dim, hidden_dims=(16,), encoder=encoder, guide=guide, **options)
 
 
 def test_registry_lists_the_three_families_in_order():
@@ -56,7 +51,7 @@ def test_encoder_outputs(z_dim):
 @pytest.mark.parametrize("z_dim,encoder", SETUPS)
 @pytest.mark.parametrize("guide", list(GUIDES))
 def test_posterior_shapes_and_reparameterized_gradients(guide, z_dim, encoder):
-    vae = make(guide, z_dim, encoder)
+    vae = tiny_vae(z_dim, guide=guide, encoder=encoder)
     x = binary_batch(5)
     q = vae.posterior_dist(x)
     assert q.batch_shape == (5,) and q.event_shape == (z_dim,) and q.has_rsample
@@ -74,17 +69,28 @@ def test_posterior_shapes_and_reparameterized_gradients(guide, z_dim, encoder):
 @pytest.mark.parametrize("z_dim,encoder", SETUPS)
 @pytest.mark.parametrize("guide", list(GUIDES))
 def test_encode_gives_a_code_first_and_reconstruct_decodes_it(guide, z_dim, encoder):
-    vae = make(guide, z_dim, encoder)
+    vae = tiny_vae(z_dim, guide=guide, encoder=encoder, likelihood="bernoulli")
     x = binary_batch(5)
-    params = vae.encode(x)
-    assert params[0].shape == (5, z_dim)
-    expected = vae.likelihood.mean(vae.decoder(params[0]))
-    torch.testing.assert_close(vae.reconstruct(x), expected)
+    # The code, from q(z|x) itself: a Gaussian's mean; for the flow, its base's mean pushed
+    # through the flow's transforms (the image of eps = 0), which is not the flow's mean.
+    with torch.no_grad():
+        q = vae.posterior_dist(x)
+        if guide == "iaf":
+            code = q.base_dist.mean
+            for transform in q.transforms:
+                code = transform(code)
+        else:
+            code = q.mean
+        # E[x|z] of Bernoulli pixels: the probabilities, sigmoid of the decoder's logits
+        (logits,) = vae.decoder(code).unbind(1)
+    assert code.shape == (5, z_dim)
+    torch.testing.assert_close(vae.encode(x)[0], code)
+    torch.testing.assert_close(vae.reconstruct(x), torch.sigmoid(logits))
     assert vae.reconstruct(x).shape == x.shape
 
 
 def test_iaf_networks_are_parameters_of_the_vae():
-    vae = make("iaf")
+    vae = tiny_vae(guide="iaf")
     flow = list(vae.posterior.parameters())
     assert len(flow) > 0
     assert {id(p) for p in flow} <= {id(p) for p in vae.parameters()}
@@ -114,7 +120,7 @@ def test_full_rank_lays_out_the_cholesky_factor():
 
 
 def test_full_rank_log_prob_is_the_gaussian_density_written_out():
-    vae = make("full-rank", z_dim=4).double()
+    vae = tiny_vae(guide="full-rank", z_dim=4).double()
     x = binary_batch(6).double()
     with torch.no_grad():
         loc, scale_tril = vae.encode(x)
@@ -145,7 +151,7 @@ def iaf_by_hand(family, h, eps):
 
 @pytest.mark.parametrize("z_dim", [1, 3])
 def test_iaf_sample_and_log_prob_match_algorithm_1(z_dim):
-    vae = make("iaf", z_dim=z_dim, guide_options={"flow_steps": 3}).double()
+    vae = tiny_vae(guide="iaf", z_dim=z_dim, guide_options={"flow_steps": 3}).double()
     x = binary_batch(5).double()
     h = vae.encoder(x)
     torch.manual_seed(1)
@@ -182,7 +188,7 @@ def test_iaf_steps_are_autoregressive_in_alternating_order():
 
 def test_iaf_log_jacobian_is_that_of_the_whole_flow():
     # The triangular-Jacobian shortcut against the full Jacobian of eps -> z, one example.
-    vae = make("iaf", z_dim=4).double()
+    vae = tiny_vae(guide="iaf", z_dim=4).double()
     h = vae.encoder(binary_batch(1).double())
     loc, scale, _ = vae.posterior.base_params(h)
     eps = torch.randn(1, 4, dtype=torch.float64)
@@ -204,7 +210,7 @@ def test_iaf_scores_its_own_samples_from_the_cache(monkeypatch):
     def no_inverse(self, y):
         raise AssertionError("the IAF was inverted instead of read from its cache")
 
-    vae = make("iaf")
+    vae = tiny_vae(guide="iaf")
     x = binary_batch(6)
     monkeypatch.setattr(_IAFStep, "_inverse", no_inverse)
     for particles in (1, 3):
@@ -217,7 +223,7 @@ def test_iaf_scores_its_own_samples_from_the_cache(monkeypatch):
 
 def test_iaf_scores_other_codes_without_reading_tensors_back_to_python():
     # The sequential inverse indexes z_dim times per step: with tensor indices, a GPU sync each.
-    vae = make("iaf", z_dim=4)
+    vae = tiny_vae(guide="iaf", z_dim=4)
     q = vae.posterior_dist(binary_batch(5))
     z = torch.randn(3, 5, 4)
     with pyro.validation_enabled(False), HostReads() as spy:  # validating reads by design
@@ -229,7 +235,7 @@ def test_iaf_scores_other_codes_without_reading_tensors_back_to_python():
 def test_iaf_scores_any_code_right_after_sampling():
     # Sampling caches each step's log-scale; inverting must replace it with the code's own
     # (through Pyro's private _cached_log_scale: this fails if an upgrade changes that).
-    vae = make("iaf", z_dim=3).double()
+    vae = tiny_vae(guide="iaf", z_dim=3).double()
     x = binary_batch(5).double()
     q = vae.posterior_dist(x)
     q.rsample()
@@ -252,7 +258,7 @@ def grid_integral(q, z_dim, lo, hi, n):
 @pytest.mark.parametrize("guide", list(GUIDES))
 def test_density_integrates_to_one(guide, z_dim, n):
     # Arbitrary z, not samples: for the iaf this runs the sequential inverse, in float64.
-    vae = make(guide, z_dim=z_dim).double()
+    vae = tiny_vae(guide=guide, z_dim=z_dim).double()
     q = vae.posterior_dist(binary_batch(2).double())
     with torch.no_grad():
         draws = q.sample((20_000,))
@@ -265,7 +271,7 @@ def test_density_integrates_to_one(guide, z_dim, n):
 
 @pytest.mark.parametrize("guide", list(GUIDES))
 def test_float64(guide):
-    vae = make(guide).double()
+    vae = tiny_vae(guide=guide).double()
     x = binary_batch(4).double()
     q = vae.posterior_dist(x)
     z = q.expand((2, 4)).rsample()
@@ -278,7 +284,7 @@ def test_float64(guide):
 def test_iaf_with_one_latent_dimension_builds_quietly():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        vae = make("iaf", z_dim=1)
+        vae = tiny_vae(guide="iaf", z_dim=1)
     q = vae.posterior_dist(binary_batch(3))
     assert q.expand((2, 3)).rsample().shape == (2, 3, 1)
 
@@ -347,11 +353,11 @@ def test_each_family_trains(digits, guide, encoder):
 
 
 def test_iaf_options():
-    vae = make("iaf", guide_options={"flow_steps": 3, "context_dim": 5})
+    vae = tiny_vae(guide="iaf", guide_options={"flow_steps": 3, "context_dim": 5})
     assert len(vae.posterior.steps) == 3
     assert vae.posterior.encoder_outputs == 2 * 3 + 5
     assert vae.config["guide_options"] == {"flow_steps": 3, "context_dim": 5}
-    assert len(make("iaf").posterior.steps) == 2
+    assert len(tiny_vae(guide="iaf").posterior.steps) == 2
     orders = [step.nn.permutation.tolist() for step in vae.posterior.steps]
     assert orders == [[0, 1, 2], [2, 1, 0], [0, 1, 2]]  # reversed after every step
     assert isinstance(vae.posterior, InverseAutoregressiveFlow)
@@ -371,7 +377,7 @@ def test_iaf_options():
 def test_iaf_rejects_bad_option_values(value, problem):
     for option in ("flow_steps", "context_dim"):
         with pytest.raises(ConfigError) as error:
-            make("iaf", guide_options={option: value})
+            tiny_vae(guide="iaf", guide_options={option: value})
         assert error.value.param == f'guide_options["{option}"]'
         assert str(error.value) == f'guide_options["{option}"] {problem}'
 
@@ -401,18 +407,24 @@ def test_the_size_checked_bounds_the_size_built(z_dim, flow_steps, context_dim, 
 
 def test_unknown_guide_options_are_config_errors():
     with pytest.raises(ConfigError, match="has no option 'steps'; it takes: flow_steps, context"):
-        make("iaf", guide_options={"steps": 3})
+        tiny_vae(guide="iaf", guide_options={"steps": 3})
     with pytest.raises(ConfigError, match="'full-rank' guide has no option 'flow_steps'; it takes"):
-        make("full-rank", guide_options={"flow_steps": 3})
+        tiny_vae(guide="full-rank", guide_options={"flow_steps": 3})
 
 
 def test_closed_form_kl_exists_for_the_diagonal_family_only(digits):
     x = binary_batch(3)
     for guide in GUIDES:
-        vae = make(guide)
+        vae = tiny_vae(guide=guide)
         q, p = vae.posterior_dist(x), vae.prior_dist(3)
         if guide == "diagonal":
-            assert closed_form_kl(vae, q, p).shape == (3,)
+            # by hand, per example: sum_d (mu_d^2 + sigma_d^2 - 1) / 2 - log sigma_d against the
+            # standard normal prior
+            mu, sigma = vae.encode(x)
+            by_hand = ((mu**2 + sigma**2 - 1) / 2 - sigma.log()).sum(-1)
+            kl = closed_form_kl(vae, q, p)
+            assert kl.shape == (3,) and (by_hand > 0.01).all()
+            torch.testing.assert_close(kl, by_hand, rtol=1e-5, atol=1e-6)
             continue
         with pytest.raises(NotImplementedError):
             kl_divergence(q, p)

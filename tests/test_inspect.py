@@ -15,13 +15,13 @@ import numpy as np  # noqa: E402
 import pyro  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import binary_batch  # noqa: E402
+from helpers import binary_batch, trained_on_digits  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 from pyro import poutine  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.distributions import MultivariateNormal, kl_divergence  # noqa: E402
 
-from pyro_vae import VAE, ConfigError, train  # noqa: E402
+from pyro_vae import VAE, ConfigError  # noqa: E402
 from pyro_vae.analysis.inspection import (  # noqa: E402
     amortization_gap,
     compare_to_nuts,
@@ -42,9 +42,7 @@ NUTS_INPUTS = 3  # of which NUTS samples the first three
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    pyro.set_rng_seed(0)
-    vae = VAE(digits.x_shape, z_dim=2, hidden_dims=(64,))
-    train(vae, digits, epochs=20, lr=3e-3, device="cpu", progress=False)
+    vae = trained_on_digits(digits, epochs=20, z_dim=2, hidden_dims=(64,))
     x = eval_inputs(vae.likelihood, digits.x_test)[:NUM_INPUTS]
     return vae, x, digits.y_test[:NUM_INPUTS]
 

@@ -2,12 +2,10 @@
 
 import matplotlib.image
 import numpy as np
-import pyro
 import pytest
 import torch
-from conftest import binary_batch
+from helpers import binary_batch, tiny_vae
 
-from pyro_vae import VAE
 from pyro_vae.analysis.inspection import (
     importance_diagnostics,
     importance_resample,
@@ -20,11 +18,6 @@ from pyro_vae.analysis.plots import (
     plot_latent_scatter,
     plot_traversals,
 )
-
-
-def make_vae(z_dim=2, **options):
-    pyro.set_rng_seed(0)
-    return VAE((1, 8, 8), z_dim=z_dim, hidden_dims=(16,), **options)
 
 
 def saved(path):
@@ -72,7 +65,7 @@ def test_latent_scatter_with_continuous_labels_and_one_dimension():
 
 @torch.no_grad()
 def test_traversal_grid_has_one_image_per_dimension_and_value(tmp_path):
-    vae = make_vae(z_dim=3)
+    vae = tiny_vae(z_dim=3)
     values = [-2.0, 0.0, 1.0, 2.5]
     fig = plot_traversals(vae, dims=[0, 2], values=values, path=tmp_path / "t.png")
     assert saved(tmp_path / "t.png")
@@ -91,7 +84,7 @@ def test_traversal_grid_has_one_image_per_dimension_and_value(tmp_path):
 
 @torch.no_grad()
 def test_traversals_default_to_every_dimension_around_the_prior_mean():
-    vae = make_vae(z_dim=2, prior="normal")
+    vae = tiny_vae(z_dim=2, prior="normal")
     vae.prior.loc.fill_(0.5)  # a learned prior whose mean is not 0
     fig = plot_traversals(vae)
     grid = fig.axes[0].images[0].get_array()[..., 0]
@@ -101,7 +94,7 @@ def test_traversals_default_to_every_dimension_around_the_prior_mean():
     shown = grid[1:9, 1 + centre * 9 : 1 + centre * 9 + 8]
     assert np.allclose(shown, expected, atol=1e-6)
     # A flow prior has no closed-form mean: a seeded Monte Carlo one, the same each time.
-    flow = make_vae(z_dim=2, prior="flow")
+    flow = tiny_vae(z_dim=2, prior="flow")
     state = torch.get_rng_state()
     a = plot_traversals(flow, values=[0.0]).axes[0].images[0].get_array()
     b = plot_traversals(flow, values=[0.0]).axes[0].images[0].get_array()
@@ -117,13 +110,13 @@ def test_khat_histogram_marks_the_thresholds(tmp_path):
     assert sorted(line.get_xdata()[0] for line in ax.lines) == [0.5, 0.7]
     assert sum(p.get_height() for p in ax.patches) == 6  # the infinite one is counted, not drawn
     # The diagnostics object itself is accepted.
-    vae = make_vae()
+    vae = tiny_vae(z_dim=2)
     diagnostics = importance_diagnostics(vae, binary_batch(4), 200)
     assert "Pareto k-hat of 4 inputs" in plot_khat(diagnostics).axes[0].get_title()
 
 
 def test_guide_vs_nuts_overlays_each_dimension(tmp_path):
-    vae = make_vae(z_dim=2)
+    vae = tiny_vae(z_dim=2)
     x = binary_batch(3)
     guide = posterior_samples(vae, x, 300)
     other = importance_resample(vae, x, 300, proposals=1000)  # any draws do: here SIR's
@@ -141,7 +134,7 @@ def test_guide_vs_nuts_overlays_each_dimension(tmp_path):
     assert np.allclose(drawn, guide.posterior["z"].sel(obs=1).values[0])
     assert "input 1" in fig._suptitle.get_text()
 
-    vae3 = make_vae(z_dim=3)
+    vae3 = tiny_vae(z_dim=3)
     three = posterior_samples(vae3, x, 100)
     assert len(plot_guide_vs_nuts(three, three, dims=[0, 2]).axes) == 3
     assert len(plot_guide_vs_nuts(three, three).axes) == 3  # one per dimension, no plane

@@ -8,6 +8,7 @@ import pyro
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import DIGITS_OPTIONS
 
 import pyro_vae
 from pyro_vae import ConfigError, DataError
@@ -20,8 +21,6 @@ from pyro_vae.parts.likelihoods import LIKELIHOODS, MIN_LOG_SCALE
 from pyro_vae.parts.registry import describe
 
 X_SHAPE = (1, 8, 8)
-# The options that fit the digits data set (values k/16).
-DIGITS_OPTIONS = {"discretized-logistic": {"bins": 17}}
 NAMES = list(LIKELIHOODS)
 
 

@@ -2,7 +2,7 @@ import pyro
 import pyro.optim
 import pytest
 import torch
-from conftest import binary_batch
+from helpers import binary_batch
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.poutine.util import site_is_subsample

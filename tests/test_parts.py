@@ -10,6 +10,7 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+from helpers import DIGITS_OPTIONS
 
 from pyro_vae import VAE, ConfigError, Run, RunConfig, train
 from pyro_vae.analysis.evaluation import active_units
@@ -21,8 +22,6 @@ from pyro_vae.parts.likelihoods import LIKELIHOODS
 from pyro_vae.parts.priors import PRIORS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-# what a part needs to train on the embedded digits, whose grey levels are k/16
-DIGITS_OPTIONS = {"discretized-logistic": {"bins": 17}}
 
 
 def test_list_prints_every_part_with_its_description(capsys):

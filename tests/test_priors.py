@@ -9,7 +9,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import HostReads, NoTorch
+from helpers import HostReads, NoTorch, tiny_vae
 from torch import nn
 from torch.distributions import kl_divergence
 
@@ -25,11 +25,6 @@ LEARNED = {"normal", "mog", "vamp", "flow"}
 RANDOM_INIT = {"mog", "vamp", "flow"}  # the learned normal starts as N(0, I) whatever the seed
 CLOSED_FORM_KL = {"standard-normal", "normal", "laplace"}
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def make(prior, z_dim=3, seed=0, **kwargs):
-    pyro.set_rng_seed(seed)
-    return VAE((1, 8, 8), z_dim=z_dim, hidden_dims=(16,), prior=prior, **kwargs)
 
 
 def codes(*shape, dtype=torch.float32, seed=0):
@@ -60,7 +55,7 @@ def test_registry_order_names_and_options():
 @pytest.mark.parametrize("z_dim", [1, 2, 3])
 @pytest.mark.parametrize("name", NAMES)
 def test_shapes_samples_and_finite_log_densities(name, z_dim):
-    vae = make(name, z_dim)
+    vae = tiny_vae(z_dim, prior=name)
     p = vae.prior_dist(5)
     assert p.batch_shape == (5,) and p.event_shape == (z_dim,)
     assert p.sample().shape == (5, z_dim)
@@ -74,7 +69,7 @@ def test_shapes_samples_and_finite_log_densities(name, z_dim):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_float64_vae_gives_a_float64_prior(name):
-    vae = make(name).double()
+    vae = tiny_vae(prior=name).double()
     p = vae.prior_dist(5)
     assert p.sample().dtype == torch.float64
     assert p.log_prob(codes(4, 5, 3, dtype=torch.float64)).dtype == torch.float64
@@ -83,7 +78,7 @@ def test_float64_vae_gives_a_float64_prior(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_learned_parameters_are_in_the_state_dict_and_get_gradients(name):
-    vae = make(name)
+    vae = tiny_vae(prior=name)
     params = dict(vae.prior.named_parameters())
     assert bool(params) == (name in LEARNED)
     state = vae.state_dict()
@@ -101,7 +96,7 @@ def test_learned_parameters_are_in_the_state_dict_and_get_gradients(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip_gives_the_same_prior(name):
-    a, b = make(name, seed=0), make(name, seed=1)
+    a, b = tiny_vae(prior=name, seed=0), tiny_vae(prior=name, seed=1)
     z = codes(4, 5, 3)
     with torch.no_grad():
         before = b.prior_dist(5).log_prob(z)
@@ -115,14 +110,14 @@ def test_state_dict_round_trip_gives_the_same_prior(name):
 
 
 def test_standard_normal_density():
-    vae = make("standard-normal").double()
+    vae = tiny_vae(prior="standard-normal").double()
     z = codes(4, 5, 3, dtype=torch.float64)
     expected = (-0.5 * z**2 - LOG_SQRT_2PI).sum(-1)
     torch.testing.assert_close(vae.prior_dist(5).log_prob(z), expected)
 
 
 def test_learned_normal_starts_standard_and_uses_its_mean_and_scale():
-    vae = make("normal").double()
+    vae = tiny_vae(prior="normal").double()
     z = codes(4, 5, 3, dtype=torch.float64)
     torch.testing.assert_close(vae.prior_dist(5).log_prob(z), (-0.5 * z**2 - LOG_SQRT_2PI).sum(-1))
     loc = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
@@ -136,14 +131,14 @@ def test_learned_normal_starts_standard_and_uses_its_mean_and_scale():
 
 
 def test_laplace_density():
-    vae = make("laplace").double()
+    vae = tiny_vae(prior="laplace").double()
     z = codes(4, 5, 3, dtype=torch.float64)
     torch.testing.assert_close(vae.prior_dist(5).log_prob(z), (-z.abs() - math.log(2)).sum(-1))
 
 
 @pytest.mark.parametrize("df", [None, 5.5])
 def test_student_t_density(df):
-    vae = make("student-t", prior_options={} if df is None else {"df": df}).double()
+    vae = tiny_vae(prior="student-t", prior_options={} if df is None else {"df": df}).double()
     nu = 3.0 if df is None else df
     z = codes(4, 5, 3, dtype=torch.float64)
     per_dim = (
@@ -156,7 +151,7 @@ def test_student_t_density(df):
 
 
 def test_mog_density_is_the_logsumexp_over_its_components():
-    vae = make("mog", prior_options={"components": 4}).double()
+    vae = tiny_vae(prior="mog", prior_options={"components": 4}).double()
     prior = vae.prior
     with torch.no_grad():  # unequal weights and scales, so that every parameter matters
         prior.logits.copy_(torch.tensor([0.0, 1.0, -2.0, 0.5]))
@@ -172,7 +167,7 @@ def test_mog_density_is_the_logsumexp_over_its_components():
 
 @pytest.mark.parametrize("encoder", ["mlp", "conv"])
 def test_vamp_density_is_the_average_of_the_encoder_posteriors_at_the_pseudo_inputs(encoder):
-    vae = make("vamp", encoder=encoder, prior_options={"components": 6}).double()
+    vae = tiny_vae(prior="vamp", encoder=encoder, prior_options={"components": 6}).double()
     u = vae.prior.pseudo_inputs
     assert u.shape == (6, 1, 8, 8)
     loc, scale = vae.encode(u)  # (K, z_dim) each: q(z | u_k) by the VAE's own encoder
@@ -196,7 +191,7 @@ def integrate_flow_density(vae, z_dim):
 
 @pytest.mark.parametrize("z_dim", [1, 2])
 def test_flow_density_integrates_to_one(z_dim):
-    vae = make("flow", z_dim).double()
+    vae = tiny_vae(z_dim, prior="flow").double()
     assert integrate_flow_density(vae, z_dim) == pytest.approx(1.0, abs=1e-2)
     with torch.no_grad():  # move the flow away from its initial weights: still a density
         for param in vae.prior.parameters():
@@ -219,14 +214,14 @@ def flow_log_density_by_hand(vae, z):
 
 
 def test_flow_density_matches_the_change_of_variables_by_hand():
-    vae = make("flow", z_dim=4).double()
+    vae = tiny_vae(prior="flow", z_dim=4).double()
     z = codes(4, 5, 4, dtype=torch.float64)
     expected, _ = flow_log_density_by_hand(vae, z)
     torch.testing.assert_close(vae.prior_dist(5).log_prob(z), expected)
 
 
 def test_flow_samples_invert_the_density_map():
-    vae = make("flow", z_dim=4, prior_options={"flow_steps": 3}).double()
+    vae = tiny_vae(prior="flow", z_dim=4, prior_options={"flow_steps": 3}).double()
     p = vae.prior_dist(7)
     torch.manual_seed(1)
     z = p.sample()
@@ -237,7 +232,7 @@ def test_flow_samples_invert_the_density_map():
 
 
 def test_flow_log_prob_takes_one_network_pass_per_step_and_sampling_z_dim():
-    vae = make("flow", z_dim=6)
+    vae = tiny_vae(prior="flow", z_dim=6)
     calls = []
     for i, arn in enumerate(vae.prior.steps):
         arn.register_forward_hook(lambda *_, i=i: calls.append(i))
@@ -250,7 +245,7 @@ def test_flow_log_prob_takes_one_network_pass_per_step_and_sampling_z_dim():
 
 def test_flow_sampling_reads_no_tensor_back_to_python():
     # The sequential inverse indexes z_dim times per step: with tensor indices, a GPU sync each.
-    vae = make("flow", z_dim=4, prior_options={"flow_steps": 3})
+    vae = tiny_vae(prior="flow", z_dim=4, prior_options={"flow_steps": 3})
     p = vae.prior_dist(5)
     with HostReads() as spy:
         z = p.sample()
@@ -261,7 +256,7 @@ def test_flow_sampling_reads_no_tensor_back_to_python():
 def test_flow_scores_its_sample_right_after_scoring_other_codes():
     # Scoring caches each step's log-scale; sampling must replace it with the sample's own
     # (through Pyro's private _cached_log_scale: this fails if an upgrade changes that).
-    vae = make("flow", z_dim=4).double()
+    vae = tiny_vae(prior="flow", z_dim=4).double()
     p = vae.prior_dist(5)
     p.log_prob(codes(5, 4, dtype=torch.float64))
     z = p.sample()
@@ -269,7 +264,7 @@ def test_flow_scores_its_sample_right_after_scoring_other_codes():
 
 
 def test_one_dimensional_flow_steps_are_pyros_rational_linear_splines():
-    vae = make("flow", z_dim=1).double()
+    vae = tiny_vae(prior="flow", z_dim=1).double()
     with torch.no_grad():  # away from the initial weights, so that every parameter matters
         for param in vae.prior.parameters():
             param.add_(0.5 * torch.randn_like(param))
@@ -284,7 +279,7 @@ def test_one_dimensional_flow_steps_are_pyros_rational_linear_splines():
 
 
 def test_flow_never_scores_from_a_stale_cache():
-    vae = make("flow")
+    vae = tiny_vae(prior="flow")
     z = codes(4, 5, 3)
     for _ in range(2):  # the same z twice, each with a fresh graph
         vae.prior_dist(5).log_prob(z).sum().backward()
@@ -298,7 +293,7 @@ def test_flow_never_scores_from_a_stale_cache():
 
 
 def test_vamp_density_is_pytorchs_mixture_density_to_the_bit():
-    vae = make("vamp", prior_options={"components": 6})
+    vae = tiny_vae(prior="vamp", prior_options={"components": 6})
     p = vae.prior_dist(5)
     pytorch_mixture = dist.MixtureSameFamily(p.mixture_distribution, p.component_distribution)
     z = codes(4, 5, 3)
@@ -333,7 +328,7 @@ class StockConditionalFlow(nn.Module):
 @pytest.mark.parametrize("guide", ["iaf", "stock-flow"])
 def test_vamp_with_a_flow_guide_averages_the_posteriors_at_the_pseudo_inputs(guide):
     family = StockConditionalFlow(3) if guide == "stock-flow" else guide
-    vae = make("vamp", guide=family, prior_options={"components": 4})
+    vae = tiny_vae(prior="vamp", guide=family, prior_options={"components": 4})
     z = codes(4, 5, 3)
     # each q(z | u_k) on its own, scored at every code: (4, 5) per component
     per_component = torch.stack(
@@ -357,7 +352,7 @@ def test_vamp_needs_to_be_attached():
 
 
 def test_vamp_holds_no_module_cycle_and_deepcopy_rebinds_it():
-    vae = make("vamp")
+    vae = tiny_vae(prior="vamp")
     assert [name for name, _ in vae.prior.named_modules()] == [""]
     assert list(vae.prior.state_dict()) == ["pseudo_inputs"]
     assert "VampPrior()" in repr(vae)
@@ -388,14 +383,14 @@ def gaussian_kl(m, s, mu, sigma):
 
 
 def test_closed_form_kl_standard_normal():
-    vae = make("standard-normal").double()
+    vae = tiny_vae(prior="standard-normal").double()
     m, s, q = guide_normal()
     expected = gaussian_kl(m, s, torch.zeros(3, dtype=torch.float64), 1.0)
     torch.testing.assert_close(kl_divergence(q, vae.prior_dist(5)), expected)
 
 
 def test_closed_form_kl_learned_normal():
-    vae = make("normal").double()
+    vae = tiny_vae(prior="normal").double()
     mu = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
     sigma = torch.tensor([0.3, 1.0, 2.5], dtype=torch.float64)
     with torch.no_grad():
@@ -407,7 +402,7 @@ def test_closed_form_kl_learned_normal():
 
 def test_closed_form_kl_laplace_matches_quadrature():
     # PyTorch registers KL(Normal || Laplace); check it against E_q[log q - log p] on a grid.
-    vae = make("laplace").double()
+    vae = tiny_vae(prior="laplace").double()
     m, s, q = guide_normal()
     t = torch.linspace(-1, 1, 20_001, dtype=torch.float64)
     z = m[..., None] + 12 * s[..., None] * t  # (B, z_dim, N): +-12 sigma around each mean
@@ -419,12 +414,12 @@ def test_closed_form_kl_laplace_matches_quadrature():
 
 @pytest.fixture(scope="module")
 def digit_batch(digits):
-    return eval_inputs(make("standard-normal").likelihood, digits.x_test[:16])
+    return eval_inputs(tiny_vae(prior="standard-normal").likelihood, digits.x_test[:16])
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_analytic_kl_exists_exactly_for_the_gaussian_and_laplace_priors(name, digit_batch):
-    vae = make(name).double()
+    vae = tiny_vae(prior=name).double()
     _, _, q = guide_normal()
     p = vae.prior_dist(5)
     if name in CLOSED_FORM_KL:
@@ -441,7 +436,7 @@ def test_analytic_kl_exists_exactly_for_the_gaussian_and_laplace_priors(name, di
 
 @pytest.mark.parametrize("name", sorted(set(NAMES) - CLOSED_FORM_KL))
 def test_meanfield_training_without_closed_form_kl_stops_at_once(name, digits):
-    vae = make(name)
+    vae = tiny_vae(prior=name)
     with pytest.raises(ConfigError, match=f"the '{name}' prior, so objective 'meanfield'"):
         train(vae, digits, epochs=1, objective="meanfield", device="cpu", progress=False)
 
@@ -450,15 +445,15 @@ def test_meanfield_training_without_closed_form_kl_stops_at_once(name, digits):
 
 
 def test_options_reach_the_priors():
-    mog = make("mog", prior_options={"components": 3})
+    mog = tiny_vae(prior="mog", prior_options={"components": 3})
     assert mog.prior.locs.shape == (3, 3)
     assert mog.prior_dist(5).mixture_distribution.logits.shape == (5, 3)
-    vamp = make("vamp", prior_options={"components": 7})
+    vamp = tiny_vae(prior="vamp", prior_options={"components": 7})
     assert vamp.prior_dist(5).mixture_distribution.logits.shape == (5, 7)
-    assert make("vamp").prior.pseudo_inputs.shape == (50, 1, 8, 8)
-    assert make("mog").prior.locs.shape == (10, 3)
-    assert make("student-t", prior_options={"df": 7}).prior.df == 7.0
-    assert len(make("flow", prior_options={"flow_steps": 3}).prior.steps) == 3
+    assert tiny_vae(prior="vamp").prior.pseudo_inputs.shape == (50, 1, 8, 8)
+    assert tiny_vae(prior="mog").prior.locs.shape == (10, 3)
+    assert tiny_vae(prior="student-t", prior_options={"df": 7}).prior.df == 7.0
+    assert len(tiny_vae(prior="flow", prior_options={"flow_steps": 3}).prior.steps) == 3
 
 
 @pytest.mark.parametrize(
@@ -478,7 +473,7 @@ def test_options_reach_the_priors():
 )
 def test_bad_options_are_config_errors(name, options, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        make(name, prior_options=options)
+        tiny_vae(prior=name, prior_options=options)
 
 
 @pytest.mark.parametrize(
@@ -517,7 +512,7 @@ def test_the_size_checked_bounds_the_size_built(name, z_dim, options, monkeypatc
     monkeypatch.setattr(
         priors, "check_numbers_fit", lambda n, what, param: checked.append(n * itemsize)
     )
-    prior = make(name, z_dim, prior_options=options).prior
+    prior = tiny_vae(z_dim, prior=name, prior_options=options).prior
     built = sum(t.numel() * t.element_size() for t in [*prior.parameters(), *prior.buffers()])
     assert len(checked) == 1 and built <= checked[0] <= 2 * built
 

@@ -1,9 +1,12 @@
 """Properties over many drawn inputs (hypothesis):
 
 - ``pyro-vae train`` with any values of its numeric options either trains (status 0, a checkpoint
-  and finite metrics) or refuses in one line (status 2, one stderr line, no traceback);
+  and finite metrics) or refuses in one line (status 2, one stderr line, no traceback); values
+  that are plainly valid (the counts as digits, a learning rate in [1e-4, 0.1]) train;
 - :func:`pyro_vae.train` with any valid choice of parts, options, objective and binarization
-  either trains to a finite history or raises a :class:`~pyro_vae.errors.PyroVAEError`.
+  either trains to a finite history or raises a :class:`~pyro_vae.errors.PyroVAEError`; it
+  raises exactly where the configuration breaks one of the rules written out in
+  :func:`refusals`, and for that reason.
 
 The data sets are tiny (1x4x4 images) so that every drawn run takes a fraction of a second.
 """
@@ -13,6 +16,7 @@ import csv
 import io
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -101,6 +105,30 @@ LR = mostly(
 )
 
 
+def plain_count(text, largest):
+    """Whether ``text`` is a count as the valid strategies draw it: ASCII digits, 1 to
+    ``largest``."""
+    short = len(text) <= len(str(largest))  # int() refuses strings of over 4,300 digits
+    return text.isascii() and text.isdigit() and short and 1 <= int(text) <= largest
+
+
+def plainly_valid(epochs, batch_size, z_dim, lr, hidden_dims):
+    """Whether the options are ones ``pyro-vae train`` must train with: positive counts written as
+    digits (a batch larger than the data set is one batch of all of it), a learning rate written
+    as a plain number in [1e-4, 0.1]."""
+    try:
+        rate = float(lr) if re.fullmatch(r"[0-9.e+-]+", lr) else math.nan
+    except ValueError:
+        rate = math.nan
+    return (
+        plain_count(epochs, 3)
+        and plain_count(batch_size, 10**12)
+        and plain_count(z_dim, 6)
+        and all(plain_count(width, 16) for width in hidden_dims.split(","))
+        and 1e-4 <= rate <= 0.1
+    )
+
+
 def run_cli(argv):
     """main(argv) in-process: (status, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
@@ -119,6 +147,7 @@ def run_cli(argv):
 @example(epochs="2", batch_size="1", z_dim="3", lr="1e30", hidden_dims="8")  # loss not finite
 # every batch loss finite (~1e37), their float32 sum not: the train ELBO is summed in float64
 @example(epochs="1", batch_size="5", z_dim="4", lr="279672295.9879744", hidden_dims="13")
+@example(epochs="2", batch_size="8", z_dim="2", lr="0.01", hidden_dims="8,4")  # plainly valid
 def test_train_options_train_or_give_one_line(tiny_npz, epochs, batch_size, z_dim, lr, hidden_dims):
     root = Path(tempfile.mkdtemp(prefix="pyro-vae-prop-"))
     try:
@@ -129,6 +158,9 @@ def test_train_options_train_or_give_one_line(tiny_npz, epochs, batch_size, z_di
         status, _, err = run_cli(argv)
         assert "Traceback" not in err, err
         event("trained" if status == 0 else f"refused: {err.split(':')[2].strip()[:40]}")
+        if plainly_valid(epochs, batch_size, z_dim, lr, hidden_dims):
+            event("plainly valid")
+            assert status == 0, err
         if status == 0:
             assert (out / CHECKPOINT).is_file()
             with open(out / "metrics.csv") as f:
@@ -195,9 +227,45 @@ def configuration(draw):
     }
 
 
+# KL(q(z|x) || p(z)) in closed form: the diagonal guide against these priors (see priors.py)
+CLOSED_FORM_KL = {"standard-normal", "normal", "laplace"}
+
+
+def refusals(config):
+    """What ``config`` must be refused for, as words of the error that says so, by the rules as
+    documented: the conv and resnet encoders take images (C, H, W); objective meanfield needs
+    the KL term in closed form, iwae-dreg the diagonal guide; the data the likelihood scores
+    (binarized first where dynamic binarization meets the bernoulli likelihood) lie in its
+    support: 0 or 1 for bernoulli, the grid k / (bins - 1) for the discretized logistic, whose
+    bins are 256 unless given. The other likelihoods take any values in [0, 1]."""
+    (prior, _), (likelihood, likelihood_options), (guide, _) = (
+        config["prior"],
+        config["likelihood"],
+        config["guide"],
+    )
+    reasons = []
+    if config["encoder"] != "mlp" and len(config["x_shape"]) != 3:
+        reasons.append(f"the {config['encoder']} encoder needs images of shape (C, H, W)")
+    if config["objective"] == "meanfield" and not (guide == "diagonal" and prior in CLOSED_FORM_KL):
+        reasons.append(f"no closed-form KL between the {guide!r} guide and the {prior!r} prior")
+    if config["objective"] == "iwae-dreg" and guide != "diagonal":
+        reasons.append("objective 'iwae-dreg' needs the guide 'diagonal'")
+    binary = config["data"] == "binary" or (
+        likelihood == "bernoulli" and config["binarization"] == "dynamic"
+    )
+    if likelihood == "bernoulli" and not binary:
+        reasons.append("the bernoulli likelihood needs binary data")
+    bins = likelihood_options.get("bins", 256)
+    on_grid = binary or (config["data"] == "grid16" and bins == 17)
+    if likelihood == "discretized-logistic" and not on_grid:
+        reasons.append("the discretized-logistic likelihood needs values on a grid")
+    return reasons
+
+
 @SETTINGS
 @given(config=configuration())
 def test_any_configuration_trains_or_says_why(config):
+    refused_for = refusals(config)
     pyro.set_rng_seed(config["seed"])
     data = tiny_data(config["data"], config["x_shape"], config["seed"])
     (prior, prior_options), (likelihood, likelihood_options), (guide, guide_options) = (
@@ -231,8 +299,11 @@ def test_any_configuration_trains_or_says_why(config):
         )
     except PyroVAEError as e:
         assert str(e) and "\n" not in str(e), str(e)
+        # refused only for a rule the configuration breaks, and saying which
+        assert any(reason in str(e) for reason in refused_for), (str(e), refused_for)
         event(f"refused: {type(e).__name__}: {str(e)[:50]}")
         return
+    assert refused_for == [], f"trained though {refused_for}"
     event("trained")
     for series in (history.step_loss, history.train_elbo, history.test_elbo):
         assert series and all(math.isfinite(v) for v in series), history

@@ -3,6 +3,7 @@
 import pyro
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pyro_vae import VAE
 from pyro_vae.errors import ConfigError
@@ -95,12 +96,42 @@ def test_a_resnet_vae_trains():
     assert last < first - 0.05 * abs(first), losses
 
 
-def test_conv_decoder_numbers_are_unchanged():
-    # recorded before the conv and resnet decoders shared their size logic
+# (x_shape, hidden_dims, P) and the output padding of each transposed convolution, by hand: a
+# stride-2 3x3 convolution with padding 1 takes size n to (n - 1) // 2 + 1, its transpose takes
+# m to 2 m - 1, plus 1 where the encoder's n was even
+CONV_DECODERS = [
+    ((1, 7, 9), (8, 16), 2, [(1, 0), (0, 0)]),  # 7x9 -> 4x5 -> 2x3, and back up
+    ((1, 28, 28), (16, 32), 1, [(1, 1), (1, 1)]),  # 28 -> 14 -> 7
+    ((3, 6, 5), (4,), 2, [(1, 0)]),  # 6x5 -> 3x3; six channels out, two per colour channel
+]
+
+
+@pytest.mark.parametrize("x_shape,hidden_dims,params_per_pixel,paddings", CONV_DECODERS, ids=str)
+def test_conv_decoder_is_a_linear_layer_then_relu_and_transposed_convolutions(
+    x_shape, hidden_dims, params_per_pixel, paddings
+):
+    # The documented network, computed with torch.nn.functional from the decoder's own weights:
+    # z -> Linear -> (C_last, h, w) -> [ReLU, ConvTranspose3x3 stride 2] per stage -> (P, C, H, W)
     torch.manual_seed(0)
-    out = ConvDecoder(4, (8, 16), (1, 7, 9), 2)(torch.ones(2, 4))
-    assert out.shape == (2, 2, 1, 7, 9)
-    assert out.sum().item() == pytest.approx(0.7097156047821045, abs=1e-6)
-    torch.manual_seed(0)
-    out = ConvDecoder(5, (16, 32), (1, 28, 28), 1)(torch.ones(2, 5))
-    assert out.sum().item() == pytest.approx(-178.78823852539062, rel=1e-6)
+    z_dim, channels = 4, x_shape[0]
+    decoder = ConvDecoder(z_dim, hidden_dims, x_shape, params_per_pixel)
+    linears = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
+    deconvs = [m for m in decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(linears) == 1 and len(deconvs) == len(hidden_dims)
+    z = torch.randn(5, z_dim)
+    h = F.linear(z, linears[0].weight, linears[0].bias)
+    height, width = x_shape[1:]
+    for _ in hidden_dims:
+        height, width = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+    h = h.reshape(5, hidden_dims[-1], height, width)
+    for deconv, padding in zip(deconvs, paddings, strict=True):
+        h = F.conv_transpose2d(
+            F.relu(h), deconv.weight, deconv.bias, stride=2, padding=1, output_padding=padding
+        )
+    assert h.shape == (5, params_per_pixel * channels, *x_shape[1:])
+    expected = h.reshape(5, params_per_pixel, *x_shape)
+    out = decoder(z)
+    assert out.shape == (5, params_per_pixel, *x_shape)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    # a code's image does not depend on the other codes of its batch, nor on their number
+    torch.testing.assert_close(decoder(z[2:3])[0], out[2], rtol=1e-5, atol=1e-6)

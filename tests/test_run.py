@@ -1,16 +1,14 @@
 """The run folder from Python: the typed config, creating, training, resuming and evaluating a run
 without the command line, and the command line reading what Python wrote (and back)."""
 
-import csv
 import json
 
 import pytest
+from helpers import metrics
 
 from pyro_vae import ConfigError, Run, RunConfig
 from pyro_vae.cli import main
 from pyro_vae.config import FIELDS, SECTIONS
-
-# compile "off": "auto" decides by timing, and two runs on a busy machine may decide apart
 from pyro_vae.runs.folder import RunExists
 from pyro_vae.runs.layout import CONFIG, SUMMARY
 
@@ -27,12 +25,6 @@ SMALL_BEFORE_SECTIONS = (
     '"dynamic", "device": "auto", "compile": "off", "stream": false, "workers": 2, '
     '"tensorboard": false}'
 )
-
-
-def metrics(run_dir):
-    """metrics.csv without the seconds column, which no two runs share."""
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
 def test_python_and_the_command_line_share_run_folders(tmp_path):

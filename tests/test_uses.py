@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make
+from helpers import make
 from sklearn.metrics import roc_auc_score
 
 from pyro_vae.analysis.codes import Codes, encode, linear_probe

@@ -92,10 +92,25 @@ class ElboCheck:
     failures: list[str] = field(default_factory=list)
 
 
-def _loss_and_grads(vae: VAE, loss_fn, args: tuple[Any, ...], seed: int):
+def loss_and_grads(
+    model: torch.nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    args: tuple[Any, ...],
+    seed: int,
+) -> tuple[float, tuple[torch.Tensor | None, ...]]:
+    """``loss_fn(*args)`` under ``seed``, and its gradient with respect to each of ``model``'s
+    parameters (``None`` for a parameter the loss does not use), in the order of
+    ``model.parameters()``: one side of every comparison here, and the tests' too.
+
+    :param model: the model whose parameters the gradients are of, a VAE or a label model.
+    :param loss_fn: computes the loss, a 0-dim tensor, from ``args``.
+    :param args: the arguments of ``loss_fn``.
+    :param seed: seeds torch's global generator just before ``loss_fn`` runs, so that two losses
+        computed under the same seed make the same draws.
+    """
     torch.manual_seed(seed)
     loss = loss_fn(*args)
-    grads = torch.autograd.grad(loss, list(vae.parameters()), allow_unused=True)
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
     return float(loss.detach()), grads
 
 
@@ -141,7 +156,7 @@ def compare(
     if objective != "iwae-dreg":
         return _compared(name, vae, pyro_fn, manual_fn, (x,), seed, tolerance)
     # DReG: a gradient estimator written out, not a loss to differentiate
-    pyro_loss, pyro_grads = _loss_and_grads(vae, pyro_fn, (x,), seed)
+    pyro_loss, pyro_grads = loss_and_grads(vae, pyro_fn, (x,), seed)
     torch.manual_seed(seed)
     bound, grads = iwae_dreg_gradients(vae, x, num_particles, list(vae.parameters()))
     manual_grads = [None if g is None else -g for g in grads]
@@ -158,8 +173,8 @@ def _compared(
     tolerance: float = TOLERANCE,
 ) -> Comparison:
     """``pyro_fn(*args)`` against ``manual_fn(*args)``, each under ``seed``: value, gradients."""
-    pyro_loss, pyro_grads = _loss_and_grads(vae, pyro_fn, args, seed)
-    manual_loss, manual_grads = _loss_and_grads(vae, manual_fn, args, seed)
+    pyro_loss, pyro_grads = loss_and_grads(vae, pyro_fn, args, seed)
+    manual_loss, manual_grads = loss_and_grads(vae, manual_fn, args, seed)
     return _comparison(name, pyro_loss, pyro_grads, manual_loss, manual_grads, tolerance)
 
 
