@@ -55,7 +55,7 @@ def stop():
 
 try:
     train(vae, data, epochs={EPOCHS + 1}, batch_size={BATCH}, lr={LR}, seed={SEED},
-          device="cpu", progress=False, stop=stop)
+          device="cpu", compile="off", progress=False, stop=stop)
 except TrainingInterrupted as stopped:
     state = stopped.state
 torch.save({{"weights": vae.state_dict(), "train_elbo": state.history.train_elbo,
