@@ -50,3 +50,25 @@ def test_a_model_of_x_alone_takes_no_labels(digits, vae_and_x):
     with pytest.raises(ConfigError, match="labeled"):
         MODELS["vae"].check_labeled(10)
     assert MODELS["m2"].check_labeled(10) == 10
+
+
+def test_the_default_check_holds_each_objective_against_its_twin(vae_and_x):
+    vae, x = vae_and_x
+    report = Program.check_elbo(vae, x, None, seed=2, num_particles=3, kl_weight=0.5)
+    names = [c.name for c in report.comparisons]
+    assert names == ["trace vs manual", "trace vs manual, KL weight 0.5", "iwae vs manual-iwae"]
+    assert not report.failures
+    assert all(c.loss_difference < 1e-6 * abs(c.pyro_loss) for c in report.comparisons)
+
+
+def test_the_default_check_sees_a_twin_that_differs(vae_and_x, monkeypatch):
+    import pyro_vae.infer.elbo as elbo_module
+
+    vae, x = vae_and_x
+    real = elbo_module.manual_elbo
+    monkeypatch.setattr(elbo_module, "manual_elbo", lambda *a, **k: real(*a, **k) + 1.0)
+    report = Program.check_elbo(vae, x, None, seed=2)
+    assert [f.split(":")[0] for f in report.failures] == [
+        "trace vs manual",
+        "trace vs manual, KL weight 0.5",
+    ]
