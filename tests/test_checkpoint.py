@@ -24,7 +24,7 @@ def trained(digits, small_vae, tmp_path):
         save_checkpoint(tmp_path / CHECKPOINT, small_vae, state)
 
     (tmp_path / CONFIG).write_text(json.dumps(CONFIG_OF_SMALL_VAE.to_dict()))
-    train(small_vae, digits, epochs=2, device="cpu", progress=False, checkpoint=keep)
+    train(small_vae, digits, epochs=2, device="cpu", progress=False, checkpoint=keep, compile="off")
     return small_vae, saved, tmp_path
 
 

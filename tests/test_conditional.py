@@ -162,7 +162,7 @@ def test_m2_learns_to_classify_the_digits_from_fifty_labels(digits):
     m2 = build_model("m2", digits.x_shape, 10, z_dim=8, hidden_dims=(128,))
     x_test = (digits.x_test > 0.5).float()
     untrained = accuracy(m2, x_test, digits.y_test)
-    history = train(m2, digits, epochs=15, lr=3e-3, labeled=50, progress=False)
+    history = train(m2, digits, epochs=15, lr=3e-3, labeled=50, progress=False, compile="off")
     assert len(history.test_accuracy) == 15
     assert untrained < 0.25 and history.test_accuracy[-1] > 0.6  # chance: 0.1
 
@@ -170,7 +170,7 @@ def test_m2_learns_to_classify_the_digits_from_fifty_labels(digits):
 def test_the_cvae_uses_the_label(digits):
     pyro.set_rng_seed(0)
     cvae = build_model("cvae", digits.x_shape, 10, z_dim=4, hidden_dims=(64,))
-    train(cvae, digits, epochs=15, lr=3e-3, progress=False)
+    train(cvae, digits, epochs=15, lr=3e-3, progress=False, compile="off")
     x = (digits.x_test > 0.5).float()
     elbo = {}
     for name, labels in (("true", digits.y_test), ("shifted", (digits.y_test + 1) % 10)):
@@ -185,9 +185,9 @@ def test_the_cvae_uses_the_label(digits):
 def test_m2_refuses_particles_and_objectives_it_does_not_have(digits):
     m2 = M2(digits.x_shape, 10, z_dim=2, hidden_dims=(8,))
     with pytest.raises(ConfigError, match="num_particles must be 1"):
-        train(m2, digits, epochs=1, labeled=20, num_particles=2, progress=False)
+        train(m2, digits, epochs=1, labeled=20, num_particles=2, progress=False, compile="off")
     with pytest.raises(ConfigError, match="'iwae' is not one of: trace, manual"):
-        train(m2, digits, epochs=1, labeled=20, objective="iwae", progress=False)
+        train(m2, digits, epochs=1, labeled=20, objective="iwae", progress=False, compile="off")
 
 
 M2_FLAGS = ["--model", "m2", "--labeled", "50", "--z-dim", "4", "--hidden-dims", "32", "--quiet"]

@@ -36,7 +36,8 @@ def test_training_on_the_gpu_matches_the_cpu_in_quality(digits):
     for device in ("cpu", "cuda"):
         pyro.set_rng_seed(0)
         vae = VAE(digits.x_shape, z_dim=8, hidden_dims=(400,))
-        history = train(vae, digits, epochs=34, lr=3e-3, device=device, progress=False)
+        history = train(vae, digits, epochs=34, lr=3e-3, device=device, progress=False,
+            compile="off")
         assert all(p.is_cuda == (device == "cuda") for p in vae.parameters())
         results[device] = history.test_elbo[-1]
     assert results["cuda"] == pytest.approx(results["cpu"], abs=0.5)
@@ -83,7 +84,7 @@ def test_resumed_gpu_training_takes_the_same_steps(digits, tmp_path):
         pyro.set_rng_seed(0)
         return VAE(digits.x_shape, z_dim=4, hidden_dims=(32,))
 
-    options = dict(epochs=3, lr=3e-3, device="cuda", progress=False)
+    options = dict(epochs=3, lr=3e-3, device="cuda", progress=False, compile="off")
     straight = fresh()
     expected = train(straight, digits, **options)
     vae, path, calls = fresh(), tmp_path / "checkpoint.pt", iter(range(1, 1000))
@@ -103,7 +104,8 @@ def test_resumed_gpu_training_takes_the_same_steps(digits, tmp_path):
     for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
     # Adam's step counters stay on the CPU: on the GPU each would cost a sync per step
-    settings = dict(batch_size=128, lr=3e-3, device="cuda", seed=0, binarization="dynamic")
+    settings = dict(batch_size=128, lr=3e-3, device="cuda", seed=0, binarization="dynamic",
+        compile="off")
     trainer = Trainer(fresh(), digits, *training_sections(None, "trace", settings))
     trainer.restore(train_state(saved))
     optimizer = trainer.step.optimizer
@@ -131,7 +133,7 @@ def test_8_bit_images_streamed_to_the_gpu_take_the_steps_kept_ones_do(digits):
     for stream in (False, True):
         pyro.set_rng_seed(0)
         vae = VAE(data.x_shape, z_dim=4, hidden_dims=(32,), likelihood="discretized-logistic")
-        settings = dict(epochs=2, batch_size=100, device="cuda", progress=False)
+        settings = dict(epochs=2, batch_size=100, device="cuda", progress=False, compile="off")
         histories.append(train(vae, data, stream=stream, workers=2, **settings))
     kept, streamed = histories
     assert "kept on cuda" in kept.data and "streamed to cuda" in streamed.data

@@ -346,7 +346,7 @@ def test_each_family_trains(digits, guide, encoder):
     pyro.set_rng_seed(0)
     hidden = (64,) if encoder == "mlp" else (16, 32)
     vae = VAE(digits.x_shape, z_dim=4, hidden_dims=hidden, encoder=encoder, guide=guide)
-    history = train(vae, digits, epochs=2, device="cpu", progress=False)
+    history = train(vae, digits, epochs=2, device="cpu", progress=False, compile="off")
     assert all(math.isfinite(v) for v in history.train_elbo + history.test_elbo)
     assert all(math.isfinite(v) for v in history.step_loss)
     assert history.test_elbo[1] > history.test_elbo[0]
@@ -429,4 +429,5 @@ def test_closed_form_kl_exists_for_the_diagonal_family_only(digits):
         with pytest.raises(NotImplementedError):
             kl_divergence(q, p)
         with pytest.raises(ConfigError, match=f"no closed-form KL between the '{guide}' guide"):
-            train(vae, digits, epochs=1, objective="meanfield", device="cpu", progress=False)
+            train(vae, digits, epochs=1, objective="meanfield", device="cpu", progress=False,
+                compile="off")

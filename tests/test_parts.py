@@ -93,7 +93,8 @@ def test_every_combination_trains_on_digits(digits, prior, likelihood, guide):
         guide=guide,
         likelihood_options=DIGITS_OPTIONS.get(likelihood),
     )
-    history = train(vae, digits, epochs=1, batch_size=256, device="cpu", progress=False)
+    history = train(vae, digits, epochs=1, batch_size=256, device="cpu", progress=False,
+        compile="off")
     assert all(map(torch.isfinite, torch.tensor(history.step_loss)))
     assert torch.isfinite(torch.tensor(history.test_elbo[0]))
 
@@ -111,7 +112,8 @@ def test_every_part_trains_with_the_conv_networks(digits, kind, names):
             encoder="conv",
             **{kind: name, f"{kind}_options": DIGITS_OPTIONS.get(name)},
         )
-        history = train(vae, digits, epochs=1, batch_size=256, device="cpu", progress=False)
+        history = train(vae, digits, epochs=1, batch_size=256, device="cpu", progress=False,
+            compile="off")
         assert torch.isfinite(torch.tensor(history.test_elbo[0])), name
 
 

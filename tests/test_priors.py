@@ -438,7 +438,8 @@ def test_analytic_kl_exists_exactly_for_the_gaussian_and_laplace_priors(name, di
 def test_meanfield_training_without_closed_form_kl_stops_at_once(name, digits):
     vae = tiny_vae(prior=name)
     with pytest.raises(ConfigError, match=f"the '{name}' prior, so objective 'meanfield'"):
-        train(vae, digits, epochs=1, objective="meanfield", device="cpu", progress=False)
+        train(vae, digits, epochs=1, objective="meanfield", device="cpu", progress=False,
+            compile="off")
 
 
 # ---- options -------------------------------------------------------------------------------
@@ -526,7 +527,7 @@ def test_training_improves_the_elbo_and_moves_the_prior(name, encoder, digits):
     pyro.set_rng_seed(0)
     vae = VAE(digits.x_shape, z_dim=3, hidden_dims=(16,), encoder=encoder, prior=name)
     start = {key: p.detach().clone() for key, p in vae.prior.named_parameters()}
-    history = train(vae, digits, epochs=2, device="cpu", progress=False)
+    history = train(vae, digits, epochs=2, device="cpu", progress=False, compile="off")
     assert all(math.isfinite(v) for v in history.train_elbo + history.test_elbo)
     assert history.test_elbo[1] > history.test_elbo[0]
     for key, param in vae.prior.named_parameters():

@@ -295,6 +295,7 @@ def test_any_configuration_trains_or_says_why(config):
             device="cpu",
             seed=config["seed"],
             progress=False,
+            compile="off",
             **settings,
         )
     except PyroVAEError as e:

@@ -19,7 +19,9 @@ from pyro_vae.runs.folder import Run
 loader = importlib.import_module("pyro_vae.data.streaming")
 trainer_module = importlib.import_module("pyro_vae.training.trainer")
 batches_module = importlib.import_module("pyro_vae.training.batches")
-OPTIONS = dict(epochs=2, batch_size=100, lr=3e-3, device="cpu", seed=5, progress=False)
+OPTIONS = dict(
+    epochs=2, batch_size=100, lr=3e-3, device="cpu", seed=5, progress=False, compile="off"
+)
 
 
 def bytes_of(digits):

@@ -14,7 +14,7 @@ def test_a_few_hundred_svi_steps_beat_the_independent_pixel_model(digits):
     # image exactly would score -13.6 nats; independent pixels score -27.0.
     pyro.set_rng_seed(0)
     vae = VAE(digits.x_shape, z_dim=8, hidden_dims=(400,))
-    history = train(vae, digits, epochs=34, lr=3e-3, device="cpu", progress=False)
+    history = train(vae, digits, epochs=34, lr=3e-3, device="cpu", progress=False, compile="off")
     x_test = eval_inputs(vae.likelihood, digits.x_test)
     baseline = independent_pixel_log_likelihood(digits.x_train, x_test)
     assert baseline == pytest.approx(-26.98, abs=0.01)
@@ -28,7 +28,8 @@ def test_a_few_hundred_svi_steps_beat_the_independent_pixel_model(digits):
 def fit(digits, seed, epochs=3):
     pyro.set_rng_seed(seed)
     vae = VAE(digits.x_shape, z_dim=4, hidden_dims=(32,))
-    return vae, train(vae, digits, epochs=epochs, seed=seed, device="cpu", progress=False)
+    return vae, train(vae, digits, epochs=epochs, seed=seed, device="cpu", progress=False,
+        compile="off")
 
 
 def test_fixed_seed_gives_the_same_numbers(digits):
@@ -65,7 +66,7 @@ def test_grey_data_is_binarized_afresh_in_every_batch(digits, small_vae):
         return model(x, kl_weight)
 
     small_vae.model = spy
-    train(small_vae, digits, epochs=2, batch_size=2000, device="cpu", progress=False)
+    train(small_vae, digits, epochs=2, batch_size=2000, device="cpu", progress=False, compile="off")
     assert [x.shape for x in steps] == [digits.x_train.shape] * 2  # one batch of all, each epoch
     assert all(((x == 0) | (x == 1)).all() for x in steps)
     # the same images in another order: per-pixel counts differ only if the draws are new
@@ -79,9 +80,11 @@ def test_grey_data_is_binarized_afresh_in_every_batch(digits, small_vae):
 def test_bernoulli_refuses_grey_data_without_binarization(digits, small_vae):
     assert needs_binarization(small_vae.likelihood, digits.x_train, "dynamic")
     with pytest.raises(DataError, match="needs binary data.*use binarization dynamic"):
-        train(small_vae, digits, epochs=1, binarization="none", device="cpu", progress=False)
+        train(small_vae, digits, epochs=1, binarization="none", device="cpu", progress=False,
+            compile="off")
     with pytest.raises(ConfigError, match="binarization 'sometimes' is not one of: dynamic"):
-        train(small_vae, digits, epochs=1, binarization="sometimes", device="cpu", progress=False)
+        train(small_vae, digits, epochs=1, binarization="sometimes", device="cpu",
+            progress=False, compile="off")
 
 
 class UncheckedBernoulli(Bernoulli):
@@ -96,7 +99,7 @@ class UncheckedBernoulli(Bernoulli):
 def test_validation_is_on_for_the_first_step(digits):
     vae = VAE(digits.x_shape, z_dim=2, hidden_dims=(8,), likelihood=UncheckedBernoulli((1, 8, 8)))
     with pytest.raises(ValueError, match="support"):
-        train(vae, digits, epochs=1, device="cpu", progress=False)
+        train(vae, digits, epochs=1, device="cpu", progress=False, compile="off")
 
 
 @pytest.mark.parametrize(
@@ -120,18 +123,19 @@ def test_validation_is_on_for_the_first_step(digits):
 )
 def test_bad_settings_raise_clear_errors(digits, small_vae, setting, message):
     with pytest.raises(ConfigError, match=message):
-        train(small_vae, digits, device="cpu", progress=False, **setting)
+        train(small_vae, digits, device="cpu", progress=False, **setting, compile="off")
 
 
 def test_data_of_the_wrong_shape_is_refused(small_vae):
     data = Dataset("npz", torch.rand(10, 1, 28, 28), torch.rand(5, 1, 28, 28))
     with pytest.raises(DataError, match=r"shape \(1, 28, 28\) but the model expects \(1, 8, 8\)"):
-        train(small_vae, data, epochs=1, device="cpu", progress=False)
+        train(small_vae, data, epochs=1, device="cpu", progress=False, compile="off")
 
 
 def test_meanfield_objective_trains(digits, small_vae):
     history = train(
-        small_vae, digits, epochs=2, objective="meanfield", device="cpu", progress=False
+        small_vae, digits, epochs=2, objective="meanfield", device="cpu", progress=False,
+            compile="off"
     )
     assert history.test_elbo[1] > history.test_elbo[0]
 

@@ -14,7 +14,8 @@ from pyro_vae.errors import ConfigError
 def fit(digits, epochs, **settings):
     pyro.set_rng_seed(0)
     vae = VAE(digits.x_shape, z_dim=4, hidden_dims=(32,))
-    history = train(vae, digits, epochs=epochs, device="cpu", progress=False, **settings)
+    history = train(vae, digits, epochs=epochs, device="cpu", progress=False, **settings,
+        compile="off")
     return vae, history
 
 
