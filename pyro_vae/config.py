@@ -670,10 +670,7 @@ def check_objective(
     objectives: Mapping[str, Objective] | None = None,
 ) -> tuple[int, float, int]:
     """``(num_particles, beta, kl_warmup)``, checked against each other, the objective, the
-    ``epochs`` of training, the ``guide`` family and the ``model``: a warm-up longer than
-    training, a KL weight for an objective with no KL term, more particles than the objective
-    draws, or a guide or model the objective cannot use, is a :class:`ConfigError` naming the
-    setting.
+    ``epochs``, the ``guide`` family and the ``model``: each mismatch a :class:`ConfigError`.
 
     :param objective: the objective's name, as :func:`pyro_vae.train` takes it.
     :param num_particles: K, the particles per example.

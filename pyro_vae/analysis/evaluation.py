@@ -231,11 +231,9 @@ def iwae_estimate(
     and one line on whether its chunks were compiled: of log p(x | y) at the integer ``labels``
     for the conditional VAE, of log p(x) (:meth:`~pyro_vae.models.m2.M2.iwae_bound`) for M2.
 
-    It costs about ``k`` test ELBOs: ``k`` codes of each example are decoded. The data go
-    through in batches and each batch's particles in chunks (see
-    :func:`pyro_vae.infer.elbo.iwae_bound`), so that k = 5000 on 10,000 images fits in a few GB; the
-    global random state is left as it was. Compiled chunks draw the same numbers and agree with
-    eager ones to float32 rounding.
+    It costs about ``k`` test ELBOs, in chunks of particles (:func:`pyro_vae.infer.elbo.iwae_bound`)
+    so that k = 5000 on 10,000 images fits in a few GB; the global random state is left as it
+    was. Compiled chunks draw the same numbers and agree with eager ones to float32 rounding.
 
     :param vae: the trained model: a :class:`~pyro_vae.models.vae.VAE`,
         :class:`~pyro_vae.models.cvae.CVAE` or :class:`~pyro_vae.models.m2.M2`.

@@ -98,9 +98,8 @@ def train(
         all of them stop after the same step.
     :param settings: settings of either section by name, over ``training`` and ``objective``.
 
-    A loss that stops being finite raises :class:`~pyro_vae.training.state.TrainingError` before
-    ``checkpoint`` sees the broken weights. Under torchrun each rank trains on its shard of every
-    global batch and the gradients are summed (:mod:`pyro_vae.training.distributed`).
+    A loss that stops being finite raises :class:`~pyro_vae.training.state.TrainingError`; under
+    torchrun each rank trains on its shard of every batch (:mod:`pyro_vae.training.distributed`).
     """
     training, objective = training_sections(training, objective, settings)
     try:
