@@ -502,9 +502,8 @@ class RunConfig:
                 f"RunConfig has no setting(s) {', '.join(unknown)}; the settings are: "
                 f"{', '.join(FIELDS)}"
             )
-        for name, cls in SECTIONS.items():
-            own = {key: value for key, value in settings.items() if SECTION_OF[key] == name}
-            object.__setattr__(self, name, _section(cls, name, given[name], own))
+        for name in SECTIONS:
+            object.__setattr__(self, name, _section(name, given[name], settings))
         tensorboard = setting_of("tensorboard").checked("tensorboard", tensorboard)
         object.__setattr__(self, "tensorboard", tensorboard)
         _check_across(self)
@@ -637,9 +636,11 @@ def _check_across(config: RunConfig) -> None:
     check_labeled(model.model, config.training.labeled)
 
 
-def _section(cls: type[Section], name: str, base: Any, changes: dict[str, Any]) -> Section:
-    """Section ``name`` of a new config: ``base`` (a ``cls``, or ``None`` for the defaults) with
-    ``changes``."""
+def _section(name: str, base: Any, settings: dict[str, Any]) -> Section:
+    """Section ``name`` of a new config: ``base`` (one of that section's class, or ``None`` for
+    the defaults) with those of ``settings``, settings by name, that belong to it."""
+    cls = SECTIONS[name]
+    changes = {key: value for key, value in settings.items() if SECTION_OF[key] == name}
     if base is None:
         return cls(**changes)
     if not isinstance(base, cls):
@@ -760,8 +761,4 @@ def training_sections(
             f"train() has no setting(s) {', '.join(unknown)}; its settings are: "
             f"{', '.join(sorted(known))}"
         )
-    own = {k: v for k, v in settings.items() if SECTION_OF[k] == "training"}
-    training = _section(TrainingConfig, "training", training, own)
-    own = {k: v for k, v in settings.items() if SECTION_OF[k] == "objective"}
-    objective = _section(ObjectiveConfig, "objective", objective, own)
-    return training, objective
+    return _section("training", training, settings), _section("objective", objective, settings)
