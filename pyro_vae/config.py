@@ -28,7 +28,7 @@ import dataclasses
 import inspect
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,20 @@ def number(text: str) -> float:
         return float(text)
     except ValueError:
         raise ConfigError(f"expected a number, got {text[:40]!r}") from None
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """A JSON object written out, ``'{"z_dim": 8}'``.
+
+    :param text: the text to read.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"expected a JSON object, got {text[:40]!r} ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"expected a JSON object {{...}}, got {text[:40]!r}")
+    return value
 
 
 def sizes(text: str) -> tuple[int, ...]:
@@ -224,6 +238,17 @@ class Section:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+def _program_spec(name: str, spec: Any) -> str | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ConfigError(f"must be FILE.py:Class or package.module:Class, got {spec!r}", name)
+    where, _, cls = spec.rpartition(":")
+    if where.endswith(".py") or Path(where).exists():  # a file: found from any folder later
+        where = str(Path(where).resolve())
+    return f"{where}:{cls}"
+
+
 def _part_options(name: str, options: Any) -> dict[str, Any]:
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
         raise ConfigError(f"must map option names to values, got {options!r}", name)
@@ -321,20 +346,43 @@ class ModelConfig(Section):
         check=validation.non_negative,
         parse=number,
     )
+    program: str | None = setting(
+        None,
+        "your own Pyro program, FILE.py:Class or package.module:Class: a module with model(x) "
+        "and guide(x) methods, trained in place of a built-in {model}; opening the run imports "
+        "the file again, which runs its code",
+        check=_program_spec,
+    )
+    program_options: dict[str, Any] = setting(
+        {},
+        "the keyword arguments of the program's class (of {program}, or of {model} hvae), as a "
+        "JSON object, e.g. '{\"z_dim\": 8}'",
+        check=_part_options,
+        parse=json_object,
+    )
+    program_sha256: str | None = setting(
+        None, "the SHA-256 of the program's file, recorded when the run is made", parse=None
+    )
 
     def __post_init__(self) -> None:
+        if self.program is not None and self.model == "vae":  # --program names the kind
+            object.__setattr__(self, "model", "program")
         super().__post_init__()
-        if self.aux_weight != DEFAULT_AUX_WEIGHT and self.model != "m2":
-            raise ConfigError(f"is for {{model}} 'm2', not {self.model!r}", "aux_weight")
+        takes = MODELS[self.model].model_settings
+        for f in dataclasses.fields(self):
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            if f.name != "model" and f.name not in takes and getattr(self, f.name) != default:
+                takers = [name for name, kind in MODELS.items() if f.name in kind.model_settings]
+                raise ConfigError(
+                    f"is for {{model}} {' or '.join(takers)}, not {self.model!r}", f.name
+                )
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of the model's class besides ``x_shape`` and ``num_classes``
-        (:func:`~pyro_vae.models.build_model`): :class:`pyro_vae.VAE`'s, and ``aux_weight`` for
-        M2."""
-        options = {name: value for name, value in self.values().items() if name != "model"}
-        if self.model != "m2":
-            del options["aux_weight"]
-        return options
+        (:func:`~pyro_vae.models.build_model`): the settings its kind takes (its
+        ``model_settings``), :class:`pyro_vae.VAE`'s for the VAE."""
+        takes = MODELS[self.model].model_settings
+        return {name: value for name, value in self.values().items() if name in takes}
 
 
 @_documented

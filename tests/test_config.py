@@ -78,7 +78,8 @@ def test_a_flat_config_json_of_an_older_run_is_the_same_config_in_sections(tmp_p
     assert list(IN_SECTIONS.to_dict()) == [*SECTIONS, "tensorboard"]
     assert RunConfig.load(new) == IN_SECTIONS
     assert IN_SECTIONS.settings() == RunConfig.load(old).settings()
-    assert json.loads(json.dumps(IN_SECTIONS.settings())) == BEFORE_SECTIONS | {"clip_norm": None}
+    added = {"clip_norm": None, "program": None, "program_options": {}, "program_sha256": None}
+    assert json.loads(json.dumps(IN_SECTIONS.settings())) == BEFORE_SECTIONS | added
 
 
 def test_a_config_file_may_name_settings_in_tables_or_not_but_once(tmp_path):

@@ -12,7 +12,7 @@ standardized first, so that the probe's L2 penalty weighs every dimension alike.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -72,15 +72,25 @@ def encode(
     means, scales = [], []
     with seeded_pass(x, given, seed=seed, progress=progress, desc="encode") as batches:
         for batch, cond in batches:
-            q = vae.posterior_dist(batch, *cond)
-            try:
-                mean, scale = q.mean, q.stddev
-            except NotImplementedError:  # a flow: no closed form
-                z = q.rsample((num_samples,))
-                mean, scale = z.mean(0), z.std(0)
+            (q, _), *_ = vae.latent_dists(batch, *cond).values()  # the guide's first site
+            mean, scale = mean_and_scale(q, num_samples)
             means.append(mean)
             scales.append(scale)
     return Codes(torch.cat(means), torch.cat(scales), labels)
+
+
+def mean_and_scale(q: Any, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and standard deviation of the guide's ``q``: exact where it has them, else from
+    ``num_samples`` draws (flows).
+
+    :param q: a distribution of the guide.
+    :param num_samples: the draws where there is no closed form.
+    """
+    try:
+        return q.mean, q.stddev
+    except NotImplementedError:  # a flow: no closed form
+        z = q.rsample((num_samples,))
+        return z.mean(0), z.std(0)
 
 
 class Probe(NamedTuple):

@@ -34,12 +34,13 @@ import torch
 from torch.distributions import Independent, kl_divergence
 
 from pyro_vae import validation
-from pyro_vae.analysis.codes import encode
+from pyro_vae.analysis.codes import encode, mean_and_scale
 from pyro_vae.data.sources import Dataset, as_floats, check_shape, eval_inputs
 from pyro_vae.infer.compiling import COMPILE, CompiledLoss, CompilePolicy
 from pyro_vae.infer.elbo import dataset_elbo
 from pyro_vae.infer.passes import EVAL_BATCH_SIZE, seeded_pass
 from pyro_vae.models.program import Program as VAE
+from pyro_vae.models.user import PROBE_BATCH, as_program
 from pyro_vae.parts.distributions import DiscretizedLogisticDistribution
 from pyro_vae.parts.registry import name_of
 
@@ -175,10 +176,40 @@ def active_units(
     :param labels: the examples' integer labels, ``(N,)``: the label models' q(z|x,y) is taken at
         them; ``None`` for the VAE.
     """
-    means = posterior_means(vae, x, labels=labels).double()
-    # one example does not vary: no unit is active (var() would warn and give NaN)
-    activity = means.var(0) if len(means) > 1 else torch.zeros(means.shape[1:], dtype=means.dtype)
+    by_site = units_by_site(vae, x, threshold, labels)
+    activity = torch.cat([a for _, a in by_site.values()])
     return int((activity > threshold).sum()), activity
+
+
+def units_by_site(
+    vae: VAE,
+    x: torch.Tensor,
+    threshold: float = 0.01,
+    labels: torch.Tensor | None = None,
+    num_samples: int = 256,
+) -> dict[str, tuple[int, torch.Tensor]]:
+    """For each latent site of the guide, its active units and each unit's activity
+    Cov_x(E_q[z_d|x]), as :func:`active_units` counts them (a site below the first taken at one
+    draw of those before it).
+
+    :param vae: the trained model.
+    :param x: the examples, floats as the model scores them, on the model's device.
+    :param threshold: the activity above which a unit counts as active.
+    :param labels: the examples' integer labels, for the label models' q(z|x,y).
+    :param num_samples: the draws of z averaged where a guide has no closed-form mean (flows).
+    """
+    means: dict[str, list[torch.Tensor]] = {}
+    with seeded_pass(x, vae.encoder_condition(labels, x), seed=0) as batches:
+        for batch, cond in batches:
+            for site, (q, _) in vae.latent_dists(batch, *cond).items():
+                means.setdefault(site, []).append(mean_and_scale(q, num_samples)[0].flatten(1))
+    result = {}
+    for site, parts in means.items():
+        m = torch.cat(parts).double()
+        # one example does not vary: no unit is active (var() would warn and give NaN)
+        activity = m.var(0) if len(m) > 1 else torch.zeros(m.shape[1:], dtype=m.dtype)
+        result[site] = (int((activity > threshold).sum()), activity)
+    return result
 
 
 def _chunk(vae: VAE, particles: int, x: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
@@ -307,15 +338,17 @@ def kl_per_dim(
     totals = None
     with seeded_pass(x, vae.encoder_condition(labels, x), seed=seed) as batches:
         for batch, cond in batches:
-            q, p = vae.posterior_dist(batch, *cond), vae.prior(len(batch), batch)
-            if not (_factorizes(q) and _factorizes(p)):
-                return None
-            try:
-                kl = kl_divergence(q.base_dist, p.base_dist)
-            except NotImplementedError:
-                z = q.base_dist.rsample((num_samples,))
-                kl = (q.base_dist.log_prob(z) - p.base_dist.log_prob(z)).mean(0)
-            kl = kl.double().sum(0)
+            sites = []
+            for q, p in vae.latent_dists(batch, *cond).values():
+                if not (_factorizes(q) and _factorizes(p)):
+                    return None
+                try:
+                    kl = kl_divergence(q.base_dist, p.base_dist)
+                except NotImplementedError:
+                    z = q.base_dist.rsample((num_samples,))
+                    kl = (q.base_dist.log_prob(z) - p.base_dist.log_prob(z)).mean(0)
+                sites.append(kl.double().sum(0))
+            kl = torch.cat(sites)
             totals = kl if totals is None else totals + kl
     return (totals / len(x)).tolist()
 
@@ -396,21 +429,25 @@ def evaluate(
     :param compile: ``"on"``, ``"auto"`` or ``"off"``, for the IWAE estimate's chunks
         (:func:`iwae_estimate`).
     :returns: a dict of ``test_elbo``, ``iwae_log_likelihood`` (and ``iwae_compile``, what came
-        of compiling it), ``iwae_k``, ``kl_per_dim``, ``active_units``, ``seed``, ``num_test``,
+        of compiling it), ``iwae_k``, ``kl_per_dim``, ``active_units`` (and by latent site,
+        ``active_units_by_site``), ``seed``, ``num_test``,
         ``baseline_log_likelihood``, ``test_accuracy`` for M2, and the figures in bits per
         dimension for a likelihood of probabilities.
     """
+    vae = as_program(vae, data.x_shape, data.x_train[:PROBE_BATCH])  # your own, wrapped
     check_shape(vae.x_shape, data)
     iwae_k = validation.whole("iwae_k", iwae_k, low=0)
     device = next(vae.parameters()).device
     x_test = eval_inputs(vae.likelihood, data.x_test, binarization).to(device)
     labels = None if data.y_test is None else data.y_test.to(device)
+    by_site = units_by_site(vae, x_test, labels=labels)
     result: dict[str, Any] = {
         "test_elbo": dataset_elbo(vae, x_test, seed=seed, objective=objective, labels=labels),
         "iwae_log_likelihood": None,
         "iwae_k": iwae_k,
         "kl_per_dim": kl_per_dim(vae, x_test, seed=seed, labels=labels),
-        "active_units": active_units(vae, x_test, labels=labels)[0],
+        "active_units": sum(n for n, _ in by_site.values()),
+        "active_units_by_site": {site: n for site, (n, _) in by_site.items()},
         "seed": seed,
         "num_test": len(x_test),
     }

@@ -256,7 +256,11 @@ def _added(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | Non
 
 
 def _pyro_loss(elbo_class: type[ELBO], vae: VAE, num_particles: int) -> LossFn:
-    elbo = elbo_class(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    elbo = elbo_class(
+        num_particles=num_particles,
+        vectorize_particles=True,
+        max_plate_nesting=vae.max_plate_nesting,
+    )
     return partial(elbo.differentiable_loss, vae.model, vae.guide)
 
 

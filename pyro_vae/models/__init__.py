@@ -19,15 +19,14 @@ from pyro_vae import validation
 from pyro_vae.models.cvae import CVAE
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.program import Program
+from pyro_vae.models.user import UserProgram
 from pyro_vae.models.vae import VAE
 
 #: the models by name, as :func:`~pyro_vae.models.build_model` and ``--model`` take them
-MODELS: dict[str, type[Program]] = {"vae": VAE, "cvae": CVAE, "m2": M2}
+MODELS: dict[str, type[Program]] = {"vae": VAE, "cvae": CVAE, "m2": M2, "program": UserProgram}
 
 
-def build_model(
-    name: str, x_shape: Sequence[int], num_classes: int = 0, **options: Any
-) -> Program:
+def build_model(name: str, x_shape: Sequence[int], num_classes: int = 0, **options: Any) -> Program:
     """The model ``name`` over examples of shape ``x_shape`` (its class's
     :meth:`~pyro_vae.models.program.Program.build`).
 

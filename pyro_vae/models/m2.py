@@ -164,6 +164,7 @@ class M2(CVAE):
     """
 
     name = "m2"
+    model_settings = (*CVAE.model_settings, "aux_weight")
     description = "semi-supervised: y observed for --labeled examples, summed out for the rest"
     objectives = {
         "trace": Objective(_m2_loss, True, "trace", max_particles=1, twin="manual"),

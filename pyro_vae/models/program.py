@@ -36,7 +36,9 @@ from typing import Any, ClassVar, NamedTuple
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from torch import nn
+from torch.distributions import Distribution, kl_divergence
 
 from pyro_vae.data.sources import Dataset, as_floats
 from pyro_vae.errors import ConfigError, DataError
@@ -82,6 +84,14 @@ class Program(nn.Module):
     #: the objectives it trains with, by the name ``objective`` takes; an objective's ``twin``
     #: names its hand-written counterpart, which ``check-elbo`` compares it with
     objectives: ClassVar[dict[str, Objective]] = PYRO_OBJECTIVES
+    #: the settings of :class:`~pyro_vae.config.ModelConfig` that :meth:`build` takes; the others
+    #: must keep their defaults
+    model_settings: ClassVar[tuple[str, ...]] = ()
+    #: the most plates a site of the programs is in (Pyro's ``max_plate_nesting``); particles are
+    #: vectorized in a plate left of them
+    max_plate_nesting: int = 1
+    #: the data plate's ``dim``: the batch dimension of the sites' log densities
+    data_dim: int = -1
     x_shape: tuple[int, ...]
 
     @classmethod
@@ -95,6 +105,11 @@ class Program(nn.Module):
         :param options: the class's other keyword arguments.
         """
         return cls(x_shape, **options)
+
+    def recorded_settings(self) -> dict[str, Any]:
+        """Settings of :class:`~pyro_vae.config.ModelConfig` that a new run records once the
+        model is built: none by default."""
+        return {}
 
     @classmethod
     def label_classes(cls, data: Dataset) -> int:
@@ -174,6 +189,42 @@ class Program(nn.Module):
         :param labels: its integer labels, or ``None``.
         """
         return {}
+
+    def latent_dists(
+        self, x: torch.Tensor, *cond: torch.Tensor
+    ) -> dict[str, tuple[Distribution, Distribution]]:
+        """For each latent site, in the guide's order, the guide's q and the model's p over the
+        batch ``x``, each at one draw of the sites before it: by default from one run of the
+        guide and the model replayed on it (the sites' ``fn``).
+
+        :param x: a batch of examples, ``(B, *x_shape)``.
+        :param cond: what the guide takes after ``x`` (:meth:`encoder_condition`).
+        """
+        guide = poutine.trace(self.guide).get_trace(x, *cond)
+        model = poutine.trace(poutine.replay(self.model, trace=guide)).get_trace(x, *cond)
+        return {  # in the guide's order: its first site is the code of x
+            name: (site["fn"], model.nodes[name]["fn"])
+            for name, site in guide.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+        }
+
+    def check_closed_form_kl(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """Refuse, in one line, training with a KL in closed form (``meanfield``) where a latent
+        site has none: Pyro would quietly fall back to the sampled KL.
+
+        :param x: a batch of examples.
+        :param labels: their integer labels, for what :meth:`encoder_condition` makes of them.
+        """
+        with torch.no_grad():
+            for site, (q, p) in self.latent_dists(x, *self.encoder_condition(labels, x)).items():
+                try:
+                    kl_divergence(q, p)
+                except NotImplementedError:
+                    raise ConfigError(
+                        f"no closed-form KL at site {site!r} of model {self.name!r} "
+                        f"({type(q).__name__} against {type(p).__name__}), so objective "
+                        "'meanfield' (analytic KL) cannot be used; use objective 'trace'"
+                    ) from None
 
     def check_elbo(
         self, x: torch.Tensor, labels: torch.Tensor | None, *, seed: int = 0, **settings: Any
@@ -262,24 +313,29 @@ def _log_weights(
     def run(fn: Any) -> Any:
         if particles is None:
             return fn
-        return pyro.plate("particles", particles, dim=-2)(fn)
+        return pyro.plate("particles", particles, dim=-1 - program.max_plate_nesting)(fn)
 
     guide = poutine.trace(run(program.guide)).get_trace(*args)
     model = poutine.trace(poutine.replay(run(program.model), trace=guide)).get_trace(*args)
     observed, latent = 0.0, 0.0
     for name, site in model.nodes.items():
-        if site["type"] != "sample":
+        if site["type"] != "sample" or site_is_subsample(site):
             continue
-        log_p = _per_example(site)
+        log_p = _per_example(site, program.data_dim)
         if site["is_observed"]:
             observed = observed + log_p
         elif name in guide.nodes:
-            latent = latent + log_p - _per_example(guide.nodes[name])
+            latent = latent + log_p - _per_example(guide.nodes[name], program.data_dim)
         else:
             raise DataError(f"the guide of model {program.name!r} has no site {name!r}")
     return observed, latent
 
 
-def _per_example(site: dict[str, Any]) -> torch.Tensor:
-    # inside the data plate a site's log density has a value per example (and particle)
-    return site["fn"].log_prob(site["value"]) * site["scale"]
+def _per_example(site: dict[str, Any], data_dim: int) -> torch.Tensor:
+    """A site's log density per example (and particle): summed over the plates right of the data
+    plate's ``data_dim``."""
+    log_p = site["fn"].log_prob(site["value"]) * site["scale"]
+    inner = tuple(range(data_dim + 1, 0))
+    if inner and log_p.dim() >= -data_dim:
+        log_p = log_p.sum(inner)
+    return log_p

@@ -31,7 +31,13 @@ from pyro import poutine
 
 from pyro_vae import validation
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.elbo import OBJECTIVES, iwae_chunk, iwae_chunk_size, vae_elbo_terms
+from pyro_vae.infer.elbo import (
+    OBJECTIVES,
+    closed_form_kl,
+    iwae_chunk,
+    iwae_chunk_size,
+    vae_elbo_terms,
+)
 from pyro_vae.infer.elbo_check import ElboCheck, check_elbo
 from pyro_vae.models.program import Program
 from pyro_vae.parts.guides import GUIDES
@@ -70,6 +76,8 @@ class VAE(Program):
     name = "vae"
     description = "p(x|z) p(z) and q(z|x): the VAE (default)"
     objectives = OBJECTIVES
+    model_settings = ("z_dim", "hidden_dims", "encoder", "prior", "likelihood", "guide",
+                      "prior_options", "likelihood_options", "guide_options")  # fmt: skip
     num_classes = 0  # the label dimensions its networks take besides x or z: none
 
     def __init__(
@@ -247,6 +255,26 @@ class VAE(Program):
         :param cond: what the networks take after ``x``.
         """
         return iwae_chunk_size(self, x, k, *cond)
+
+    def latent_dists(
+        self, x: torch.Tensor, *cond: torch.Tensor
+    ) -> dict[str, tuple[dist.Distribution, dist.Distribution]]:
+        """q(z|x) and p(z) for the batch ``x``: the site ``"z"``'s.
+
+        :param x: a batch of examples, ``(B, *x_shape)``.
+        :param cond: what the guide's networks take after ``x`` (the labels' one-hot codes).
+        """
+        return {"z": (self.posterior_dist(x, *cond), self.prior(len(x), x))}
+
+    def check_closed_form_kl(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """Refuse, in one line naming guide and prior, the KL in closed form where it has none.
+
+        :param x: a batch of examples.
+        :param labels: their integer labels, for the label models' guide.
+        """
+        with torch.no_grad():
+            ((q, p),) = self.latent_dists(x, *self.encoder_condition(labels, x)).values()
+            closed_form_kl(self, q, p)
 
     def check_elbo(
         self, x: torch.Tensor, labels: torch.Tensor | None, *, seed: int = 0, **settings: Any

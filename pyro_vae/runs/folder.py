@@ -46,7 +46,7 @@ import pyro
 import torch
 
 from pyro_vae import validation
-from pyro_vae.config import RESUMABLE, ModelConfig, RunConfig
+from pyro_vae.config import RESUMABLE, ModelConfig, RunConfig, check_objective
 from pyro_vae.data.sources import (
     Dataset,
     check_shape,
@@ -130,6 +130,10 @@ class Run(RunReports):
         _check_board(config)
         data, training = _load_data(config), config.training
         vae = new_model(config.model, data, training.seed)
+        config = config.replace(**vae.recorded_settings())  # a program's file, by its hash
+        objective = config.objective  # a program's own objectives, before anything is written
+        check_objective(objective.objective, objective.num_particles, objective.beta,
+                        objective.kl_warmup, model=vae.name, objectives=vae.objectives)  # fmt: skip
         if training.labeled is not None:  # refused before the folder is written, not after
             classes = MODELS[config.model.model].label_classes(data)
             labeled_split(data.y_train, training.labeled, classes, training.seed)

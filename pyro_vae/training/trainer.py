@@ -30,8 +30,8 @@ from pyro_vae.data.sources import Dataset, check_shape, eval_inputs, needs_binar
 from pyro_vae.device import resolve_device
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.compiling import CompilePolicy
-from pyro_vae.infer.elbo import closed_form_kl
 from pyro_vae.models.program import Program
+from pyro_vae.models.user import PROBE_BATCH, as_program
 from pyro_vae.parts.registry import name_of
 from pyro_vae.training import distributed
 from pyro_vae.training.batches import BatchSource, placement
@@ -78,8 +78,9 @@ def train(
     happened; ``clip_norm`` clips the gradients' global norm, after the all-reduce under torchrun.
 
     :param model: the model, trained in place (and moved to the device): any model of
-        :data:`~pyro_vae.models.MODELS` (:func:`~pyro_vae.models.build_model`), or any
-        :class:`~pyro_vae.models.program.Program`.
+        :data:`~pyro_vae.models.MODELS` (:func:`~pyro_vae.models.build_model`), any
+        :class:`~pyro_vae.models.program.Program`, or your own Pyro program, a module with
+        ``model(x)`` and ``guide(x)`` methods (:func:`~pyro_vae.models.user.as_program`).
     :param data: the data set, as :func:`~pyro_vae.data.sources.load_dataset` gives it: training
         on ``x_train``, the test ELBO on ``x_test``; examples of the shape ``model.x_shape``, and
         labels for the models that take them.
@@ -128,6 +129,7 @@ class Trainer:
     def __init__(
         self, model: Program, data: Dataset, training: TrainingConfig, objective: ObjectiveConfig
     ):
+        model = as_program(model, data.x_shape, data.x_train[:PROBE_BATCH])  # your own, wrapped
         self.num_particles, self.beta, self.kl_warmup = check_objective(
             objective.objective, objective.num_particles, objective.beta, objective.kl_warmup,
             guide=_guide_of(model), model=model.name, objectives=model.objectives,
@@ -179,11 +181,8 @@ class Trainer:
                                   objective=self.objective, compile=compile,
                                   agree=agree)  # fmt: skip
         if self.objective == "meanfield":  # Pyro would quietly fall back to the sampled KL instead
-            with torch.no_grad():
-                labels = None if self.y_test is None else self.y_test[:1]
-                cond = model.condition(labels, self.x_test)
-                q = model.posterior_dist(self.x_test[:1], *cond)
-                closed_form_kl(model, q, model.prior(1, self.x_test))
+            labels = None if self.y_test is None else self.y_test[:2]
+            model.check_closed_form_kl(self.x_test[:2], labels)
 
     def restore(self, state: TrainState) -> None:
         """Go on from ``state``, handed to ``checkpoint`` earlier, with the model holding the
