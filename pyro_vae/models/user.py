@@ -25,8 +25,8 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -64,8 +64,25 @@ class LatentScale(ScaleMessenger):
             super()._process_message(msg)
 
 
+class ProgramUnavailable(ConfigError):
+    """A program's file is missing, or no longer the one a run's weights were trained with."""
+
+
 class MissingMethod(ConfigError):
     """A program lacks a method that a picture, the codes or a walk needs."""
+
+
+@contextmanager
+def skipped_without_method(what: str) -> Iterator[None]:
+    """Make ``what`` (a picture, say) in the block, or skip it with one line on stderr naming the
+    method it needs when the program lacks it (:class:`MissingMethod`).
+
+    :param what: what the block makes, for the line.
+    """
+    try:
+        yield
+    except MissingMethod as missing:
+        print(f"pyro-vae: no {what}: {missing.problem}", file=sys.stderr)
 
 
 class Sites(NamedTuple):
@@ -408,10 +425,10 @@ def find_program(spec: str, sha256: str | None = None) -> ProgramSource:
     path = Path(where)
     if where.endswith(".py") or path.exists():
         if not path.is_file():
-            raise ConfigError(f"program file {where!r} does not exist")
+            raise ProgramUnavailable(f"program file {where!r} does not exist")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if sha256 is not None and digest != sha256:
-            raise ConfigError(
+            raise ProgramUnavailable(
                 f"program file {where!r} has changed since the run was made "
                 "(its SHA-256 differs): its weights are for the old code"
             )
@@ -470,7 +487,7 @@ def make_program(
         module = cls(**options)
     except (TypeError, ValueError) as error:
         raise ConfigError(
-            f"program {cls.__name__!r} refused its options {options}: {error}", "program_options"
+            f"{options} does not fit program {cls.__name__!r}: {error}", "program_options"
         ) from None
     program = UserProgram(module, x_shape, example)
     program.sha256 = source.sha256

@@ -23,6 +23,7 @@ checkpoint, and hides from TensorBoard anything an earlier process wrote past th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -32,6 +33,7 @@ from pyro_vae.analysis.evaluation import active_units
 from pyro_vae.analysis.plots import picture, reconstruction_rows
 from pyro_vae.device import random_state_kept
 from pyro_vae.infer.elbo import elbo_terms
+from pyro_vae.models.user import skipped_without_method
 from pyro_vae.models.vae import VAE
 from pyro_vae.training.state import History
 
@@ -103,7 +105,7 @@ class Board:
         vae: VAE,
         x: torch.Tensor,
         labels: torch.Tensor | None,
-        reconstructions: tuple[torch.Tensor, torch.Tensor],
+        reconstructions: Callable[[], tuple[torch.Tensor, torch.Tensor]],
         *,
         seed: int,
         objective: str,
@@ -116,14 +118,15 @@ class Board:
         :param vae: the model as it is after the epoch.
         :param x: the test set as the model scores it, on its device.
         :param labels: the test set's integer labels, or ``None``.
-        :param reconstructions: ``(inputs, outputs)``: test images and their reconstructions.
+        :param reconstructions: gives ``(inputs, outputs)``: test images and their
+            reconstructions.
         :param seed: the run's seed, for the same draws at every epoch.
         :param objective: the run's training objective, whose ELBO is split into its terms.
         """
         step = self.write_history(history)
         for tag, value in figures(vae, x, labels, seed=seed, objective=objective).items():
             self.writer.add_scalar(tag, value, step)
-        for tag, image in pictures(vae, *reconstructions, seed=seed).items():
+        for tag, image in pictures(vae, reconstructions, seed=seed).items():
             self.writer.add_image(tag, image, step)
         self.writer.flush()
 
@@ -152,19 +155,23 @@ def figures(
 
 
 def pictures(
-    vae: VAE, x: torch.Tensor, x_rec: torch.Tensor, *, seed: int
+    vae: VAE, reconstructions: Callable[[], tuple[torch.Tensor, torch.Tensor]], *, seed: int
 ) -> dict[str, torch.Tensor]:
-    """``images/reconstructions``, the inputs ``x`` in rows over their reconstructions
-    ``x_rec``, and ``images/samples``, :data:`SAMPLES` samples drawn with ``seed`` (the global
-    random state left as it was): ``(C, H, W)`` pictures with values in [0, 1].
+    """``images/reconstructions``, test images in rows over their ``reconstructions``, and
+    ``images/samples``, :data:`SAMPLES` samples drawn with ``seed`` (the global random state
+    left as it was): ``(C, H, W)`` pictures with values in [0, 1].
 
     :param vae: the model as it is after the epoch.
-    :param x: test images, ``(N, C, H, W)``, values in [0, 1].
-    :param x_rec: their reconstructions, shaped alike.
+    :param reconstructions: gives ``(x, x_rec)``: test images, ``(N, C, H, W)``, values in
+        [0, 1], and their reconstructions, shaped alike; skipped, with one line, for a program
+        without ``reconstruct``.
     :param seed: seeds the samples' draws.
     """
-    images, nrow = reconstruction_rows(x, x_rec)
-    with random_state_kept(next(vae.parameters()).device):
+    result = {}
+    with skipped_without_method("images/reconstructions"):
+        images, nrow = reconstruction_rows(*reconstructions())
+        result["images/reconstructions"] = picture(images, nrow)
+    with random_state_kept(next(vae.parameters()).device), skipped_without_method("images/samples"):
         torch.manual_seed(seed)
-        samples = vae.sample(SAMPLES)
-    return {"images/reconstructions": picture(images, nrow), "images/samples": picture(samples)}
+        result["images/samples"] = picture(vae.sample(SAMPLES))
+    return result

@@ -56,6 +56,7 @@ from pyro_vae.device import resolve_device
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.files import atomic_write, write_json
 from pyro_vae.models import MODELS, build_model
+from pyro_vae.models.user import ProgramUnavailable
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs import board
 from pyro_vae.runs.checkpoint import load_checkpoint, load_weights, save_checkpoint, train_state
@@ -165,6 +166,8 @@ class Run(RunReports):
         try:
             vae, state, trained_on = _restore(config, path / CHECKPOINT)
             fell_back = False
+        except ProgramUnavailable:  # no checkpoint fits a missing or changed program
+            raise
         except PyroVAEError as last:
             vae, state, trained_on = _fall_back(config, path, last)
             fell_back = True
@@ -280,6 +283,7 @@ class Run(RunReports):
     def files(self) -> tuple[str, ...]:
         """The files (and folders, ending in ``/``) training writes into the run folder."""
         files = (*RUN_FILES, CLASS_PICTURE) if self.vae.drawable_labels else RUN_FILES
+        files = tuple(f for f in files if (self.path / f).exists())  # a program may draw none
         return files + ((f"{BOARD}/",) if self.config.tensorboard else ())
 
     @contextmanager
@@ -303,13 +307,12 @@ class Run(RunReports):
         """Write the epochs of ``history`` that ``watching`` lacks, and the figures and pictures
         of the VAE as it is, on the test set (:meth:`pyro_vae.runs.board.Board.write_epoch`)."""
         x, labels = self.inputs("test")
-        reconstructions = self.reconstructions(RECONSTRUCTED, x.device)
         watching.write_epoch(
             history,
             self.vae,
             x,
             labels,
-            reconstructions,
+            lambda: self.reconstructions(RECONSTRUCTED, x.device),
             seed=self.config.training.seed,
             objective=self.config.objective.objective,
         )
@@ -336,6 +339,8 @@ def _restore(config: RunConfig, file: Path) -> tuple[VAE, TrainState, str]:
     try:
         shape, classes = checkpoint["x_shape"], checkpoint.get("num_classes", 0)
         vae = build_model(config.model.model, shape, classes, **config.model.options())
+    except ProgramUnavailable:  # no checkpoint fits another program: said as it is
+        raise
     except (KeyError, PyroVAEError) as e:
         raise PyroVAEError(f"{file} does not fit {file.parent / CONFIG} ({e})") from None
     load_weights(vae, checkpoint, file)

@@ -36,6 +36,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.files import write_json
 from pyro_vae.models.m2 import predict
 from pyro_vae.models.program import Program
+from pyro_vae.models.user import skipped_without_method
 from pyro_vae.runs import board
 from pyro_vae.runs.layout import (
     CLASS_PICTURE,
@@ -90,9 +91,11 @@ class RunReports:
         add_bits_per_dim(self.summary, self.vae)
         write_json(self.path / SUMMARY, self.summary)
         vae = self.vae
-        reconstructions = self.reconstructions(RECONSTRUCTED, self.device)
-        plot_reconstructions(*reconstructions, self.path / PICTURES[0])
-        plot_samples(vae.sample(board.SAMPLES), self.path / PICTURES[1])
+        with skipped_without_method(PICTURES[0]):
+            reconstructions = self.reconstructions(RECONSTRUCTED, self.device)
+            plot_reconstructions(*reconstructions, self.path / PICTURES[0])
+        with skipped_without_method(PICTURES[1]):
+            plot_samples(vae.sample(board.SAMPLES), self.path / PICTURES[1])
         plot_elbo(history.__dict__, self.path / PICTURES[2])
         if vae.drawable_labels:
             plot_class_samples(vae, self.path / CLASS_PICTURE)
