@@ -17,13 +17,20 @@ from typing import Any
 
 from pyro_vae import validation
 from pyro_vae.models.cvae import CVAE
+from pyro_vae.models.hvae import HVAEProgram
 from pyro_vae.models.m2 import M2
 from pyro_vae.models.program import Program
 from pyro_vae.models.user import UserProgram
 from pyro_vae.models.vae import VAE
 
 #: the models by name, as :func:`~pyro_vae.models.build_model` and ``--model`` take them
-MODELS: dict[str, type[Program]] = {"vae": VAE, "cvae": CVAE, "m2": M2, "program": UserProgram}
+MODELS: dict[str, type[Program]] = {
+    "vae": VAE,
+    "cvae": CVAE,
+    "m2": M2,
+    "hvae": HVAEProgram,
+    "program": UserProgram,
+}
 
 
 def build_model(name: str, x_shape: Sequence[int], num_classes: int = 0, **options: Any) -> Program:

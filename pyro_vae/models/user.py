@@ -214,17 +214,17 @@ def user_objectives(elbo_twin: bool, iwae_twin: bool) -> dict[str, Objective]:
 
 
 def _manual_elbo_loss(model: UserProgram, num_particles: int) -> Callable[..., torch.Tensor]:
-    def loss(x: torch.Tensor, *given: torch.Tensor, kl_weight: Any = 1.0) -> torch.Tensor:
+    def loss(x: torch.Tensor, kl_weight: Any = 1.0) -> torch.Tensor:
         return -model.program.manual_elbo(
-            model.inputs(x), *given, num_particles=num_particles, kl_weight=kl_weight
+            model.inputs(x), num_particles=num_particles, kl_weight=kl_weight
         )
 
     return loss
 
 
 def _manual_iwae_loss(model: UserProgram, num_particles: int) -> Callable[..., torch.Tensor]:
-    def loss(x: torch.Tensor, *given: torch.Tensor, kl_weight: Any = 1.0) -> torch.Tensor:
-        return -model.program.manual_iwae(model.inputs(x), *given, num_particles).sum()
+    def loss(x: torch.Tensor, kl_weight: Any = 1.0) -> torch.Tensor:
+        return -model.program.manual_iwae(model.inputs(x), num_particles).sum()
 
     return loss
 
@@ -317,30 +317,28 @@ class UserProgram(Program):
         """What the checkpoint records of the model: the example shape."""
         return {"x_shape": list(self.x_shape)}
 
-    def model(self, x: torch.Tensor, *given: torch.Tensor, kl_weight: Any = 1.0) -> Any:
+    def model(self, x: torch.Tensor, kl_weight: Any = 1.0) -> Any:
         """The program's model on ``x`` as floats, its latent sites weighed by ``kl_weight``.
 
         :param x: a batch of examples, as a data set stores them.
-        :param given: what else the program's model takes.
         :param kl_weight: w, the latent sites' weight (:class:`LatentScale`); 1 for the ELBO.
         """
         with _weighed(kl_weight):
-            return self.program.model(self.inputs(x), *given)
+            return self.program.model(self.inputs(x))
 
-    def guide(self, x: torch.Tensor, *given: torch.Tensor, kl_weight: Any = 1.0) -> Any:
+    def guide(self, x: torch.Tensor, kl_weight: Any = 1.0) -> Any:
         """The program's guide on ``x`` as floats, its sites weighed by ``kl_weight``.
 
         :param x: a batch of examples, as a data set stores them.
-        :param given: what else the program's guide takes.
         :param kl_weight: w, the sites' weight (:class:`LatentScale`); 1 for the ELBO.
         """
         with _weighed(kl_weight):
-            return self.program.guide(self.inputs(x), *given)
+            return self.program.guide(self.inputs(x))
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True, label: int | None = None) -> torch.Tensor:
         """``n`` examples from the program's ``sample(n)`` (``sample(n, mean=False)`` for draws
-        rather than means).
+        rather than means), shaped ``(n, *x_shape)``.
 
         :param n: the number of examples.
         :param mean: means of p(x|z) rather than draws.
@@ -349,7 +347,7 @@ class UserProgram(Program):
         if label is not None:
             raise ConfigError(f"{{label}} is for the models that know labels, not {self.name!r}")
         sample = self._method("sample", "the samples")
-        return sample(n) if mean else sample(n, mean=False)
+        return (sample(n) if mean else sample(n, mean=False)).reshape(n, *self.x_shape)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -357,7 +355,7 @@ class UserProgram(Program):
 
         :param x: a batch of examples, as a data set stores them.
         """
-        return self._method("reconstruct", "the reconstructions")(self.inputs(x))
+        return self._method("reconstruct", "the reconstructions")(self.inputs(x)).reshape(x.shape)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The program's ``encode(x)``: its code of each example first.
@@ -471,6 +469,7 @@ def make_program(
     options: dict[str, Any],
     x_shape: Sequence[int],
     example: torch.Tensor | None = None,
+    kind: type[UserProgram] | None = None,
 ) -> UserProgram:
     """``source.cls(**options)`` wrapped for the library (:class:`UserProgram`); ``x_shape`` is
     also given to a constructor that takes a parameter of that name.
@@ -479,6 +478,8 @@ def make_program(
     :param options: its constructor's keyword arguments.
     :param x_shape: the shape of one example.
     :param example: a batch of examples to read its sites from.
+    :param kind: the wrapper, a registered kind of program (``hvae``); ``None``: a
+        :class:`UserProgram` named after the class.
     """
     cls = source.cls
     if "x_shape" in inspect.signature(cls).parameters and "x_shape" not in options:
@@ -489,6 +490,6 @@ def make_program(
         raise ConfigError(
             f"{options} does not fit program {cls.__name__!r}: {error}", "program_options"
         ) from None
-    program = UserProgram(module, x_shape, example)
+    program = UserProgram(module, x_shape, example) if kind is None else kind(module, x_shape)
     program.sha256 = source.sha256
     return program
