@@ -42,7 +42,7 @@ from torch.distributions import Distribution, kl_divergence
 
 from pyro_vae.data.sources import Dataset, as_floats
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.infer.elbo import PYRO_OBJECTIVES, Objective, iwae_bound
+from pyro_vae.infer.elbo import IWAE_CHUNK_ELEMENTS, PYRO_OBJECTIVES, Objective, iwae_bound
 from pyro_vae.infer.elbo_check import ElboCheck, check_twins
 
 
@@ -278,13 +278,14 @@ class Program(nn.Module):
         return torch.logsumexp(observed + latent, dim=0)
 
     def iwae_chunk_size(self, x: torch.Tensor, k: int, *cond: torch.Tensor) -> int:
-        """The particles drawn at once for the batch ``x``: by default all ``k``.
+        """The particles drawn at once for the batch ``x``: by default as many as keep about
+        :data:`~pyro_vae.infer.elbo.IWAE_CHUNK_ELEMENTS` numbers of the size of x at once.
 
         :param x: a batch of examples.
         :param k: the particles of the whole bound.
         :param cond: what the programs take after ``x``.
         """
-        return k
+        return max(1, min(k, IWAE_CHUNK_ELEMENTS // x.numel()))
 
     def iwae_bound(
         self, x: torch.Tensor, k: int, full_chunk: Any = None, cond: Sequence[torch.Tensor] = ()
