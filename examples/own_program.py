@@ -119,15 +119,16 @@ def plain_svi_losses(
     return losses, vae
 
 
-def pyro_vae_losses(
+def pyro_vae_run(
     data: pyro_vae.Dataset, epochs: int, *, batch_size: int, lr: float, seed: int, compile: str
-) -> list[float]:
-    """The per-example loss of each of pyro-vae's steps on a TutorialVAE seeded alike."""
+) -> tuple[pyro_vae.History, TutorialVAE]:
+    """pyro-vae's training of a TutorialVAE seeded alike: its history (``step_loss``, the
+    per-example loss of each step) and the VAE."""
     pyro.set_rng_seed(seed)
     vae = TutorialVAE(data.x_shape)
     history = pyro_vae.train(vae, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                              compile=compile, progress=False)  # fmt: skip
-    return history.step_loss
+    return history, vae
 
 
 def check_against_plain_svi(data: pyro_vae.Dataset, epochs: int, seed: int) -> None:
@@ -135,7 +136,7 @@ def check_against_plain_svi(data: pyro_vae.Dataset, epochs: int, seed: int) -> N
     settings = {"batch_size": 128, "lr": 1e-3, "seed": seed}
     plain, _ = plain_svi_losses(data, epochs, **settings)
     for compile in ("off", "on"):
-        ours = pyro_vae_losses(data, epochs, compile=compile, **settings)
+        ours = pyro_vae_run(data, epochs, compile=compile, **settings)[0].step_loss
         worst = max(abs(a - b) / abs(b) for a, b in zip(ours, plain, strict=True))
         same = sum(a == b for a, b in zip(ours, plain, strict=True))
         print(f"compile {compile}: {same} of {len(plain)} steps' losses equal to the last bit "

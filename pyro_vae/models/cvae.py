@@ -63,6 +63,7 @@ class CVAE(VAE):
     """
 
     name = "cvae"
+    hand_written = True  # its twins are written for its own model and guide
     description = "p(x|y,z) p(z) and q(z|x,y), the label y observed: draws images of a class"
     objectives = {"trace": TRACE, "meanfield": MEANFIELD, "manual": MANUAL}
 

@@ -164,6 +164,7 @@ class M2(CVAE):
     """
 
     name = "m2"
+    hand_written = True  # its twins are written for its own model and guide
     model_settings = (*CVAE.model_settings, "aux_weight")
     description = "semi-supervised: y observed for --labeled examples, summed out for the rest"
     objectives = {

@@ -117,8 +117,7 @@ def read_sites(model: Callable, guide: Callable, x: torch.Tensor, name: str) -> 
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
         except Exception as error:  # the user's code: its own error, said in one line
             raise ConfigError(
-                f"program {name!r} failed on a batch of shape {tuple(x.shape)}: "
-                f"{type(error).__name__}: {error}"
+                f"program {name!r} failed on a batch of shape {tuple(x.shape)}: {_said(error)}"
             ) from None
     model_sites = _sample_sites(model_trace)
     guide_sites = _sample_sites(guide_trace)
@@ -144,6 +143,12 @@ def read_sites(model: Callable, guide: Callable, x: torch.Tensor, name: str) -> 
             )
     nesting = max(len(site["cond_indep_stack"]) for site in model_sites.values())
     return Sites(observed, latent, data_dim, nesting, model_sites[observed[0]]["fn"].support)
+
+
+def _said(error: Exception) -> str:
+    """The user's code's error in one line: its type and its message's first line."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _sample_sites(trace: Any) -> dict[str, dict[str, Any]]:
@@ -451,9 +456,7 @@ def _import_file(path: Path, digest: str) -> Any:
         spec.loader.exec_module(module)
     except Exception as error:  # the user's code
         del sys.modules[name]
-        raise ConfigError(
-            f"program file {str(path)!r} failed to import: {type(error).__name__}: {error}"
-        ) from None
+        raise ConfigError(f"program file {str(path)!r} failed to import: {_said(error)}") from None
     return module
 
 

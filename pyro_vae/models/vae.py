@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -40,11 +40,16 @@ from pyro_vae.infer.elbo import (
 )
 from pyro_vae.infer.elbo_check import ElboCheck, check_elbo
 from pyro_vae.models.program import Program
+from pyro_vae.models.user import user_objectives
 from pyro_vae.parts.guides import GUIDES
 from pyro_vae.parts.likelihoods import LIKELIHOODS
 from pyro_vae.parts.networks import activation_numbers, make_nets
 from pyro_vae.parts.priors import PRIORS
 from pyro_vae.parts.registry import build, name_of
+
+#: the methods a subclass that rewrites the programs takes from the protocol's defaults
+TRACED = ("elbo_terms", "iwae_chunk", "iwae_chunk_size", "latent_dists", "check_closed_form_kl",
+          "check_elbo")  # fmt: skip
 
 
 class VAE(Program):
@@ -79,6 +84,20 @@ class VAE(Program):
     model_settings = ("z_dim", "hidden_dims", "encoder", "prior", "likelihood", "guide",
                       "prior_options", "likelihood_options", "guide_options")  # fmt: skip
     num_classes = 0  # the label dimensions its networks take besides x or z: none
+    #: whether the hand-written maths (the twins, the IWAE chunks, the ELBO's terms, q and p of
+    #: z) compute this class's programs: false for a subclass that rewrites ``model`` or
+    #: ``guide``, whose numbers then come from its traces, as any program's
+    hand_written: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        rewritten = "model" in cls.__dict__ or "guide" in cls.__dict__
+        if rewritten and "hand_written" not in cls.__dict__:
+            cls.hand_written = False
+            cls.objectives = user_objectives(elbo_twin=False, iwae_twin=False)
+            for method in TRACED:
+                if method not in cls.__dict__:  # the protocol's default, from the traces
+                    setattr(cls, method, getattr(Program, method))
 
     def __init__(
         self,
