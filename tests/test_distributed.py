@@ -17,6 +17,7 @@ from pyro_vae.config import training_sections
 from pyro_vae.data.sources import binarize_afresh
 from pyro_vae.infer.elbo import make_loss
 from pyro_vae.models import build_model
+from pyro_vae.models.user import as_program, find_program
 from pyro_vae.runs.folder import Run
 from pyro_vae.runs.layout import BOARD, CHECKPOINT
 from pyro_vae.training.trainer import Trainer
@@ -76,12 +77,18 @@ def torchrun(*args, cwd):
     return result
 
 
-def single_process_reference(world=2, objective="trace", num_particles=1, kl_weights=(1.0, 1.0)):
+def single_process_reference(
+    world=2, objective="trace", num_particles=1, kl_weights=(1.0, 1.0), program=None
+):
     """One process, the same global batches, each shard scored with its rank's random stream;
-    the gradients of the shards add up before each Adam step. ``kl_weights``: each epoch's."""
+    the gradients of the shards add up before each Adam step. ``kl_weights``: each epoch's;
+    ``program``: the class of your own program to train (``program(x_shape)``), not the VAE."""
     data = load_dataset("digits")
     pyro.set_rng_seed(SEED)
-    vae = VAE(data.x_shape, **MODEL)
+    if program is None:
+        vae = VAE(data.x_shape, **MODEL)
+    else:
+        vae = as_program(program(data.x_shape, z_dim=4, hidden=32), data.x_shape)
     loss_fn = make_loss(vae, objective, num_particles)
     optimizer = torch.optim.Adam(vae.parameters(), lr=LR)
     streams = []
@@ -217,3 +224,19 @@ def test_torchrun_trains_m2_like_one_process(tmp_path):
     flags += ["--model", "m2", "--labeled", "50", "--likelihood", "gaussian"]
     torchrun("-m", "pyro_vae", "train", *flags, "--out", str(run_dir), cwd=tmp_path)
     assert_close(Run.open(run_dir).vae.state_dict(), m2_single_process_reference())
+
+
+def test_torchrun_trains_your_own_program_like_one_process(tmp_path):
+    # a from-scratch Pyro program (examples/own_program.py), named on the command line
+    run_dir, example = tmp_path / "run", ROOT / "examples" / "own_program.py"
+    flags = ["--dataset", "digits", "--program", f"{example}:TutorialVAE", "--quiet"]
+    flags += ["--program-options", '{"z_dim": 4, "hidden": 32}', "--compile", "off"]
+    flags += ["--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--lr", str(LR)]
+    torchrun("-m", "pyro_vae", "train", *flags, "--out", str(run_dir), cwd=tmp_path)
+    tutorial = find_program(f"{example}:TutorialVAE").cls
+    weights, train_elbo = single_process_reference(program=tutorial)
+    assert_close(Run.open(run_dir).vae.state_dict(), weights)
+    metrics = (run_dir / "metrics.csv").read_text().splitlines()
+    assert [float(line.split(",")[1]) for line in metrics[1:]] == pytest.approx(
+        train_elbo, rel=1e-5
+    )
