@@ -53,6 +53,13 @@ def test_train_digits(tmp_path):
     }
 
 
+def test_own_program_trains_a_tutorial_vae_and_equals_plain_svi():
+    out = run("own_program.py", "--epochs", "1", "--iwae-k", "10", "--check-epochs", "1",
+              "--compile", "off")  # fmt: skip
+    assert "trained: test ELBO -" in out and "IWAE estimate of log p(x), k = 10: -" in out
+    assert "compile off: 12 of 12 steps' losses equal to the last bit" in out
+
+
 def write_idx_folder(folder: Path) -> None:
     """Four tiny gzipped IDX files, as the MNIST family ships them."""
     folder.mkdir(parents=True)

@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # the types of the models these functions take; the models im
 
 LossFn = Callable[..., torch.Tensor]  # (x, kl_weight=1.0) -> loss
 
-# iwae_bound holds at most about this many decoder outputs at once, whatever k is.
+#: iwae_bound holds at most about this many decoder outputs at once, whatever k is
 IWAE_CHUNK_ELEMENTS = 2**24
 
 
