@@ -365,8 +365,8 @@ class ModelConfig(Section):
     )
 
     def __post_init__(self) -> None:
-        if self.program is not None and self.model == "vae":  # --program names the kind
-            object.__setattr__(self, "model", "program")
+        if (self.program is not None or self.program_options) and self.model == "vae":
+            object.__setattr__(self, "model", "program")  # a program's settings name the kind
         super().__post_init__()
         takes = MODELS[self.model].model_settings
         for f in dataclasses.fields(self):

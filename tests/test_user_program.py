@@ -5,6 +5,7 @@ SVI, compiles, resumes, evaluates from its own traces, and bad programs are one 
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pyro
@@ -34,6 +35,7 @@ RUN_FLAGS += ["--compile", "off", "--quiet", "--batch-size", "256"]
 def own():
     spec = importlib.util.spec_from_file_location("own_program", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import leaves it: where its classes are found
     spec.loader.exec_module(module)
     return module
 
@@ -268,3 +270,38 @@ def test_latent_scale_weighs_the_latent_sites_alone():
     with LatentScale(0.25):
         trace = poutine.trace(model).get_trace()
     assert trace.nodes["z"]["scale"] == 0.25 and trace.nodes["x"]["scale"] == 1.0
+
+
+def test_run_create_takes_your_module_and_opens_it_again(tmp_path, own):
+    pyro.set_rng_seed(3)
+    mine = own.TutorialVAE((1, 8, 8), z_dim=4, hidden=32)
+    settings = dict(dataset="digits", epochs=2, compile="off", batch_size=256)
+    config = pyro_vae.RunConfig(program_options={"z_dim": 4, "hidden": 32}, **settings)
+    run = Run.create(tmp_path / "run", config, program=mine)
+    run.train(progress=False)
+    opened = Run.open(tmp_path / "run")
+    assert opened.config.model.program == PROGRAM
+    trained = {f"program.{k}": v for k, v in mine.state_dict().items()}  # trained in place
+    assert all(torch.equal(trained[k], v) for k, v in opened.vae.state_dict().items())
+    with pytest.raises(ConfigError) as error:  # options that build another program
+        Run.create(tmp_path / "other", pyro_vae.RunConfig(**settings), program=mine)
+    assert error.value.param == "program_options"
+    assert not (tmp_path / "other").exists()
+
+
+class ReadsValues(Latent):
+    def model(self, x):
+        if x.sum().item() < 0:  # a value read into Python: no graph can hold it
+            raise AssertionError("pixels are never negative")
+        super().model(x)
+
+    def guide(self, x):
+        pyro.module("reads", self)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(self.w[:2], 1.0).to_event(1))
+
+
+def test_a_program_that_reads_values_trains_eagerly_and_says_why(digits):
+    history = pyro_vae.train(ReadsValues(), digits, epochs=1, compile="on", progress=False)
+    assert history.compile.startswith("the training step stays eager: the program cannot be ")
+    assert math.isfinite(history.test_elbo[-1])

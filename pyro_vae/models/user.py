@@ -317,6 +317,24 @@ class UserProgram(Program):
         """The settings a new run records with it: the SHA-256 of the program's file."""
         return {} if self.sha256 is None else {"program_sha256": self.sha256}
 
+    def adopt(self, module: nn.Module) -> UserProgram:
+        """``module`` in place of this program, which the run's settings built: refused in one
+        line unless it has the very parameters (names and shapes), so that the run folder can
+        build it again.
+
+        :param module: your own program, of this program's class.
+        """
+        shapes = {k: v.shape for k, v in self.program.state_dict().items()}
+        if {k: v.shape for k, v in module.state_dict().items()} != shapes:
+            raise ConfigError(
+                f"does not build program {self.name!r} as given (its parameters differ): pass its "
+                "constructor's keyword arguments",
+                "program_options",
+            )
+        adopted = UserProgram(module, self.x_shape, name=self.name)
+        adopted.sha256 = self.sha256
+        return adopted
+
     @property
     def config(self) -> dict[str, Any]:
         """What the checkpoint records of the model: the example shape."""
@@ -443,6 +461,26 @@ def find_program(spec: str, sha256: str | None = None) -> ProgramSource:
     if not isinstance(cls, type):
         raise ConfigError(f"{where!r} has no class {class_name!r}")
     return ProgramSource(cls, digest)
+
+
+def program_spec(module: nn.Module) -> str:
+    """``FILE.py:Class``, where ``module``'s class is defined: what a run folder records to build
+    the program again; refused in one line for a class with no file of its own (defined in a
+    notebook, or inside a function).
+
+    :param module: your own program.
+    """
+    cls = type(module)
+    try:
+        source = inspect.getsourcefile(cls)
+    except TypeError:  # defined in no file: a notebook's cell, the interpreter
+        source = None
+    if source is None or not Path(source).is_file() or "<locals>" in cls.__qualname__:
+        raise ConfigError(
+            f"program {cls.__name__!r} is not defined at the top of a file, so a run folder "
+            "could not build it again: put its class in a .py file and import it from there"
+        )
+    return f"{Path(source).resolve()}:{cls.__qualname__}"
 
 
 def _import_file(path: Path, digest: str) -> Any:

@@ -44,6 +44,7 @@ from typing import Any
 
 import pyro
 import torch
+from torch import nn
 
 from pyro_vae import validation
 from pyro_vae.config import RESUMABLE, ModelConfig, RunConfig, check_objective
@@ -56,7 +57,7 @@ from pyro_vae.device import resolve_device
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.files import atomic_write, write_json
 from pyro_vae.models import MODELS, build_model
-from pyro_vae.models.user import ProgramUnavailable
+from pyro_vae.models.user import ProgramUnavailable, program_spec
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs import board
 from pyro_vae.runs.checkpoint import load_checkpoint, load_weights, save_checkpoint, train_state
@@ -116,21 +117,35 @@ class Run(RunReports):
         self._keep_last = True
 
     @classmethod
-    def create(cls, path: str | Path, config: RunConfig, *, overwrite: bool = False) -> Run:
+    def create(
+        cls,
+        path: str | Path,
+        config: RunConfig,
+        *,
+        program: nn.Module | None = None,
+        overwrite: bool = False,
+    ) -> Run:
         """A new run of ``config`` in ``path``: the data loaded, the VAE built (its weights seeded
         by the config's seed) and ``config.json`` written. A folder that already holds a run is
         refused unless ``overwrite``, which deletes its checkpoints.
 
         :param path: the folder to write the run into, made if missing.
         :param config: the run's settings.
+        :param program: your own Pyro program (a module with ``model`` and ``guide``), trained as
+            it is; its class must be defined at the top of a file, which the run records with
+            ``config``'s ``program_options``, the class's keyword arguments, to build it again.
         :param overwrite: replace a run already in ``path``.
         """
         path = Path(path)
         if any((path / name).exists() for name in (CHECKPOINT, PREVIOUS)) and not overwrite:
             raise RunExists(f"{path} already holds a trained run; open it to go on training it")
         _check_board(config)
+        if program is not None:  # your own module: the run records where its class is
+            config = config.replace(program=program_spec(program))
         data, training = _load_data(config), config.training
         vae = new_model(config.model, data, training.seed)
+        if program is not None:
+            vae = vae.adopt(program)
         config = config.replace(**vae.recorded_settings())  # a program's file, by its hash
         objective = config.objective  # a program's own objectives, before anything is written
         check_objective(objective.objective, objective.num_particles, objective.beta,
