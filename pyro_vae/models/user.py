@@ -60,6 +60,7 @@ class LatentScale(ScaleMessenger):
         super().__init__(scale)
 
     def _process_message(self, msg: Message) -> None:
+        # Messenger's hook, how Pyro's handlers are written (test_latent_scale_... watches it)
         if not msg["is_observed"]:
             super()._process_message(msg)
 
