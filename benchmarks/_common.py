@@ -82,6 +82,19 @@ def parser(description: str, seed_help: str) -> argparse.ArgumentParser:
     return p
 
 
+def rows_parser(description: str, epochs: int) -> argparse.ArgumentParser:
+    """The parser of a benchmark whose rows each train a model on Fashion-MNIST and measure its
+    test log-likelihood: :func:`parser`'s flags, and every row's epochs, batch size, IWAE k and
+    compile."""
+    p = parser(description, "seeds the weights, batch order and noise of every row")
+    p.set_defaults(data="fashion-mnist")
+    p.add_argument("--epochs", type=positive, default=epochs, help="epochs of every row")
+    p.add_argument("--batch-size", type=positive, default=100, help="examples per step")
+    p.add_argument("--iwae-k", type=positive, default=1000, help="particles of log p(x)")
+    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"), help="see train")
+    return p
+
+
 def setup_device(spec: str, threads: int) -> torch.device:
     torch.set_num_threads(threads)
     try:

@@ -112,12 +112,7 @@ def ranking(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    p = C.parser(__doc__.split("\n\n")[0], "seeds the weights, batch order and noise of every row")
-    p.set_defaults(data="fashion-mnist")
-    p.add_argument("--epochs", type=C.positive, default=20, help="epochs of every row")
-    p.add_argument("--batch-size", type=C.positive, default=100, help="examples per step")
-    p.add_argument("--iwae-k", type=C.positive, default=1000, help="particles of log p(x)")
-    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"), help="see train")
+    p = C.rows_parser(__doc__.split("\n\n")[0], epochs=20)
     p.add_argument("--rows", type=C.choice_list(list(ROWS)), default=list(ROWS), help="rows")
     args = p.parse_args()
     device = C.setup_device(args.device, args.threads)

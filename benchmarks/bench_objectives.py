@@ -139,12 +139,7 @@ def table(rows: list[dict], args) -> str:
 
 
 def main() -> None:
-    p = C.parser(__doc__.split("\n\n")[0], "seeds the weights, batch order and noise of every row")
-    p.set_defaults(data="fashion-mnist")
-    p.add_argument("--epochs", type=C.positive, default=50, help="epochs of every row")
-    p.add_argument("--batch-size", type=C.positive, default=100, help="examples per step")
-    p.add_argument("--iwae-k", type=C.positive, default=1000, help="particles of log p(x)")
-    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"), help="see train")
+    p = C.rows_parser(__doc__.split("\n\n")[0], epochs=50)
     p.add_argument("--save", help="folder to keep each row's trained weights in (ROW.pt)")
     p.add_argument("--load", help="a --save folder: measure its weights again, no training")
     p.add_argument("--rows", type=C.choice_list(list(ROWS)), default=DEFAULT_ROWS, help="rows")
