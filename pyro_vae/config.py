@@ -372,10 +372,13 @@ class ModelConfig(Section):
         for f in dataclasses.fields(self):
             default = f.default_factory() if f.default_factory is not MISSING else f.default
             if f.name != "model" and f.name not in takes and getattr(self, f.name) != default:
-                takers = [name for name, kind in MODELS.items() if f.name in kind.model_settings]
-                raise ConfigError(
-                    f"is for {{model}} {' or '.join(takers)}, not {self.model!r}", f.name
+                takers = [
+                    repr(name) for name, kind in MODELS.items() if f.name in kind.model_settings
+                ]
+                takers = (
+                    ", ".join(takers[:-1]) + " or " + takers[-1] if len(takers) > 1 else takers[0]
                 )
+                raise ConfigError(f"is for {{model}} {takers}, not {self.model!r}", f.name)
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of the model's class besides ``x_shape`` and ``num_classes``

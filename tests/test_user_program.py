@@ -207,7 +207,10 @@ def test_a_program_pyro_vae_cannot_take_is_refused_in_one_line(digits, program, 
         (["--program", PROGRAM, "--program-options", "{z"], "expected a JSON object"),
         (["--program", PROGRAM, "--program-options", '{"width": 3}'], "does not fit program"),
         (["--program", PROGRAM, "--objective", "iwae-dreg"], "'iwae-dreg' is not one of"),
-        (["--model", "hvae", "--z-dim", "8"], "--z-dim is for --model vae or cvae or m2"),
+        (
+            ["--model", "hvae", "--z-dim", "8"],
+            "--z-dim is for --model 'vae', 'cvae' or 'm2', not 'hvae'",
+        ),
     ],
 )
 def test_bad_program_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, message):
@@ -305,3 +308,14 @@ def test_a_program_that_reads_values_trains_eagerly_and_says_why(digits):
     history = pyro_vae.train(ReadsValues(), digits, epochs=1, compile="on", progress=False)
     assert history.compile.startswith("the training step stays eager: the program cannot be ")
     assert math.isfinite(history.test_elbo[-1])
+
+
+def test_check_elbo_holds_a_program_against_its_hand_written_twin(capsys):
+    options = '{"z_dims": [6, 3], "hidden_dims": [[32], [16]]}'
+    assert main(["check-elbo", "--model", "hvae", "--program-options", options]) == 0
+    out = capsys.readouterr().out
+    assert "trace vs manual, KL weight 0.5" in out and "iwae vs manual-iwae" in out
+    assert out.rstrip().endswith("all equalities hold")
+    assert main(["check-elbo", "--program", PROGRAM]) == 2  # Pyro's tutorial VAE has no twin
+    err = capsys.readouterr().err
+    assert "has no hand-written twin" in err and err.count("\n") == 1
