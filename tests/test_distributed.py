@@ -17,7 +17,8 @@ from pyro_vae.config import training_sections
 from pyro_vae.data.sources import binarize_afresh
 from pyro_vae.infer.elbo import make_loss
 from pyro_vae.models import build_model
-from pyro_vae.models.user import as_program, find_program
+from pyro_vae.models.importing import find_program
+from pyro_vae.models.user import as_program
 from pyro_vae.runs.folder import Run
 from pyro_vae.runs.layout import BOARD, CHECKPOINT
 from pyro_vae.training.trainer import Trainer

@@ -1,7 +1,9 @@
 """The models: one protocol (:class:`~pyro_vae.models.program.Program`) and the kinds that
 implement it, by name: ``vae`` (:class:`~pyro_vae.models.vae.VAE`), ``cvae``
-(:class:`~pyro_vae.models.cvae.CVAE`) and ``m2`` (:class:`~pyro_vae.models.m2.M2`), each a Pyro
-program pairing a generative model with an amortized guide. The rest of the library asks a model
+(:class:`~pyro_vae.models.cvae.CVAE`), ``m2`` (:class:`~pyro_vae.models.m2.M2`), ``hvae``
+(:class:`~pyro_vae.models.hvae.HVAE`, two stochastic layers, written as a user's program) and
+``program`` (your own, :class:`~pyro_vae.models.user.UserProgram`), each a Pyro program pairing a
+generative model with an amortized guide. The rest of the library asks a model
 through the protocol and never which kind it is, so adding a kind is one file and one line in
 :data:`MODELS`.
 
@@ -37,11 +39,13 @@ def build_model(name: str, x_shape: Sequence[int], num_classes: int = 0, **optio
     """The model ``name`` over examples of shape ``x_shape`` (its class's
     :meth:`~pyro_vae.models.program.Program.build`).
 
-    :param name: a name of :data:`MODELS`: ``"vae"``, ``"cvae"`` or ``"m2"``.
+    :param name: a name of :data:`MODELS`: ``"vae"``, ``"cvae"``, ``"m2"``, ``"hvae"`` or
+        ``"program"``.
     :param x_shape: the shape of one example.
     :param num_classes: K, for a model that learns from labels; the others ignore it.
-    :param options: the model class's other keyword arguments (:class:`~pyro_vae.models.vae.VAE`'s,
-        and ``aux_weight`` for M2).
+    :param options: the settings the kind takes (its ``model_settings``):
+        :class:`~pyro_vae.models.vae.VAE`'s, ``aux_weight`` for M2, ``program_options`` for
+        ``hvae`` and ``program``, with ``program`` and ``program_sha256``.
     """
     return MODELS[validation.choice("model", name, list(MODELS))].build(
         x_shape, num_classes, **options

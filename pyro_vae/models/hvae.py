@@ -33,7 +33,8 @@ from torch import nn
 
 from pyro_vae import validation
 from pyro_vae.errors import ConfigError
-from pyro_vae.models.user import ProgramSource, UserProgram, make_program
+from pyro_vae.models.importing import ProgramSource
+from pyro_vae.models.user import UserProgram, make_program
 
 MIN_SCALE = 1e-5  #: added to softplus(r): keeps a Gaussian layer's log density finite in float32
 

@@ -20,15 +20,11 @@ and walks use (``sample``, ``reconstruct``, ``encode``).
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import inspect
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -41,6 +37,7 @@ from torch import nn
 
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer.elbo import IWAE, MEANFIELD, TRACE, Objective
+from pyro_vae.models.importing import ProgramSource, find_program, one_line
 from pyro_vae.models.program import Program
 
 #: the examples in the batch a program's sites are read from, when no data are at hand
@@ -63,10 +60,6 @@ class LatentScale(ScaleMessenger):
         # Messenger's hook, how Pyro's handlers are written (test_latent_scale_... watches it)
         if not msg["is_observed"]:
             super()._process_message(msg)
-
-
-class ProgramUnavailable(ConfigError):
-    """A program's file is missing, or no longer the one a run's weights were trained with."""
 
 
 class MissingMethod(ConfigError):
@@ -118,7 +111,7 @@ def read_sites(model: Callable, guide: Callable, x: torch.Tensor, name: str) -> 
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
         except Exception as error:  # the user's code: its own error, said in one line
             raise ConfigError(
-                f"program {name!r} failed on a batch of shape {tuple(x.shape)}: {_said(error)}"
+                f"program {name!r} failed on a batch of shape {tuple(x.shape)}: {one_line(error)}"
             ) from None
     model_sites = _sample_sites(model_trace)
     guide_sites = _sample_sites(guide_trace)
@@ -144,12 +137,6 @@ def read_sites(model: Callable, guide: Callable, x: torch.Tensor, name: str) -> 
             )
     nesting = max(len(site["cond_indep_stack"]) for site in model_sites.values())
     return Sites(observed, latent, data_dim, nesting, model_sites[observed[0]]["fn"].support)
-
-
-def _said(error: Exception) -> str:
-    """The user's code's error in one line: its type and its message's first line."""
-    lines = str(error).splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _sample_sites(trace: Any) -> dict[str, dict[str, Any]]:
@@ -416,94 +403,6 @@ def as_program(
     if isinstance(module, Program):  # the entrance: anything else is wrapped once, here
         return module
     return UserProgram(module, x_shape, example)
-
-
-# ----------------------------------------------------------------------------------------------
-# Programs named on the command line: FILE.py:Class or package.module:Class.
-
-
-class ProgramSource(NamedTuple):
-    """A program class found from its name (:func:`find_program`).
-
-    :param cls: the class.
-    :param sha256: the SHA-256 of the file that defines it, hex; ``None`` for a built-in module.
-    """
-
-    cls: type
-    sha256: str | None
-
-
-def find_program(spec: str, sha256: str | None = None) -> ProgramSource:
-    """The class ``spec`` names, ``FILE.py:Class`` or ``package.module:Class``, importing its file
-    (which runs its code, as ``python FILE.py`` would); with ``sha256``, refused in one line
-    unless the file is still the one of that hash.
-
-    :param spec: where the class is.
-    :param sha256: the hash the file must have, as a run folder recorded it; ``None``: any.
-    """
-    where, _, class_name = spec.rpartition(":")
-    if not where or not class_name:
-        raise ConfigError(f"must be FILE.py:Class or package.module:Class, got {spec!r}", "program")
-    path = Path(where)
-    if where.endswith(".py") or path.exists():
-        if not path.is_file():
-            raise ProgramUnavailable(f"program file {where!r} does not exist")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if sha256 is not None and digest != sha256:
-            raise ProgramUnavailable(
-                f"program file {where!r} has changed since the run was made "
-                "(its SHA-256 differs): its weights are for the old code"
-            )
-        module = _import_file(path, digest)
-    else:
-        module = _import_module(where)
-        digest = None
-    cls = getattr(module, class_name, None)
-    if not isinstance(cls, type):
-        raise ConfigError(f"{where!r} has no class {class_name!r}")
-    return ProgramSource(cls, digest)
-
-
-def program_spec(module: nn.Module) -> str:
-    """``FILE.py:Class``, where ``module``'s class is defined: what a run folder records to build
-    the program again; refused in one line for a class with no file of its own (defined in a
-    notebook, or inside a function).
-
-    :param module: your own program.
-    """
-    cls = type(module)
-    try:
-        source = inspect.getsourcefile(cls)
-    except TypeError:  # defined in no file: a notebook's cell, the interpreter
-        source = None
-    if source is None or not Path(source).is_file() or "<locals>" in cls.__qualname__:
-        raise ConfigError(
-            f"program {cls.__name__!r} is not defined at the top of a file, so a run folder "
-            "could not build it again: put its class in a .py file and import it from there"
-        )
-    return f"{Path(source).resolve()}:{cls.__qualname__}"
-
-
-def _import_file(path: Path, digest: str) -> Any:
-    name = f"pyro_vae_program_{digest[:16]}"  # one module per version of the file
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look a class's module up here
-    try:
-        spec.loader.exec_module(module)
-    except Exception as error:  # the user's code
-        del sys.modules[name]
-        raise ConfigError(f"program file {str(path)!r} failed to import: {_said(error)}") from None
-    return module
-
-
-def _import_module(where: str) -> Any:
-    try:
-        return importlib.import_module(where)
-    except ImportError as error:
-        raise ConfigError(f"cannot import program module {where!r}: {error}") from None
 
 
 def make_program(

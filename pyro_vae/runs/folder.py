@@ -57,7 +57,7 @@ from pyro_vae.device import resolve_device
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.files import atomic_write, write_json
 from pyro_vae.models import MODELS, build_model
-from pyro_vae.models.user import ProgramUnavailable, program_spec
+from pyro_vae.models.importing import ProgramUnavailable, program_spec
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs import board
 from pyro_vae.runs.checkpoint import load_checkpoint, load_weights, save_checkpoint, train_state
