@@ -193,6 +193,24 @@ def test_bench_objectives_writes_a_row_per_objective(tmp_path):
     assert record["rows"][2]["label"] == "KL warm-up over 2 epochs"  # shortened to the budget
 
 
+def test_bench_layers_writes_one_and_two_layers_and_the_ranking(tmp_path):
+    md = run_script(
+        "bench_layers.py",
+        *("--data", "digits", "--epochs", "1", "--iwae-k", "3", "--compile", "off"),
+        *("--out", str(tmp_path)),
+        cwd=tmp_path,
+    )
+    rows = json.loads(md.with_suffix(".json").read_text())["layers"]["rows"]
+    assert [r["row"] for r in rows] == ["vae-1", "vae-2", "iwae-1", "iwae-2"]
+    for r in rows:  # a count of active units for each stochastic layer, within its size
+        assert len(r["active_units"]) == len(r["z_dims"]) == int(r["row"][-1])
+        counts = zip(r["active_units"].values(), r["z_dims"], strict=True)
+        assert all(0 <= n <= d for n, d in counts)
+        assert finite(r["test_log_likelihood"]) and finite(r["test_elbo"])
+    best_first = sorted(rows, key=lambda r: r["test_log_likelihood"], reverse=True)
+    assert f"- ranking here: {' > '.join(r['row'] for r in best_first)};" in md.read_text()
+
+
 def test_bench_gradient_snr_writes_both_objectives_for_every_k(tmp_path):
     md = run_script(
         "bench_gradient_snr.py",
