@@ -35,8 +35,7 @@ from pyro_vae import validation
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.importing import ProgramSource
 from pyro_vae.models.user import UserProgram, make_program
-
-MIN_SCALE = 1e-5  #: added to softplus(r): keeps a Gaussian layer's log density finite in float32
+from pyro_vae.parts.guides import MIN_SCALE  # the diagonal guide's floor of the scale
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:

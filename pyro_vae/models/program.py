@@ -30,12 +30,13 @@ builds it with :func:`pyro_vae.models.build_model`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import Distribution, kl_divergence
@@ -200,12 +201,11 @@ class Program(nn.Module):
         :param x: a batch of examples, ``(B, *x_shape)``.
         :param cond: what the guide takes after ``x`` (:meth:`encoder_condition`).
         """
-        guide = poutine.trace(self.guide).get_trace(x, *cond)
-        model = poutine.trace(poutine.replay(self.model, trace=guide)).get_trace(x, *cond)
+        guide, model = replayed_traces(self.model, self.guide, x, *cond)
         return {  # in the guide's order: its first site is the code of x
             name: (site["fn"], model.nodes[name]["fn"])
-            for name, site in guide.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+            for name, site in sample_sites(guide).items()
+            if not site["is_observed"]
         }
 
     def check_closed_form_kl(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
@@ -303,6 +303,31 @@ class Program(nn.Module):
         return iwae_bound(self, x, k, full_chunk, tuple(cond))
 
 
+def replayed_traces(model: Callable, guide: Callable, *args: Any) -> tuple[Trace, Trace]:
+    """``(guide trace, model trace)``: one run of ``guide`` on ``args`` and of ``model`` replayed
+    on its draws, what every figure read from a program's traces starts from.
+
+    :param model: the model program.
+    :param guide: the guide program.
+    :param args: what both take.
+    """
+    guide_trace = poutine.trace(guide).get_trace(*args)
+    return guide_trace, poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+
+
+def sample_sites(trace: Trace) -> dict[str, dict[str, Any]]:
+    """The sample sites of ``trace`` by name, in order, without the plates' (a plate records its
+    subsample as a sample site, never scored).
+
+    :param trace: a Pyro trace.
+    """
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site)
+    }
+
+
 def _log_weights(
     program: Program, x: torch.Tensor, cond: Sequence[torch.Tensor], particles: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,12 +341,9 @@ def _log_weights(
             return fn
         return pyro.plate("particles", particles, dim=-1 - program.max_plate_nesting)(fn)
 
-    guide = poutine.trace(run(program.guide)).get_trace(*args)
-    model = poutine.trace(poutine.replay(run(program.model), trace=guide)).get_trace(*args)
+    guide, model = replayed_traces(run(program.model), run(program.guide), *args)
     observed, latent = 0.0, 0.0
-    for name, site in model.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
+    for name, site in sample_sites(model).items():
         log_p = _per_example(site, program.data_dim)
         if site["is_observed"]:
             observed = observed + log_p

@@ -32,13 +32,12 @@ from pyro import poutine
 from pyro.distributions import constraints
 from pyro.poutine.messenger import Message
 from pyro.poutine.scale_messenger import ScaleMessenger
-from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer.elbo import IWAE, MEANFIELD, TRACE, Objective
 from pyro_vae.models.importing import ProgramSource, find_program, one_line
-from pyro_vae.models.program import Program
+from pyro_vae.models.program import Program, replayed_traces, sample_sites
 
 #: the examples in the batch a program's sites are read from, when no data are at hand
 PROBE_BATCH = 3
@@ -107,14 +106,13 @@ def read_sites(model: Callable, guide: Callable, x: torch.Tensor, name: str) -> 
     """
     with torch.no_grad(), poutine.block():
         try:
-            guide_trace = poutine.trace(guide).get_trace(x)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+            guide_trace, model_trace = replayed_traces(model, guide, x)
         except Exception as error:  # the user's code: its own error, said in one line
             raise ConfigError(
                 f"program {name!r} failed on a batch of shape {tuple(x.shape)}: {one_line(error)}"
             ) from None
-    model_sites = _sample_sites(model_trace)
-    guide_sites = _sample_sites(guide_trace)
+    model_sites = sample_sites(model_trace)
+    guide_sites = sample_sites(guide_trace)
     observed = tuple(s for s, site in model_sites.items() if site["is_observed"])
     latent = tuple(s for s, site in model_sites.items() if not site["is_observed"])
     if not observed:
@@ -137,15 +135,6 @@ def read_sites(model: Callable, guide: Callable, x: torch.Tensor, name: str) -> 
             )
     nesting = max(len(site["cond_indep_stack"]) for site in model_sites.values())
     return Sites(observed, latent, data_dim, nesting, model_sites[observed[0]]["fn"].support)
-
-
-def _sample_sites(trace: Any) -> dict[str, dict[str, Any]]:
-    # a plate records itself as a sample site (its subsample), never scored
-    return {
-        name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site_is_subsample(site)
-    }
 
 
 def _data_dim(site: dict[str, Any], batch: int, name: str, site_name: str) -> int:
