@@ -13,14 +13,18 @@ from helpers import covering_combinations, make
 
 from pyro_vae import VAE, train
 from pyro_vae.analysis.evaluation import iwae_estimate
+from pyro_vae.config import training_sections
 from pyro_vae.data.sources import eval_inputs
 from pyro_vae.infer.compiling import COLD_COMPILE_SECONDS, CaptureError, CompiledLoss, host_reads
 from pyro_vae.infer.elbo import make_loss
+from pyro_vae.models import build_model
 from pyro_vae.models.labels import one_hot
 from pyro_vae.parts.likelihoods import Bernoulli
 from pyro_vae.parts.priors import StandardNormal
 from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint, train_state
 from pyro_vae.training.state import TrainingInterrupted
+from pyro_vae.training.trainer import Trainer
+from pyro_vae.training.whole_step import WholeStep, adam_state, adam_update
 
 compiled_module = importlib.import_module("pyro_vae.infer.compiling")
 vae_module = importlib.import_module("pyro_vae.models.vae")
@@ -142,13 +146,18 @@ def relative(a, b):
 def test_compiled_training_agrees_with_eager_to_float32_rounding(digits, monkeypatch, objective):
     captured = []  # the training step is captured once: the warm-up's weight is a graph input
 
-    class Counted(CompiledLoss):
+    class Counted(WholeStep):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            captured.append(True)
+
+    class CountedLoss(CompiledLoss):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             captured.append(kwargs.get("gradients", True))
 
-    monkeypatch.setattr(step_module, "CompiledLoss", Counted)
-    monkeypatch.setattr(test_set_module, "CompiledLoss", Counted)
+    monkeypatch.setattr(step_module, "WholeStep", Counted)
+    monkeypatch.setattr(test_set_module, "CompiledLoss", CountedLoss)
     runs = {}
     for mode in ("off", "on"):
         vae = fresh(digits)
@@ -244,3 +253,62 @@ def test_evaluation_compiles_where_it_pays_and_agrees_with_eager(digits, monkeyp
     # last one eager
     assert len(replays) == 2 and eager_chunks[3:].count(540) == 1
     assert abs(compiled - eager) < 1e-5 * abs(eager)
+
+
+def test_the_graphs_adam_is_torchs_adam_to_float32_rounding():
+    # 30 steps of gradients of every scale; a parameter without a gradient is left alone
+    torch.manual_seed(0)
+    params = [torch.randn(40, 30), torch.randn(30), torch.randn(5)]
+    mine = [p.clone() for p in params]
+    adam = torch.optim.Adam(params, lr=3e-3, betas=(0.8, 0.99), eps=1e-7, foreach=True)
+    holder = torch.optim.Adam(mine, lr=3e-3, betas=(0.8, 0.99), eps=1e-7)
+    avgs, sqs, steps = adam_state(holder)
+    for step in range(30):
+        grads = [torch.randn_like(p) * 10.0 ** (step % 5 - 2) for p in params[:2]] + [None]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        adam.step()
+        adam_update(mine, grads, avgs, sqs, steps, lr=3e-3, betas=(0.8, 0.99), eps=1e-7)
+    for p, q in zip(params, mine, strict=True):
+        assert torch.allclose(q, p, rtol=2e-6, atol=1e-7)
+    assert torch.equal(mine[2], params[2])  # never had a gradient: unchanged
+    torch_state = adam.state_dict()["state"]
+    for i in (0, 1):
+        assert float(steps[i]) == float(torch_state[i]["step"]) == 30
+        assert torch.allclose(avgs[i], torch_state[i]["exp_avg"], rtol=1e-6, atol=1e-9)
+        assert torch.allclose(sqs[i], torch_state[i]["exp_avg_sq"], rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("model", ["vae", "m2"])
+def test_one_call_of_the_captured_step_is_the_whole_eager_step(digits, model):
+    # the binarization (and M2's labelled rows, gathered and binarized), the loss, the gradients,
+    # their clipping and Adam's update: one call, the eager step's numbers
+    def trainer():
+        pyro.set_rng_seed(0)
+        vae = build_model(model, digits.x_shape, 10, **SMALL)
+        settings = dict(batch_size=64, lr=1e-2, device="cpu", seed=0, compile="off", clip_norm=0.5)
+        settings.update(labeled=50 if model == "m2" else None, binarization="dynamic")
+        return Trainer(vae, digits, *training_sections(None, None, settings))
+
+    eager, graphed = trainer(), trainer()
+    raw = next(eager.source.epoch(1, 0))[1]
+    assert raw[0].dtype == torch.float32 and not torch.equal(raw[0], raw[0].round())  # grey
+    for t in (eager, graphed):  # the first step makes Adam's state
+        torch.manual_seed(4)
+        t.step(*raw)
+    captured = WholeStep(graphed.model, graphed.step.loss, graphed.step.optimizer, 0.5, *raw)
+    assert host_reads(captured.graph) == []
+    before = [p.detach().clone() for p in graphed.model.parameters()]
+    torch.manual_seed(5)
+    loss = eager.step(*raw)
+    after_eager = torch.get_rng_state()
+    torch.manual_seed(5)
+    replayed = captured(*raw)
+    assert torch.equal(torch.get_rng_state(), after_eager)  # the same draws, inside the graph
+    assert torch.equal(replayed, loss)
+    pairs = zip(eager.model.parameters(), graphed.model.parameters(), before, strict=True)
+    for a, b, old in pairs:
+        assert not torch.equal(b, old)  # updated in place by the graph
+        assert torch.allclose(b, a, rtol=1e-6, atol=1e-7)
+    state = graphed.step.optimizer.state_dict()["state"]  # torch.optim.Adam's format, kept
+    assert all(float(s["step"]) == 2 for s in state.values())

@@ -148,12 +148,12 @@ def test_each_m2_step_takes_the_next_labelled_examples_of_the_stream(digits):
     # a function of the step alone: asked again in another order, the same examples
     assert torch.equal(source._pool_index(4), stream[400:500])
     assert torch.equal(source._pool_index(1), stream[100:200])
-    batch = next(source.epoch(epoch=1, start=0))[1]
+    batch = source.prepare(*next(source.epoch(epoch=1, start=0))[1])
     assert [len(t) for t in batch] == [100, 100, 100]
     y_labeled = source.pool[1]
     assert torch.equal(batch[2].argmax(-1), y_labeled[stream[:100]].argmax(-1))
     # epoch 2 goes on where epoch 1 (13 steps) left the stream
-    second = next(source.epoch(epoch=2, start=0))[1]
+    second = source.prepare(*next(source.epoch(epoch=2, start=0))[1])
     assert torch.equal(second[2], y_labeled[source._pool_index(13)])
 
 

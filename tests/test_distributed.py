@@ -208,7 +208,8 @@ def m2_single_process_reference(world=2, labeled=50):
         streams.append(torch.get_rng_state())
     with torch.random.fork_rng():
         for epoch in range(1, EPOCHS + 1):
-            for _, batch in trainer.source.epoch(epoch, 0):
+            for _, raw in trainer.source.epoch(epoch, 0):
+                batch = trainer.source.prepare(*raw)
                 for rank in range(world):
                     torch.set_rng_state(streams[rank])
                     loss_fn(*(t.tensor_split(world)[rank] for t in batch)).backward()

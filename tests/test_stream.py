@@ -108,7 +108,7 @@ def test_each_rank_streams_only_its_shard_of_every_batch(digits, monkeypatch):
     settings = dict(objective="trace", binarization="none", stream=True, workers=0)
     settings.update(batch_size=100, lr=1e-3, device="cpu", seed=5)
     t = trainer_module.Trainer(vae, data, *training_sections(None, None, settings))
-    batches = [batch[0] for _, batch in t.source.epoch(1, 0)]
+    batches = [t.source.prepare(*raw)[0] for _, raw in t.source.epoch(1, 0)]
     order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(5))
     shards = [index.tensor_split(2)[1] for index in order.split(100)]
     assert [len(i) for i in fetched] == [len(s) for s in shards]  # rank 1's rows, no others

@@ -75,16 +75,41 @@ class CaptureError(Exception):
 
 
 class _Objective(nn.Module):
-    """``loss_fn(x, *inputs)`` as a module that holds the VAE, so that ``functional_call`` can run
+    """``loss_fn(*inputs)`` as a module that holds the model, so that ``functional_call`` can run
     it on parameters given as inputs."""
 
-    def __init__(self, vae: nn.Module, loss_fn: Callable[..., torch.Tensor]):
+    def __init__(self, model: nn.Module, loss_fn: Callable[..., torch.Tensor]):
         super().__init__()
-        self.vae = vae
+        self.vae = model
         self.loss_fn = loss_fn
 
-    def forward(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(x, *inputs)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(*inputs)
+
+
+def loss_and_gradients(
+    model: nn.Module, loss_fn: Callable[..., torch.Tensor], gradients: bool = True
+) -> Callable:
+    """``f(params, *inputs)``: ``loss_fn(*inputs)`` with ``model``'s parameters taken from the
+    list ``params``, and (with ``gradients``) the gradient of each, ``None`` for a parameter the
+    loss does not use. The function a graph of the loss records.
+
+    :param model: the module whose parameters ``params`` stand for, in ``parameters()`` order.
+    :param loss_fn: ``loss_fn(*inputs)``, a 0-dim tensor.
+    :param gradients: ``False``: the loss alone, without autograd.
+    """
+    objective = _Objective(model, loss_fn)
+    names = [name for name, _ in objective.named_parameters()]
+
+    def f(params: list[torch.Tensor], *inputs: torch.Tensor) -> Any:
+        with torch.set_grad_enabled(gradients):
+            named = dict(zip(names, params, strict=True))
+            loss = functional_call(objective, named, inputs)
+        if not gradients:
+            return loss.detach()
+        return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+
+    return f
 
 
 def host_reads(graph: GraphModule) -> list[str]:
@@ -96,93 +121,66 @@ def host_reads(graph: GraphModule) -> list[str]:
     return sorted({name for name in names if name in HOST_READS})
 
 
-class CompiledLoss:
-    """The loss of ``loss_fn`` and its gradients with respect to ``vae``'s parameters (or, with
-    ``gradients=False``, its value alone: an estimate such as the test ELBO), for batches shaped
-    like ``x``: captured from one call as a graph, replayed as it is until :meth:`compile`
-    compiles it. Further tensor ``inputs`` (a KL weight that changes during training, say) are
-    inputs of the graph too, passed on to ``loss_fn(x, *inputs)``.
+def capture_graph(fn: Callable, *calls: tuple) -> GraphModule:
+    """``fn`` traced by ``make_fx`` on each argument tuple of ``calls``: the graph of its aten
+    operations, which must be the same for every call and read no value back to the host.
 
-    Capture and compilation run the program on ``x`` with the global random state put back
-    afterwards, so they draw nothing a step would have drawn; ``capture_seconds`` and
-    ``compile_seconds`` are the time they took.
+    :param fn: a function of tensors (and lists of them).
+    :param calls: argument tuples to trace it on, e.g. for two different batches.
+    """
+    graphs = []
+    for args in calls:
+        try:
+            graphs.append(make_fx(fn)(*args))
+        except RuntimeError as e:  # make_fx refuses to read a traced value
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+            raise CaptureError(f"the program cannot be traced ({first})") from None
+    if any(graph.code != graphs[0].code for graph in graphs[1:]):
+        raise CaptureError("the program's operations change from one batch to the next")
+    reads = host_reads(graphs[0])
+    if reads:
+        raise CaptureError(f"the program reads values back to the host ({', '.join(reads)})")
+    return graphs[0]
 
-    :param vae: the model whose parameters the gradients are of.
-    :param loss_fn: ``loss_fn(x, *inputs)``, a 0-dim tensor: an objective's loss
-        (:func:`~pyro_vae.infer.elbo.make_loss`), say.
-    :param x: a batch of the shape the graph is for; the program runs on it at capture.
-    :param inputs: further tensors the graph takes and passes on to ``loss_fn``: a KL weight,
-        labels.
-    :param gradients: ``True``: the loss and each parameter's gradient; ``False``: the value alone.
+
+class CompiledGraph:
+    """A function of tensors captured as one graph (:func:`capture_graph`) from two batches
+    shaped like ``x`` (``x`` and ``x`` reversed), replayed as it is until :meth:`compile`
+    compiles it with inductor. Capture and compilation run on ``arguments(x)`` with the global
+    random state put back afterwards, so they draw nothing a step would have drawn;
+    ``capture_seconds`` and ``compile_seconds`` are the time they took.
+
+    :param fn: the function of tensors.
+    :param arguments: ``arguments(x)``, the arguments ``fn`` takes for a batch ``x``; where ``fn``
+        writes into tensors, copies of them, so that capture and compilation change nothing.
+    :param x: a batch of the shape the graph is for.
     """
 
-    def __init__(
-        self,
-        vae: nn.Module,
-        loss_fn: Callable[..., torch.Tensor],
-        x: torch.Tensor,
-        *inputs: torch.Tensor,
-        gradients: bool = True,
-    ):
+    #: whether inductor records the compiled graph's kernels as a CUDA graph
+    inductor_cuda_graphs = True
+
+    def __init__(self, fn: Callable, arguments: Callable[[torch.Tensor], tuple], x: torch.Tensor):
         start = time.perf_counter()
-        self.parameters = list(vae.parameters())
-        self.shape = tuple(x.shape)
-        self.device = x.device
-        objective = _Objective(vae, loss_fn)
-        names = [name for name, _ in objective.named_parameters()]
-
-        def loss_and_grads(params: list[torch.Tensor], x: torch.Tensor, *inputs: torch.Tensor):
-            with torch.set_grad_enabled(gradients):
-                named = dict(zip(names, params, strict=True))
-                loss = functional_call(objective, named, (x, *inputs))
-            if not gradients:
-                return loss.detach()
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            pairs = zip(params, grads, strict=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in pairs]
-            return loss.detach(), grads
-
-        self.inputs = inputs
-        self.graph = self._capture(loss_and_grads, x, inputs)
-        self.fn: Callable = self.graph
-        self.capture_seconds, self.compile_seconds = time.perf_counter() - start, 0.0
-
-    def _capture(
-        self, loss_and_grads: Callable, x: torch.Tensor, inputs: tuple[torch.Tensor, ...]
-    ) -> GraphModule:
-        """Trace the step twice, on ``x`` and on ``x`` reversed: the program must give the same
-        graph both times, with no read of a value into Python."""
-        graphs = []
+        self.shape, self.device, self.arguments = tuple(x.shape), x.device, arguments
         # Pyro's param store and the global random state are as they were before, afterwards
         with random_state_kept(x.device), pyro.get_param_store().scope():
             with pyro.validation_enabled(False):
-                for batch in (x, x.flip(0)):
-                    params = [p.detach().requires_grad_() for p in self.parameters]
-                    try:
-                        graphs.append(make_fx(loss_and_grads)(params, batch, *inputs))
-                    except RuntimeError as e:  # make_fx refuses to read a traced value
-                        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-                        raise CaptureError(f"the program cannot be traced ({first})") from None
-        if graphs[0].code != graphs[1].code:
-            raise CaptureError("the program's operations change from one batch to the next")
-        reads = host_reads(graphs[0])
-        if reads:
-            raise CaptureError(f"the program reads values back to the host ({', '.join(reads)})")
-        return graphs[0]
+                self.graph = capture_graph(fn, arguments(x), arguments(x.flip(0)))
+        self.fn: Callable = self.graph
+        self.capture_seconds, self.compile_seconds = time.perf_counter() - start, 0.0
 
     def compile(self, x: torch.Tensor) -> None:
-        """Compile the graph with inductor now (on ``x`` and the inputs it was captured with), not
-        in the middle of a step.
+        """Compile the graph with inductor now (on ``arguments(x)``), not in the middle of a step.
 
         :param x: a batch of the captured shape, which the compiled graph runs once.
         """
         start = time.perf_counter()
         options = {"fallback_random": True}  # the same random draws as eager PyTorch
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.inductor_cuda_graphs:
             options["triton.cudagraphs"] = True  # static inputs: no launch overhead per kernel
         fn = torch.compile(self.graph, fullgraph=True, dynamic=False, options=options)
         with random_state_kept(self.device), torch.no_grad(), _quiet_cpp_extension():
-            fn([p.detach() for p in self.parameters], x, *self.inputs)
+            fn(*self.arguments(x))
         self.fn = fn
         self.compile_seconds = time.perf_counter() - start
         _remember(self.key, self.compile_seconds)
@@ -202,6 +200,45 @@ class CompiledLoss:
         """How long :meth:`compile` will take: as long as last time, when inductor's on-disk cache
         (where that time is kept) has this graph; else a cold compile (see COLD_COMPILE_SECONDS)."""
         return _recorded().get(self.key, COLD_COMPILE_SECONDS[self.device.type])
+
+
+class CompiledLoss(CompiledGraph):
+    """The loss of ``loss_fn`` and its gradients with respect to ``vae``'s parameters (or, with
+    ``gradients=False``, its value alone: an estimate such as the test ELBO), for batches shaped
+    like ``x``, as a :class:`CompiledGraph`. Further tensor ``inputs`` (a KL weight that changes
+    during training, say) are inputs of the graph too, passed on to ``loss_fn(x, *inputs)``.
+
+    :param vae: the model whose parameters the gradients are of.
+    :param loss_fn: ``loss_fn(x, *inputs)``, a 0-dim tensor: an objective's loss
+        (:func:`~pyro_vae.infer.elbo.make_loss`), say.
+    :param x: a batch of the shape the graph is for; the program runs on it at capture.
+    :param inputs: further tensors the graph takes and passes on to ``loss_fn``: a KL weight,
+        labels.
+    :param gradients: ``True``: the loss and each parameter's gradient; ``False``: the value alone.
+    """
+
+    def __init__(
+        self,
+        vae: nn.Module,
+        loss_fn: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        *inputs: torch.Tensor,
+        gradients: bool = True,
+    ):
+        self.parameters, self.inputs = list(vae.parameters()), inputs
+        f = loss_and_gradients(vae, loss_fn, gradients)
+
+        def loss_and_grads(params: list[torch.Tensor], *inputs: torch.Tensor) -> Any:
+            if not gradients:
+                return f(params, *inputs)
+            loss, grads = f(params, *inputs)
+            pairs = zip(params, grads, strict=True)
+            return loss, [torch.zeros_like(p) if g is None else g for p, g in pairs]
+
+        def arguments(x: torch.Tensor) -> tuple:
+            return [p.detach().requires_grad_() for p in self.parameters], x, *inputs
+
+        super().__init__(loss_and_grads, arguments, x)
 
     def __call__(self, x: torch.Tensor, *inputs: torch.Tensor) -> Any:
         """The loss of batch ``x`` (detached) and the gradient of each parameter, or (without

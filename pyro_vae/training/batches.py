@@ -75,10 +75,11 @@ class BatchSource:
         self._pool_order: tuple[int, torch.Generator, torch.Tensor] | None = None
 
     def epoch(self, epoch: int, start: int) -> Iterator[tuple[int, Batch]]:
-        """``(i, batch)`` for each batch ``i`` of ``epoch`` from ``start`` on, this rank's shard,
-        binarized afresh if the likelihood needs it: ``x``, its rows of the model's given tensors
-        (the CVAE's labels), and the step's rows of the labelled pool (M2's ``x_labeled,
-        y_labeled``). The batch order is drawn from ``order`` as the epoch begins.
+        """``(i, raw)`` for each batch ``i`` of ``epoch`` from ``start`` on, this rank's shard as
+        the step takes it, :meth:`prepare` making it ready inside the step: ``x`` as stored, its
+        rows of the model's given tensors (the CVAE's labels), and for a labelled pool the step's
+        rows of it and the pool's tensors (M2's ``x_labeled, y_labeled``). The batch order is
+        drawn from ``order`` as the epoch begins.
 
         :param epoch: the epoch, counted from 1: the pool's rows follow the step count.
         :param start: the first batch to give, counted from 0: a resumed epoch's next step.
@@ -87,15 +88,30 @@ class BatchSource:
         indices = permutation.to(self.x.device).split(self.batch_size)[start:]
         if self.world > 1:
             indices = [index.tensor_split(self.world)[self.rank] for index in indices]
-        for i, (x, *given) in enumerate(self._rows(indices), start=start):
-            batch = (self._binarized(as_floats(x)), *given)
+        for i, raw in enumerate(self._rows(indices), start=start):
             if self.pool:
                 rows = self._pool_index((epoch - 1) * self.steps_per_epoch + i)
                 if self.world > 1:
                     rows = rows.tensor_split(self.world)[self.rank]
-                x_pool, *given_pool = (t[rows] for t in self.pool)
-                batch += (self._binarized(as_floats(x_pool)), *given_pool)
-            yield i, batch
+                raw += (rows, *self.pool)
+            yield i, raw
+
+    def prepare(self, x: torch.Tensor, *rest: torch.Tensor) -> Batch:
+        """The batch the model's objective takes from a raw one of :meth:`epoch`: ``x`` as floats,
+        binarized afresh if the likelihood needs it, its given rows, and the labelled pool's rows
+        (gathered here), binarized likewise. Tensor operations alone, so that the compiled step
+        holds them too.
+
+        :param x: the batch's examples as stored (8-bit images, or floats).
+        :param rest: the given rows, then for a labelled pool its rows' index and its tensors.
+        """
+        given, pooled = rest[: len(self.given)], rest[len(self.given) :]
+        batch = (self._binarized(as_floats(x)), *given)
+        if pooled:
+            rows, *pool = pooled
+            x_pool, *given_pool = (t[rows] for t in pool)
+            batch += (self._binarized(as_floats(x_pool)), *given_pool)
+        return batch
 
     def _rows(self, indices: list[torch.Tensor]) -> Iterator[Batch]:
         """The examples and their given rows at each batch of ``indices``, on the device: indexed

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as functional_collectives
 
 from pyro_vae.errors import ConfigError
 
@@ -93,6 +94,25 @@ def all_reduce_gradients(parameters: list[torch.nn.Parameter], loss: torch.Tenso
         p.grad = flat[offset : offset + g.numel()].view_as(p)
         offset += g.numel()
     return flat[-1].clone()
+
+
+def summed_in_graph(
+    loss: torch.Tensor, grads: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The loss and the gradients summed over all ranks by one all-reduce, as
+    :func:`all_reduce_gradients` sums them, in a form a captured graph holds: torch's functional
+    all-reduce, whose result is a new tensor. (``torch.distributed._functional_collectives`` is
+    private, and the one all-reduce that ``make_fx`` traces; the compiled torchrun tests fail
+    loudly should it change.)
+
+    :param loss: this rank's loss of its shard, a 0-dim tensor.
+    :param grads: this rank's gradients, one per parameter.
+    """
+    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.to(grads[0].dtype).reshape(1)])
+    flat = functional_collectives.all_reduce(flat, "sum", dist.group.WORLD)
+    sizes = [g.numel() for g in grads]
+    parts = flat[:-1].split(sizes)
+    return flat[-1], [part.view_as(g) for part, g in zip(parts, grads, strict=True)]
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -183,8 +183,6 @@ def resume_from(
     optimizer.load_state_dict(state.optimizer)
     for group in optimizer.param_groups:  # a resumed run may change the learning rate
         group["lr"] = lr
-    for values in optimizer.state.values():  # Adam's counters belong on the CPU
-        values["step"] = values["step"].cpu()
     _set_rng_state(rng["ranks"][rank], device)
     order.set_state(rng["batch_order"].cpu())
 

@@ -176,7 +176,7 @@ class Trainer:
                                device=self.device, agree=agree)  # fmt: skip
         weight = None if self.kl_warmup else self.beta
         self.step = SVIStep(model, self.objective, self.num_particles, self.lr, weight, policy,
-                            self.world, clip_norm)  # fmt: skip
+                            self.world, clip_norm, self.source.prepare)  # fmt: skip
         self.test_elbo = TestELBO(model, self.x_test, self.y_test, seed=self.seed,
                                   objective=self.objective, compile=compile,
                                   agree=agree)  # fmt: skip
@@ -193,6 +193,7 @@ class Trainer:
         """
         resume_from(state, self.step.optimizer, self.source.order, lr=self.lr, rank=self.rank,
                     world=self.world, device=self.device)  # fmt: skip
+        self.step.place_state()
         self.state, self.resumed = state, True
         state.history.data = self.placement  # a resumed run may be streamed, or no longer
 
