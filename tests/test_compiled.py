@@ -202,7 +202,9 @@ def test_a_compiled_run_resumes_exactly(digits, tmp_path):
 def test_auto_compiles_when_the_steps_ahead_repay_it(digits, monkeypatch):
     def history(expected_compile_seconds):
         monkeypatch.setattr(
-            CompiledLoss, "expected_compile_seconds", lambda self: expected_compile_seconds
+            compiled_module.CompiledGraph,
+            "expected_compile_seconds",
+            lambda self: expected_compile_seconds,
         )
         return train(fresh(digits), digits, epochs=2, device="cpu", progress=False, compile="auto")
 
