@@ -136,7 +136,9 @@ class WholeStep(CompiledGraph):
         *inputs: torch.Tensor,
         world: int = 1,
     ):
-        self.parameters, self.optimizer = list(model.parameters()), optimizer
+        # the tensors the step writes in place, its first arguments at every call: the optimizer's
+        # state is not replaced while this step is in use (a resumed run restores it first)
+        self.live = ([p.detach() for p in model.parameters()], *adam_state(optimizer))
         gradients = loss_and_gradients(model, loss_fn)
         group = optimizer.param_groups[0]
         hyper = dict(lr=group["lr"], betas=group["betas"], eps=group["eps"])
@@ -156,9 +158,8 @@ class WholeStep(CompiledGraph):
         rest = inputs[1:]
 
         def arguments(x: torch.Tensor) -> tuple:  # copies: capture and compile change nothing
-            params = [p.detach().clone().requires_grad_() for p in self.parameters]
-            state = [[t.clone() for t in part] for part in adam_state(optimizer)]
-            return params, *state, x, *rest
+            params = [p.clone().requires_grad_() for p in self.live[0]]
+            return params, *[[t.clone() for t in part] for part in self.live[1:]], x, *rest
 
         super().__init__(step, arguments, inputs[0])
 
@@ -170,17 +171,12 @@ class WholeStep(CompiledGraph):
         """
         super().compile(x)
         if self.device.type == "cuda":
-            self.fn = CudaGraphReplay(self.fn, self._live(x, *self.arguments(x)[5:]))
-
-    def _live(self, *inputs: torch.Tensor) -> tuple:
-        """The step's arguments: the parameters and Adam's state themselves, written in place."""
-        params = [p.detach() for p in self.parameters]
-        return params, *adam_state(self.optimizer), *inputs
+            self.fn = CudaGraphReplay(self.fn, (*self.live, x, *self.arguments(x)[5:]))
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         """One step on ``inputs``; returns the loss, detached."""
         with torch.no_grad():
-            out = self.fn(*self._live(*inputs))
+            out = self.fn(*self.live, *inputs)
         return out.clone() if self.device.type == "cuda" else out
 
 
