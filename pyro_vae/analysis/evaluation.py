@@ -26,6 +26,7 @@ q(y|x). Both models' ``kl_per_dim`` and ``active_units`` are of q(z | x, y) at t
 from __future__ import annotations
 
 import math
+import time
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -33,12 +34,18 @@ import pyro
 import torch
 from torch.distributions import Independent, kl_divergence
 
+# torch documents TorchDispatchMode (the one way to see each operation run) in this private module
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
 from pyro_vae import validation
 from pyro_vae.analysis.codes import encode, mean_and_scale
 from pyro_vae.data.sources import Dataset, as_floats, check_shape, eval_inputs
+from pyro_vae.device import random_state_kept
+from pyro_vae.errors import ConfigError
 from pyro_vae.infer.compiling import COMPILE, CompiledLoss, CompilePolicy
 from pyro_vae.infer.elbo import dataset_elbo
-from pyro_vae.infer.passes import EVAL_BATCH_SIZE, seeded_pass
+from pyro_vae.infer.passes import EVAL_BATCH_SIZE, announce, seeded_pass
 from pyro_vae.models.program import Program as VAE
 from pyro_vae.models.user import PROBE_BATCH, as_program
 from pyro_vae.parts.distributions import DiscretizedLogisticDistribution
@@ -53,6 +60,21 @@ BITS_PER_DIM = {
     "iwae_log_likelihood": "iwae_bits_per_dim",
     "baseline_log_likelihood": "baseline_bits_per_dim",
 }
+#: the chunks of an IWAE pass timed before it says how long it will take (the fastest counts)
+TIMED_CHUNKS = 2
+#: ``iwae_k="auto"``: the k of the IWAE estimate chosen for the job and the device
+#: (:func:`choose_iwae_k`)
+AUTO = "auto"
+#: the k an automatic choice takes: the largest whose pass fits :data:`AUTO_K_SECONDS`
+AUTO_K = (1000, 500, 200, 100, 50, 20, 10)
+#: the seconds an automatic k's IWAE pass is reckoned to take at most
+AUTO_K_SECONDS = 300.0
+#: What an automatic k reckons a device type does each second: FLOPs of matrix products (as
+#: torch's ``FlopCounterMode`` counts them) and numbers written by the other operations. For the
+#: CPU, 2 cores with the chunks compiled: a 784-400-50 VAE's or M2's chunk on Fashion-MNIST (15
+#: GFLOP, 90 M numbers) took 0.23 s (issue 28); for CUDA, a modest GPU. Figures, not a timing:
+#: a job gets the same k, and so the same numbers for its seed, on every machine of a kind.
+NOMINAL_RATES = {"cpu": (1e11, 1e9), "cuda": (1e13, 1e11)}
 
 
 def independent_pixel_log_likelihood(x_train: torch.Tensor, x_test: torch.Tensor) -> float:
@@ -212,8 +234,134 @@ def units_by_site(
     return result
 
 
-def _chunk(vae: VAE, particles: int, x: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
-    return vae.iwae_chunk(x, particles, *cond)
+def iwae_k_setting(param: str, value: Any, low: int = 0) -> int | str:
+    """``value`` checked as the k of an IWAE estimate: ``"auto"`` (:func:`choose_iwae_k`), or a
+    whole number of at least ``low``.
+
+    :param param: the parameter's name as the library spells it, for the error message.
+    :param value: the value to check.
+    :param low: the smallest k allowed: 0 where it skips the estimate, else 1.
+    """
+    if isinstance(value, str):
+        if value == AUTO:
+            return AUTO
+        raise ConfigError(f"must be {AUTO!r} or a whole number, got {value[:40]!r}", param)
+    return validation.whole(param, value, low=low)
+
+
+class IWAECost(NamedTuple):
+    """The reckoned seconds of one example's IWAE chunk of p particles on a device type, split
+    as ``chunk + p particle`` (:func:`iwae_cost`).
+
+    :param particle: the seconds of each particle: the decoder and the likelihood, once for each
+        label summed out.
+    :param chunk: the seconds of each chunk, whatever its particles: the encoder.
+    """
+
+    particle: float
+    chunk: float
+
+
+def iwae_cost(vae: VAE, x: torch.Tensor, *given: torch.Tensor) -> IWAECost:
+    """The reckoned seconds of the IWAE chunks of the first example of ``x`` on x's device type:
+    the FLOPs of its matrix products (torch's ``FlopCounterMode``) and the numbers its operations
+    write (a measure of their memory traffic), each at the type's :data:`NOMINAL_RATES`, counted
+    at one particle and at two. A forward pass of one example; the global random state is kept.
+
+    :param vae: the model, whose ``iwae_chunk`` is counted.
+    :param x: examples as the model scores them; the first is counted.
+    :param given: what the programs take after ``x``
+        (:meth:`~pyro_vae.models.program.Program.condition`).
+    """
+    one = (x[:1], *(g[:1] for g in given))
+    flop_rate, number_rate = NOMINAL_RATES.get(x.device.type, NOMINAL_RATES["cpu"])
+
+    def seconds(particles: int) -> float:
+        flops, numbers = FlopCounterMode(display=False), _NumbersWritten()
+        with random_state_kept(x.device), torch.no_grad(), pyro.validation_enabled(False):
+            with flops, numbers:
+                vae.iwae_chunk(one[0], particles, *one[1:])
+        return flops.get_total_flops() / flop_rate + numbers.numbers / number_rate
+
+    once, twice = seconds(1), seconds(2)
+    return IWAECost(twice - once, max(0.0, 2 * once - twice))
+
+
+class _NumbersWritten(TorchDispatchMode):
+    """Counts the numbers that the operations run inside write (a view writes none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            outs = out if isinstance(out, tuple | list) else (out,)
+            self.numbers += sum(t.numel() for t in outs if isinstance(t, torch.Tensor))
+        return out
+
+
+def reckoned_iwae_seconds(
+    vae: VAE, x: torch.Tensor, k: int, *, labels: torch.Tensor | None = None
+) -> float:
+    """The seconds the ``k``-particle IWAE estimate over ``x`` (:func:`iwae_estimate`) is
+    reckoned to take on x's device type, from one example's chunks (:func:`iwae_cost`):
+
+        N (k T_particle + ceil(k / c) T_chunk),
+
+    N the examples and c the particles of a chunk of the first batch (the model's
+    ``iwae_chunk_size``). For M2, whose labels are summed out, T_particle is ten decoders'. A
+    figure for the type, not a timing of this machine.
+
+    :param vae: the model.
+    :param x: the examples, ``(N, *x_shape)``, as the model scores them, on its device.
+    :param k: the particles per example.
+    :param labels: the examples' integer labels, for a model whose programs take them.
+    """
+    first = _first_batch(vae, x, labels)
+    return _pass_seconds(vae, first, len(x), k, iwae_cost(vae, *first))
+
+
+def choose_iwae_k(
+    vae: VAE, x: torch.Tensor, k: int | str = AUTO, *, labels: torch.Tensor | None = None
+) -> tuple[int, bool]:
+    """The k of the IWAE estimate over ``x``, and whether it was chosen here: a number ``k`` is
+    kept; ``"auto"`` takes the largest of :data:`AUTO_K` whose pass is reckoned to take at most
+    :data:`AUTO_K_SECONDS` on x's device type (:func:`reckoned_iwae_seconds`), or else the
+    smallest.
+
+    The choice reads the model's size, the number of examples and the device type, never a
+    clock: the same job gets the same k, and so the same numbers for its seed, on every machine
+    of a kind. How long it takes on this one, :func:`iwae_estimate` says as it starts.
+
+    :param vae: the model.
+    :param x: the examples, ``(N, *x_shape)``, as the model scores them, on its device.
+    :param k: ``"auto"``, or the particles per example.
+    :param labels: the examples' integer labels, for a model whose programs take them.
+    """
+    k = iwae_k_setting("k", k, low=1)
+    if k != AUTO:
+        return k, False
+    first = _first_batch(vae, x, labels)
+    cost = iwae_cost(vae, *first)
+    fits = (c for c in AUTO_K if _pass_seconds(vae, first, len(x), c, cost) <= AUTO_K_SECONDS)
+    return next(fits, AUTO_K[-1]), True
+
+
+def _first_batch(
+    vae: VAE, x: torch.Tensor, labels: torch.Tensor | None
+) -> tuple[torch.Tensor, ...]:
+    """The first batch of a seeded pass over ``x``, with what the programs take after it."""
+    batch = vae.inputs(x[:EVAL_BATCH_SIZE])
+    return (batch, *vae.condition(None if labels is None else labels[:EVAL_BATCH_SIZE], batch))
+
+
+def _pass_seconds(
+    vae: VAE, first: tuple[torch.Tensor, ...], n: int, k: int, cost: IWAECost
+) -> float:
+    chunk = vae.iwae_chunk_size(first[0], k, *first[1:])
+    return n * (k * cost.particle + math.ceil(k / chunk) * cost.chunk)
 
 
 def iwae_log_likelihood(
@@ -257,6 +405,7 @@ def iwae_estimate(
     progress: bool = True,
     compile: str = "off",
     labels: torch.Tensor | None = None,
+    auto: bool = False,
 ) -> IWAEEstimate:
     """Mean IWAE estimate of log p(x), nats per example, with ``k`` particles and a fixed seed,
     and one line on whether its chunks were compiled: of log p(x | y) at the integer ``labels``
@@ -265,6 +414,9 @@ def iwae_estimate(
     It costs about ``k`` test ELBOs, in chunks of particles (:func:`pyro_vae.infer.elbo.iwae_bound`)
     so that k = 5000 on 10,000 images fits in a few GB; the global random state is left as it
     was. Compiled chunks draw the same numbers and agree with eager ones to float32 rounding.
+    With ``progress``, once the first chunk has run as the rest will (compiled or not), a line
+    on stderr says how long the whole pass will take here, from its time: ``IWAE k=200 (auto):
+    about 4 min on cpu for 10000 examples; k=1000 would take about 21 min``.
 
     :param vae: the trained model: a :class:`~pyro_vae.models.vae.VAE`,
         :class:`~pyro_vae.models.cvae.CVAE` or :class:`~pyro_vae.models.m2.M2`.
@@ -272,41 +424,130 @@ def iwae_estimate(
         (:func:`~pyro_vae.data.sources.eval_inputs`), on the model's device.
     :param k: the particles per example, k in the bound.
     :param seed: seeds the draws of z; the global random state is left as it was.
-    :param progress: show a progress bar (tqdm) over the batches; ``False`` for none.
+    :param progress: show a progress bar (tqdm) over the batches, and the line on how long the
+        pass will take; ``False`` for neither.
     :param compile: ``"on"`` compiles the chunk of the first batch's shape
-        (:mod:`pyro_vae.infer.compiling`), ``"auto"`` does so after timing the first batch if the
-        chunks ahead repay it, ``"off"`` never.
+        (:mod:`pyro_vae.infer.compiling`) before the first, ``"auto"`` after timing the first if
+        the chunks ahead repay it (not with one full batch alone), ``"off"`` never.
     :param labels: the examples' integer labels, ``(N,)``, which the conditional VAE is given;
         unused by the VAE and M2 (which sums its labels out).
+    :param auto: whether ``k`` was chosen for the job (:func:`choose_iwae_k`): the line says so,
+        and how long the largest k of :data:`AUTO_K` would take.
     """
     validation.choice("compile", compile, COMPILE)
     x = vae.inputs(x)
     given = vae.condition(labels, x)
     first = (x[:EVAL_BATCH_SIZE], *(g[:EVAL_BATCH_SIZE] for g in given))
     chunk = vae.iwae_chunk_size(*first[:1], k, *first[1:])
-    per_batch = k // chunk  # full chunks per batch
-    full_chunks = max(1, len(x) // EVAL_BATCH_SIZE) * per_batch  # in batches shaped like the first
-    policy = CompilePolicy("the IWAE bound", compile, timed=per_batch, device=x.device)
+    full_chunks = max(1, len(x) // EVAL_BATCH_SIZE) * (k // chunk)  # in batches like the first
+    # one full batch: too few chunks to repay a compile (and the status names no timing)
+    one_batch = compile == "auto" and len(x) < 2 * EVAL_BATCH_SIZE
+    policy = CompilePolicy("the IWAE bound", "off" if one_batch else compile, device=x.device)
+
+    def say(seconds: float, particles: int, examples: int) -> None:  # seconds of a chunk
+        announce(_plan_line(k, auto, len(x), x.device, seconds / particles / examples))
+
+    chunks = _FullChunks(vae, first, chunk, policy, full_chunks, say if progress else None)
     total, bounds = 0.0, []
     with seeded_pass(x, given, seed=seed, progress=progress, desc=f"IWAE k={k}") as batches:
-        for i, (batch, cond) in enumerate(batches):
-            # "auto" times the first batch's chunks and decides at the second
-            if batch.shape == first[0].shape and policy.ready(calls=per_batch):
-                policy.decide(
-                    lambda b=batch, c=cond: CompiledLoss(
-                        vae, partial(_chunk, vae, chunk), b, *c, gradients=False
-                    ),
-                    batch,
-                    full_chunks - i * per_batch,
-                )
-            compiled = policy.compiled
-            full_chunk = compiled if compiled and batch.shape == compiled.shape else None
-            bound = vae.iwae_bound(batch, k, full_chunk, cond)
-            total += float(bound.sum())
+        for batch, cond in batches:
+            start = time.perf_counter()
+            bound = vae.iwae_bound(batch, k, chunks, cond)
+            total += float(bound.sum())  # the batch's one read: the clock below needs no sync
             bounds.append(bound)
-    undecided = "the IWAE bound stayed eager: too few batches to decide"
-    status = policy.message if policy.decided else undecided
-    return IWAEEstimate(total / len(x), status, policy.seconds, torch.cat(bounds))
+            chunks.say(time.perf_counter() - start, k, len(batch))  # if the chunks have not
+    status = "the IWAE bound stayed eager: too few batches to decide" if one_batch else None
+    return IWAEEstimate(total / len(x), status or policy.message, policy.seconds, torch.cat(bounds))
+
+
+class _FullChunks:
+    """The chunks of full size of an IWAE pass, as the model's ``iwae_bound`` asks for them (its
+    ``full_chunk``): eager, or compiled once ``policy`` decides so, before the first chunk
+    (``"on"``) or after it, timed (``"auto"``). The first :data:`TIMED_CHUNKS` that run as the
+    rest will are timed too, and ``timed(seconds, particles, examples)`` told the fastest, once,
+    when given (a first call allocates what later ones reuse)."""
+
+    def __init__(
+        self,
+        vae: VAE,
+        first: tuple[torch.Tensor, ...],
+        chunk: int,
+        policy: CompilePolicy,
+        full_chunks: int,
+        timed: Any = None,
+    ):
+        self.vae, self.chunk, self.policy, self.timed = vae, chunk, policy, timed
+        self.shape, self.device = first[0].shape, first[0].device
+        self.ahead, self.kept, self.fastest = full_chunks, 0, math.inf
+
+    def __call__(self, x: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        if x.shape != self.shape:  # a last, smaller batch: no graph has its shape
+            return self.vae.iwae_chunk(x, self.chunk, *cond)
+        if self.policy.ready():  # "on": now; "auto": its clock starts here
+            self._decide(x, cond)
+        compiled = self.policy.compiled
+        start = _clock(self.device) if self.timed is not None else None
+        out = compiled(x, *cond) if compiled else self.vae.iwae_chunk(x, self.chunk, *cond)
+        seconds = None if start is None else _clock(self.device) - start
+        self.ahead -= 1
+        if self.policy.ready(calls=1):  # "auto": the chunk just timed decides
+            self._decide(x, cond)
+        if seconds is not None and self.policy.decided and compiled is self.policy.compiled:
+            self.kept, self.fastest = self.kept + 1, min(self.fastest, seconds)  # as the rest will
+            if self.kept == TIMED_CHUNKS:
+                self.say(seconds, self.chunk, len(x))
+        return out
+
+    def say(self, seconds: float, particles: int, examples: int) -> None:
+        """Tell ``timed`` the fastest chunk timed, or where none was, ``seconds`` of
+        ``particles`` for ``examples`` (a batch's); then never again.
+
+        :param seconds: the seconds of the work to tell of where no chunk was timed.
+        :param particles: its particles per example.
+        :param examples: its examples.
+        """
+        if self.timed is not None and self.kept:
+            self.timed(self.fastest, self.chunk, self.shape[0])
+        elif self.timed is not None:  # a bound that took no chunks of full size
+            self.timed(seconds, particles, examples)
+        self.timed = None
+
+    def _decide(self, x: torch.Tensor, cond: tuple[torch.Tensor, ...]) -> None:
+        def capture() -> CompiledLoss:
+            fn = partial(_chunk, self.vae, self.chunk)
+            return CompiledLoss(self.vae, fn, x, *cond, gradients=False)
+
+        self.policy.decide(capture, x, self.ahead)
+
+
+def _chunk(vae: VAE, particles: int, x: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+    return vae.iwae_chunk(x, particles, *cond)
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":  # the first chunk or two of a pass: the time the line gives
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _plan_line(k: int, auto: bool, n: int, device: torch.device, seconds_each: float) -> str:
+    """``IWAE k=200 (auto): about 4 min on cpu for 10000 examples; k=1000 would take about
+    21 min``: the pass's time from ``seconds_each``, one particle of one example's, linear in
+    both (the chunks' time is their particles' and the encoder's is small)."""
+    chosen = " (auto)" if auto else ""
+    took = _duration(seconds_each * k * n)
+    line = f"IWAE k={k}{chosen}: about {took} on {device} for {n} examples"
+    if auto and k < AUTO_K[0]:
+        line += f"; k={AUTO_K[0]} would take about {_duration(seconds_each * AUTO_K[0] * n)}"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @torch.no_grad()
@@ -405,16 +646,21 @@ def evaluate(
     seed: int = 0,
     objective: str = "trace",
     binarization: str = "dynamic",
-    iwae_k: int = 1000,
+    iwae_k: int | str = AUTO,
     progress: bool = True,
     compile: str = "off",
 ) -> dict[str, Any]:
     """Test-set figures of ``vae`` on ``data`` (see the module doc).
 
     The same seed gives the same numbers on the same device. The IWAE estimate is most of the
-    work: it decodes ``iwae_k`` codes of every test example, about ``iwae_k`` times what the
-    test ELBO costs, so the default k = 1000 on 10,000 images takes minutes on a CPU (its
-    progress bar says how long); ``iwae_k=0`` skips it, and 100 is a quick first look.
+    work: it decodes ``iwae_k`` codes of every test example (of every label, for M2), about
+    ``iwae_k`` times what the test ELBO costs. ``"auto"`` takes the largest k of
+    1000, 500, 200, ... whose pass is reckoned to take at most 5 minutes on the device's type
+    (:func:`choose_iwae_k`: from the model's size and the test set's, the same k on every
+    machine): k = 1000 for a VAE on 10,000 images, 200 for an M2 with ten labels, on a CPU,
+    reckoned with its chunks compiled (``compile="auto"``, the command line's default: on 2
+    cores about twice as fast as eager). As it starts, the estimate says on stderr how long it
+    will take here (with ``progress``); ``iwae_k=0`` skips it.
 
     :param vae: the trained model: a :class:`~pyro_vae.models.vae.VAE`,
         :class:`~pyro_vae.models.cvae.CVAE` or :class:`~pyro_vae.models.m2.M2`.
@@ -424,27 +670,32 @@ def evaluate(
         (:func:`~pyro_vae.infer.elbo.dataset_elbo`).
     :param binarization: ``"dynamic"`` or ``"none"``, as in training: the test set is binarized
         once with a fixed seed for a binary likelihood (:func:`~pyro_vae.data.sources.eval_inputs`).
-    :param iwae_k: the particles of the IWAE estimate; 0 skips it.
-    :param progress: show a progress bar (tqdm) for the IWAE estimate; ``False`` for none.
+    :param iwae_k: the particles of the IWAE estimate: ``"auto"`` (see above), a number, or 0,
+        which skips it.
+    :param progress: show a progress bar (tqdm) for the IWAE estimate, and how long it will
+        take; ``False`` for neither.
     :param compile: ``"on"``, ``"auto"`` or ``"off"``, for the IWAE estimate's chunks
         (:func:`iwae_estimate`).
     :returns: a dict of ``test_elbo``, ``iwae_log_likelihood`` (and ``iwae_compile``, what came
-        of compiling it), ``iwae_k``, ``kl_per_dim``, ``active_units`` (and by latent site,
+        of compiling it), ``iwae_k`` (the k used) and ``iwae_k_auto`` (whether it was chosen
+        for the job), ``kl_per_dim``, ``active_units`` (and by latent site,
         ``active_units_by_site``), ``seed``, ``num_test``,
         ``baseline_log_likelihood``, ``test_accuracy`` for M2, and the figures in bits per
         dimension for a likelihood of probabilities.
     """
     vae = as_program(vae, data.x_shape, data.x_train[:PROBE_BATCH])  # your own, wrapped
     check_shape(vae.x_shape, data)
-    iwae_k = validation.whole("iwae_k", iwae_k, low=0)
+    iwae_k = iwae_k_setting("iwae_k", iwae_k, low=0)
     device = next(vae.parameters()).device
     x_test = eval_inputs(vae.likelihood, data.x_test, binarization).to(device)
     labels = None if data.y_test is None else data.y_test.to(device)
+    k, auto = choose_iwae_k(vae, x_test, iwae_k, labels=labels) if iwae_k != 0 else (0, False)
     by_site = units_by_site(vae, x_test, labels=labels)
     result: dict[str, Any] = {
         "test_elbo": dataset_elbo(vae, x_test, seed=seed, objective=objective, labels=labels),
         "iwae_log_likelihood": None,
-        "iwae_k": iwae_k,
+        "iwae_k": k,
+        "iwae_k_auto": auto,
         "kl_per_dim": kl_per_dim(vae, x_test, seed=seed, labels=labels),
         "active_units": sum(n for n, _ in by_site.values()),
         "active_units_by_site": {site: n for site, (n, _) in by_site.items()},
@@ -452,9 +703,9 @@ def evaluate(
         "num_test": len(x_test),
     }
     result.update(vae.test_metrics(x_test, labels))
-    if iwae_k > 0:
+    if k > 0:
         estimate = iwae_estimate(
-            vae, x_test, iwae_k, seed=seed, progress=progress, compile=compile, labels=labels
+            vae, x_test, k, seed=seed, progress=progress, compile=compile, labels=labels, auto=auto
         )
         result["iwae_log_likelihood"], result["iwae_compile"] = estimate.value, estimate.compile
     result["baseline_log_likelihood"] = baseline_log_likelihood(vae, data.x_train, x_test)

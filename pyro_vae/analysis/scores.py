@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from pyro_vae import validation
-from pyro_vae.analysis.evaluation import bits_per_dim, iwae_estimate
+from pyro_vae.analysis.evaluation import AUTO, bits_per_dim, choose_iwae_k, iwae_estimate
 from pyro_vae.files import atomic_write
 from pyro_vae.models.vae import VAE
 
@@ -53,7 +53,7 @@ COLUMNS = {
 def score(
     vae: VAE,
     x: torch.Tensor,
-    k: int = 1000,
+    k: int | str = AUTO,
     *,
     labels: torch.Tensor | None = None,
     seed: int = 0,
@@ -71,20 +71,25 @@ def score(
     :param vae: the trained model.
     :param x: the examples as the model scores them (see
         :func:`~pyro_vae.data.sources.eval_inputs`).
-    :param k: the particles of each example's IWAE bound.
+    :param k: the particles of each example's IWAE bound, or ``"auto"``: the largest of 1000,
+        500, 200, ... whose pass is reckoned to fit 5 minutes on the device's type
+        (:func:`~pyro_vae.analysis.evaluation.choose_iwae_k`).
     :param labels: the examples' integer labels, which the conditional VAE needs.
     :param seed: seeds the draws of z.
-    :param progress: show a progress bar (tqdm); ``False`` for none. The ``k``-particle bound
-        is most of the work: about ``k`` test ELBOs.
+    :param progress: show a progress bar (tqdm), and how long the pass will take; ``False`` for
+        neither. The ``k``-particle bound is most of the work: about ``k`` test ELBOs.
     :param compile: ``"on"``, ``"auto"`` or ``"off"``, for the IWAE bound's chunks
         (:func:`~pyro_vae.analysis.evaluation.iwae_estimate`).
     :raises DataError: for the conditional VAE without ``labels``.
     """
     x = vae.inputs(x)
     vae.condition(labels, x)  # a model that scores log p(x | y) refuses here without labels
-    kind = {"labels": labels, "seed": seed, "progress": progress}
-    log_px = iwae_estimate(vae, x, k, compile=compile, **kind).per_example.double().cpu()
-    elbo = iwae_estimate(vae, x, 1, **kind).per_example.double().cpu()
+    k, auto = choose_iwae_k(vae, x, k, labels=labels)
+    kind = {"labels": labels, "seed": seed}
+    log_px = iwae_estimate(vae, x, k, compile=compile, progress=progress, auto=auto, **kind)
+    log_px = log_px.per_example.double().cpu()
+    # the one-particle pass costs a k-th of the first: no bar, no line of its own
+    elbo = iwae_estimate(vae, x, 1, progress=False, **kind).per_example.double().cpu()
     scores = {"log_px": log_px, "elbo": elbo, "bits_per_dim": bits_per_dim(log_px, vae.x_shape)}
     levels = getattr(vae.likelihood, "levels", None)
     if levels:

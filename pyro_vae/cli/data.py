@@ -10,10 +10,12 @@ from typing import Any
 
 from pyro_vae import validation
 from pyro_vae.analysis.codes import encode, save_codes
+from pyro_vae.analysis.evaluation import AUTO, choose_iwae_k
 from pyro_vae.analysis.plots import plot_typical
 from pyro_vae.analysis.scores import COLUMNS, most_and_least_typical, score, write_scores
 from pyro_vae.cli.flags import add_settings, given, whole
 from pyro_vae.cli.outputs import output_path, picture_path, write_output
+from pyro_vae.cli.runs import AUTO_K_HELP, iwae_k_type
 from pyro_vae.config import DataConfig
 from pyro_vae.data.sources import Dataset
 from pyro_vae.runs.folder import Run
@@ -107,9 +109,9 @@ def _add_score(commands: Any) -> None:
     )
     p.add_argument(
         "--iwae-k",
-        type=whole(validation.count, "iwae_k"),
-        default=1000,
-        help="particles of each example's IWAE estimate of log p(x) (default: 1000)",
+        type=iwae_k_type(low=1),
+        default=AUTO,
+        help=f"particles of each example's IWAE estimate of log p(x): {AUTO_K_HELP}",
     )
     p.add_argument("--out", help="the CSV file to write (default: RUN_DIR/scores.csv)")
     p.add_argument(
@@ -130,7 +132,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     write_output(partial(write_scores, labels=labels), scores, path=out)
     most, least = most_and_least_typical(scores["log_px"], TYPICAL_SHOWN)
     write_output(plot_typical, x[most], x[least], path=picture)
-    print(f"scored {len(x)} {args.split} examples of {data.name} (IWAE k={args.iwae_k}); means:")
+    k, _ = choose_iwae_k(run.vae, x, args.iwae_k, labels=labels)  # score's k: the choice repeats
+    print(f"scored {len(x)} {args.split} examples of {data.name} (IWAE k={k}); means:")
     for name, values in scores.items():
         print(f"  {name:<16}{float(values.mean()):12.4f}   {COLUMNS[name]}")
     print(f"wrote {out} and the most and least typical examples to {picture}")

@@ -9,6 +9,7 @@ Carlo draws, and so the estimate for a given seed, depend on how the data set is
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -49,3 +50,14 @@ def seeded_pass(
     with random_state_kept(x.device), torch.no_grad(), validation_enabled(False):
         torch.manual_seed(seed)
         yield tqdm(batches, desc=desc, disable=not progress)
+
+
+def announce(line: str, show: bool = True) -> None:
+    """Write ``pyro-vae: line`` on stderr above a pass's progress bar (tqdm's own way, so the
+    bar is not torn), when ``show``: what a long pass says before it goes on.
+
+    :param line: the line, without the ``pyro-vae:`` prefix.
+    :param show: whether to write it (a pass's ``progress``).
+    """
+    if show:
+        tqdm.write(f"pyro-vae: {line}", file=sys.stderr)

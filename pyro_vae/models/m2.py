@@ -380,7 +380,8 @@ class M2(CVAE):
 
         :param x: a batch of examples, ``(B, *x_shape)``, floats as the likelihood scores them.
         :param k: the particles per example and label.
-        :param full_chunk: a compiled :meth:`iwae_chunk` for the chunks of full size, or ``None``.
+        :param full_chunk: ``(x) -> chunk`` for the chunks of full size, every label at once
+            (the evaluation's, compiled or eager), or ``None``: :meth:`iwae_chunk`.
         :param cond: unused: every label is taken.
         """
         per_label = super().iwae_bound(x, k, full_chunk, cond)  # (K, B)

@@ -296,8 +296,9 @@ class Program(nn.Module):
 
         :param x: a batch of examples, ``(B, *x_shape)``.
         :param k: the particles per example.
-        :param full_chunk: ``(x, *cond) -> chunk`` for the chunks of full size (a compiled
-            :meth:`iwae_chunk`); ``None``: :meth:`iwae_chunk` computes each.
+        :param full_chunk: ``(x, *cond) -> chunk`` for the chunks of full size (the
+            evaluation's: a compiled :meth:`iwae_chunk`, or the eager one, timed); ``None``:
+            :meth:`iwae_chunk` computes each.
         :param cond: what the programs take after ``x`` (:meth:`condition`).
         """
         return iwae_bound(self, x, k, full_chunk, tuple(cond))

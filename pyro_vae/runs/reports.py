@@ -233,7 +233,7 @@ class RunReports:
         *,
         seed: int | None = None,
         device: str | None = None,
-        iwae_k: int = 1000,
+        iwae_k: int | str = "auto",
         progress: bool = True,
         compile: str | None = None,
     ) -> dict[str, Any]:
@@ -242,13 +242,18 @@ class RunReports:
         trained on (the CPU when that one is not present), so that the test ELBO equals the one
         in ``summary.json``. ``compile`` (default: the run's) may compile the IWAE bound's
         chunks (:func:`pyro_vae.analysis.evaluation.iwae_estimate`). The IWAE bound with ``iwae_k``
-        particles costs about ``iwae_k`` test ELBOs; ``progress`` shows its progress bar.
+        particles costs about ``iwae_k`` test ELBOs; ``"auto"`` takes the largest k of 1000,
+        500, 200, ... whose pass is reckoned to fit 5 minutes on the device's type
+        (:func:`pyro_vae.analysis.evaluation.choose_iwae_k`), recorded as ``iwae_k`` with
+        ``iwae_k_auto``; ``progress`` shows its progress bar and how long it will take.
 
         :param seed: seeds every estimate; ``None``: the run's seed.
         :param device: where to score; ``None``: where it trained, or the CPU when that is not
             present.
-        :param iwae_k: the particles of the IWAE estimate; 0 skips it.
-        :param progress: show a progress bar (tqdm) for the IWAE estimate; ``False`` for none.
+        :param iwae_k: the particles of the IWAE estimate: ``"auto"``, a number, or 0, which
+            skips it.
+        :param progress: show a progress bar (tqdm) for the IWAE estimate, and how long it will
+            take; ``False`` for neither.
         :param compile: ``"on"``, ``"auto"`` or ``"off"``, for the IWAE bound's chunks; ``None``:
             the run's.
         """
