@@ -123,6 +123,17 @@ def load_images(kind: str, data_dir: str | None, seed: int = 0) -> tuple[Dataset
     return data, f"random: {RANDOM_TRAIN} uniform grey 28x28 images (Fashion-MNIST not used)"
 
 
+def as_uint8(data: Dataset) -> Dataset:
+    """``data`` with its images stored as 8-bit ``uint8``, round(255 x), as the 8-bit sources
+    (Fashion-MNIST) store theirs: the value ``k`` means ``k / 255``."""
+
+    def to_bytes(x: torch.Tensor) -> torch.Tensor:
+        return x.mul(255).round_().to(torch.uint8)
+
+    x_train, x_test = to_bytes(data.x_train), to_bytes(data.x_test)
+    return Dataset(data.name, x_train, x_test, data.y_train, data.y_test)
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
