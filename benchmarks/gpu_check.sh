@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 6, 12 and 15 in one call, within 9 minutes on one GPU: the CUDA tests,
-# bench_images.py (bits per dimension of conv and resnet on the photos; memory and epoch time of
-# 60,000 8-bit images on the device or streamed), bench_train.py (svi, svi-compiled, manual,
-# pyro-naive and the floor, batch 256 and 1024) and bench_iwae.py (k = 5000 on 10,000 images,
-# eager and compiled), their tables into $OUT.
+# The GPU checks of issues 6, 12, 15 and 28 in one call, within 10 minutes on one GPU: the CUDA
+# tests (the compiled whole step as one CUDA graph among them), bench_images.py (bits per dimension
+# of conv and resnet on the photos; memory and epoch time of 60,000 8-bit images on the device or
+# streamed), bench_train.py (svi, svi-compiled, manual, manual-compiled, pyro-naive, numpyro where
+# JAX's CUDA build is installed, and the floor, batch 256 and 1024, with cold and warm compile
+# times) and bench_iwae.py (k = 5000 on 10,000 images, eager and compiled), their tables into $OUT.
 #
 #   OUT=/some/folder bash benchmarks/gpu_check.sh            # on a machine with a CUDA GPU
 #   OUT=/tmp/check GPU_CHECK_DEVICE=cpu GPU_CHECK_SMOKE=1 bash benchmarks/gpu_check.sh   # a trial
@@ -25,7 +26,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 if [ -n "${GPU_CHECK_SMOKE:-}" ]; then  # a few steps of each, to try the script out
-    train=(--max-steps 5 --epochs 2 --batch-sizes 64,256)
+    train=(--max-steps 5 --epochs 2 --batch-sizes 64,256 --no-compile-times)
     iwae=(--num-images 20 --k 10 --scaling-k 1,5 --scaling-images 20 --repeats 1)
     images=(--epochs 1 --iwae-k 2 --memory-epochs 1 --memory-images 2000)
     tests=(tests/test_cuda.py)
@@ -45,12 +46,12 @@ if has tests; then
     tail -n 3 "$out/cuda-tests.log"
 fi
 if has images; then
-    timeout 170 $py benchmarks/bench_images.py --device "$device" --data random --compile off \
+    timeout 130 $py benchmarks/bench_images.py --device "$device" --data random --compile off \
         --memory-data random "${images[@]}" --out "$out" > "$out/bench-images.log" 2>&1 || status=1
     tail -n 12 "$out/bench-images.log"
 fi
 if has train; then
-    timeout 150 $py benchmarks/bench_train.py --device "$device" --data random "${train[@]}" \
+    timeout 240 $py benchmarks/bench_train.py --device "$device" --data random "${train[@]}" \
         --out "$out" > "$out/bench-train.log" 2>&1 || status=1
 fi
 if has iwae; then
