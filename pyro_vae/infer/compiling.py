@@ -113,6 +113,15 @@ def loss_and_gradients(
     return f
 
 
+def zero_filled(params: list[torch.Tensor], grads: Any) -> list[torch.Tensor]:
+    """``grads`` with zeros for a parameter the loss does not use (``None``).
+
+    :param params: the parameters.
+    :param grads: their gradients, ``None`` where unused.
+    """
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+
 def host_reads(graph: GraphModule) -> list[str]:
     """The operations of ``graph`` that would read a value back to the host (see HOST_READS).
 
@@ -233,8 +242,7 @@ class CompiledLoss(CompiledGraph):
             if not gradients:
                 return f(params, *inputs)
             loss, grads = f(params, *inputs)
-            pairs = zip(params, grads, strict=True)
-            return loss, [torch.zeros_like(p) if g is None else g for p, g in pairs]
+            return loss, zero_filled(params, grads)
 
         def arguments(x: torch.Tensor) -> tuple:
             return [p.detach().requires_grad_() for p in self.parameters], x, *inputs

@@ -32,7 +32,12 @@ import torch
 from torch import nn
 
 from pyro_vae.device import random_state_kept
-from pyro_vae.infer.compiling import CaptureError, CompiledGraph, loss_and_gradients
+from pyro_vae.infer.compiling import (
+    CaptureError,
+    CompiledGraph,
+    loss_and_gradients,
+    zero_filled,
+)
 from pyro_vae.training import distributed
 
 CLIP_EPS = 1e-6  # clip_grad_norm_'s guard against a zero norm
@@ -146,9 +151,7 @@ class WholeStep(CompiledGraph):
         def step(params: list, avgs: list, sqs: list, steps: list, *inputs: torch.Tensor) -> Any:
             loss, grads = gradients(params, *inputs)
             if world > 1:
-                pairs = zip(params, grads, strict=True)
-                grads = [torch.zeros_like(p) if g is None else g for p, g in pairs]
-                loss, grads = distributed.summed_in_graph(loss, grads)
+                loss, grads = distributed.summed_in_graph(loss, zero_filled(params, grads))
             if clip_norm is not None:
                 grads = clipped(list(grads), clip_norm)
             with torch.no_grad():
