@@ -58,3 +58,8 @@ class DataError(PyroVAEError):
 
 class ConfigError(PyroVAEError):
     """A setting that cannot work: an unknown name, an impossible number, a missing device."""
+
+
+class StaleDataWarning(UserWarning):
+    """Data that may not be what the user thinks: a prepared copy older than its source. The
+    command line prints it as one line, ``pyro-vae: warning: <message>``."""

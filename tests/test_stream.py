@@ -99,8 +99,8 @@ def test_a_set_over_the_device_budget_is_streamed_with_the_same_metrics(tmp_path
 
 def test_each_rank_streams_only_its_shard_of_every_batch(digits, monkeypatch):
     data, fetched = bytes_of(digits), []
-    rows = loader._Rows.__getitem__
-    monkeypatch.setattr(loader._Rows, "__getitem__", lambda s, i: fetched.append(i) or rows(s, i))
+    rows = loader.Rows.__getitem__
+    monkeypatch.setattr(loader.Rows, "__getitem__", lambda s, i: fetched.append(i) or rows(s, i))
     monkeypatch.setattr(trainer_module.distributed, "rank_and_world", lambda: (1, 2))
     monkeypatch.setattr(trainer_module.distributed, "broadcast_parameters", lambda vae: None)
     pyro.set_rng_seed(0)

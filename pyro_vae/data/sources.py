@@ -27,6 +27,7 @@ import torch
 
 from pyro_vae import validation
 from pyro_vae.data import images
+from pyro_vae.data.mapped import MappedArrays, load_prepared
 from pyro_vae.errors import ConfigError, DataError
 
 #: the data sets :func:`load_dataset` knows by name
@@ -39,6 +40,7 @@ DATASETS: tuple[str, ...] = (
     *images.CATALOGUE,
     "folder",
     "npz",
+    "prepared",
 )
 # the sources of pictures, which {image_size} and {channels} apply to
 PICTURE_SOURCES: tuple[str, ...] = (*images.CATALOGUE, "folder")
@@ -72,6 +74,10 @@ class Dataset:
     :param torch.Tensor x_test: ``(M, *x_shape)``, of ``x_train``'s dtype.
     :param y_train: int64 ``(N,)`` labels, or ``None``.
     :param y_test: int64 ``(M,)`` labels, or ``None``.
+    :param mapped: for a prepared copy (:mod:`pyro_vae.data.mapped`), the memory mapping
+        ``x_train`` and ``x_test`` read from, with the distinct values of ``x_train`` it records;
+        ``None`` for data in memory.
+    :param values: the distinct values of ``x_train``, when known without reading it.
     """
 
     name: str
@@ -79,6 +85,8 @@ class Dataset:
     x_test: torch.Tensor
     y_train: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
+    mapped: MappedArrays | None = None
+    values: torch.Tensor | None = None
 
     @property
     def x_shape(self) -> tuple[int, ...]:
@@ -98,10 +106,19 @@ class Dataset:
     def describe(self) -> str:
         """One line: the examples, their shape and type, and the memory of each split."""
         each = f"{self.bytes_per_example:,} bytes ({self.x_train.dtype})".replace("torch.", "")
+        mapped = ", memory-mapped" if self.mapped is not None else ""
         return (
             f"{self.name}: {len(self.x_train):,} training and {len(self.x_test):,} test examples "
-            f"of shape {self.x_shape}, {each} each, {_mib(self.x_train)} + {_mib(self.x_test)} MiB"
+            f"of shape {self.x_shape}, {each} each, {_mib(self.x_train)} + {_mib(self.x_test)} "
+            f"MiB{mapped}"
         )
+
+    def train_values(self) -> torch.Tensor:
+        """What the binarization policy checks of ``x_train``: its distinct values when known
+        (a prepared copy records them: a data set larger than memory is not read for them),
+        else ``x_train`` itself.
+        """
+        return self.x_train if self.values is None else self.values
 
 
 def _mib(x: torch.Tensor) -> str:
@@ -147,7 +164,10 @@ def load_dataset(
     images, as floats). ``photos`` is an offline colour set, 32x32
     patches of scikit-learn's two sample photographs (:func:`pyro_vae.data.images.load_photos`);
     ``folder`` a folder of pictures in ``data_dir`` and ``cifar10``, ``cifar100``, ``svhn``,
-    ``celeba`` torchvision's files there (:mod:`pyro_vae.data.images`).
+    ``celeba`` torchvision's files there (:mod:`pyro_vae.data.images`). ``prepared`` is a copy of
+    any of these that :func:`pyro_vae.data.prepare.prepare_dataset` decoded once into
+    ``data_dir``, its images memory-mapped, not read (:mod:`pyro_vae.data.mapped`): a batch reads
+    its rows alone, so it may be larger than memory.
 
     :param str name: one of :data:`DATASETS`.
     :param data_dir: where the files live; defaults to :data:`DEFAULT_DATA_DIR`.
@@ -171,12 +191,41 @@ def load_dataset(
     if name == "photos":
         return Dataset(name, *images.load_photos()[:4])
     data_dir = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).expanduser()
+    if name == "prepared":
+        return _load_prepared(data_dir)
     if name == "folder":
         return Dataset(name, *images.load_folder(data_dir, image_size, channels)[:4])
     if name in images.CATALOGUE:
         split = images.load_catalogue(name, data_dir, download, image_size, channels)
         return Dataset(name, *split[:4])
     return _load_idx_dataset(name, data_dir, download)
+
+
+def source_paths(
+    name: str, data_dir: str | Path | None = None, data_path: str | Path | None = None
+) -> tuple[str, ...]:
+    """The files and folders (a folder standing for every file under it) the data set ``name``
+    is read from, as absolute paths: what a prepared copy of it goes stale with. None for the
+    embedded sets, or for files not there.
+
+    :param name: one of :data:`DATASETS`.
+    :param data_dir: as :func:`load_dataset` takes it.
+    :param data_path: as :func:`load_dataset` takes it.
+    """
+    data_dir = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).expanduser()
+    if name == "npz" and data_path is not None:
+        found = [Path(data_path).expanduser()]
+    elif name in _IDX_FOLDERS:
+        found = list(
+            (_find_idx_files([data_dir / _IDX_FOLDERS[name] / "raw", data_dir]) or {}).values()
+        )
+    elif name in images.CATALOGUE:
+        found = [images._find_source(name, data_dir)]
+    elif name in ("folder", "prepared"):
+        found = [data_dir]
+    else:
+        found = []
+    return tuple(str(p.resolve()) for p in found if p is not None and p.exists())
 
 
 class Scores(Protocol):
@@ -365,6 +414,14 @@ def _load_digits() -> Dataset:
     n_test = int(len(x) * TEST_FRACTION)
     test, train = perm[:n_test], perm[n_test:]
     return Dataset("digits", x[train], x[test], y[train], y[test])
+
+
+def _load_prepared(folder: Path) -> Dataset:
+    prepared = load_prepared(folder)
+    values = prepared.description.get("values")
+    values = None if values is None else torch.tensor(values, dtype=prepared.x_train.dtype)
+    name = prepared.description["source"]["dataset"]
+    return Dataset(name, *prepared[:4], mapped=prepared.mapped, values=values)
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:

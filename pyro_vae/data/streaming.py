@@ -7,6 +7,11 @@ each batch to the device through a ``torch.utils.data.DataLoader``: worker proce
 rows, pinned memory and ``non_blocking`` copies overlap the transfer with the step, and
 ``prefetch_factor`` batches wait ready per worker.
 
+A memory-mapped training set (a prepared copy, :mod:`pyro_vae.data.mapped`) is read the same
+way, a batch's rows at a time, whichever process gathers them; every :data:`RELEASE_BYTES` of
+rows read, the process lets go of the pages it read, so that its resident memory stays flat
+however large the file is.
+
 Either way the trainer chooses the batches (which rows, in which order, which shard of each for
 this rank) before the data are touched, so the two paths take the very same steps: the same
 examples, the same random draws, the same ``metrics.csv``. Under torchrun each rank's loader
@@ -15,7 +20,7 @@ gathers only its own shard of every batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader
@@ -26,6 +31,12 @@ from pyro_vae.device import memory_bytes
 #: rest is for the weights, Adam's state, the test set and the activations.
 DEVICE_DATA_SHARE = 0.5
 PREFETCH_FACTOR = 4  # batches each worker keeps ready
+#: How much of a memory-mapped training set a process may map in (its rows' bytes, and the pages
+#: around each) before it lets go of the pages: its resident memory grows by at most this much.
+RELEASE_BYTES = 256 * 2**20
+# what reading a row may map besides its own bytes: Linux maps the cached pages around a faulting
+# one too (fault_around_bytes, 64 KiB by default)
+_FAULT_AROUND = 64 * 1024
 
 
 def should_stream(nbytes: int, device: torch.device, stream: bool) -> tuple[bool, str]:
@@ -44,38 +55,54 @@ def should_stream(nbytes: int, device: torch.device, stream: bool) -> tuple[bool
     return False, f"it fits in {DEVICE_DATA_SHARE:.0%} of {device}'s memory"
 
 
-class _Rows(torch.utils.data.Dataset):
-    """The rows of some tensors at a batch of indices: one gather per batch, not per example."""
+class Rows(torch.utils.data.Dataset):
+    """The rows of some tensors at a batch of indices: one gather per batch, not per example.
+    Tensors memory-mapped from a file let go of the pages read (``release``) every
+    :data:`RELEASE_BYTES` of rows, in whichever process gathers them.
 
-    def __init__(self, tensors: tuple[torch.Tensor, ...]):
-        self.tensors = tensors
+    :param tensors: host or device tensors of equal length.
+    :param release: lets go of the pages of the memory-mapped ``tensors``; ``None``: in memory.
+    """
+
+    def __init__(
+        self, tensors: tuple[torch.Tensor, ...], release: Callable[[], None] | None = None
+    ):
+        self.tensors, self.release = tensors, release
+        self._row_bytes = sum(t[:1].numel() * t.element_size() for t in tensors) + _FAULT_AROUND
+        self._read = 0
 
     def __len__(self) -> int:
         return len(self.tensors[0])
 
     def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(t[index] for t in self.tensors)
+        rows = tuple(t[index] for t in self.tensors)
+        if self.release is not None:
+            self._read += len(index) * self._row_bytes
+            if self._read >= RELEASE_BYTES:
+                self.release()
+                self._read = 0
+        return rows
 
 
 def stream_batches(
-    tensors: tuple[torch.Tensor, ...],
+    rows: Rows,
     index_batches: Iterable[torch.Tensor],
     device: torch.device,
     workers: int,
 ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """The rows of ``tensors`` (host tensors of equal length) at each of ``index_batches`` (CPU
-    int64 indices), on ``device``, in that order: gathered by ``workers`` processes (0: in this
-    one) and copied from pinned memory when ``device`` is a GPU.
+    """The rows of ``rows``' tensors (host tensors of equal length) at each of ``index_batches``
+    (CPU int64 indices), on ``device``, in that order: gathered by ``workers`` processes (0: in
+    this one) and copied from pinned memory when ``device`` is a GPU.
 
-    :param tensors: the training set's tensors (examples, and labels if any), in host memory, of
-        equal length.
+    :param rows: the training set's tensors (examples, and labels if any), in host memory or
+        memory-mapped.
     :param index_batches: the batches' row indices, CPU int64 tensors, in the order to give them.
     :param device: the device to bring each batch to.
     :param workers: the ``DataLoader``'s worker processes; 0 gathers in this process.
     """
     pin = device.type == "cuda"
     loader = DataLoader(
-        _Rows(tensors),
+        rows,
         sampler=list(index_batches),  # each item a whole batch: batch_size=None gathers it once
         batch_size=None,
         num_workers=workers,

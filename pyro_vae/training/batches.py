@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 
 from pyro_vae.data.sources import Dataset, as_floats, binarize_afresh
-from pyro_vae.data.streaming import should_stream, stream_batches
+from pyro_vae.data.streaming import Rows, should_stream, stream_batches
 from pyro_vae.device import check_fits
 from pyro_vae.models.program import Program
 
@@ -64,6 +64,9 @@ class BatchSource:
         drawn = model.training_data(data, labeled, seed)
         self.x = drawn.x.to(home)
         self.given = tuple(t.to(home) for t in drawn.given)
+        # a memory-mapped set (a prepared copy) stays mapped on the CPU, and lets go of its pages
+        release = data.mapped.release if data.mapped is not None else None
+        self.rows = Rows((self.x, *self.given), release if self.x.device.type == "cpu" else None)
         self.pool = tuple(t.to(device) for t in drawn.labeled)
         # the pool's rows each step takes, as many as the batch's (all, if fewer)
         self.pool_per_step = min(len(self.pool[0]) if self.pool else 0, batch_size)
@@ -116,12 +119,11 @@ class BatchSource:
     def _rows(self, indices: list[torch.Tensor]) -> Iterator[Batch]:
         """The examples and their given rows at each batch of ``indices``, on the device: indexed
         there, or streamed to it."""
-        tensors = (self.x, *self.given)
         if self.streamed:
-            yield from stream_batches(tensors, indices, self.device, self.workers)
+            yield from stream_batches(self.rows, indices, self.device, self.workers)
         else:
             for index in indices:
-                yield tuple(t[index] for t in tensors)
+                yield self.rows[index]
 
     def _binarized(self, x: torch.Tensor) -> torch.Tensor:
         return binarize_afresh(x) if self.dynamic else x
@@ -192,4 +194,3 @@ def placement(
     what = f"{{param}} = {num_particles}: the activations of {num_particles} "
     check_fits(needed, device, f"{what}particles of {shard} examples", "num_particles")
     return streamed, f"{data.describe()}; the training set {where}: {why}"
-

@@ -1,0 +1,207 @@
+"""Prepared copies: a data set decoded once into arrays on disk, and read back memory-mapped.
+
+A prepared copy is a folder (written by :func:`pyro_vae.data.prepare.prepare_dataset`, the
+``prepare`` command) holding ``x_train.npy`` and ``x_test.npy`` (8-bit images as ``uint8``, other
+data as ``float32``), the labels ``y_train.npy`` and ``y_test.npy`` (``int64``) when the source
+has them, and :data:`DESCRIPTION`, a small JSON file saying what the arrays are, what they were
+made from and when, and the distinct values of the training images (so that choosing the
+binarization never reads the whole training set).
+
+:func:`load_prepared` maps the image arrays into memory rather than reading them: a training
+batch reads the pages of its rows alone, so a data set larger than the machine's memory trains
+too. Pages a process has read stay in its resident memory until it lets go of them;
+:meth:`MappedArrays.release` does (they stay in the page cache, for the next epoch), and the
+batches call it every few hundred megabytes of rows (:mod:`pyro_vae.data.streaming`). The
+labels, a few bytes an example, are read into memory.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from pyro_vae.errors import DataError, StaleDataWarning
+
+DESCRIPTION = "prepared.json"  #: the file that says what a prepared copy's arrays are
+FORMAT = 1  #: the version of the layout :func:`load_prepared` reads
+IMAGES = ("x_train", "x_test")  #: the arrays that are memory-mapped
+LABELS = ("y_train", "y_test")  #: the arrays read into memory, when present
+
+
+def partial_folder(folder: Path) -> Path:
+    """Where a prepared copy of ``folder`` is written until it is finished: a hidden sibling,
+    renamed to ``folder`` in one step, so that nothing unfinished ever looks like a copy.
+
+    :param folder: the prepared copy's folder.
+    """
+    return folder.with_name(f".{folder.name}.partial")
+
+
+class MappedArrays:
+    """The image arrays of a prepared copy, memory-mapped read-only (copy-on-write, so that
+    torch may wrap them; nothing writes to them).
+
+    :param files: each array's ``.npy`` file, with the shape and dtype the description gives.
+    """
+
+    def __init__(self, files: dict[str, tuple[Path, tuple[int, ...], np.dtype]]):
+        self._maps: list[mmap.mmap] = []
+        self.tensors: dict[str, torch.Tensor] = {}
+        for name, (path, shape, dtype) in files.items():
+            offset = _data_offset(path, shape, dtype)
+            with open(path, "rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            mapped.madvise(mmap.MADV_RANDOM)  # a batch's rows are scattered: no read-ahead
+            count = int(np.prod(shape))
+            tensor = torch.frombuffer(mapped, dtype=_torch_dtype(dtype), count=count, offset=offset)
+            self.tensors[name] = tensor.view(shape)
+            self._maps.append(mapped)
+
+    def release(self) -> None:
+        """Let go of the pages this process has read from the arrays: its resident memory falls
+        back; the pages stay in the page cache (no data are lost: nothing was written)."""
+        for mapped in self._maps:
+            mapped.madvise(mmap.MADV_DONTNEED)
+
+
+class Prepared(NamedTuple):
+    """A prepared copy as :func:`load_prepared` opens it."""
+
+    x_train: torch.Tensor  #: memory-mapped
+    x_test: torch.Tensor  #: memory-mapped
+    y_train: torch.Tensor | None
+    y_test: torch.Tensor | None
+    mapped: MappedArrays  #: the mapping of ``x_train`` and ``x_test``
+    description: dict[str, Any]  #: the contents of :data:`DESCRIPTION`
+
+
+def load_prepared(folder: str | Path) -> Prepared:
+    """Open the prepared copy in ``folder``: the images memory-mapped, the labels read. Warns
+    (:class:`~pyro_vae.errors.StaleDataWarning`) when a file of its source is newer than the
+    copy.
+
+    :param folder: a folder written by :func:`pyro_vae.data.prepare.prepare_dataset`.
+    :raises DataError: if the folder is no finished prepared copy, or an array is missing,
+        truncated or not what the description says.
+    """
+    folder = Path(folder).expanduser()
+    description = read_description(folder)
+    files = {}
+    for name in (*IMAGES, *LABELS):
+        entry = description["arrays"].get(name)
+        if entry is None:
+            if name in IMAGES:
+                raise DataError(f"{folder / DESCRIPTION} lists no {name}; prepare the copy again")
+            continue
+        files[name] = (folder / f"{name}.npy", tuple(entry["shape"]), np.dtype(entry["dtype"]))
+    labels = {name: _read_labels(*files.pop(name)) for name in LABELS if name in files}
+    mapped = MappedArrays(files)
+    _warn_if_stale(folder, description)
+    x_train, x_test = (mapped.tensors[name] for name in IMAGES)
+    return Prepared(x_train, x_test, labels.get("y_train"), labels.get("y_test"), mapped,
+                    description)  # fmt: skip
+
+
+def read_description(folder: Path) -> dict[str, Any]:
+    """The contents of ``folder``'s :data:`DESCRIPTION`, or a one-line :class:`DataError` saying
+    why there is no finished prepared copy there.
+
+    :param folder: the prepared copy's folder.
+    """
+    path = folder / DESCRIPTION
+    if not path.is_file():
+        unfinished = partial_folder(folder)
+        hint = (
+            f"; an unfinished one is in {unfinished}: run prepare again to finish it"
+            if unfinished.is_dir()
+            else "; make one with pyro-vae prepare"
+        )
+        what = "no folder" if not folder.exists() else f"no {DESCRIPTION}"
+        raise DataError(f"no prepared copy at {folder} ({what}){hint}")
+    try:
+        description = json.loads(path.read_text())
+        arrays = description["arrays"]
+        for entry in arrays.values():
+            tuple(entry["shape"]), np.dtype(entry["dtype"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path} is not a readable description ({type(e).__name__})") from None
+    if description.get("format") != FORMAT:
+        raise DataError(f"{path} is of format {description.get('format')!r}, not {FORMAT}")
+    return description
+
+
+def _data_offset(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Where the data begin in the ``.npy`` file ``path``, having checked that its header and
+    size are those of an array of ``shape`` and ``dtype``."""
+    if not path.is_file():
+        raise DataError(f"{path} is missing: the prepared copy is incomplete; prepare it again")
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                version, np.lib.format.read_array_header_2_0
+            )
+            header = read(f)
+            offset = f.tell()
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} is not a .npy array ({e}); prepare the copy again") from None
+    found_shape, fortran, found_dtype = header
+    if tuple(found_shape) != shape or found_dtype != dtype or fortran:
+        raise DataError(
+            f"{path} holds a {found_dtype} array of shape {tuple(found_shape)}, but the "
+            f"description says {dtype} of shape {shape}; prepare the copy again"
+        )
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        state = "truncated" if size < expected else "longer than its array"
+        raise DataError(
+            f"{path} is {state}: {size:,} bytes where its {shape} {dtype} array needs "
+            f"{expected:,}; prepare the copy again"
+        )
+    return offset
+
+
+def _read_labels(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+    offset = _data_offset(path, shape, dtype)
+    labels = np.fromfile(path, dtype=dtype, offset=offset)
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32}[dtype]
+
+
+def newest_file(paths: tuple[str, ...]) -> tuple[float, str]:
+    """``(mtime, path)`` of the most recently modified file among ``paths`` (a folder stands for
+    every file under it); ``(0.0, "")`` when none exists (a copy may outlive its source).
+
+    :param paths: files and folders.
+    """
+    newest = (0.0, "")
+    for top in paths:
+        if os.path.isfile(top):
+            newest = max(newest, (os.path.getmtime(top), top))
+        for root, _, names in os.walk(top):
+            for name in names:
+                path = os.path.join(root, name)
+                newest = max(newest, (os.path.getmtime(path), path))
+    return newest
+
+
+def _warn_if_stale(folder: Path, description: dict[str, Any]) -> None:
+    modified, path = newest_file(tuple(description.get("source", {}).get("paths", ())))
+    if modified > description.get("prepared_at", float("inf")):
+        warnings.warn(
+            f"the prepared copy in {folder} is older than its source: {path} changed after it "
+            "was made; prepare it again (overwrite) to train on the source as it is now",
+            StaleDataWarning,
+            stacklevel=2,
+        )
