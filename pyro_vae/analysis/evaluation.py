@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -40,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pyro_vae import validation
 from pyro_vae.analysis.codes import encode, mean_and_scale
+from pyro_vae.data.mapped import row_slices
 from pyro_vae.data.sources import Dataset, as_floats, check_shape, eval_inputs
 from pyro_vae.device import random_state_kept
 from pyro_vae.errors import ConfigError
@@ -77,22 +79,31 @@ AUTO_K_SECONDS = 300.0
 NOMINAL_RATES = {"cpu": (1e11, 1e9), "cuda": (1e13, 1e11)}
 
 
-def independent_pixel_log_likelihood(x_train: torch.Tensor, x_test: torch.Tensor) -> float:
+def independent_pixel_log_likelihood(
+    x_train: torch.Tensor, x_test: torch.Tensor, release: Callable[[], None] | None = None
+) -> float:
     """Mean log-likelihood (nats per example) of binary ``x_test`` under independent Bernoulli
     pixels with p_i = (sum_n x_train[n, i] + 1/2) / (N + 1).
 
-    :param x_train: the training set, floats in [0, 1], ``(N, *x_shape)``: each pixel's mean fits
-        its p_i.
+    :param x_train: the training set, floats in [0, 1] or 8-bit images, ``(N, *x_shape)``: each
+        pixel's mean fits its p_i. Read a slice of rows at a time: it may be memory-mapped.
     :param x_test: binary test images (0 or 1), of the same shape per example.
+    :param release: lets go of the pages of a memory-mapped ``x_train`` after each slice.
     """
-    p = (x_train.double().sum(0) + 0.5) / (len(x_train) + 1)
+    total = torch.zeros(x_train.shape[1:], dtype=torch.float64, device=x_train.device)
+    for rows in row_slices(x_train, release):
+        total += as_floats(rows).double().sum(0)
+    p = (total + 0.5) / (len(x_train) + 1)
     x = x_test.double()
     log_lik = x * p.log() + (1 - x) * torch.log1p(-p)
     return float(log_lik.flatten(1).sum(1).mean())
 
 
 def independent_logistic_log_likelihood(
-    x_train: torch.Tensor, x_test: torch.Tensor, bins: int = 256
+    x_train: torch.Tensor,
+    x_test: torch.Tensor,
+    bins: int = 256,
+    release: Callable[[], None] | None = None,
 ) -> float:
     """Mean log-likelihood (nats per example) of ``x_test`` (values ``k / (bins - 1)``) under
     independent discretized logistic values, a location and a log scale for every pixel and
@@ -102,11 +113,16 @@ def independent_logistic_log_likelihood(
     An independent model sees the data only through each value's histogram over the ``bins``
     levels, so the fit works on the histograms: a step costs D x bins, whatever the examples.
 
-    :param x_train: the training set, floats ``k / (bins - 1)`` in [0, 1], ``(N, *x_shape)``.
-    :param x_test: the test set, likewise.
+    :param x_train: the training set, floats ``k / (bins - 1)`` in [0, 1] or 8-bit images,
+        ``(N, *x_shape)``, read a slice of rows at a time: it may be memory-mapped.
+    :param x_test: the test set, floats ``k / (bins - 1)``.
     :param bins: the levels a value takes, 256 for 8-bit images.
+    :param release: lets go of the pages of a memory-mapped ``x_train`` after each slice.
     """
-    train_counts, test_counts = _level_counts(x_train, bins), _level_counts(x_test, bins)
+    train_counts = sum(
+        _level_counts(as_floats(rows), bins) for rows in row_slices(x_train, release)
+    )
+    test_counts = _level_counts(x_test, bins)
     levels = torch.linspace(0, 1, bins, dtype=torch.float64, device=train_counts.device)
     share = train_counts / len(x_train)
     mean = share @ levels
@@ -614,27 +630,38 @@ def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, classes: int
     return torch.bincount(index, minlength=classes * classes).reshape(classes, classes).cpu()
 
 
-def baseline_log_likelihood(vae: VAE, x_train: torch.Tensor, x_test: torch.Tensor) -> float | None:
+def baseline_log_likelihood(
+    vae: VAE,
+    x_train: torch.Tensor,
+    x_test: torch.Tensor,
+    release: Callable[[], None] | None = None,
+) -> float | None:
     """The independent-pixel model of ``vae``'s likelihood family (:data:`BASELINES`) fitted to
     ``x_train`` (as stored: 8-bit images or floats): its mean log-likelihood of ``x_test``, the
     test set as ``vae`` scores it (:func:`~pyro_vae.data.sources.eval_inputs`), nats per example;
     ``None`` for a family without one.
 
     :param vae: the model, whose likelihood names the family.
-    :param x_train: the training set as stored: 8-bit ``uint8`` images or floats in [0, 1].
+    :param x_train: the training set as stored: 8-bit ``uint8`` images or floats in [0, 1], read
+        a slice of rows at a time (it may be memory-mapped, and larger than memory).
     :param x_test: the test set as ``vae`` scores it, floats.
+    :param release: lets go of the pages of a memory-mapped ``x_train`` after each slice
+        (:meth:`Dataset.release_pages <pyro_vae.data.sources.Dataset.release_pages>`).
     """
     fit = BASELINES.get(name_of(vae.likelihood))
     if fit is None:
         return None
-    return fit(vae.likelihood, as_floats(x_train), x_test.to(x_train.device))
+    return fit(vae.likelihood, x_train, x_test.to(x_train.device), release)
 
 
-#: The independent-pixel baselines, by likelihood name: (likelihood, x_train, x_test) -> nats.
+#: The independent-pixel baselines, by likelihood name: (likelihood, x_train, x_test, release)
+#: -> nats.
 BASELINES = {
-    "bernoulli": lambda _, x_train, x_test: independent_pixel_log_likelihood(x_train, x_test),
-    "discretized-logistic": lambda likelihood, x_train, x_test: independent_logistic_log_likelihood(
-        x_train, x_test, likelihood.bins
+    "bernoulli": lambda _, x_train, x_test, release: independent_pixel_log_likelihood(
+        x_train, x_test, release
+    ),
+    "discretized-logistic": lambda likelihood, x_train, x_test, release: (
+        independent_logistic_log_likelihood(x_train, x_test, likelihood.bins, release)
     ),
 }
 
@@ -708,5 +735,7 @@ def evaluate(
             vae, x_test, k, seed=seed, progress=progress, compile=compile, labels=labels, auto=auto
         )
         result["iwae_log_likelihood"], result["iwae_compile"] = estimate.value, estimate.compile
-    result["baseline_log_likelihood"] = baseline_log_likelihood(vae, data.x_train, x_test)
+    result["baseline_log_likelihood"] = baseline_log_likelihood(
+        vae, data.x_train, x_test, data.release_pages
+    )
     return add_bits_per_dim(result, vae)

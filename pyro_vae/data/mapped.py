@@ -21,6 +21,7 @@ import json
 import mmap
 import os
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,6 +34,24 @@ DESCRIPTION = "prepared.json"  #: the file that says what a prepared copy's arra
 FORMAT = 1  #: the version of the layout :func:`load_prepared` reads
 IMAGES = ("x_train", "x_test")  #: the arrays that are memory-mapped
 LABELS = ("y_train", "y_test")  #: the arrays read into memory, when present
+SLICE_BYTES = 64 * 2**20  #: the rows :func:`row_slices` gives at a time
+
+
+def row_slices(
+    x: torch.Tensor, release: Callable[[], None] | None = None
+) -> Iterator[torch.Tensor]:
+    """``x`` a slice of rows at a time, about :data:`SLICE_BYTES` each, for a pass over a data
+    set that may be memory-mapped and larger than memory: after each slice, ``release`` lets go
+    of the pages read.
+
+    :param x: a data set's examples, ``(N, ...)``: in memory or memory-mapped.
+    :param release: lets go of the pages of the mapping ``x`` reads from; ``None``: in memory.
+    """
+    step = max(1, SLICE_BYTES // max(1, x[:1].numel() * x.element_size()))
+    for start in range(0, len(x), step):
+        yield x[start : start + step]
+        if release is not None:
+            release()
 
 
 def partial_folder(folder: Path) -> Path:

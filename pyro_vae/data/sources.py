@@ -113,6 +113,13 @@ class Dataset:
             f"MiB{mapped}"
         )
 
+    def release_pages(self) -> None:
+        """Let go of the pages of a memory-mapped data set this process has read
+        (:meth:`MappedArrays.release <pyro_vae.data.mapped.MappedArrays.release>`); nothing for
+        data in memory."""
+        if self.mapped is not None:
+            self.mapped.release()
+
     def train_values(self) -> torch.Tensor:
         """What the binarization policy checks of ``x_train``: its distinct values when known
         (a prepared copy records them: a data set larger than memory is not read for them),

@@ -81,7 +81,9 @@ class RunReports:
             "compile": history.compile,
             "compile_seconds": history.compile_seconds,
             "data": history.data,
-            "baseline_log_likelihood": baseline_log_likelihood(self.vae, data.x_train, x_test),
+            "baseline_log_likelihood": baseline_log_likelihood(
+                self.vae, data.x_train, x_test, data.release_pages
+            ),
             "active_units": active_units(self.vae, x_test, labels=labels)[0],
             "num_train": len(data.x_train),
             "num_test": len(data.x_test),

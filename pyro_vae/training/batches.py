@@ -67,6 +67,8 @@ class BatchSource:
         # a memory-mapped set (a prepared copy) stays mapped on the CPU, and lets go of its pages
         release = data.mapped.release if data.mapped is not None else None
         self.rows = Rows((self.x, *self.given), release if self.x.device.type == "cpu" else None)
+        if release is not None:  # the pages read to copy the set to the device, or to draw it
+            release()
         self.pool = tuple(t.to(device) for t in drawn.labeled)
         # the pool's rows each step takes, as many as the batch's (all, if fewer)
         self.pool_per_step = min(len(self.pool[0]) if self.pool else 0, batch_size)
@@ -178,15 +180,20 @@ def placement(
     :param x_test: the test set as the model scores it, which lives on the device.
     """
     train_bytes = data.x_train.numel() * data.x_train.element_size()
-    streamed, why = should_stream(train_bytes, device, stream)
-    where = (
-        f"streamed to {device} by a DataLoader ({workers} workers)"
-        if streamed
-        else f"kept on {device}"
-    )
+    mapped = data.mapped is not None and device.type == "cpu"  # read where it lies, by rows
+    if mapped and not stream:
+        streamed, why = False, "a batch reads its rows alone"
+    else:
+        streamed, why = should_stream(train_bytes, device, stream)
+    where = f"kept on {device}"
+    if streamed:
+        where = f"streamed to {device} by a DataLoader ({workers} workers)"
+    elif mapped:
+        where = "read from its memory-mapped files"
     # weights, gradients and Adam's two moments, and the data: activations come on top
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    data_bytes = x_test.numel() * x_test.element_size() + (0 if streamed else train_bytes)
+    resident = 0 if streamed or mapped else train_bytes
+    data_bytes = x_test.numel() * x_test.element_size() + resident
     check_fits(4 * weights + data_bytes, device, "the weights, Adam's state and the data")
     # each particle of each example keeps its activations for backward
     shard = -(-min(batch_size, len(data.x_train)) // world)

@@ -154,7 +154,8 @@ class Trainer:
             model, data, self.device, batch_size=self.batch_size, seed=self.seed,
             labeled=training.labeled, streamed=streamed, workers=training.workers,
             rank=self.rank, world=self.world,
-            dynamic=needs_binarization(model.likelihood, data.train_values(), training.binarization),
+            dynamic=needs_binarization(model.likelihood, data.train_values(),
+                                       training.binarization),
         )  # fmt: skip
         self.x_test = self.x_test.to(self.device)
         self.y_test = None if data.y_test is None else data.y_test.to(self.device)
