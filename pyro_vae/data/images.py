@@ -20,6 +20,13 @@ files their publishers distribute, in torchvision's layout under ``data_dir``; t
 only downloads them when they are missing. CelebA's own partition is kept (train = 0,
 test = 2; the validation part is dropped) and its pictures are resized to 64x64 by default.
 
+**Decoding in parallel** (:func:`picture_plan`, :func:`decode_chunks`): a folder and CelebA
+are decoded in chunks of :data:`CHUNK` pictures by :data:`DECODE_WORKERS` processes (by this
+one below 500 pictures), to the same bytes one process gives. The plan lists the files, draws
+the split and decodes only the first picture; any chunk can then be decoded on its own and is
+held to that first picture's size and kind, which lets ``pyro-vae prepare`` write a data set to
+disk a chunk at a time, never whole in memory, and resume an interrupted copy.
+
 **Photographs** (:func:`load_photos`): 32x32 colour patches of the two photographs that
 scikit-learn ships, for a real colour data set that needs no files and no network.
 
@@ -37,11 +44,16 @@ their values to 0-255. ``image_size`` S resizes each picture so its shorter side
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import pickle
+import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -63,6 +75,13 @@ CELEBA_IMAGE_SIZE = 64  # CelebA's 178x218 pictures are too big for a small VAE
 PATCH = 32  # the side of a CIFAR or SVHN picture, and of a photograph's patch
 PHOTOS: tuple[str, ...] = ("china", "flower")  # load_photos's classes, by label
 _PROGRESS_FROM = 500  # below this many files a progress bar is just noise
+CHUNK = 256  #: the pictures :func:`decode_chunks` decodes, and yields, at a time
+#: the processes :func:`load_folder` and CelebA decode pictures with: the cores, at most 8
+DECODE_WORKERS = min(8, os.cpu_count() or 1)
+_POOL_FROM = 500  # below this many pictures, starting processes costs more than it saves
+# fork starts a worker at once, where spawn imports torch again in each (seconds); but fork
+# is unsafe on macOS and missing on Windows
+_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})  # and every 16-bit "I;16..." mode
 
 
@@ -91,6 +110,8 @@ def load_folder(
 ) -> Split:
     """Read a folder of pictures, labelled by class sub-folder or unlabelled (see the module).
 
+    The pictures are decoded by :data:`DECODE_WORKERS` processes (see :func:`decode_chunks`).
+
     :param data_dir: the folder.
     :param image_size: S to resize and centre-crop every picture to SxS; without it all
         pictures must have the same size.
@@ -100,28 +121,90 @@ def load_folder(
         pictures that differ in size or kind without ``image_size`` or ``channels``.
     :raises ConfigError: for an ``image_size`` or ``channels`` that cannot work.
     """
+    return _load(picture_plan("folder", Path(data_dir), image_size, channels))
+
+
+class PicturePlan(NamedTuple):
+    """What decoding a folder of pictures or CelebA gives, known before any picture but the
+    first is decoded: the files in their order, where each goes, and the shape of each.
+
+    :func:`picture_plan` makes it and :func:`decode_chunks` follows it; a copy written chunk by
+    chunk knows the shape of its arrays before it starts, and one resumed finds the same plan.
+
+    :param paths: the picture files, in the order they are decoded.
+    :param train: int64 positions into ``paths`` of the training pictures, in their order in
+        ``x_train``.
+    :param test: int64 positions into ``paths`` of the test pictures, in their order in
+        ``x_test``.
+    :param labels: the int64 label of each of ``paths``, or ``None`` when unlabelled.
+    :param classes: the name of each label, empty when unlabelled.
+    :param shape: ``(C, H, W)`` of every decoded picture: the first picture's, after
+        ``image_size`` and ``channels``.
+    :param root: the folder whose files are the source: the folder of pictures, or CelebA's
+        folder holding ``img_align_celeba/`` and ``list_eval_partition.txt``.
+    :param image_size: S to resize and centre-crop every picture to SxS, or ``None``: every
+        picture must then have the first one's size.
+    :param channels: 1 or 3 to convert every picture to grey or colour, or ``None``: every
+        picture must then be of the first one's kind.
+    """
+
+    paths: list[Path]
+    train: np.ndarray
+    test: np.ndarray
+    labels: np.ndarray | None
+    classes: tuple[str, ...]
+    shape: tuple[int, int, int]
+    root: Path
+    image_size: int | None
+    channels: int | None
+
+
+def picture_plan(
+    name: str, data_dir: str | Path, image_size: int | None, channels: int | None
+) -> PicturePlan:
+    """The :class:`PicturePlan` of a folder of pictures (:func:`load_folder`) or of CelebA
+    (:func:`load_catalogue`): the files found and listed, the split drawn as those loaders draw
+    it, and only the first picture decoded. Every problem those loaders find before decoding
+    is raised here, with the same message.
+
+    :param name: ``"folder"`` or ``"celeba"``.
+    :param data_dir: the folder of pictures; for celeba, the folder holding ``celeba/`` (or
+        CelebA's files themselves), which must be there: nothing is downloaded.
+    :param image_size: S to resize and centre-crop every picture to SxS; for celeba, 64 by
+        default, as :func:`load_catalogue` reads it.
+    :param channels: 1 or 3 to convert every picture to grey or colour.
+    :raises DataError: for a missing or empty folder, a mixed layout, too few pictures, a
+        broken first picture, or CelebA's partition file missing, malformed or naming missing
+        pictures.
+    :raises ConfigError: for an unknown ``name``, or an ``image_size`` or ``channels`` that
+        cannot work.
+    """
+    validation.choice("dataset", name, ("folder", "celeba"))
     image_size, channels = _check_settings(image_size, channels)
-    folder = Path(data_dir).expanduser()
+    data_dir = Path(data_dir).expanduser()
+    if name == "celeba":
+        folder = _locate(name, data_dir, download=False)
+        return _celeba_plan(folder, image_size or CELEBA_IMAGE_SIZE, channels)
+    return _folder_plan(data_dir, image_size, channels)
+
+
+def _folder_plan(folder: Path, image_size: int | None, channels: int | None) -> PicturePlan:
     _check_folder(folder)
     if (folder / "train").is_dir() and (folder / "test").is_dir():
-        return _load_train_test(folder, image_size, channels)
+        return _train_test_plan(folder, image_size, channels)
     paths, labels, classes = _scan(folder)
     if len(paths) < 2:
         raise DataError(
             f"{folder} holds 1 picture; it needs at least 2, one for training and one for "
             "testing: add pictures, or pass {data_dir} a folder with more"
         )
-    x = _read_pictures(paths, image_size, channels)
     perm = torch.randperm(len(paths), generator=torch.Generator().manual_seed(SPLIT_SEED))
     n_test = max(int(len(paths) * TEST_FRACTION), 1)  # n >= 2, so one is left for training
-    test, train = perm[:n_test], perm[n_test:]
-    if labels is None:
-        return Split(x[train], x[test])
-    y = torch.tensor(labels, dtype=torch.int64)
-    return Split(x[train], x[test], y[train], y[test], classes)
+    train, test = perm[n_test:].numpy(), perm[:n_test].numpy()
+    return _plan(paths, train, test, labels, classes, folder, image_size, channels)
 
 
-def _load_train_test(folder: Path, image_size: int | None, channels: int | None) -> Split:
+def _train_test_plan(folder: Path, image_size: int | None, channels: int | None) -> PicturePlan:
     train_paths, train_labels, classes = _scan(folder / "train")
     test_paths, test_labels, test_classes = _scan(folder / "test")
     if classes != test_classes:
@@ -129,13 +212,56 @@ def _load_train_test(folder: Path, image_size: int | None, channels: int | None)
             f"{folder / 'train'} has classes ({_names(classes)}) but {folder / 'test'} has "
             f"({_names(test_classes)}); give both the same class sub-folders"
         )
-    # read together, so both parts are held to one size and one kind of picture
-    x = _read_pictures(train_paths + test_paths, image_size, channels)
-    n = len(train_paths)
-    if train_labels is None or test_labels is None:
-        return Split(x[:n].clone(), x[n:].clone())
-    y_train, y_test = (torch.tensor(y, dtype=torch.int64) for y in (train_labels, test_labels))
-    return Split(x[:n].clone(), x[n:].clone(), y_train, y_test, classes)
+    # decoded as one list, so both parts are held to one size and one kind of picture
+    n, m = len(train_paths), len(test_paths)
+    labels = None if train_labels is None or test_labels is None else train_labels + test_labels
+    train, test = np.arange(n), np.arange(n, n + m)
+    return _plan(
+        train_paths + test_paths, train, test, labels, classes, folder, image_size, channels
+    )
+
+
+def _plan(
+    paths: list[Path],
+    train: np.ndarray,
+    test: np.ndarray,
+    labels: Sequence[int] | None,
+    classes: tuple[str, ...],
+    root: Path,
+    image_size: int | None,
+    channels: int | None,
+) -> PicturePlan:
+    """The plan of ``paths``, its shape read from the first picture, which must open."""
+    image = _open(paths[0])
+    c = channels or _kind(image.mode)
+    # _prepare keeps the size, or makes it SxS
+    h, w = (image_size, image_size) if image_size is not None else (image.height, image.width)
+    y = None if labels is None else np.asarray(labels, dtype=np.int64)
+    as_positions = (np.asarray(rows, dtype=np.int64) for rows in (train, test))
+    return PicturePlan(
+        list(paths), *as_positions, y, classes, (c, h, w), root, image_size, channels
+    )
+
+
+def _load(plan: PicturePlan) -> Split:
+    """The pictures of ``plan`` in memory, decoded by :data:`DECODE_WORKERS` processes; each
+    chunk goes straight to its rows of ``x_train`` and ``x_test``, never all in one array."""
+    x_train = torch.empty((len(plan.train), *plan.shape), dtype=torch.uint8)
+    x_test = torch.empty((len(plan.test), *plan.shape), dtype=torch.uint8)
+    in_test = np.zeros(len(plan.paths), dtype=bool)
+    in_test[plan.test] = True
+    row = np.zeros(len(plan.paths), dtype=np.int64)
+    row[plan.train], row[plan.test] = np.arange(len(plan.train)), np.arange(len(plan.test))
+    train_rows, test_rows = x_train.numpy(), x_test.numpy()  # views: writes land in the tensors
+    for k, pixels in decode_chunks(plan, workers=DECODE_WORKERS):
+        at = slice(k * CHUNK, k * CHUNK + len(pixels))
+        test, rows = in_test[at], row[at]
+        train_rows[rows[~test]] = pixels[~test]
+        test_rows[rows[test]] = pixels[test]
+    if plan.labels is None:
+        return Split(x_train, x_test)
+    y_train, y_test = (torch.tensor(plan.labels[rows]) for rows in (plan.train, plan.test))
+    return Split(x_train, x_test, y_train, y_test, plan.classes)
 
 
 def _names(classes: tuple[str, ...]) -> str:
@@ -202,37 +328,179 @@ def _scan(folder: Path) -> tuple[list[Path], list[int] | None, tuple[str, ...]]:
 # ----- reading pictures -----
 
 
-def _read_pictures(
-    paths: Sequence[Path], image_size: int | None, channels: int | None
-) -> torch.Tensor:
-    """The pictures ``paths`` as one uint8 ``(N, C, H, W)`` tensor, in order."""
-    x: torch.Tensor | None = None  # allocated once the first picture gives C, H and W
-    first: tuple[Path, tuple[int, int]] = (Path(), (0, 0))  # the first file and its size
-    # a file of each kind seen, 1 (grey) or 3 (colour), to name both if they mix
-    example: dict[int, Path] = {}
-    bar = _progress(paths, "reading pictures")
-    for i, path in enumerate(bar):
+def chunk_count(plan: PicturePlan) -> int:
+    """How many chunks of :data:`CHUNK` pictures :func:`decode_chunks` splits ``plan`` into.
+
+    :param plan: the plan, from :func:`picture_plan`.
+    """
+    return -(-len(plan.paths) // CHUNK)
+
+
+def decode_chunks(
+    plan: PicturePlan,
+    *,
+    workers: int,
+    chunks: Sequence[int] | None = None,
+    progress: bool = True,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The pictures of ``plan`` decoded, a chunk at a time: ``(k, pixels)`` for each chunk
+    ``k`` asked for, in the order asked, ``pixels`` the uint8 ``(n, C, H, W)`` array of
+    ``plan.paths[k * CHUNK:(k + 1) * CHUNK]``, the same whatever the workers.
+
+    Each picture is checked against the plan's first picture, so a chunk decoded alone, or in
+    a resumed run, is held to the same size and kind as all the others. At most twice
+    ``workers`` chunks are decoded ahead of the one yielded, so a slow consumer does not fill
+    the memory; the processes are stopped when the iteration ends, early or on Ctrl-C.
+
+    :param plan: the plan, from :func:`picture_plan`.
+    :param workers: processes decoding chunks; 0 or 1 decodes in this process, as do jobs of
+        fewer than 500 pictures, for which starting processes costs more than it saves.
+    :param chunks: the chunks to decode, each 0 to ``chunk_count(plan) - 1``; all by default.
+    :param progress: show a progress bar of the pictures on stderr (from 500 pictures).
+    :raises DataError: for a picture that cannot be read, or that differs in size or kind
+        from the first without ``image_size`` or ``channels``; raised when its chunk is due.
+    :raises ValueError: for a chunk out of range or a negative ``workers``.
+    """
+    count = chunk_count(plan)
+    order = list(range(count)) if chunks is None else [int(k) for k in chunks]
+    outside = [k for k in order if not 0 <= k < count]
+    if outside:
+        raise ValueError(f"chunk {outside[0]} is not one of the plan's chunks, 0 to {count - 1}")
+    if workers < 0:
+        raise ValueError(f"workers must be at least 0, got {workers}")
+    return _decoded(plan, order, workers, progress)  # a generator: nothing decoded until asked
+
+
+class _Checks(NamedTuple):
+    """What a worker needs of the plan to decode and check its chunk: not the plan, whose list
+    of every path would be copied to a worker with each chunk."""
+
+    first: Path  # the plan's first picture, named when another differs from it
+    shape: tuple[int, int, int]
+    image_size: int | None
+    channels: int | None
+
+
+class _Failure(NamedTuple):
+    """A worker's DataError, returned rather than raised: raised again here, it reads as if
+    raised here, without the worker's traceback chained to it as its cause."""
+
+    problem: str
+    param: str | None
+
+
+def _decoded(
+    plan: PicturePlan, order: list[int], workers: int, progress: bool
+) -> Iterator[tuple[int, np.ndarray]]:
+    checks = _Checks(plan.paths[0], plan.shape, plan.image_size, plan.channels)
+    jobs = [(k, plan.paths[k * CHUNK : (k + 1) * CHUNK]) for k in order]
+    total = sum(len(paths) for _, paths in jobs)
+    quiet = not progress or total < _PROGRESS_FROM
+    bar = tqdm(
+        total=total, desc="reading pictures", unit="picture", leave=False, file=sys.stderr,
+        disable=quiet,
+    )  # fmt: skip
+    try:
+        if workers <= 1 or total < _POOL_FROM or len(jobs) < 2:
+            for k, paths in jobs:
+                yield k, _decode(checks, paths, bar.update)
+        else:
+            yield from _pooled(checks, jobs, min(workers, len(jobs)), bar)
+    finally:
+        bar.close()
+
+
+def _pooled(
+    checks: _Checks, jobs: list[tuple[int, list[Path]]], workers: int, bar: tqdm
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``jobs`` decoded by ``workers`` processes, yielded in order, at most ``2 * workers``
+    ahead; the pool shut down however the iteration ends."""
+    context = multiprocessing.get_context(_START_METHOD)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_interrupts)
+    ahead: deque[tuple[int, list[Path], Future]] = deque()
+    uncounted: dict[Future, int] = {}  # chunks not yet on the bar, and their sizes
+    waiting = iter(jobs)
+    try:
+        while True:
+            while len(ahead) < 2 * workers and (job := next(waiting, None)) is not None:
+                future = pool.submit(_decode_in_worker, checks, job[1])
+                ahead.append((*job, future))
+                uncounted[future] = len(job[1])
+            if not ahead:
+                return
+            k, paths, future = ahead.popleft()
+            _await(future, uncounted, bar)
+            yield k, _outcome(future, paths)
+    finally:
+        # chunks not started are dropped; those running end within a chunk's time
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ignore_interrupts() -> None:
+    """A worker leaves Ctrl-C to the parent, which shuts the pool down; else each worker
+    would print its own traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _await(future: Future, uncounted: dict[Future, int], bar: tqdm) -> None:
+    """Wait for ``future``, counting on ``bar`` every chunk that ends meanwhile, in any order."""
+    while True:
+        for done in [f for f in uncounted if f.done()]:
+            bar.update(uncounted.pop(done))
+        if future.done():
+            return
+        wait(uncounted, return_when=FIRST_COMPLETED)
+
+
+def _outcome(future: Future, paths: list[Path]) -> np.ndarray:
+    """A worker's pixels, or its DataError raised here as the same one-line DataError."""
+    try:
+        result = future.result()
+    except BrokenProcessPool as e:  # a worker killed: out of memory, or a decoder crashed
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise DataError(
+            f"a process decoding the pictures {paths[0]} to {paths[-1]} ended abruptly "
+            f"({reason}); with too little memory, decode with fewer workers; with one process "
+            "(0 workers) a picture that crashes its decoder shows itself"
+        ) from None
+    if isinstance(result, _Failure):
+        raise DataError(result.problem, result.param) from None
+    return result
+
+
+def _decode_in_worker(checks: _Checks, paths: list[Path]) -> np.ndarray | _Failure:
+    try:
+        return _decode(checks, paths)
+    except DataError as e:
+        return _Failure(e.problem, e.param)
+
+
+def _decode(
+    checks: _Checks, paths: Sequence[Path], done: Callable[[int], object] | None = None
+) -> np.ndarray:
+    """``paths`` as one uint8 ``(N, C, H, W)`` array, each picture held to the kind and size of
+    the first unless ``channels`` and ``image_size`` convert them; ``done(1)`` after each."""
+    c, h, w = checks.shape
+    out = np.empty((len(paths), c, h, w), dtype=np.uint8)
+    for i, path in enumerate(paths):
         image = _open(path)
         kind = _kind(image.mode)
-        example.setdefault(kind, path)
-        if channels is None and len(example) == 2:
+        if checks.channels is None and kind != c:
+            grey, colour = (path, checks.first) if kind == 1 else (checks.first, path)
             raise DataError(
-                f"the pictures mix grey ({example[1]}) and colour ({example[3]}); pass "
+                f"the pictures mix grey ({grey}) and colour ({colour}); pass "
                 "{channels} 1 or 3 to convert them all to grey or to colour"
             )
-        if x is None:
-            first = path, image.size
-        elif image_size is None and image.size != first[1]:
+        if checks.image_size is None and image.size != (w, h):
             raise DataError(
-                f"{path} is {_wxh(image.size)} pixels but {first[0]} is {_wxh(first[1])}; pass "
-                "{image_size} S to resize and crop every picture to SxS"
+                f"{path} is {_wxh(image.size)} pixels but {checks.first} is {_wxh((w, h))}; "
+                "pass {image_size} S to resize and crop every picture to SxS"
             )
-        pixels = _to_tensor(_prepare(image, channels or kind, image_size))
-        if x is None:
-            x = torch.empty((len(paths), *pixels.shape), dtype=torch.uint8)
-        x[i] = pixels
-    bar.close()
-    return x
+        pixels = _prepare(image, checks.channels or kind, checks.image_size)
+        out[i] = pixels if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        if done is not None:
+            done(1)
+    return out
 
 
 def _progress(items: Sequence, what: str) -> tqdm:
@@ -356,22 +624,9 @@ def load_catalogue(
     validation.choice("dataset", name, CATALOGUE)
     image_size, channels = _check_settings(image_size, channels)
     data_dir = Path(data_dir).expanduser()
-    found = _find_source(name, data_dir)
-    failure = ""
-    if found is None and download:
-        failure = _download(name, data_dir)
-        found = _find_source(name, data_dir)
-    if found is None:
-        source = _SOURCES[name]
-        where = " and ".join(str(d) for d in _source_dirs(source, data_dir))
-        inside = f"{source.folder}/ with " if source.folder else ""
-        raise DataError(
-            f"{name} not found: looked for {', '.join(source.files)} in {where}{failure}; pass "
-            f"{{data_dir}} a folder holding {inside}these files (on a machine without network, "
-            "copy them there first)"
-        )
+    found = _locate(name, data_dir, download)
     if name == "celeba":
-        return _load_celeba(found, image_size or CELEBA_IMAGE_SIZE, channels)
+        return _load(_celeba_plan(found, image_size or CELEBA_IMAGE_SIZE, channels))
     if name == "svhn":
         x_train, y_train = _read_svhn(found / "train_32x32.mat")
         x_test, y_test = _read_svhn(found / "test_32x32.mat")
@@ -387,11 +642,36 @@ def load_catalogue(
     )
 
 
+def _locate(name: str, data_dir: Path, download: bool) -> Path:
+    """The folder holding ``name``'s files, downloaded there first if missing and allowed."""
+    found = find_source(name, data_dir)
+    failure = ""
+    if found is None and download:
+        failure = _download(name, data_dir)
+        found = find_source(name, data_dir)
+    if found is None:
+        source = _SOURCES[name]
+        where = " and ".join(str(d) for d in _source_dirs(source, data_dir))
+        inside = f"{source.folder}/ with " if source.folder else ""
+        raise DataError(
+            f"{name} not found: looked for {', '.join(source.files)} in {where}{failure}; pass "
+            f"{{data_dir}} a folder holding {inside}these files (on a machine without network, "
+            "copy them there first)"
+        )
+    return found
+
+
 def _source_dirs(source: _Source, data_dir: Path) -> list[Path]:
     return [data_dir / source.folder, data_dir] if source.folder else [data_dir]
 
 
-def _find_source(name: str, data_dir: Path) -> Path | None:
+def find_source(name: str, data_dir: Path) -> Path | None:
+    """The folder under ``data_dir`` holding the files of ``name``, one of :data:`CATALOGUE`,
+    or ``None`` when they are not all there.
+
+    :param name: one of :data:`CATALOGUE`.
+    :param data_dir: where the files live (torchvision's ``root``).
+    """
     source = _SOURCES[name]
     for d in _source_dirs(source, data_dir):
         if all((d / f).exists() for f in source.files):
@@ -542,7 +822,8 @@ def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x.transpose(3, 2, 0, 1), y
 
 
-def _load_celeba(folder: Path, image_size: int, channels: int | None) -> Split:
+def _celeba_plan(folder: Path, image_size: int, channels: int | None) -> PicturePlan:
+    """CelebA's training (0) then test (2) pictures, as its partition file lists them."""
     partition = folder / "list_eval_partition.txt"
     pictures = folder / "img_align_celeba"
     parts: dict[str, list[Path]] = {"0": [], "1": [], "2": []}
@@ -568,8 +849,10 @@ def _load_celeba(folder: Path, image_size: int, channels: int | None) -> Split:
         raise DataError(f"{partition} lists {missing.name} but {missing} is missing")
     if not train or not test:
         raise DataError(f"{partition} lists no training (0) or no test (2) pictures")
-    x = _read_pictures(train + test, image_size, channels)
-    return Split(x[: len(train)].clone(), x[len(train) :].clone())
+    n, m = len(train), len(test)
+    return _plan(
+        train + test, np.arange(n), np.arange(n, n + m), None, (), folder, image_size, channels
+    )
 
 
 # ----- photographs -----
