@@ -265,14 +265,16 @@ class DataConfig(Section):
         "data set: digits (8x8 grey) and photos (32x32 colour patches of two photographs) are "
         "embedded and work offline; the MNIST family, cifar10, cifar100, svhn and celeba are "
         "read from {data_dir} (downloaded there when online); folder: your own pictures in "
-        "{data_dir}; npz: arrays in {data_path}",
+        "{data_dir}; npz: arrays in {data_path}; prepared: a copy that pyro-vae prepare made in "
+        "{data_dir}, memory-mapped (it may be larger than memory)",
         choices=DATASETS,
     )
     data_dir: str | None = setting(
         None,
         "folder with the data set's files: the MNIST family's IDX files (DIR/MNIST/raw/... or "
         "directly), torchvision's CIFAR, SVHN or CelebA files, or for {dataset} folder your "
-        "pictures (PNG/JPEG), one sub-folder per class or all in one; default: data",
+        "pictures (PNG/JPEG), one sub-folder per class or all in one, for {dataset} prepared the "
+        "prepared copy; default: data",
         check=validation.path,
     )
     data_path: str | None = setting(

@@ -136,7 +136,7 @@ def test_help_documents_every_flag(capsys):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     expected = {"train", "evaluate", "check-elbo", "sample", "reconstruct", "classify", "list"}
-    expected |= {"encode", "score", "interpolate"}
+    expected |= {"encode", "score", "interpolate", "prepare"}
     assert set(commands) == expected
     for name, sub in commands.items():
         with pytest.raises(SystemExit):

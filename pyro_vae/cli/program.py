@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 import torch
 
-from pyro_vae.cli import check, data, runs, train
+from pyro_vae.cli import check, data, prepare, runs, train
 from pyro_vae.cli.flags import speller
 from pyro_vae.cli.parser import ArgumentParser, HelpFormatter
-from pyro_vae.errors import PyroVAEError
+from pyro_vae.errors import PyroVAEError, StaleDataWarning
 from pyro_vae.training import distributed
 from pyro_vae.version import __version__
 
@@ -45,6 +46,11 @@ EXAMPLES = {
     "interpolate": ["pyro-vae interpolate runs/digits --from 0 --to 1 --path spherical"],
     "classify": ["pyro-vae classify runs/m2 --out confusion.png"],
     "list": ["pyro-vae list"],
+    "prepare": [
+        "pyro-vae prepare --dataset folder --data-dir pictures --image-size 64 --out prepared/pics",
+        "pyro-vae prepare --dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist "
+        "--out prepared/fmnist",
+    ],
     "check-elbo": [
         "pyro-vae check-elbo runs/digits",
         "pyro-vae check-elbo --prior vamp --guide iaf",
@@ -62,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(commands)
     runs.add_parsers(commands)
     data.add_parsers(commands)
+    prepare.add_parsers(commands)
     check.add_parsers(commands)
     for name, command in commands.choices.items():
         command.formatter_class = HelpFormatter
@@ -81,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except PyroVAEError as e:
         print(f"pyro-vae: error: {e.worded(speller(parser))}", file=sys.stderr)
         return 2
@@ -94,3 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if distributed.launched_by_torchrun() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+_python_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Ours as one line, ``pyro-vae: warning: ...``; anyone else's as Python shows it."""
+    if issubclass(category, StaleDataWarning):
+        print(f"pyro-vae: warning: {message}", file=sys.stderr)
+    else:
+        _python_warning(message, category, filename, lineno, file, line)

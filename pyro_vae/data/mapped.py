@@ -91,14 +91,22 @@ class MappedArrays:
 
 
 class Prepared(NamedTuple):
-    """A prepared copy as :func:`load_prepared` opens it."""
+    """A prepared copy as :func:`load_prepared` opens it.
 
-    x_train: torch.Tensor  #: memory-mapped
-    x_test: torch.Tensor  #: memory-mapped
+    :param x_train: the training examples, memory-mapped.
+    :param x_test: the test examples, memory-mapped.
+    :param y_train: the training labels, in memory, or ``None``.
+    :param y_test: the test labels, in memory, or ``None``.
+    :param mapped: the mapping of ``x_train`` and ``x_test``.
+    :param description: the contents of :data:`DESCRIPTION`.
+    """
+
+    x_train: torch.Tensor
+    x_test: torch.Tensor
     y_train: torch.Tensor | None
     y_test: torch.Tensor | None
-    mapped: MappedArrays  #: the mapping of ``x_train`` and ``x_test``
-    description: dict[str, Any]  #: the contents of :data:`DESCRIPTION`
+    mapped: MappedArrays
+    description: dict[str, Any]
 
 
 def load_prepared(folder: str | Path) -> Prepared:

@@ -227,7 +227,7 @@ def source_paths(
             (_find_idx_files([data_dir / _IDX_FOLDERS[name] / "raw", data_dir]) or {}).values()
         )
     elif name in images.CATALOGUE:
-        found = [images._find_source(name, data_dir)]
+        found = [images.find_source(name, data_dir)]
     elif name in ("folder", "prepared"):
         found = [data_dir]
     else:
