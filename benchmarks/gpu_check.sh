@@ -36,7 +36,8 @@ else
     images=(--epochs 20 --iwae-k 100 --memory-epochs 2)
     tests=(tests/test_cuda.py tests/test_compiled.py -k "cuda or gpu or agrees or resumes")
 fi
-parts=${GPU_CHECK_PARTS:-tests images train iwae}  # a rerun may take some of them
+parts=${GPU_CHECK_PARTS:-tests images train iwae}  # a rerun may take some of them; "stream"
+# (issue 29: a prepared copy streamed with pinned memory and workers) runs only when named
 has() { [[ " $parts " == *" $1 "* ]]; }
 status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
@@ -53,6 +54,12 @@ fi
 if has train; then
     timeout 240 $py benchmarks/bench_train.py --device "$device" --data random "${train[@]}" \
         --out "$out" > "$out/bench-train.log" 2>&1 || status=1
+fi
+if has stream; then
+    size=2; [ -n "${GPU_CHECK_SMOKE:-}" ] && size=0.05
+    timeout 300 $py benchmarks/bench_stream.py --device "$device" --size-gb "$size" --stream \
+        --workers 4 --limit-gb 4 --out "$out" > "$out/bench-stream.log" 2>&1 || status=1
+    tail -n 8 "$out/bench-stream.log"
 fi
 if has iwae; then
     timeout 120 $py benchmarks/bench_iwae.py --device "$device" --data random "${iwae[@]}" \

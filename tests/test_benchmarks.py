@@ -438,3 +438,19 @@ def test_bench_train_skips_numpyro_without_jax(tmp_path, monkeypatch, capsys):
     record = json.loads(next(tmp_path.glob("cpu-*.json")).read_text())["train-digits"]
     assert {r["variant"] for r in record["results"]} == {"floor"}
     assert record["compile_seconds"] == [] and "numpyro" not in json.dumps(record["ratios"])
+
+
+def test_bench_stream_takes_the_same_steps_in_memory_and_memory_mapped(tmp_path):
+    md = run_script(
+        "bench_stream.py",
+        *("--size-gb", "0.002", "--limit-gb", "2", "--hidden-dims", "8", "--z-dim", "2"),
+        *("--work-dir", str(tmp_path / "work"), "--out", str(tmp_path)),
+        cwd=tmp_path,
+    )
+    rows = json.loads(md.with_suffix(".json").read_text())["stream"]["rows"]
+    assert [r["mode"] for r in rows] == ["in-memory", "mapped-warm", "mapped-cold"]
+    assert all(r["status"] == 0 and r["steps"] == math.ceil(2_551 / 256) for r in rows), rows
+    assert rows[0]["train_elbo"] == rows[1]["train_elbo"] == rows[2]["train_elbo"]
+    assert "kept on cpu" in rows[0]["data"] and "memory-mapped files" in rows[1]["data"]
+    assert all(r["peak_rss_mib"] > 0 for r in rows)
+    assert "| mapped-cold |" in md.read_text()
