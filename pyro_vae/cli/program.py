@@ -11,6 +11,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -109,8 +110,11 @@ _python_warning = warnings.showwarning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    """Ours as one line, ``pyro-vae: warning: ...``; anyone else's as Python shows it."""
+    """Ours as one line, ``pyro-vae: warning: ...``, from rank 0 alone under torchrun (its
+    ``RANK`` too: data are loaded before the processes join their group); anyone else's as Python
+    shows it."""
     if issubclass(category, StaleDataWarning):
-        print(f"pyro-vae: warning: {message}", file=sys.stderr)
+        if distributed.is_main_process() and os.environ.get("RANK", "0") == "0":
+            print(f"pyro-vae: warning: {message}", file=sys.stderr)
     else:
         _python_warning(message, category, filename, lineno, file, line)
