@@ -33,7 +33,7 @@ DEVICE_DATA_SHARE = 0.5
 PREFETCH_FACTOR = 4  # batches each worker keeps ready
 #: How much of a memory-mapped training set a process may map in (its rows' bytes, and the pages
 #: around each) before it lets go of the pages: its resident memory grows by at most this much.
-RELEASE_BYTES = 256 * 2**20
+RELEASE_BYTES = 64 * 2**20
 # what reading a row may map besides its own bytes: Linux maps the cached pages around a faulting
 # one too (fault_around_bytes, 64 KiB by default)
 _FAULT_AROUND = 64 * 1024
