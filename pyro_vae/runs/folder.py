@@ -337,14 +337,19 @@ class Run(RunReports):
         previous (unless it is the unreadable one :meth:`open` went back from), with
         ``metrics.csv``.
 
+        Under torchrun rank 0 writes, atomically, and every rank waits until it has
+        (:func:`~pyro_vae.training.distributed.main_process_writes`): a node that dies after this
+        leaves the checkpoint of the epoch every rank finished, and a failed write fails all ranks.
+
         :param state: the training state, as training hands it over.
         """
         self.state = state
-        if distributed.is_main_process():
-            previous = self.path / PREVIOUS if self._keep_last else None
-            save_checkpoint(self.path / CHECKPOINT, self.vae, state, self.device, previous)
-            self._keep_last = True
-            atomic_write(self.path / METRICS, lambda f: f.write(_metrics_csv(state.history)))
+        with distributed.main_process_writes(f"the checkpoint of {self.path}") as writer:
+            if writer:
+                previous = self.path / PREVIOUS if self._keep_last else None
+                save_checkpoint(self.path / CHECKPOINT, self.vae, state, self.device, previous)
+                self._keep_last = True
+                atomic_write(self.path / METRICS, lambda f: f.write(_metrics_csv(state.history)))
 
 
 def _restore(config: RunConfig, file: Path) -> tuple[VAE, TrainState, str]:

@@ -11,7 +11,9 @@ same Adam step and the weights stay identical on all ranks. (DistributedDataPara
 the gradients of per-rank *mean* losses; the loss here is a sum over examples, as Pyro's ELBO
 is, so the same reduction is a sum.) The same all-reduce carries the batch loss. Every few steps
 the ranks also agree whether any of them was asked to stop (:func:`any_rank`), so that a signal
-received by any rank stops all of them after the same step.
+received by any rank stops all of them after the same step. Rank 0 alone writes the run folder,
+and every rank waits until it has (:func:`main_process_writes`), so no rank trains on, or exits,
+before the checkpoint of the epoch it finished is on disk.
 
 Backends: ``nccl`` for CUDA, ``gloo`` for the CPU, chosen from the device.
 """
@@ -26,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as functional_collectives
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, PyroVAEError
 
 
 def launched_by_torchrun() -> bool:
@@ -141,6 +143,39 @@ def main_process_first() -> Iterator[None]:
     finally:
         if world > 1 and rank == 0:
             dist.barrier()
+
+
+@contextmanager
+def main_process_writes(what: str = "its files") -> Iterator[bool]:
+    """Rank 0 writes in the body (a checkpoint, on a file system every node sees); no rank leaves
+    it before rank 0 has finished. Yields whether this rank is the one that writes.
+
+    The wait is an all-reduce of whether the write failed, a barrier that carries the news: rank 0
+    reaches it in a ``finally``, so when its write fails the other ranks raise a
+    :class:`~pyro_vae.errors.PyroVAEError` too, rather than train on without the checkpoint or wait
+    for ever on a rank that is gone.
+
+    :param what: what rank 0 writes, for the other ranks' error.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        yield True
+        return
+    failed = True
+    try:
+        yield rank == 0
+        failed = False
+    finally:  # reached by rank 0 when its write raised, which then goes on up from here
+        someone_failed = any_rank(failed, _collective_device())
+    if someone_failed:
+        raise PyroVAEError(f"rank 0 could not write {what}; its own error says why")
+
+
+def _collective_device() -> torch.device:
+    """Where a small tensor for a collective lives: this rank's GPU under ``nccl``, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def gather_objects(obj: object) -> list[object]:
