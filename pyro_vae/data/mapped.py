@@ -9,10 +9,11 @@ binarization never reads the whole training set).
 
 :func:`load_prepared` maps the image arrays into memory rather than reading them: a training
 batch reads the pages of its rows alone, so a data set larger than the machine's memory trains
-too. Pages a process has read stay in its resident memory until it lets go of them;
-:meth:`MappedArrays.release` does (they stay in the page cache, for the next epoch), and the
-batches call it every few hundred megabytes of rows (:mod:`pyro_vae.data.streaming`). The
-labels, a few bytes an example, are read into memory.
+too: its rows are read with a ``pread`` each (:meth:`MappedArrays.reader`), which leaves
+nothing in the process's resident memory. Pages read through the mapping (a pass over the whole
+set, :func:`row_slices`) stay in it until the process lets go of them,
+:meth:`MappedArrays.release` (they stay in the page cache). The labels, a few bytes an example,
+are read into memory.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import mmap
 import os
 import warnings
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -65,29 +67,63 @@ def partial_folder(folder: Path) -> Path:
 
 class MappedArrays:
     """The image arrays of a prepared copy, memory-mapped read-only (copy-on-write, so that
-    torch may wrap them; nothing writes to them).
+    torch may wrap them; nothing writes to them), and read a batch's rows at a time.
+
+    A batch's rows are read with one ``pread`` each (:meth:`reader`), not through the mapping: a
+    fault on a mapped page makes Linux map the cached pages around it too (64 KiB), work that
+    scattered rows never use, and which made the gather of 256 rows 3.7 times slower than the
+    reads (``benchmarks/results/stream-cpu-2026-12-07.md``).
 
     :param files: each array's ``.npy`` file, with the shape and dtype the description gives.
     """
 
     def __init__(self, files: dict[str, tuple[Path, tuple[int, ...], np.dtype]]):
         self._maps: list[mmap.mmap] = []
+        self._files: dict[str, tuple[Any, int]] = {}  # each array's open file and data offset
         self.tensors: dict[str, torch.Tensor] = {}
         for name, (path, shape, dtype) in files.items():
             offset = _data_offset(path, shape, dtype)
-            with open(path, "rb") as f:
-                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-            mapped.madvise(mmap.MADV_RANDOM)  # a batch's rows are scattered: no read-ahead
+            file = open(path, "rb")  # kept open for the reads; closed with self
+            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead either
+            mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+            mapped.madvise(mmap.MADV_RANDOM)  # rows are read scattered: no read-ahead
             count = int(np.prod(shape))
             tensor = torch.frombuffer(mapped, dtype=_torch_dtype(dtype), count=count, offset=offset)
             self.tensors[name] = tensor.view(shape)
             self._maps.append(mapped)
+            self._files[name] = (file, offset)
+
+    def __del__(self) -> None:
+        for file, _ in getattr(self, "_files", {}).values():  # the mappings outlive the files
+            file.close()
 
     def release(self) -> None:
         """Let go of the pages this process has read from the arrays: its resident memory falls
         back; the pages stay in the page cache (no data are lost: nothing was written)."""
         for mapped in self._maps:
             mapped.madvise(mmap.MADV_DONTNEED)
+
+    def reader(self, tensor: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What reads the rows of ``tensor`` at an index from its file, when ``tensor`` is one
+        of the mapped arrays (not a copy or a part of one); else ``None``.
+
+        :param tensor: a tensor, such as the training set a model's steps draw from.
+        """
+        for name, mapped in self.tensors.items():
+            if tensor is mapped:
+                return partial(self._read_rows, name)
+        return None
+
+    def _read_rows(self, name: str, index: torch.Tensor) -> torch.Tensor:
+        """The rows of array ``name`` at ``index``, read from its file, one ``pread`` a row."""
+        (file, offset), like = self._files[name], self.tensors[name]
+        row_bytes = like[0].numel() * like.element_size()
+        out = np.empty((len(index), row_bytes), dtype=np.uint8)
+        fd = file.fileno()
+        for i, k in enumerate(index.tolist()):
+            if os.preadv(fd, [out[i]], offset + k * row_bytes) != row_bytes:
+                raise DataError(f"{file.name} ended before row {k}: was it truncated?")
+        return torch.from_numpy(out).view(like.dtype).view(len(index), *like.shape[1:])
 
 
 class Prepared(NamedTuple):

@@ -8,9 +8,8 @@ rows, pinned memory and ``non_blocking`` copies overlap the transfer with the st
 ``prefetch_factor`` batches wait ready per worker.
 
 A memory-mapped training set (a prepared copy, :mod:`pyro_vae.data.mapped`) is read the same
-way, a batch's rows at a time, whichever process gathers them; every :data:`RELEASE_BYTES` of
-rows read, the process lets go of the pages it read, so that its resident memory stays flat
-however large the file is.
+way, a batch's rows at a time, whichever process gathers them: from its file, a ``pread`` a row,
+which leaves nothing in the process's resident memory however large the file is.
 
 Either way the trainer chooses the batches (which rows, in which order, which shard of each for
 this rank) before the data are touched, so the two paths take the very same steps: the same
@@ -31,12 +30,6 @@ from pyro_vae.device import memory_bytes
 #: rest is for the weights, Adam's state, the test set and the activations.
 DEVICE_DATA_SHARE = 0.5
 PREFETCH_FACTOR = 4  # batches each worker keeps ready
-#: How much of a memory-mapped training set a process may map in (its rows' bytes, and the pages
-#: around each) before it lets go of the pages: its resident memory grows by at most this much.
-RELEASE_BYTES = 64 * 2**20
-# what reading a row may map besides its own bytes: Linux maps the cached pages around a faulting
-# one too (fault_around_bytes, 64 KiB by default)
-_FAULT_AROUND = 64 * 1024
 
 
 def should_stream(nbytes: int, device: torch.device, stream: bool) -> tuple[bool, str]:
@@ -57,31 +50,26 @@ def should_stream(nbytes: int, device: torch.device, stream: bool) -> tuple[bool
 
 class Rows(torch.utils.data.Dataset):
     """The rows of some tensors at a batch of indices: one gather per batch, not per example.
-    Tensors memory-mapped from a file let go of the pages read (``release``) every
-    :data:`RELEASE_BYTES` of rows, in whichever process gathers them.
 
     :param tensors: host or device tensors of equal length.
-    :param release: lets go of the pages of the memory-mapped ``tensors``; ``None``: in memory.
+    :param read: reads the rows of ``tensors[0]`` at an index from its file, for a
+        memory-mapped one (:meth:`MappedArrays.reader <pyro_vae.data.mapped.MappedArrays.reader>`);
+        ``None``: indexed.
     """
 
     def __init__(
-        self, tensors: tuple[torch.Tensor, ...], release: Callable[[], None] | None = None
+        self,
+        tensors: tuple[torch.Tensor, ...],
+        read: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
-        self.tensors, self.release = tensors, release
-        self._row_bytes = sum(t[:1].numel() * t.element_size() for t in tensors) + _FAULT_AROUND
-        self._read = 0
+        self.tensors, self.read = tensors, read
 
     def __len__(self) -> int:
         return len(self.tensors[0])
 
     def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        rows = tuple(t[index] for t in self.tensors)
-        if self.release is not None:
-            self._read += len(index) * self._row_bytes
-            if self._read >= RELEASE_BYTES:
-                self.release()
-                self._read = 0
-        return rows
+        first = self.tensors[0][index] if self.read is None else self.read(index)
+        return (first, *(t[index] for t in self.tensors[1:]))
 
 
 def stream_batches(

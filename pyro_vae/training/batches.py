@@ -65,10 +65,10 @@ class BatchSource:
         self.x = drawn.x.to(home)
         self.given = tuple(t.to(home) for t in drawn.given)
         # a memory-mapped set (a prepared copy) stays mapped on the CPU, and lets go of its pages
-        release = data.mapped.release if data.mapped is not None else None
-        self.rows = Rows((self.x, *self.given), release if self.x.device.type == "cpu" else None)
-        if release is not None:  # the pages read to copy the set to the device, or to draw it
-            release()
+        # a memory-mapped set still on the CPU is read from its file, a batch's rows at a time
+        read = data.mapped.reader(self.x) if data.mapped is not None else None
+        self.rows = Rows((self.x, *self.given), read)
+        data.release_pages()  # those read to copy the set to the device, or to draw from it
         self.pool = tuple(t.to(device) for t in drawn.labeled)
         # the pool's rows each step takes, as many as the batch's (all, if fewer)
         self.pool_per_step = min(len(self.pool[0]) if self.pool else 0, batch_size)
