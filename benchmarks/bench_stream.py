@@ -43,6 +43,7 @@ import _common as C  # noqa: E402
 
 from pyro_vae import VAE, load_dataset, train  # noqa: E402
 from pyro_vae.data.prepare import prepare_dataset  # noqa: E402
+from pyro_vae.files import drop_from_page_cache  # noqa: E402
 
 CGROUP = Path("/sys/fs/cgroup/memory")
 TEST_EXAMPLES = 1000
@@ -98,15 +99,6 @@ def limited(limit_bytes: int) -> tuple[Path | None, str]:
     group.mkdir(exist_ok=True)
     (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
     return group, f"a cgroup limited to {limit_bytes / 2**30:g} GiB"
-
-
-def drop_from_cache(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def warm_cache(path: Path) -> None:
@@ -189,7 +181,7 @@ def main() -> None:
             if mode == "mapped-warm":
                 warm_cache(x_train)
             elif mode == "mapped-cold":
-                drop_from_cache(x_train)
+                drop_from_page_cache(x_train)
             rows.append(run_row(args, mode, None if mode == "in-memory" else group))
     if group is not None:
         group.rmdir()

@@ -42,3 +42,18 @@ def write_json(path: str | Path, obj: Any) -> None:
     :param obj: plain JSON data: dicts, lists, strings, numbers.
     """
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def drop_from_page_cache(path: str | Path) -> None:
+    """Write ``path``'s dirty pages to disk and ask the kernel to drop its pages from the page
+    cache (``posix_fadvise(DONTNEED)``; pages a process has mapped stay): its next read comes from
+    the disk, as on a machine that has not read it yet. For cold-cache measurements and tests.
+
+    :param path: the file.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

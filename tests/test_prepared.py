@@ -19,6 +19,7 @@ from pyro_vae.data.mapped import DESCRIPTION, partial_folder
 from pyro_vae.data.prepare import prepare_dataset
 from pyro_vae.data.sources import byte_values
 from pyro_vae.errors import ConfigError, DataError, StaleDataWarning
+from pyro_vae.files import drop_from_page_cache
 from pyro_vae.training.trainer import Trainer
 
 streaming = importlib.import_module("pyro_vae.data.streaming")
@@ -268,15 +269,6 @@ def storage_reads():
         return int(next(line for line in f if line.startswith("read_bytes")).split()[1])
 
 
-def dropped_from_page_cache(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux's /proc")
 @pytest.mark.parametrize("streamed", [False, True], ids=["mapped", "streamed"])
 def test_each_rank_reads_only_its_shard_of_a_prepared_copy_from_disk(
@@ -297,7 +289,7 @@ def test_each_rank_reads_only_its_shard_of_a_prepared_copy_from_disk(
         vae = VAE(data.x_shape, z_dim=2, hidden_dims=(8,), likelihood="gaussian")
         source = Trainer(vae, data, *training_sections(None, None, settings)).source
         data.mapped.release()  # a page mapped into a process stays in the page cache
-        dropped_from_page_cache(out / "x_train.npy")
+        drop_from_page_cache(out / "x_train.npy")
         before = storage_reads()
         for _ in source.epoch(1, 0):
             pass
