@@ -123,7 +123,8 @@ def _resume_or_start(work: Path, job: dict[str, Any]) -> dict[str, Any]:
 
 def _put_in_place(work: Path, out: Path) -> None:
     """Rename the finished ``work`` to ``out``, what was at ``out`` first set aside and then
-    deleted: at every moment ``out`` is the old thing or the new copy, whole."""
+    deleted: ``out`` is only ever the old thing, nothing (between two renames), or the new copy
+    whole, never part of one."""
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
