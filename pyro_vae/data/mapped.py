@@ -7,13 +7,12 @@ has them, and :data:`DESCRIPTION`, a small JSON file saying what the arrays are,
 made from and when, and the distinct values of the training images (so that choosing the
 binarization never reads the whole training set).
 
-:func:`load_prepared` maps the image arrays into memory rather than reading them: a training
-batch reads the pages of its rows alone, so a data set larger than the machine's memory trains
-too: its rows are read with a ``pread`` each (:meth:`MappedArrays.reader`), which leaves
-nothing in the process's resident memory. Pages read through the mapping (a pass over the whole
-set, :func:`row_slices`) stay in it until the process lets go of them,
-:meth:`MappedArrays.release` (they stay in the page cache). The labels, a few bytes an example,
-are read into memory.
+:func:`load_prepared` maps the image arrays into memory rather than reading them, so a data
+set larger than the machine's memory trains too: a training batch reads its rows alone, a
+``pread`` each (:meth:`MappedArrays.reader`), which leaves nothing in the process's resident
+memory. Pages read through the mapping (a pass over the whole set, :func:`row_slices`) stay in
+it until the process lets go of them, :meth:`MappedArrays.release` (they stay in the page
+cache). The labels, a few bytes an example, are read into memory.
 """
 
 from __future__ import annotations
@@ -87,8 +86,8 @@ class MappedArrays:
             os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead either
             mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
             mapped.madvise(mmap.MADV_RANDOM)  # rows are read scattered: no read-ahead
-            count = int(np.prod(shape))
-            tensor = torch.frombuffer(mapped, dtype=_torch_dtype(dtype), count=count, offset=offset)
+            count, like = int(np.prod(shape)), torch.from_numpy(np.empty(0, dtype))
+            tensor = torch.frombuffer(mapped, dtype=like.dtype, count=count, offset=offset)
             self.tensors[name] = tensor.view(shape)
             self._maps.append(mapped)
             self._files[name] = (file, offset)
@@ -236,10 +235,6 @@ def _read_labels(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> torch.T
     offset = _data_offset(path, shape, dtype)
     labels = np.fromfile(path, dtype=dtype, offset=offset)
     return torch.from_numpy(labels.astype(np.int64))
-
-
-def _torch_dtype(dtype: np.dtype) -> torch.dtype:
-    return {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32}[dtype]
 
 
 def newest_file(paths: tuple[str, ...]) -> tuple[float, str]:

@@ -75,9 +75,9 @@ class Dataset:
     :param y_train: int64 ``(N,)`` labels, or ``None``.
     :param y_test: int64 ``(M,)`` labels, or ``None``.
     :param mapped: for a prepared copy (:mod:`pyro_vae.data.mapped`), the memory mapping
-        ``x_train`` and ``x_test`` read from, with the distinct values of ``x_train`` it records;
-        ``None`` for data in memory.
-    :param values: the distinct values of ``x_train``, when known without reading it.
+        ``x_train`` and ``x_test`` read from; ``None`` for data in memory.
+    :param values: the distinct values of ``x_train``, when known without reading it (a
+        prepared copy records them).
     """
 
     name: str

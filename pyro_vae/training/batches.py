@@ -64,7 +64,6 @@ class BatchSource:
         drawn = model.training_data(data, labeled, seed)
         self.x = drawn.x.to(home)
         self.given = tuple(t.to(home) for t in drawn.given)
-        # a memory-mapped set (a prepared copy) stays mapped on the CPU, and lets go of its pages
         # a memory-mapped set still on the CPU is read from its file, a batch's rows at a time
         read = data.mapped.reader(self.x) if data.mapped is not None else None
         self.rows = Rows((self.x, *self.given), read)
