@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -181,13 +182,20 @@ def test_a_later_chunk_is_held_to_the_first_pictures_size_and_kind(tmp_path, poo
     assert len(decoded(picture_plan("folder", folder, 6, 1), workers)) == 5  # and converted
 
 
-def ignores_ctrl_c(pid: int) -> bool:
-    """Whether process ``pid`` ignores SIGINT, from Linux's record of its signals."""
+def ignores_ctrl_c(pid: int, within: float = 10.0) -> bool:
+    """Whether process ``pid`` ignores SIGINT, from Linux's record of its signals, once its
+    initializer has had ``within`` seconds to run (a worker just forked has not yet)."""
     status = Path(f"/proc/{pid}/status")
     if not status.is_file():
         pytest.skip("needs Linux's /proc")
-    ignored = re.search(r"^SigIgn:\s*([0-9a-f]+)$", status.read_text(), re.MULTILINE)
-    return bool(int(ignored[1], 16) >> (signal.SIGINT - 1) & 1)
+    deadline = time.monotonic() + within
+    while True:
+        ignored = re.search(r"^SigIgn:\s*([0-9a-f]+)$", status.read_text(), re.MULTILINE)
+        if int(ignored[1], 16) >> (signal.SIGINT - 1) & 1:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
 
 
 def test_stopping_early_or_on_ctrl_c_ends_the_workers(tmp_path, pools, monkeypatch):
